@@ -1,0 +1,1 @@
+"""Publishers: build and store revocation artefacts (CRLs, pre-signed OCSP responses)."""

@@ -1,0 +1,182 @@
+"""The narrow object-store protocol CRLs are published through, and the directory store.
+
+Writes are conditional: ``if_match`` names the ETag the writer last read (the
+write fails if the object changed since) and ``if_none_match=True`` requires
+the key to be new. S3 implements the same protocol with its conditional writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Protocol
+
+from revocation.errors import PCAError, StorageError
+
+
+class PreconditionFailed(PCAError):
+    """A conditional write lost: the object is not in the state the writer expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredObject:
+    key: str
+    data: bytes
+    etag: str
+    content_type: str
+    cache_control: str
+    expires: str  # HTTP-date, or ""
+    last_modified: str  # HTTP-date
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectHead:
+    key: str
+    etag: str
+    size: int
+
+
+class ObjectStore(Protocol):
+    async def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        cache_control: str = "",
+        expires: str = "",
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        """Write ``data`` at ``key``; returns the new ETag. Raises PreconditionFailed."""
+        ...
+
+    async def get(self, key: str) -> StoredObject | None: ...
+
+    async def head(self, key: str) -> ObjectHead | None: ...
+
+
+def _check_key(key: str) -> None:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"object key {key!r} is not a plain relative path")
+
+
+def _http_date(epoch: float) -> str:
+    from email.utils import formatdate
+
+    return formatdate(epoch, usegmt=True)
+
+
+class DirectoryStore:
+    """Objects as files under a directory; metadata in a sidecar ``.meta`` JSON file.
+
+    A lock file serialises writers across processes so the conditional checks hold.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        _check_key(key)
+        return self.root / key
+
+    def _put_sync(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        cache_control: str,
+        expires: str,
+        if_match: str | None,
+        if_none_match: bool,
+    ) -> str:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = self._head_sync(key)
+            if if_none_match and current is not None:
+                raise PreconditionFailed(f"object {key} exists already")
+            if if_match is not None and (current is None or current.etag != if_match):
+                raise PreconditionFailed(f"object {key} changed since it was read (ETag {if_match} expected)")
+            etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+            meta = {"etag": etag, "content_type": content_type, "cache_control": cache_control, "expires": expires}
+            for target, body in ((path.with_name(path.name + ".meta"), json.dumps(meta).encode()), (path, data)):
+                tmp = target.with_name(target.name + ".tmp")
+                with open(tmp, "wb") as fh:
+                    fh.write(body)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            return etag
+
+    async def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        cache_control: str = "",
+        expires: str = "",
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        try:
+            return await asyncio.to_thread(
+                self._put_sync, key, data, content_type, cache_control, expires, if_match, if_none_match
+            )
+        except OSError as exc:
+            raise StorageError(f"writing {key} to {self.root}: {exc}") from exc
+
+    def _meta(self, path: Path) -> dict[str, str]:
+        try:
+            value = json.loads(path.with_name(path.name + ".meta").read_text())
+            return {str(k): str(v) for k, v in value.items()}
+        except (OSError, ValueError):
+            return {}
+
+    def _head_sync(self, key: str) -> ObjectHead | None:
+        path = self._path(key)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return None
+        meta = self._meta(path)
+        return ObjectHead(key, meta.get("etag", ""), size)
+
+    def get_sync(self, key: str) -> StoredObject | None:
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+            mtime = path.stat().st_mtime
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        meta = self._meta(path)
+        return StoredObject(
+            key,
+            data,
+            meta.get("etag", ""),
+            meta.get("content_type", "application/octet-stream"),
+            meta.get("cache_control", ""),
+            meta.get("expires", ""),
+            _http_date(mtime),
+        )
+
+    async def get(self, key: str) -> StoredObject | None:
+        try:
+            return await asyncio.to_thread(self.get_sync, key)
+        except OSError as exc:
+            raise StorageError(f"reading {key} from {self.root}: {exc}") from exc
+
+    async def head(self, key: str) -> ObjectHead | None:
+        try:
+            return await asyncio.to_thread(self._head_sync, key)
+        except OSError as exc:
+            raise StorageError(f"reading {key} from {self.root}: {exc}") from exc

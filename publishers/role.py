@@ -1,0 +1,84 @@
+"""Entry point of the publisher role, and the HTTP app serving the directory store's CRLs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+
+from publishers.objectstore import DirectoryStore
+from publishers.publisher import Publisher
+from revocation.eventlog import RecordedEvent
+from revocation.runtime import Runtime
+
+
+class CRLApp:
+    """``GET /crl/{issuer}.crl`` (and ``/crl/{issuer}/{number}.crl``) from a directory store."""
+
+    def __init__(self, store: DirectoryStore, prefix: str = "/crl") -> None:
+        self._store = store
+        self._prefix = prefix.rstrip("/") + "/"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            return await _plain(send, 405, b"method not allowed\n", [(b"allow", b"GET, HEAD")])
+        key = scope["path"][len(self._prefix) :]
+        try:
+            obj = await self._store.get(key) if key.endswith(".crl") else None
+        except ValueError:  # a key with "..", an absolute path or an empty segment
+            obj = None
+        if obj is None:
+            return await _plain(send, 404, b"no such CRL\n")
+        headers = [
+            (b"content-type", obj.content_type.encode()),
+            (b"etag", obj.etag.encode()),
+            (b"last-modified", obj.last_modified.encode()),
+        ]
+        if obj.cache_control:
+            headers.append((b"cache-control", obj.cache_control.encode()))
+        if obj.expires:
+            headers.append((b"expires", obj.expires.encode()))
+        for name, value in scope["headers"]:
+            if name == b"if-none-match" and value == obj.etag.encode():
+                return await _plain(send, 304, b"", headers)
+        body = b"" if scope["method"] == "HEAD" else obj.data
+        headers.append((b"content-length", b"%d" % len(obj.data)))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _plain(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body)), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def start_publisher(rt: Runtime) -> None:
+    cfg = rt.config.crl
+    store = DirectoryStore(rt.config.crl_dir)
+    publisher = Publisher(
+        rt.view,
+        store,
+        rt.clock,
+        rt.registry,
+        validity_seconds=cfg.validity_seconds,
+        interval_seconds=cfg.interval_seconds,
+        after_revocation_seconds=cfg.after_revocation_seconds,
+    )
+
+    def on_commit(events: list[RecordedEvent]) -> None:
+        if any(e.type in ("CertificateRevoked", "CertificateHoldReleased") for e in events):
+            publisher.revocation_happened()
+
+    rt.on_commit(on_commit)
+    rt.public_apps.append(("/crl", CRLApp(store)))
+    rt.tasks.append(publisher.run())
+
+    async def health() -> dict[str, Any]:
+        head = await rt.log.head()
+        report: dict[str, Any] = {"published_position": publisher.published_position, "log_head": head}
+        if publisher.last_error:
+            report["problem"] = publisher.last_error
+        return report
+
+    rt.health["publisher"] = health

@@ -1,0 +1,1 @@
+"""OCSP responders: request parsing and pre-signed responses."""

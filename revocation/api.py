@@ -1,0 +1,329 @@
+"""The admin API (Starlette), served on the admin listener only.
+
+Authentication: bearer tokens (hashed at rest, compared in constant time), with
+roles admin, revoker and auditor. Every error is ``application/problem+json``
+with a title and a detail saying what was wrong. A 2xx is sent only after the
+event is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from revocation.authority import Actor, Authority, IssueRequest, parse_serial
+from revocation.clock import iso, parse_iso
+from revocation.errors import ConflictError, IntegrityError, NotFoundError, PCAError, ValidationError
+from revocation.eventlog import EventLog, RecordedEvent
+from revocation.projection import CertificateRecord
+from revocation.tokens import Principal, TokenStore
+
+log = logging.getLogger("pca.api")
+
+WRITE_ROLES = {"issue": ("admin",), "revoke": ("admin", "revoker"), "read": ("admin", "revoker", "auditor")}
+
+
+class Problem(Exception):
+    def __init__(self, status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def problem_response(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})
+    return Response(body, status_code=status, media_type="application/problem+json", headers=headers)
+
+
+HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class AdminAPI:
+    def __init__(
+        self,
+        authority: Authority,
+        log_: EventLog,
+        tokens: Callable[[], TokenStore],
+        registry: CollectorRegistry,
+        *,
+        max_body_bytes: int = 64 * 1024,
+        health: HealthCheck | None = None,
+    ) -> None:
+        self._authority = authority
+        self._log = log_
+        self._tokens = tokens
+        self._registry = registry
+        self._max_body = max_body_bytes
+        self._health = health
+        self._requests = Counter("admin_requests_total", "Admin API requests", ["route", "status"], registry=registry)
+        self._latency = Histogram("admin_request_seconds", "Admin API request time", ["route"], registry=registry)
+
+    def app(self) -> ASGIApp:
+        routes = [
+            Route("/v1/certificates", self._wrap("issue", self.issue), methods=["POST"]),
+            Route("/v1/certificates/{serial}", self._wrap("read", self.get_certificate), methods=["GET"]),
+            Route("/v1/certificates/{serial}/revoke", self._wrap("revoke", self.revoke), methods=["POST"]),
+            Route("/v1/certificates/{serial}/release-hold", self._wrap("revoke", self.release_hold), methods=["POST"]),
+            Route("/v1/events", self._wrap("read", self.events), methods=["GET"]),
+            Route("/v1/audit/verify", self._wrap("read", self.audit_verify), methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+        ]
+        app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
+        return _BodyLimit(app, self._max_body)
+
+    def _wrap(
+        self, permission: str, handler: Callable[[Request, Actor], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        route = handler.__name__
+
+        async def endpoint(request: Request) -> Response:
+            started = time.perf_counter()
+            request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
+            try:
+                principal = self._authenticate(request)
+                if principal.role not in WRITE_ROLES[permission]:
+                    raise Problem(403, "Forbidden", f"role {principal.role!r} may not {permission}")
+                response = await handler(request, Actor(principal.name, request_id[:128]))
+            except Problem as p:
+                response = problem_response(p.status, p.title, p.detail, p.headers)
+            except ValidationError as exc:
+                response = problem_response(400, "Bad Request", str(exc))
+            except NotFoundError as exc:
+                response = problem_response(404, "Not Found", str(exc))
+            except ConflictError as exc:
+                response = problem_response(409, "Conflict", str(exc))
+            except _TooLarge:
+                response = problem_response(
+                    413, "Payload Too Large", f"request bodies are limited to {self._max_body} bytes"
+                )
+            except IntegrityError as exc:
+                response = problem_response(500, "Integrity Error", str(exc))
+            except PCAError as exc:
+                log.error("request %s failed: %s", request_id, exc)
+                response = problem_response(503, "Service Unavailable", str(exc))
+            except Exception:
+                log.exception("request %s failed", request_id)
+                response = problem_response(500, "Internal Server Error", f"unexpected error; request id {request_id}")
+            response.headers["x-request-id"] = request_id
+            self._requests.labels(route, str(response.status_code)).inc()
+            self._latency.labels(route).observe(time.perf_counter() - started)
+            return response
+
+        return endpoint
+
+    def _authenticate(self, request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        challenge = {"WWW-Authenticate": 'Bearer realm="pca"'}
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Problem(401, "Unauthorized", "missing bearer token (Authorization: Bearer ...)", challenge)
+        principal = self._tokens().authenticate(token.strip())
+        if principal is None:
+            log.warning("rejected an unknown bearer token from %s", request.client.host if request.client else "?")
+            raise Problem(401, "Unauthorized", "the bearer token is not valid", challenge)
+        return principal
+
+    # --- handlers -----------------------------------------------------------------
+
+    async def issue(self, request: Request, actor: Actor) -> Response:
+        body = await _json_body(request)
+        csr = body.get("csr")
+        if csr is not None and not isinstance(csr, str):
+            raise ValidationError("csr must be a PEM string")
+        validity = body.get("validity_days")
+        if validity is not None and (not isinstance(validity, int) or isinstance(validity, bool)):
+            raise ValidationError(f"validity_days must be an integer, got {validity!r}")
+        req = IssueRequest(
+            subject=_opt_str(body, "subject"),
+            dns=_str_list(body, "dns"),
+            ips=_str_list(body, "ips"),
+            emails=_str_list(body, "emails"),
+            uris=_str_list(body, "uris"),
+            profile=_opt_str(body, "profile") or "server",
+            validity_days=validity,
+            csr=csr.encode() if csr else None,
+            key_algorithm=_opt_str(body, "key_algorithm"),
+            issuer_id=_opt_str(body, "issuer"),
+        )
+        issued = await self._authority.issue(req, actor)
+        cert = issued.certificate
+        out: dict[str, Any] = {
+            "serial": f"{cert.serial_number:x}",
+            "issuer": issued.event.payload["issuer_id"],
+            "subject": cert.subject.rfc4514_string(),
+            "not_before": iso(cert.not_valid_before_utc),
+            "not_after": iso(cert.not_valid_after_utc),
+            "certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
+            "seq": issued.event.seq,
+        }
+        if issued.private_key_pem is not None:
+            out["private_key"] = issued.private_key_pem.decode()
+        return JSONResponse(out, status_code=201)
+
+    async def get_certificate(self, request: Request, actor: Actor) -> Response:
+        serial = parse_serial(request.path_params["serial"])
+        rec = await self._authority.find(serial, request.query_params.get("issuer"))
+        return JSONResponse(certificate_json(rec))
+
+    async def revoke(self, request: Request, actor: Actor) -> Response:
+        serial = parse_serial(request.path_params["serial"])
+        body = await _json_body(request)
+        reason = body.get("reason")
+        if not isinstance(reason, str):
+            raise ValidationError("reason is required (a string such as keyCompromise)")
+        invalidity = body.get("invalidity_date")
+        inv = None
+        if invalidity is not None:
+            if not isinstance(invalidity, str):
+                raise ValidationError("invalidity_date must be an ISO 8601 string")
+            try:
+                inv = parse_iso(invalidity)
+            except ValueError as exc:
+                raise ValidationError(f"invalidity_date {invalidity!r} is not an ISO 8601 time: {exc}") from exc
+        outcome = await self._authority.revoke(
+            serial, reason, actor, invalidity_date=inv, issuer_id=_opt_str(body, "issuer")
+        )
+        return JSONResponse(_revocation_json(outcome.event), status_code=201 if outcome.created else 200)
+
+    async def release_hold(self, request: Request, actor: Actor) -> Response:
+        serial = parse_serial(request.path_params["serial"])
+        body = await _json_body(request, allow_empty=True)
+        rec = await self._authority.release_hold(serial, actor, _opt_str(body, "issuer"))
+        return JSONResponse({"serial": f"{serial:x}", "status": "good", "event": rec.to_json()})
+
+    async def events(self, request: Request, actor: Actor) -> Response:
+        after = _int_param(request, "after", 0, 0, 2**62)
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        events = await self._log.read(after, limit)
+        return JSONResponse({"events": [e.to_json() for e in events], "head": await self._log.head()})
+
+    async def audit_verify(self, request: Request, actor: Actor) -> Response:
+        try:
+            count = await self._log.verify_chain()
+        except IntegrityError as exc:
+            return JSONResponse({"ok": False, "first_bad_seq": exc.seq, "detail": str(exc)}, status_code=409)
+        return JSONResponse({"ok": True, "events": count})
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(self, request: Request) -> Response:
+        report: dict[str, Any] = {"status": "ok"}
+        if self._health is not None:
+            report.update(await self._health())
+        return JSONResponse(report, status_code=200 if report.get("status") == "ok" else 503)
+
+
+def certificate_json(rec: CertificateRecord) -> dict[str, Any]:
+    return {
+        "serial": rec.serial_hex,
+        "issuer": rec.issuer_id,
+        "subject": rec.subject,
+        "profile": rec.profile,
+        "status": rec.status,
+        "not_before": iso(rec.not_before),
+        "not_after": iso(rec.not_after),
+        "revoked_at": None if rec.revoked_at is None else iso(rec.revoked_at),
+        "reason": rec.reason,
+        "invalidity_date": None if rec.invalidity_date is None else iso(rec.invalidity_date),
+    }
+
+
+def _revocation_json(event: RecordedEvent) -> dict[str, Any]:
+    p = event.payload
+    return {
+        "serial": p["serial"],
+        "issuer": p["issuer_id"],
+        "status": "revoked",
+        "reason": p["reason"],
+        "revoked_at": p["revoked_at"],
+        "invalidity_date": p.get("invalidity_date"),
+        "event": event.to_json(),
+    }
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _json_body(request: Request, allow_empty: bool = False) -> dict[str, Any]:
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > request.scope.get("pca.max_body", 64 * 1024):
+            raise _TooLarge()
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise ValidationError("a JSON object body is required")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ValidationError(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValidationError("body must be a JSON object")
+    return data
+
+
+def _opt_str(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValidationError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _str_list(body: dict[str, Any], key: str) -> list[str]:
+    value = body.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValidationError(f"{key} must be a list of strings")
+    return value
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValidationError(f"query parameter {name}={raw!r} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return problem_response(404, "Not Found", f"no such endpoint: {request.method} {request.url.path}")
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    return problem_response(405, "Method Not Allowed", f"{request.method} is not allowed on {request.url.path}")
+
+
+class _BodyLimit:
+    """Refuse bodies over the limit early, when Content-Length announces them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope["pca.max_body"] = self.limit
+            for key, value in scope["headers"]:
+                if key == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                    detail = f"request bodies are limited to {self.limit} bytes"
+                    await problem_response(413, "Payload Too Large", detail)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)

@@ -1,0 +1,311 @@
+"""The application: decisions on issuance and revocation, recorded as events.
+
+Each command loads what it needs from the projection, decides, and appends
+events with the stream version it decided on; if another writer got there first,
+the command is decided again on the new state (optimistic concurrency).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from revocation import ca
+from revocation.clock import Clock
+from revocation.errors import ConcurrencyError, ConflictError, NotFoundError, ValidationError
+from revocation.eventlog import EventLog, NewEvent, RecordedEvent
+from revocation.events import (
+    REVOCATION_REASONS,
+    CertificateHoldReleased,
+    CertificateIssued,
+    CertificateRevoked,
+    IssuerAdded,
+    ResponderCertRotated,
+    cert_stream,
+)
+from revocation.keys import KeyRef, PublicKey, SigningKey, generate_private_key, open_key, write_file_key
+from revocation.projection import CertificateRecord, IssuerRecord, StatusView
+
+_RETRIES = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Actor:
+    name: str
+    request_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class IssueRequest:
+    subject: str | None = None
+    dns: Sequence[str] = ()
+    ips: Sequence[str] = ()
+    emails: Sequence[str] = ()
+    uris: Sequence[str] = ()
+    profile: str = "server"
+    validity_days: int | None = None
+    csr: bytes | None = None
+    key_algorithm: str | None = None  # for a generated key when there is no CSR
+    issuer_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Issued:
+    certificate: x509.Certificate
+    private_key_pem: bytes | None
+    event: RecordedEvent
+
+
+@dataclasses.dataclass(frozen=True)
+class RevokeOutcome:
+    event: RecordedEvent
+    created: bool  # False when the same revocation had been recorded before
+
+
+def parse_serial(text: str) -> int:
+    """A serial as lowercase or uppercase hex, optionally with colons; positive."""
+    cleaned = text.strip().replace(":", "").lower()
+    if cleaned.startswith("0x"):
+        cleaned = cleaned[2:]
+    if not cleaned or len(cleaned) > 40 or any(ch not in "0123456789abcdef" for ch in cleaned):
+        raise ValidationError(f"serial {text!r} is not a hexadecimal number of at most 20 octets")
+    value = int(cleaned, 16)
+    if value == 0:
+        raise ValidationError("serial 0 is not a valid certificate serial")
+    return value
+
+
+class Authority:
+    def __init__(
+        self,
+        log: EventLog,
+        view: StatusView,
+        clock: Clock,
+        *,
+        key_dir: Path,
+        default_issuer: str,
+        leaf_validity_days: int,
+        key_algorithm: str,
+        ocsp_url: str,
+        signer_validity_days: int = 30,
+        signer_renew_before_days: int = 10,
+    ) -> None:
+        if leaf_validity_days < 1:
+            raise ValueError(f"leaf_validity_days must be positive, got {leaf_validity_days}")
+        self._log = log
+        self._view = view
+        self._clock = clock
+        self._key_dir = key_dir
+        self._default_issuer = default_issuer
+        self._leaf_validity_days = leaf_validity_days
+        self._key_algorithm = key_algorithm
+        self._ocsp_url = ocsp_url
+        self._signer_validity = datetime.timedelta(days=signer_validity_days)
+        self._signer_renew_before = datetime.timedelta(days=signer_renew_before_days)
+        self._keys: dict[KeyRef, SigningKey] = {}
+
+    def _key(self, ref: KeyRef) -> SigningKey:
+        key = self._keys.get(ref)
+        if key is None:
+            key = self._keys[ref] = open_key(ref)
+        return key
+
+    async def _issuer(self, issuer_id: str | None) -> IssuerRecord:
+        wanted = issuer_id or self._default_issuer
+        for rec in await self._view.issuers():
+            if rec.issuer_id == wanted:
+                return rec
+        raise NotFoundError(f"unknown issuer {wanted!r}")
+
+    # --- issuance -------------------------------------------------------------
+
+    async def issue(self, req: IssueRequest, actor: Actor) -> Issued:
+        issuer = await self._issuer(req.issuer_id)
+        if issuer.key_ref is None or issuer.kind != "intermediate":
+            raise ValidationError(f"issuer {issuer.issuer_id!r} does not issue leaf certificates")
+        key_pem: bytes | None = None
+        subject_text = req.subject
+        sans = ca.build_sans(req.dns, req.ips, req.emails, req.uris)
+        if req.csr is not None:
+            csr = ca.parse_csr(req.csr)
+            public: PublicKey = csr.public_key()  # type: ignore[assignment]
+            subject = ca.parse_subject(subject_text) if subject_text else csr.subject
+            if not list(subject):
+                raise ValidationError("the CSR has an empty subject; give one with subject")
+            if not sans:
+                try:
+                    ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                    sans = list(ext.value)
+                except x509.ExtensionNotFound:
+                    pass
+        else:
+            if not subject_text:
+                raise ValidationError("subject is required when no CSR is given")
+            subject = ca.parse_subject(subject_text)
+            private = generate_private_key(req.key_algorithm or self._key_algorithm)
+            public = private.public_key()
+            key_pem = private.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        cert = ca.issue_leaf(
+            issuer.cert,
+            self._key(issuer.key_ref),
+            public,
+            subject,
+            sans,
+            req.profile,
+            self._clock.now(),
+            req.validity_days or self._leaf_validity_days,
+            self._ocsp_url,
+            issuer.crl_url,
+        )
+        event = certificate_issued(issuer.issuer_id, cert, req.profile)
+        [recorded] = await self._log.append([NewEvent(event, 0, actor.name, actor.request_id)])
+        return Issued(cert, key_pem, recorded)
+
+    # --- revocation -----------------------------------------------------------
+
+    async def find(self, serial: int, issuer_id: str | None = None) -> CertificateRecord:
+        found = await self._view.certificates_by_serial(serial)
+        if issuer_id is not None:
+            found = [c for c in found if c.issuer_id == issuer_id]
+        if not found:
+            raise NotFoundError(f"no certificate with serial {serial:x}" + (f" from {issuer_id}" if issuer_id else ""))
+        if len(found) > 1:
+            raise ValidationError(f"serial {serial:x} exists under several issuers; name the issuer")
+        return found[0]
+
+    async def revoke(
+        self,
+        serial: int,
+        reason: str,
+        actor: Actor,
+        *,
+        invalidity_date: datetime.datetime | None = None,
+        issuer_id: str | None = None,
+    ) -> RevokeOutcome:
+        if reason not in REVOCATION_REASONS:
+            raise ValidationError(f"unknown revocation reason {reason!r}; use one of {', '.join(REVOCATION_REASONS)}")
+        now = self._clock.now()
+        if invalidity_date is not None and invalidity_date > now + datetime.timedelta(seconds=5):
+            raise ValidationError(f"invalidity date {invalidity_date.isoformat()} is in the future")
+        for _ in range(_RETRIES):
+            cert = await self.find(serial, issuer_id)
+            if cert.status == "revoked":
+                previous = await self._last_revocation(cert)
+                prev_event = previous.event
+                assert isinstance(prev_event, CertificateRevoked)
+                if prev_event.reason == reason and prev_event.invalidity_date == invalidity_date:
+                    return RevokeOutcome(previous, created=False)
+                # RFC 5280 5.3.1: a certificate on hold may be revoked for good; nothing else changes.
+                if cert.reason != "certificateHold" or reason == "certificateHold":
+                    raise ConflictError(
+                        f"certificate {serial:x} is already revoked with reason {cert.reason}"
+                        + (" and another invalidity date" if prev_event.reason == reason else "")
+                    )
+            event = CertificateRevoked(
+                issuer_id=cert.issuer_id,
+                serial=f"{serial:x}",
+                reason=reason,
+                revoked_at=now,
+                invalidity_date=invalidity_date,
+            )
+            try:
+                [recorded] = await self._log.append([NewEvent(event, cert.version, actor.name, actor.request_id)])
+            except ConcurrencyError:
+                continue
+            return RevokeOutcome(recorded, created=True)
+        raise ConflictError(f"certificate {serial:x} changed {_RETRIES} times while revoking it; try again")
+
+    async def _last_revocation(self, cert: CertificateRecord) -> RecordedEvent:
+        events = await self._log.read_stream(cert_stream(cert.issuer_id, cert.serial))
+        for rec in reversed(events):
+            if rec.type == CertificateRevoked.TYPE:
+                return rec
+        raise NotFoundError(f"certificate {cert.serial_hex} has no revocation event")
+
+    async def release_hold(self, serial: int, actor: Actor, issuer_id: str | None = None) -> RecordedEvent:
+        for _ in range(_RETRIES):
+            cert = await self.find(serial, issuer_id)
+            if cert.status != "revoked" or cert.reason != "certificateHold":
+                state = "not revoked" if cert.status != "revoked" else f"revoked with reason {cert.reason}"
+                raise ConflictError(f"certificate {serial:x} is not on hold ({state})")
+            event = CertificateHoldReleased(cert.issuer_id, f"{serial:x}", self._clock.now())
+            try:
+                [recorded] = await self._log.append([NewEvent(event, cert.version, actor.name, actor.request_id)])
+            except ConcurrencyError:
+                continue
+            return recorded
+        raise ConflictError(f"certificate {serial:x} changed {_RETRIES} times while releasing it; try again")
+
+    # --- delegated OCSP signers ----------------------------------------------------
+
+    async def rotate_signers(self, actor: Actor, force: bool = False) -> list[RecordedEvent]:
+        """Give every intermediate a fresh OCSP signer when its current one nears expiry."""
+        now = self._clock.now()
+        rotated = []
+        for issuer in await self._view.issuers():
+            if issuer.kind != "intermediate" or issuer.key_ref is None:
+                continue
+            current = issuer.signer_cert
+            if current is not None and not force and current.not_valid_after_utc - now > self._signer_renew_before:
+                continue
+            event = new_signer(
+                issuer, self._key(issuer.key_ref), self._key_dir, self._key_algorithm, now, self._signer_validity
+            )
+            try:
+                [rec] = await self._log.append([NewEvent(event, issuer.version, actor.name, actor.request_id)])
+            except ConcurrencyError:
+                continue  # another process rotated it; its signer will do
+            rotated.append(rec)
+        return rotated
+
+
+def certificate_issued(issuer_id: str, cert: x509.Certificate, profile: str) -> CertificateIssued:
+    return CertificateIssued(
+        issuer_id=issuer_id,
+        serial=f"{cert.serial_number:x}",
+        subject=cert.subject.rfc4514_string(),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        cert_der_hex=cert.public_bytes(serialization.Encoding.DER).hex(),
+        profile=profile,
+    )
+
+
+def new_signer(
+    issuer: IssuerRecord,
+    issuer_key: SigningKey,
+    key_dir: Path,
+    key_algorithm: str,
+    now: datetime.datetime,
+    validity: datetime.timedelta,
+) -> ResponderCertRotated:
+    private = generate_private_key(key_algorithm)
+    path = key_dir / f"{issuer.issuer_id}-ocsp-{now.strftime('%Y%m%dT%H%M%S%f')}.key"
+    write_file_key(path, private)
+    cert = ca.create_ocsp_signer(issuer.cert, issuer_key, private.public_key(), now, validity.days)
+    return ResponderCertRotated(
+        issuer_id=issuer.issuer_id,
+        cert_der_hex=cert.public_bytes(serialization.Encoding.DER).hex(),
+        key_ref=KeyRef(backend="file", path=str(path)).to_dict(),
+        not_after=cert.not_valid_after_utc,
+    )
+
+
+def issuer_added(
+    issuer_id: str, kind: str, parent_id: str | None, cert: x509.Certificate, key_ref: KeyRef | None, crl_url: str
+) -> IssuerAdded:
+    return IssuerAdded(
+        issuer_id=issuer_id,
+        kind=kind,
+        parent_id=parent_id,
+        cert_der_hex=cert.public_bytes(serialization.Encoding.DER).hex(),
+        key_ref=None if key_ref is None else key_ref.to_dict(),
+        crl_url=crl_url,
+    )

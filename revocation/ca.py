@@ -1,0 +1,248 @@
+"""The issuing core: CA certificates, delegated OCSP signers and leaf certificates.
+
+Pure functions over cryptography objects; the application (``authority.py``)
+records what they produce as events.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import secrets
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
+
+from revocation.errors import ValidationError
+from revocation.keys import PublicKey, SigningKey
+
+PROFILES = ("server", "client")
+# A leaf never starts before its issuer's notBefore; this backdating absorbs clock skew.
+BACKDATE = datetime.timedelta(minutes=5)
+
+
+def random_serial() -> int:
+    """A positive serial with 128 random bits (at most 17 octets in DER, within RFC 5280's 20)."""
+    serial = 0
+    while serial == 0:
+        serial = secrets.randbits(128)
+    return serial
+
+
+def parse_subject(subject: str) -> x509.Name:
+    """Parse an RFC 4514 string like ``CN=svc1,O=Example``."""
+    try:
+        name = x509.Name.from_rfc4514_string(subject)
+    except ValueError as exc:
+        raise ValidationError(f"subject {subject!r} is not an RFC 4514 name: {exc}") from exc
+    if not list(name):
+        raise ValidationError("subject must not be empty")
+    return name
+
+
+def _ski(public_key: PublicKey) -> x509.SubjectKeyIdentifier:
+    return x509.SubjectKeyIdentifier.from_public_key(public_key)
+
+
+def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    try:
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
+
+
+def create_root(
+    key: SigningKey, subject: x509.Name, now: datetime.datetime, validity_days: int, crl_url: str | None = None
+) -> x509.Certificate:
+    """A self-signed root. Its key signs only intermediates and the root's CRL."""
+    public = key.public_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public)
+        .serial_number(random_serial())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + datetime.timedelta(days=validity_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(_ski(public), critical=False)
+    )
+    return builder.sign(key.private_key_for_builder(), key.hash_algorithm())  # type: ignore[arg-type]
+
+
+def create_intermediate(
+    root_cert: x509.Certificate,
+    root_key: SigningKey,
+    public: PublicKey,
+    subject: x509.Name,
+    now: datetime.datetime,
+    validity_days: int,
+    root_crl_url: str,
+) -> x509.Certificate:
+    not_after = min(now + datetime.timedelta(days=validity_days), root_cert.not_valid_after_utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(root_cert.subject)
+        .public_key(public)
+        .serial_number(random_serial())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(_ski(public), critical=False)
+        .add_extension(_aki(root_cert), critical=False)
+        .add_extension(_crl_dp(root_crl_url), critical=False)
+    )
+    return builder.sign(root_key.private_key_for_builder(), root_key.hash_algorithm())  # type: ignore[arg-type]
+
+
+def create_ocsp_signer(
+    issuer_cert: x509.Certificate,
+    issuer_key: SigningKey,
+    public: PublicKey,
+    now: datetime.datetime,
+    validity_days: int,
+) -> x509.Certificate:
+    """A delegated OCSP signing certificate (RFC 6960 4.2.2.2) with id-pkix-ocsp-nocheck."""
+    cn = issuer_cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    label = str(cn[0].value) if cn else "CA"
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, f"{label} OCSP Responder")])
+    not_after = min(now + datetime.timedelta(days=validity_days), issuer_cert.not_valid_after_utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_cert.subject)
+        .public_key(public)
+        .serial_number(random_serial())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(digital_signature=True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
+        .add_extension(x509.OCSPNoCheck(), critical=False)
+        .add_extension(_ski(public), critical=False)
+        .add_extension(_aki(issuer_cert), critical=False)
+    )
+    return builder.sign(issuer_key.private_key_for_builder(), issuer_key.hash_algorithm())  # type: ignore[arg-type]
+
+
+def _key_usage(
+    cert_sign: bool = False, digital_signature: bool = False, key_encipherment: bool = False
+) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _crl_dp(url: str) -> x509.CRLDistributionPoints:
+    return x509.CRLDistributionPoints([x509.DistributionPoint([x509.UniformResourceIdentifier(url)], None, None, None)])
+
+
+def parse_csr(pem_or_der: bytes) -> x509.CertificateSigningRequest:
+    """Load a CSR and check its self-signature; ValidationError says what is wrong."""
+    try:
+        if pem_or_der.lstrip().startswith(b"-----"):
+            csr = x509.load_pem_x509_csr(pem_or_der)
+        else:
+            csr = x509.load_der_x509_csr(pem_or_der)
+    except ValueError as exc:
+        raise ValidationError(f"CSR cannot be parsed: {exc}") from exc
+    try:
+        valid = csr.is_signature_valid
+    except (ValueError, InvalidSignature, TypeError) as exc:
+        raise ValidationError(f"CSR signature cannot be checked: {exc}") from exc
+    if not valid:
+        raise ValidationError("CSR signature is invalid: the CSR was not signed by the key it contains")
+    key = csr.public_key()
+    if not isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
+        raise ValidationError(f"CSR key type {type(key).__name__} is not supported (use ECDSA or RSA)")
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
+        raise ValidationError(f"CSR RSA key of {key.key_size} bits is too small (at least 2048)")
+    return csr
+
+
+def build_sans(
+    dns: Sequence[str] = (), ips: Sequence[str] = (), emails: Sequence[str] = (), uris: Sequence[str] = ()
+) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
+    for d in dns:
+        if not d or " " in d or len(d) > 253:
+            raise ValidationError(f"DNS name {d!r} is not valid")
+        names.append(x509.DNSName(d))
+    for ip in ips:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(ip)))
+        except ValueError as exc:
+            raise ValidationError(f"IP address {ip!r} is not valid") from exc
+    for e in emails:
+        if "@" not in e:
+            raise ValidationError(f"email address {e!r} is not valid")
+        names.append(x509.RFC822Name(e))
+    for u in uris:
+        if ":" not in u:
+            raise ValidationError(f"URI {u!r} is not valid")
+        names.append(x509.UniformResourceIdentifier(u))
+    return names
+
+
+def issue_leaf(
+    issuer_cert: x509.Certificate,
+    issuer_key: SigningKey,
+    public: PublicKey,
+    subject: x509.Name,
+    sans: Sequence[x509.GeneralName],
+    profile: str,
+    now: datetime.datetime,
+    validity_days: int,
+    ocsp_url: str,
+    crl_url: str,
+) -> x509.Certificate:
+    """A leaf by profile; its validity never reaches beyond the issuer's."""
+    if profile not in PROFILES:
+        raise ValidationError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    if validity_days < 1:
+        raise ValidationError(f"validity of {validity_days} days is not positive")
+    if profile == "server" and not sans:
+        raise ValidationError("a server certificate needs at least one subject alternative name (--dns or --ip)")
+    not_after = min(now + datetime.timedelta(days=validity_days), issuer_cert.not_valid_after_utc)
+    eku = ExtendedKeyUsageOID.SERVER_AUTH if profile == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_cert.subject)
+        .public_key(public)
+        .serial_number(random_serial())
+        .not_valid_before(max(now - BACKDATE, issuer_cert.not_valid_before_utc))
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            _key_usage(digital_signature=True, key_encipherment=isinstance(public, rsa.RSAPublicKey)), critical=True
+        )
+        .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+        .add_extension(_ski(public), critical=False)
+        .add_extension(_aki(issuer_cert), critical=False)
+        .add_extension(
+            x509.AuthorityInformationAccess(
+                [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))]
+            ),
+            critical=False,
+        )
+        .add_extension(_crl_dp(crl_url), critical=False)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    return builder.sign(issuer_key.private_key_for_builder(), issuer_key.hash_algorithm())  # type: ignore[arg-type]

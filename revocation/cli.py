@@ -1,0 +1,388 @@
+"""``pca``: set up a CA, serve it, and operate it through the admin API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+
+from revocation import __version__, ca
+from revocation.authority import Actor, certificate_issued, issuer_added
+from revocation.clock import SystemClock
+from revocation.config import Config, listen_from_url, load_config, parse_listen, render_config
+from revocation.errors import IntegrityError, PCAError
+from revocation.eventlog import NewEvent
+from revocation.events import REVOCATION_REASONS
+from revocation.keys import KEY_ALGORITHMS, FileKey, KeyRef, generate_private_key, write_file_key
+from revocation.runtime import open_runtime
+from revocation.tokens import ROLES, add_token, write_secret_file
+
+ROOT_ID = "root-ca"
+ISSUING_ID = "issuing-ca"
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    print(f"pca: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+# --- local commands ---------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    directory = Path(args.dir).resolve()
+    config_path = directory / "pca.toml"
+    if config_path.exists():
+        _fail(f"{config_path} exists already; refusing to overwrite an initialised CA")
+    listen_from_url(args.public_url)
+    parse_listen(args.admin_listen, "--admin-listen")
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    config_path.write_text(
+        render_config(public_url=args.public_url, admin_listen=args.admin_listen, key_algorithm=args.key_algorithm)
+    )
+    cfg = load_config(config_path)
+    asyncio.run(_init_hierarchy(cfg, args.root_cn, args.issuing_cn, args.key_algorithm))
+    token = add_token(cfg.tokens_db, "admin", "admin")
+    write_secret_file(cfg.token_file, token)
+    print(f"initialised {directory}")
+    print(f"  configuration   {config_path}")
+    print(f"  root CA         {directory / 'root-ca.pem'}")
+    print(f"  issuing CA      {directory / 'issuing-ca.pem'}  (chain: {directory / 'ca-chain.pem'})")
+    print(f"  admin token     {cfg.token_file}  (mode 0600)")
+    print(f"next: pca serve --config {config_path}")
+
+
+async def _init_hierarchy(cfg: Config, root_cn: str, issuing_cn: str, algorithm: str) -> None:
+    clock = SystemClock()
+    now = clock.now()
+    key_dir = cfg.data_dir / "keys"
+    keys = {}
+    for name in (ROOT_ID, ISSUING_ID):
+        path = key_dir / f"{name}.key"
+        private = generate_private_key(algorithm)
+        write_file_key(path, private)
+        keys[name] = FileKey(KeyRef("file", str(path)), private)
+    root_cert = ca.create_root(keys[ROOT_ID], ca.parse_subject(f"CN={root_cn}"), now, 3650)
+    issuing_cert = ca.create_intermediate(
+        root_cert,
+        keys[ROOT_ID],
+        keys[ISSUING_ID].public_key(),
+        ca.parse_subject(f"CN={issuing_cn}"),
+        now,
+        1825,
+        cfg.crl_url(ROOT_ID),
+    )
+    rt = open_runtime(cfg, clock)
+    try:
+        actor, rid = "system:init", "init"
+        await rt.log.append(
+            [
+                NewEvent(
+                    issuer_added(ROOT_ID, "root", None, root_cert, keys[ROOT_ID].ref, cfg.crl_url(ROOT_ID)),
+                    0,
+                    actor,
+                    rid,
+                ),
+                NewEvent(
+                    issuer_added(
+                        ISSUING_ID, "intermediate", ROOT_ID, issuing_cert, keys[ISSUING_ID].ref, cfg.crl_url(ISSUING_ID)
+                    ),
+                    0,
+                    actor,
+                    rid,
+                ),
+                NewEvent(certificate_issued(ROOT_ID, issuing_cert, "ca"), 0, actor, rid),
+            ]
+        )
+        from revocation.serve import build_authority
+
+        await build_authority(rt).rotate_signers(Actor(actor, rid))
+    finally:
+        rt.close()
+    pem = serialization.Encoding.PEM
+    (cfg.data_dir / "root-ca.pem").write_bytes(root_cert.public_bytes(pem))
+    (cfg.data_dir / "issuing-ca.pem").write_bytes(issuing_cert.public_bytes(pem))
+    (cfg.data_dir / "ca-chain.pem").write_bytes(issuing_cert.public_bytes(pem) + root_cert.public_bytes(pem))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from revocation.serve import ALL_ROLES, serve
+
+    cfg = load_config(args.config)
+    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip()) if args.roles else ALL_ROLES
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(cfg, roles))
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from revocation.sqlite_db import SQLiteDatabase
+
+    cfg = load_config(args.config)
+    applied = SQLiteDatabase(cfg.database).migrate_sync()
+    print(f"applied migrations {applied}" if applied else "schema is up to date")
+
+
+def cmd_rebuild(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config)
+
+    async def run() -> int:
+        rt = open_runtime(cfg, SystemClock())
+        try:
+            return await rt.log.rebuild_projection()
+        finally:
+            rt.close()
+
+    count = asyncio.run(run())
+    print(f"rebuilt the certificate-status projection from {count} events")
+
+
+def cmd_token_create(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config)
+    token = add_token(cfg.tokens_db, args.name, args.role)
+    print(token)
+
+
+# --- admin API client commands ---------------------------------------------------------
+
+
+class _Client:
+    def __init__(self, args: argparse.Namespace) -> None:
+        url = args.admin_url
+        token = args.token or os.environ.get("PCA_TOKEN")
+        if url is None or token is None:
+            if args.config is None:
+                _fail("give --config, or --admin-url and --token (or PCA_TOKEN)")
+            cfg = load_config(args.config)
+            url = url or cfg.admin_url
+            if token is None:
+                try:
+                    token = cfg.token_file.read_text().strip()
+                except OSError as exc:
+                    _fail(f"cannot read the admin token from {cfg.token_file}: {exc.strerror}")
+        self._http = httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=30.0)
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, ok: tuple[int, ...] = (200, 201)) -> Any:
+        try:
+            resp = self._http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach the admin API at {self._http.base_url}: {exc}")
+        if resp.status_code not in ok:
+            try:
+                problem = resp.json()
+                _fail(f"{problem.get('title', resp.status_code)}: {problem.get('detail', resp.text)}")
+            except ValueError:
+                _fail(f"HTTP {resp.status_code}: {resp.text[:200]}")
+        return resp.json()
+
+
+def cmd_issue(args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {
+        "profile": args.profile,
+        "dns": args.dns,
+        "ips": args.ip,
+        "emails": args.email,
+        "uris": args.uri,
+    }
+    if args.subject:
+        body["subject"] = args.subject
+    if args.validity_days:
+        body["validity_days"] = args.validity_days
+    if args.issuer:
+        body["issuer"] = args.issuer
+    if args.key_algorithm:
+        body["key_algorithm"] = args.key_algorithm
+    if args.csr:
+        try:
+            body["csr"] = Path(args.csr).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(f"cannot read CSR {args.csr}: {exc}")
+    elif args.key_out is None:
+        _fail("without --csr the key is generated: give --key-out FILE to receive it")
+    result = _Client(args).call("POST", "/v1/certificates", body)
+    print(result["serial"])
+    if args.out:
+        Path(args.out).write_text(result["certificate"])
+    else:
+        print(result["certificate"], end="")
+    if "private_key" in result and args.key_out:
+        write_secret_file(Path(args.key_out), result["private_key"].rstrip("\n"))
+    print(f"issued {result['subject']} by {result['issuer']}, valid until {result['not_after']}", file=sys.stderr)
+
+
+def cmd_revoke(args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {"reason": args.reason}
+    if args.invalidity_date:
+        body["invalidity_date"] = args.invalidity_date
+    if args.issuer:
+        body["issuer"] = args.issuer
+    result = _Client(args).call("POST", f"/v1/certificates/{args.serial}/revoke", body)
+    print(
+        f"{result['serial']} revoked ({result['reason']}) at {result['revoked_at']}, event seq {result['event']['seq']}"
+    )
+
+
+def cmd_release_hold(args: argparse.Namespace) -> None:
+    result = _Client(args).call("POST", f"/v1/certificates/{args.serial}/release-hold", {})
+    print(f"{result['serial']} released from hold, event seq {result['event']['seq']}")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    path = f"/v1/certificates/{args.serial}" + (f"?issuer={args.issuer}" if args.issuer else "")
+    result = _Client(args).call("GET", path)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    line = f"{result['serial']} {result['status']}"
+    if result["status"] == "revoked":
+        line += f" reason={result['reason']} revoked_at={result['revoked_at']}"
+        if result["invalidity_date"]:
+            line += f" invalidity_date={result['invalidity_date']}"
+    print(line)
+    print(f"  issuer {result['issuer']}, subject {result['subject']}, valid until {result['not_after']}")
+
+
+def cmd_events(args: argparse.Namespace) -> None:
+    result = _Client(args).call("GET", f"/v1/events?after={args.after}&limit={args.limit}")
+    for event in result["events"]:
+        print(json.dumps(event, sort_keys=True))
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> None:
+    if args.local:
+        cfg = load_config(args.config) if args.config else _fail("--local needs --config")
+
+        async def run() -> int:
+            rt = open_runtime(cfg, SystemClock())
+            try:
+                return await rt.log.verify_chain()
+            finally:
+                rt.close()
+
+        try:
+            count = asyncio.run(run())
+        except IntegrityError as exc:
+            _fail(f"AUDIT FAILED: {exc}")
+        print(f"audit OK: {count} events, hash chain intact")
+        return
+    result = _Client(args).call("GET", "/v1/audit/verify", ok=(200, 409))
+    if not result["ok"]:
+        _fail(f"AUDIT FAILED: {result['detail']}")
+    print(f"audit OK: {result['events']} events, hash chain intact")
+
+
+# --- argument parsing -----------------------------------------------------------------
+
+
+def _remote(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="pca.toml (for the admin URL and token file)")
+    p.add_argument("--admin-url", help="admin API base URL (overrides the configuration)")
+    p.add_argument("--token", help="bearer token (default: PCA_TOKEN, then the configured token file)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pca",
+        description="Revocation and status infrastructure for a private CA: pre-signed OCSP, CRLs, audit log.",
+    )
+    parser.add_argument("--version", action="version", version=f"pca {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create a root CA, an issuing CA, an OCSP signer and a configuration")
+    p.add_argument("--dir", required=True, help="directory for configuration, keys, database and CRLs")
+    p.add_argument("--public-url", default="http://127.0.0.1:8080", help="base URL of OCSP and CRLs (in certificates)")
+    p.add_argument("--admin-listen", default="127.0.0.1:8081", help="HOST:PORT of the admin API")
+    p.add_argument("--key-algorithm", default="ec-p256", choices=KEY_ALGORITHMS, help="algorithm of every CA key")
+    p.add_argument("--root-cn", default="PCA Root CA", help="common name of the root CA")
+    p.add_argument("--issuing-cn", default="PCA Issuing CA", help="common name of the issuing CA")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("serve", help="run the server (all roles by default)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--roles", help="comma-separated subset of api,presigner,responder,publisher")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("issue", help="issue a leaf certificate (prints the serial first)")
+    _remote(p)
+    p.add_argument("--subject", help='RFC 4514 subject, e.g. "CN=svc1,O=Example" (default: from the CSR)')
+    p.add_argument("--dns", action="append", default=[], help="DNS subject alternative name (repeatable)")
+    p.add_argument("--ip", action="append", default=[], help="IP address SAN (repeatable)")
+    p.add_argument("--email", action="append", default=[], help="email SAN (repeatable)")
+    p.add_argument("--uri", action="append", default=[], help="URI SAN (repeatable)")
+    p.add_argument("--profile", default="server", choices=ca.PROFILES)
+    p.add_argument("--validity-days", type=int, help="validity (default from the configuration, 90)")
+    p.add_argument("--csr", help="PEM or DER CSR file; without it a key is generated")
+    p.add_argument("--key-algorithm", choices=KEY_ALGORITHMS, help="algorithm of a generated key")
+    p.add_argument("--issuer", help="issuing CA id (default from the configuration)")
+    p.add_argument("--out", help="write the certificate PEM here (default: stdout)")
+    p.add_argument("--key-out", help="write the generated private key here (mode 0600)")
+    p.set_defaults(func=cmd_issue)
+
+    p = sub.add_parser("revoke", help="revoke a certificate")
+    _remote(p)
+    p.add_argument("serial", help="serial number in hex")
+    p.add_argument("--reason", required=True, choices=REVOCATION_REASONS)
+    p.add_argument("--invalidity-date", help="ISO 8601 time the key is known or suspected compromised")
+    p.add_argument("--issuer", help="issuer id, when the serial exists under several issuers")
+    p.set_defaults(func=cmd_revoke)
+
+    p = sub.add_parser("release-hold", help="release a certificate from certificateHold")
+    _remote(p)
+    p.add_argument("serial")
+    p.set_defaults(func=cmd_release_hold)
+
+    p = sub.add_parser("status", help="show a certificate's status")
+    _remote(p)
+    p.add_argument("serial")
+    p.add_argument("--issuer")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("events", help="print events from the log as JSON lines")
+    _remote(p)
+    p.add_argument("--after", type=int, default=0)
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("audit", help="audit the event log")
+    audit = p.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
+    v = audit.add_parser("verify", help="walk the hash chain; fails naming the first bad seq")
+    _remote(v)
+    v.add_argument("--local", action="store_true", help="read the database directly instead of asking the API")
+    v.set_defaults(func=cmd_audit_verify)
+
+    p = sub.add_parser("rebuild", help="rebuild the certificate-status projection from the event log")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=cmd_rebuild)
+
+    p = sub.add_parser("migrate", help="apply database schema migrations")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("token", help="manage admin API tokens")
+    tok = p.add_subparsers(dest="token_command", required=True, metavar="SUBCOMMAND")
+    t = tok.add_parser("create", help="create a token and print it once")
+    t.add_argument("--config", required=True)
+    t.add_argument("--name", required=True)
+    t.add_argument("--role", required=True, choices=ROLES)
+    t.set_defaults(func=cmd_token_create)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except PCAError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

@@ -1,0 +1,224 @@
+"""Configuration: one TOML file, checked at load, every bad value named.
+
+Relative paths are relative to the directory holding the file. The file holds
+references (paths, environment variable names), never secrets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from revocation.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class OCSPConfig:
+    validity_seconds: int = 24 * 3600
+    refresh_fraction: float = 0.5  # re-sign once this fraction of the validity has passed
+    signer_validity_days: int = 30
+    signer_renew_before_days: int = 10
+    cache_size: int = 1_000_000
+    workers: int = 0  # pre-signing processes; 0 = one per core
+    poll_interval: float = 0.2  # how often a responder polls the store's change feed
+
+
+@dataclasses.dataclass(frozen=True)
+class CRLConfig:
+    validity_seconds: int = 24 * 3600  # nextUpdate - thisUpdate
+    interval_seconds: int = 3600  # full CRL at least this often
+    after_revocation_seconds: float = 2.0  # debounce: publish this soon after a revocation
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    path: Path
+    data_dir: Path
+    database: Path
+    crl_dir: Path
+    public_url: str
+    public_listen: tuple[str, int]
+    admin_url: str
+    admin_listen: tuple[str, int]
+    token_file: Path  # the token the CLI sends
+    tokens_db: Path  # hashed tokens the API accepts
+    default_issuer: str
+    leaf_validity_days: int
+    key_algorithm: str
+    max_body_bytes: int
+    ocsp: OCSPConfig
+    crl: CRLConfig
+
+    @property
+    def ocsp_url(self) -> str:
+        return self.public_url.rstrip("/") + "/ocsp"
+
+    def crl_url(self, issuer_id: str) -> str:
+        return f"{self.public_url.rstrip('/')}/crl/{issuer_id}.crl"
+
+
+def parse_listen(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} {value!r} must be HOST:PORT with a port from 1 to 65535")
+    return host.strip("[]"), int(port)
+
+
+def listen_from_url(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"public URL {url!r} must be an http:// or https:// URL with a host")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.hostname, port
+
+
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _typed(section: dict[str, Any], name: str, key: str, kind: type, default: Any) -> Any:
+    value = section.get(key, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"{name}.{key} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _positive(value: float, what: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{what} must be positive, got {value!r}")
+
+
+def load_config(path: Path | str) -> Config:
+    path = Path(path).resolve()
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration {path} is not valid TOML: {exc}") from exc
+    base = path.parent
+
+    def rel(value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else (base / p)
+
+    paths = _section(data, "paths")
+    public = _section(data, "public")
+    admin = _section(data, "admin")
+    ca = _section(data, "ca")
+    o = _section(data, "ocsp")
+    c = _section(data, "crl")
+
+    data_dir = rel(_typed(paths, "paths", "data_dir", str, "."))
+    public_url = _typed(public, "public", "url", str, "http://127.0.0.1:8080")
+    public_listen = parse_listen(
+        _typed(public, "public", "listen", str, "{}:{}".format(*listen_from_url(public_url))), "public.listen"
+    )
+    admin_listen = parse_listen(_typed(admin, "admin", "listen", str, "127.0.0.1:8081"), "admin.listen")
+    admin_url = _typed(admin, "admin", "url", str, f"http://{admin_listen[0]}:{admin_listen[1]}")
+
+    ocsp = OCSPConfig(
+        validity_seconds=_typed(o, "ocsp", "validity_seconds", int, OCSPConfig.validity_seconds),
+        refresh_fraction=_typed(o, "ocsp", "refresh_fraction", float, OCSPConfig.refresh_fraction),
+        signer_validity_days=_typed(o, "ocsp", "signer_validity_days", int, OCSPConfig.signer_validity_days),
+        signer_renew_before_days=_typed(
+            o, "ocsp", "signer_renew_before_days", int, OCSPConfig.signer_renew_before_days
+        ),
+        cache_size=_typed(o, "ocsp", "cache_size", int, OCSPConfig.cache_size),
+        workers=_typed(o, "ocsp", "workers", int, OCSPConfig.workers),
+        poll_interval=_typed(o, "ocsp", "poll_interval", float, OCSPConfig.poll_interval),
+    )
+    _positive(ocsp.validity_seconds, "ocsp.validity_seconds")
+    _positive(ocsp.cache_size, "ocsp.cache_size")
+    _positive(ocsp.poll_interval, "ocsp.poll_interval")
+    if not 0 < ocsp.refresh_fraction < 1:
+        raise ConfigError(f"ocsp.refresh_fraction must be between 0 and 1, got {ocsp.refresh_fraction}")
+    if ocsp.workers < 0:
+        raise ConfigError(f"ocsp.workers must be 0 (one per core) or more, got {ocsp.workers}")
+    if not 0 < ocsp.signer_renew_before_days < ocsp.signer_validity_days:
+        raise ConfigError("ocsp.signer_renew_before_days must be positive and below ocsp.signer_validity_days")
+
+    crl = CRLConfig(
+        validity_seconds=_typed(c, "crl", "validity_seconds", int, CRLConfig.validity_seconds),
+        interval_seconds=_typed(c, "crl", "interval_seconds", int, CRLConfig.interval_seconds),
+        after_revocation_seconds=_typed(
+            c, "crl", "after_revocation_seconds", float, CRLConfig.after_revocation_seconds
+        ),
+    )
+    _positive(crl.validity_seconds, "crl.validity_seconds")
+    _positive(crl.interval_seconds, "crl.interval_seconds")
+    if crl.interval_seconds >= crl.validity_seconds:
+        raise ConfigError("crl.interval_seconds must be below crl.validity_seconds, or CRLs expire before renewal")
+    if crl.after_revocation_seconds < 0:
+        raise ConfigError("crl.after_revocation_seconds must not be negative")
+
+    cfg = Config(
+        path=path,
+        data_dir=data_dir,
+        database=rel(_typed(paths, "paths", "database", str, str(data_dir / "pca.db"))),
+        crl_dir=rel(_typed(paths, "paths", "crl_dir", str, str(data_dir / "crl"))),
+        public_url=public_url,
+        public_listen=public_listen,
+        admin_url=admin_url,
+        admin_listen=admin_listen,
+        token_file=rel(_typed(admin, "admin", "token_file", str, "admin.token")),
+        tokens_db=rel(_typed(admin, "admin", "tokens_file", str, "tokens.json")),
+        default_issuer=_typed(ca, "ca", "default_issuer", str, "issuing-ca"),
+        leaf_validity_days=_typed(ca, "ca", "leaf_validity_days", int, 90),
+        key_algorithm=_typed(ca, "ca", "key_algorithm", str, "ec-p256"),
+        max_body_bytes=_typed(admin, "admin", "max_body_bytes", int, 64 * 1024),
+        ocsp=ocsp,
+        crl=crl,
+    )
+    listen_from_url(cfg.public_url)
+    _positive(cfg.leaf_validity_days, "ca.leaf_validity_days")
+    return cfg
+
+
+def render_config(*, public_url: str, admin_listen: str, key_algorithm: str, default_issuer: str = "issuing-ca") -> str:
+    """The pca.toml written by ``pca init``: every setting with its default, commented."""
+    host, port = listen_from_url(public_url)
+    return f"""# pca configuration. Relative paths are relative to this file's directory.
+
+[paths]
+data_dir = "."
+database = "pca.db"          # SQLite event log, projection and OCSP response store
+crl_dir = "crl"              # directory object store for CRLs
+
+[public]
+url = "{public_url}"      # base of the OCSP URL (AIA) and CRL URLs put into certificates
+listen = "{host}:{port}"
+
+[admin]
+listen = "{admin_listen}"
+token_file = "admin.token"   # the bearer token the CLI sends (mode 0600)
+tokens_file = "tokens.json"  # hashes of the tokens the admin API accepts, with roles
+max_body_bytes = 65536
+
+[ca]
+default_issuer = "{default_issuer}"
+leaf_validity_days = 90
+key_algorithm = "{key_algorithm}"  # ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096
+
+[ocsp]
+validity_seconds = 86400     # nextUpdate - thisUpdate of pre-signed responses
+refresh_fraction = 0.5       # re-sign when this fraction of the validity has passed
+signer_validity_days = 30    # delegated OCSP signer certificates
+signer_renew_before_days = 10
+cache_size = 1000000         # responses held in each responder's memory
+workers = 0                  # pre-signing processes (0 = one per core)
+poll_interval = 0.2          # seconds between polls of the response store's change feed
+
+[crl]
+validity_seconds = 86400     # nextUpdate - thisUpdate
+interval_seconds = 3600      # publish a full CRL at least this often
+after_revocation_seconds = 2 # and this soon after a revocation (debounced)
+"""

@@ -1,0 +1,147 @@
+"""``pca serve``: start the chosen roles in one process on the embedded backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from revocation.api import AdminAPI
+from revocation.authority import Actor, Authority
+from revocation.clock import SystemClock
+from revocation.config import Config
+from revocation.errors import ConfigError
+from revocation.keys import check_key_matches, open_key
+from revocation.runtime import PrefixDispatcher, Runtime, open_runtime, run_forever, start_role
+from revocation.tokens import TokenStore
+
+log = logging.getLogger("pca.serve")
+
+ALL_ROLES = ("api", "presigner", "responder", "publisher")
+SIGNER_CHECK_SECONDS = 3600
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to us (two servers share one loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def build_authority(rt: Runtime) -> Authority:
+    cfg = rt.config
+    return Authority(
+        rt.log,
+        rt.view,
+        rt.clock,
+        key_dir=cfg.data_dir / "keys",
+        default_issuer=cfg.default_issuer,
+        leaf_validity_days=cfg.leaf_validity_days,
+        key_algorithm=cfg.key_algorithm,
+        ocsp_url=cfg.ocsp_url,
+        signer_validity_days=cfg.ocsp.signer_validity_days,
+        signer_renew_before_days=cfg.ocsp.signer_renew_before_days,
+    )
+
+
+async def check_keys(rt: Runtime) -> None:
+    """Every key we will sign with is reachable and matches its certificate; else stop now."""
+    for issuer in await rt.view.issuers():
+        if issuer.key_ref is not None:
+            check_key_matches(open_key(issuer.key_ref), issuer.cert.public_key(), f"issuer {issuer.issuer_id}")  # type: ignore[arg-type]
+        if issuer.signer_cert is not None and issuer.signer_key_ref is not None:
+            check_key_matches(
+                open_key(issuer.signer_key_ref),
+                issuer.signer_cert.public_key(),  # type: ignore[arg-type]
+                f"the OCSP signer of {issuer.issuer_id}",
+            )
+
+
+async def _rotate_signers(authority: Authority, rt: Runtime) -> None:
+    while True:
+        try:
+            for rec in await authority.rotate_signers(Actor("system:signer-rotation", "rotation")):
+                log.info("rotated the OCSP signer of %s (seq %d)", rec.payload["issuer_id"], rec.seq)
+        except Exception:
+            log.exception("OCSP signer rotation failed; retrying later")
+        await asyncio.sleep(SIGNER_CHECK_SECONDS)
+
+
+def _uvicorn(app: ASGIApp, host: str, port: int) -> _Server:
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", server_header=False
+    )
+    return _Server(config)
+
+
+async def serve(cfg: Config, roles: tuple[str, ...] = ALL_ROLES) -> None:
+    unknown = set(roles) - set(ALL_ROLES)
+    if unknown:
+        raise ConfigError(f"unknown roles {sorted(unknown)}; choose from {', '.join(ALL_ROLES)}")
+    rt = open_runtime(cfg, SystemClock())
+    try:
+        if not await rt.view.issuers():
+            raise ConfigError(f"the database {cfg.database} holds no issuers: run 'pca init' first")
+        await check_keys(rt)
+        servers: list[_Server] = []
+        coros: list[Any] = []
+        if "api" in roles:
+            authority = build_authority(rt)
+            await authority.rotate_signers(Actor("system:signer-rotation", "startup"))
+            coros.append(_rotate_signers(authority, rt))
+
+            async def health() -> dict[str, Any]:
+                report: dict[str, Any] = {"status": "ok"}
+                for name, check in rt.health.items():
+                    part = await check()
+                    report[name] = part
+                    if "problem" in part:
+                        report["status"] = "degraded"
+                return report
+
+            api = AdminAPI(
+                authority,
+                rt.log,
+                lambda: TokenStore.load(cfg.tokens_db),
+                rt.registry,
+                max_body_bytes=cfg.max_body_bytes,
+                health=health,
+            )
+            servers.append(_uvicorn(api.app(), *cfg.admin_listen))
+        for role in roles:
+            if role != "api":
+                await start_role(role, rt)
+        if rt.public_apps:
+            servers.append(_uvicorn(PrefixDispatcher(rt.public_apps), *cfg.public_listen))
+        coros.extend(rt.tasks)
+        coros.extend(s.serve() for s in servers)
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        async def wait_stop() -> None:
+            await stop.wait()
+            for s in servers:
+                s.should_exit = True
+            await asyncio.sleep(0.5)
+            raise asyncio.CancelledError
+
+        log.info(
+            "serving roles %s; public %s:%d, admin %s:%d",
+            ",".join(roles),
+            *cfg.public_listen,
+            *cfg.admin_listen,
+        )
+        with contextlib.suppress(asyncio.CancelledError):
+            await run_forever([*coros, wait_stop()])
+    finally:
+        rt.close()

@@ -1,0 +1,218 @@
+"""SQLite, the embedded backend: one file, WAL, synchronous=FULL.
+
+Every write runs on one writer thread inside ``BEGIN IMMEDIATE ... COMMIT``;
+reads run on a separate thread with their own connection (WAL lets them proceed
+while a write commits). Callers await both from the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from revocation.errors import StorageError
+
+T = TypeVar("T")
+
+# Versioned migrations; each runs once, in order, recorded in schema_migrations.
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY,
+            stream TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            recorded_at TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            UNIQUE (stream, version)
+        );
+        CREATE TABLE log_head (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq INTEGER NOT NULL,
+            hash TEXT NOT NULL
+        );
+        CREATE TABLE issuers (
+            issuer_id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            parent_id TEXT,
+            cert_der BLOB NOT NULL,
+            key_ref TEXT,
+            crl_url TEXT NOT NULL,
+            signer_cert_der BLOB,
+            signer_key_ref TEXT,
+            signer_not_after INTEGER,
+            version INTEGER NOT NULL,
+            updated_seq INTEGER NOT NULL
+        );
+        CREATE TABLE certificates (
+            issuer_id TEXT NOT NULL,
+            serial TEXT NOT NULL,
+            status TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            profile TEXT NOT NULL,
+            not_before INTEGER NOT NULL,
+            not_after INTEGER NOT NULL,
+            cert_der BLOB NOT NULL,
+            revoked_at INTEGER,
+            reason TEXT,
+            invalidity_date INTEGER,
+            version INTEGER NOT NULL,
+            updated_seq INTEGER NOT NULL,
+            PRIMARY KEY (issuer_id, serial)
+        );
+        CREATE INDEX certificates_serial ON certificates (serial);
+        CREATE INDEX certificates_status ON certificates (issuer_id, status);
+        CREATE TABLE consumers (
+            name TEXT PRIMARY KEY,
+            position INTEGER NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE ocsp_responses (
+            issuer_id TEXT NOT NULL,
+            serial TEXT NOT NULL,
+            der BLOB NOT NULL,
+            status TEXT NOT NULL,
+            this_update INTEGER NOT NULL,
+            next_update INTEGER NOT NULL,
+            refresh_at INTEGER NOT NULL,
+            source_seq INTEGER NOT NULL,
+            change_id INTEGER NOT NULL,
+            PRIMARY KEY (issuer_id, serial)
+        );
+        CREATE INDEX ocsp_responses_refresh ON ocsp_responses (refresh_at);
+        CREATE UNIQUE INDEX ocsp_responses_change ON ocsp_responses (change_id);
+        CREATE TABLE crl_state (
+            issuer_id TEXT NOT NULL,
+            shard INTEGER NOT NULL,
+            number INTEGER NOT NULL,
+            this_update INTEGER NOT NULL,
+            log_position INTEGER NOT NULL,
+            PRIMARY KEY (issuer_id, shard)
+        );
+        """,
+    ),
+]
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on disk before we acknowledge it (an acknowledged revocation is durable).
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class SQLiteDatabase:
+    """One SQLite file shared by the log, the projection and the response store."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    def migrate_sync(self) -> list[int]:
+        """Apply pending migrations; returns the versions applied."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(self.path)
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            applied = []
+            for version, sql in MIGRATIONS:
+                if version in done:
+                    continue
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in sql.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_migrations VALUES (?, datetime('now'))",
+                        (version,),
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                applied.append(version)
+            return applied
+        except sqlite3.Error as exc:
+            raise StorageError(f"migrating {self.path}: {exc}") from exc
+        finally:
+            conn.close()
+
+    def _run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return fn(self._conn())
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one committed transaction on the writer thread."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._writer, self._run_write, fn)
+        except sqlite3.Error as exc:
+            raise StorageError(f"writing to {self.path}: {exc}") from exc
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._reader, self._run_read, fn)
+        except sqlite3.Error as exc:
+            raise StorageError(f"reading {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
+        with self._lock:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+
+
+def get_position(conn: sqlite3.Connection, consumer: str) -> int:
+    row = conn.execute("SELECT position FROM consumers WHERE name = ?", (consumer,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def set_position(conn: sqlite3.Connection, consumer: str, position: int, now_iso: str) -> None:
+    conn.execute(
+        "INSERT INTO consumers (name, position, updated_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+        (consumer, position, now_iso),
+    )

@@ -1,0 +1,95 @@
+"""Admin API bearer tokens: stored as SHA-256 hashes, compared in constant time.
+
+Tokens carry 256 random bits, so a plain SHA-256 (no slow KDF) is enough to
+make the stored file useless to a reader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from pathlib import Path
+
+from revocation.errors import ConfigError, ValidationError
+
+ROLES = ("admin", "revoker", "auditor")
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    name: str
+    role: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    name: str
+    role: str
+    digest: bytes
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class TokenStore:
+    def __init__(self, entries: list[_Entry]) -> None:
+        self._entries = entries
+
+    @classmethod
+    def load(cls, path: Path) -> TokenStore:
+        try:
+            data = json.loads(path.read_text())
+            entries = [_Entry(str(e["name"]), str(e["role"]), bytes.fromhex(str(e["sha256"]))) for e in data["tokens"]]
+        except FileNotFoundError:
+            return cls([])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"token file {path} is unreadable or malformed: {exc!r}") from exc
+        for e in entries:
+            if e.role not in ROLES:
+                raise ConfigError(f"token {e.name!r} in {path} has unknown role {e.role!r}")
+        return cls(entries)
+
+    def authenticate(self, token: str) -> Principal | None:
+        """The token's principal, or None. Compares against every entry, in constant time each."""
+        digest = _digest(token)
+        found: Principal | None = None
+        for entry in self._entries:
+            if hmac.compare_digest(entry.digest, digest):
+                found = Principal(entry.name, entry.role)
+        return found
+
+    def names(self) -> list[tuple[str, str]]:
+        return [(e.name, e.role) for e in self._entries]
+
+
+def add_token(path: Path, name: str, role: str) -> str:
+    """Create a token, store its hash in ``path``; returns the token (shown once)."""
+    if role not in ROLES:
+        raise ValidationError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    if not name:
+        raise ValidationError("token name must not be empty")
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {"tokens": []}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"token file {path} is unreadable: {exc!r}") from exc
+    if any(e.get("name") == name for e in data["tokens"]):
+        raise ValidationError(f"a token named {name!r} exists already")
+    token = "pca_" + secrets.token_urlsafe(32)
+    data["tokens"].append({"name": name, "role": role, "sha256": _digest(token).hex()})
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+    os.replace(tmp, path)
+    return token
+
+
+def write_secret_file(path: Path, secret: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
