@@ -386,3 +386,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(exc))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

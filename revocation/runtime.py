@@ -116,10 +116,10 @@ class PrefixDispatcher:
 
 
 async def run_forever(coros: list[Coroutine[Any, Any, None]]) -> None:
-    """Run the coroutines until one fails or the process is cancelled."""
+    """Run the coroutines until the first one ends (by stopping or failing), then stop the rest."""
     tasks = [asyncio.create_task(c) for c in coros]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             task.result()
     finally:

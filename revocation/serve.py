@@ -130,10 +130,11 @@ async def serve(cfg: Config, roles: tuple[str, ...] = ALL_ROLES) -> None:
 
         async def wait_stop() -> None:
             await stop.wait()
+            log.info("stopping")
             for s in servers:
                 s.should_exit = True
-            await asyncio.sleep(0.5)
-            raise asyncio.CancelledError
+            # Give the servers a moment to finish answering requests in flight.
+            await asyncio.sleep(0.3)
 
         log.info(
             "serving roles %s; public %s:%d, admin %s:%d",
