@@ -184,18 +184,20 @@ class PreSigner:
         self._lag.set(head - self.position - len(events))
         if events:
             keys: dict[tuple[str, int], None] = {}
-            rotated: list[str] = []
+            rotated: list[tuple[str, int]] = []
             for rec in events:
                 ev = rec.event
                 if isinstance(ev, (CertificateIssued, CertificateRevoked, CertificateHoldReleased)):
                     keys[(ev.issuer_id, int(ev.serial, 16))] = None
                 elif isinstance(ev, ResponderCertRotated):
-                    rotated.append(ev.issuer_id)
+                    rotated.append((ev.issuer_id, rec.seq))
             if rotated or any(k[0] not in self._issuers for k in keys):
                 await self._refresh_issuers()
             records = await self._view.certificates_many(list(keys))
-            for issuer_id in rotated:
-                records.extend(await self._view.issuer_certificates(issuer_id))
+            for issuer_id, seq in rotated:
+                # Re-sign with the new signer; certificates changed after the rotation are
+                # signed when their own events come up, so they are skipped here.
+                records.extend(await self._view.issuer_certificates(issuer_id, updated_before=seq))
             await self._sign_and_store(records, events[-1].seq)
             self.position = events[-1].seq
             return True

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from revocation import ca
 from revocation.clock import Clock
-from revocation.errors import ConcurrencyError, ConflictError, NotFoundError, ValidationError
+from revocation.errors import ConcurrencyError, ConflictError, IntegrityError, NotFoundError, ValidationError
 from revocation.eventlog import EventLog, NewEvent, RecordedEvent
 from revocation.events import (
     REVOCATION_REASONS,
@@ -191,7 +191,10 @@ class Authority:
     ) -> RevokeOutcome:
         if reason not in REVOCATION_REASONS:
             raise ValidationError(f"unknown revocation reason {reason!r}; use one of {', '.join(REVOCATION_REASONS)}")
-        now = self._clock.now()
+        # Whole seconds: CRLs and OCSP encode no more, and the API must show what they say.
+        now = self._clock.now().replace(microsecond=0)
+        if invalidity_date is not None:
+            invalidity_date = invalidity_date.replace(microsecond=0)
         if invalidity_date is not None and invalidity_date > now + datetime.timedelta(seconds=5):
             raise ValidationError(f"invalidity date {invalidity_date.isoformat()} is in the future")
         for _ in range(_RETRIES):
@@ -199,7 +202,8 @@ class Authority:
             if cert.status == "revoked":
                 previous = await self._last_revocation(cert)
                 prev_event = previous.event
-                assert isinstance(prev_event, CertificateRevoked)
+                if not isinstance(prev_event, CertificateRevoked):
+                    raise IntegrityError(f"last revocation of {serial:x} is a {previous.type}", previous.seq)
                 if prev_event.reason == reason and prev_event.invalidity_date == invalidity_date:
                     return RevokeOutcome(previous, created=False)
                 # RFC 5280 5.3.1: a certificate on hold may be revoked for good; nothing else changes.

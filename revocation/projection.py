@@ -84,7 +84,9 @@ class StatusView(Protocol):
         """The records for (issuer_id, serial) keys that exist, in one read."""
         ...
 
-    async def issuer_certificates(self, issuer_id: str) -> list[CertificateRecord]: ...
+    async def issuer_certificates(self, issuer_id: str, updated_before: int | None = None) -> list[CertificateRecord]:
+        """The issuer's certificates, optionally only those last changed by an event below ``updated_before``."""
+        ...
 
     async def revoked_snapshot(self, issuer_id: str) -> tuple[int, list[CertificateRecord]]:
         """The log position and the issuer's revoked certificates as of that position, read together."""
@@ -288,9 +290,12 @@ class SQLiteStatusView:
 
         return await self._db.read(q)
 
-    async def issuer_certificates(self, issuer_id: str) -> list[CertificateRecord]:
+    async def issuer_certificates(self, issuer_id: str, updated_before: int | None = None) -> list[CertificateRecord]:
         def q(conn: sqlite3.Connection) -> list[CertificateRecord]:
-            rows = conn.execute(f"SELECT {_CERT_COLUMNS} FROM certificates WHERE issuer_id = ?", (issuer_id,))
+            rows = conn.execute(
+                f"SELECT {_CERT_COLUMNS} FROM certificates WHERE issuer_id = ? AND updated_seq < ?",
+                (issuer_id, 2**62 if updated_before is None else updated_before),
+            )
             return [_cert_row(r) for r in rows.fetchall()]
 
         return await self._db.read(q)

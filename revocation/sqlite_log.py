@@ -119,12 +119,13 @@ class SQLiteEventLog:
         recorded_at = iso(now)
         for new in events:
             stream = new.event.stream()
-            if stream not in versions:
+            current = versions.get(stream)
+            if current is None:
                 row = conn.execute("SELECT MAX(version) FROM events WHERE stream = ?", (stream,)).fetchone()
                 current = int(row[0]) if row and row[0] is not None else 0
-                if current != new.expected_version:
-                    raise ConcurrencyError(f"stream {stream} is at version {current}, expected {new.expected_version}")
-                versions[stream] = current
+            if current != new.expected_version:
+                raise ConcurrencyError(f"stream {stream} is at version {current}, expected {new.expected_version}")
+            versions[stream] = current
             version = versions[stream] + 1
             versions[stream] = version
             seq += 1

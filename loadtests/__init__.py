@@ -1,0 +1,1 @@
+"""Load generators and scenarios that print comparable figures."""
