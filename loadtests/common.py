@@ -70,4 +70,3 @@ async def populate(rt: Runtime, count: int, revoked_every: int = 100, batch: int
 
 def open_bench_runtime(cfg: Config) -> Runtime:
     return open_runtime(cfg, SystemClock())
-

@@ -48,10 +48,23 @@ def request_path(issuer_hashes: tuple[bytes, bytes], serial: int) -> str:
     return "/ocsp/" + quote(b64.decode(), safe="")
 
 
-def start_server(cfg: Config) -> subprocess.Popen[bytes]:
+def start_server(cfg: Config, server: str = "uvicorn", workers: int = 1) -> subprocess.Popen[bytes]:
     log = open(cfg.data_dir / "serve.log", "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "revocation.cli", "serve", "--config", str(cfg.path), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "revocation.cli",
+            "serve",
+            "--config",
+            str(cfg.path),
+            "--log-level",
+            "warning",
+            "--server",
+            server,
+            "--workers",
+            str(workers),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -100,6 +113,8 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--server", default="uvicorn", choices=["uvicorn", "granian"])
+    parser.add_argument("--workers", type=int, default=1, help="public listener processes (granian)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is required (Debian: apt-get install -y wrk)")
@@ -116,7 +131,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pca-wrk-"))
     (work / "paths.txt").write_text("\n".join(paths) + "\n")
     (work / "rotate.lua").write_text(LUA % (work / "paths.txt"))
-    proc = start_server(cfg)
+    proc = start_server(cfg, args.server, args.workers)
     try:
         wait_presigned(cfg, args.count)
         # Check a sample of answers before measuring: right CertID, right status.
@@ -148,7 +163,7 @@ def main() -> None:
         proc.wait(timeout=15)
     result = {
         "scenario": "ocsp_serve",
-        "server": "pca serve (all roles, uvicorn, 1 process)",
+        "server": f"pca serve ({args.server}, {args.workers} public process(es))",
         "certificates": args.count,
         "distinct_requests": len(paths),
         "checked_answers": checked,

@@ -65,6 +65,8 @@ def _check_key(key: str) -> None:
     parts = key.split("/")
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"object key {key!r} is not a plain relative path")
+    if len(key) > 1024 or any(len(p.encode()) > 255 for p in parts):
+        raise ValueError(f"object key {key[:64]!r}... is too long")
 
 
 def _http_date(epoch: float) -> str:

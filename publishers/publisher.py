@@ -23,10 +23,10 @@ from email.utils import formatdate
 from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from publishers.crl_der import CRLEntry, build_crl, verify_crl
+from publishers.crl_der import MAX_CRL_NUMBER, CRLEntry, build_crl, verify_crl
 from publishers.objectstore import ObjectStore, PreconditionFailed
 from revocation.clock import Clock, to_epoch
-from revocation.errors import PCAError
+from revocation.errors import PCAError, StorageError
 from revocation.events import REASONS
 from revocation.keys import SigningKey, open_key
 from revocation.projection import CertificateRecord, IssuerRecord, StatusView
@@ -108,14 +108,7 @@ class Storer:
         max_age = 300
         cache = f"public, max-age={max_age}, no-transform"
         expires = formatdate(next_update.timestamp(), usegmt=True)
-        await self._store.put(
-            numbered_key(issuer.issuer_id, number),
-            crl_der,
-            content_type=CRL_TYPE,
-            cache_control=cache,
-            expires=expires,
-            if_none_match=True,
-        )
+        # The stable key first, conditionally: a CRL that loses a race is not published anywhere.
         await self._store.put(
             stable_key(issuer.issuer_id),
             crl_der,
@@ -124,6 +117,14 @@ class Storer:
             expires=expires,
             if_match=etag,
             if_none_match=etag is None,
+        )
+        await self._store.put(
+            numbered_key(issuer.issuer_id, number),
+            crl_der,
+            content_type=CRL_TYPE,
+            cache_control=cache,
+            expires=expires,
+            if_none_match=True,
         )
         return number
 
@@ -177,17 +178,25 @@ class Publisher:
         position, records = await self._view.revoked_snapshot(issuer.issuer_id)
         now = self._clock.now().replace(microsecond=0)
         entries = crl_entries(records, now)
-        stored, _ = await self._storer.current_number(issuer.issuer_id)
-        number = max(stored + 1, self._numbers.get(issuer.issuer_id, 0) + 1, int(now.timestamp() * 1000))
         next_update = now + self._validity
-        crl_der = build_crl(
-            issuer.cert, self._key(issuer), entries, number=number, this_update=now, next_update=next_update
-        )
         try:
+            stored, _ = await self._storer.current_number(issuer.issuer_id)
+            number = max(stored + 1, self._numbers.get(issuer.issuer_id, 0) + 1, int(now.timestamp() * 1000))
+            if number > MAX_CRL_NUMBER:
+                raise RefusedCRL(f"CRL number {number} for {issuer.issuer_id} exceeds the 20-octet limit")
+            try:
+                crl_der = build_crl(
+                    issuer.cert, self._key(issuer), entries, number=number, this_update=now, next_update=next_update
+                )
+            except ValueError as exc:
+                raise RefusedCRL(f"CRL for {issuer.issuer_id} cannot be built: {exc}") from exc
             await self._storer.store(issuer, crl_der, entries, next_update)
         except (RefusedCRL, PreconditionFailed) as exc:
             self._count.labels(issuer.issuer_id, "refused").inc()
             raise RefusedCRL(str(exc)) from exc
+        except StorageError:
+            self._count.labels(issuer.issuer_id, "error").inc()
+            raise
         self._numbers[issuer.issuer_id] = number
         seconds = time.perf_counter() - started
         self._count.labels(issuer.issuer_id, "published").inc()

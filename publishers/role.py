@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
 from publishers.objectstore import DirectoryStore
 from publishers.publisher import Publisher
+from revocation.errors import StorageError
 from revocation.eventlog import RecordedEvent
 from revocation.runtime import Runtime
+
+log = logging.getLogger("pca.crl")
 
 
 class CRLApp:
@@ -25,8 +29,11 @@ class CRLApp:
         key = scope["path"][len(self._prefix) :]
         try:
             obj = await self._store.get(key) if key.endswith(".crl") else None
-        except ValueError:  # a key with "..", an absolute path or an empty segment
+        except ValueError:  # a key with "..", an absolute path, an empty or overlong segment
             obj = None
+        except StorageError as exc:
+            log.error("cannot read CRL %r: %s", key[:100], exc)
+            return await _plain(send, 503, b"CRL store unavailable\n")
         if obj is None:
             return await _plain(send, 404, b"no such CRL\n")
         headers = [
@@ -40,7 +47,11 @@ class CRLApp:
             headers.append((b"expires", obj.expires.encode()))
         for name, value in scope["headers"]:
             if name == b"if-none-match" and value == obj.etag.encode():
-                return await _plain(send, 304, b"", headers)
+                # A 304 repeats the validators and caching headers only, not the CRL's type or length.
+                validators = [h for h in headers if h[0] != b"content-type"]
+                await send({"type": "http.response.start", "status": 304, "headers": validators})
+                await send({"type": "http.response.body", "body": b""})
+                return
         body = b"" if scope["method"] == "HEAD" else obj.data
         headers.append((b"content-length", b"%d" % len(obj.data)))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -71,7 +82,6 @@ async def start_publisher(rt: Runtime) -> None:
             publisher.revocation_happened()
 
     rt.on_commit(on_commit)
-    rt.public_apps.append(("/crl", CRLApp(store)))
     rt.tasks.append(publisher.run())
 
     async def health() -> dict[str, Any]:
@@ -82,3 +92,8 @@ async def start_publisher(rt: Runtime) -> None:
         return report
 
     rt.health["publisher"] = health
+
+
+async def start_crl_server(rt: Runtime) -> None:
+    """Serve the directory store's CRLs on the public listener."""
+    rt.public_apps.append(("/crl", CRLApp(DirectoryStore(rt.config.crl_dir))))

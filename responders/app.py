@@ -83,6 +83,8 @@ class OCSPApp:
             if body is None:
                 return await self._http_error(send, 413, b"OCSP requests are limited to 10 KB")
             return await self._answer(body, scope, send, cacheable=False)
+        if method == "HEAD":
+            send = _without_body(send)
         if method in ("GET", "HEAD"):
             raw = scope["path"][len(self._prefix) + 1 :] if scope["path"].startswith(self._prefix + "/") else None
             if raw is None:
@@ -115,9 +117,11 @@ class OCSPApp:
         headers = self._headers(entry, cacheable)
         if cacheable and _header(scope, b"if-none-match") == entry.etag:
             self._count["not_modified"].inc()
-            return await _send(send, 304, b"", headers)
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
         self._count[entry.status].inc()
-        await _send(send, 200, b"" if scope["method"] == "HEAD" else entry.der, headers, len(entry.der))
+        await _send(send, 200, entry.der, headers)
 
     def _headers(self, entry: Entry, cacheable: bool) -> list[tuple[bytes, bytes]]:
         headers = [_OCSP_TYPE, (b"etag", entry.etag), (b"last-modified", entry.last_modified)]
@@ -156,7 +160,7 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 async def _read_body(receive: Receive, scope: Scope) -> bytes | None:
     """The request body, or None when it exceeds the limit (announced or actual)."""
     declared = _header(scope, b"content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_REQUEST_BYTES):
+    if declared is not None and declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
         return None
     chunks = []
     size = 0
@@ -173,9 +177,18 @@ async def _read_body(receive: Receive, scope: Scope) -> bytes | None:
             return b"".join(chunks)
 
 
-async def _send(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]], length: int | None = None
-) -> None:
-    headers = [*headers, (b"content-length", b"%d" % (len(body) if length is None else length))]
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers = [*headers, (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _without_body(send: Send) -> Send:
+    """For HEAD: the same headers (Content-Length included), no body."""
+
+    async def send_head(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return send_head

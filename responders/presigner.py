@@ -37,6 +37,7 @@ from revocation.projection import CertificateRecord, IssuerRecord, StatusView
 log = logging.getLogger("pca.presigner")
 
 CONSUMER = "presigner"
+MIN_VALIDITY = 600  # seconds; responses shorter-lived than this are not worth signing
 BATCH = 1000
 
 # (serial, revoked_at epoch or None, reason code or None, invalidity epoch or None)
@@ -198,7 +199,9 @@ class PreSigner:
                 # Re-sign with the new signer; certificates changed after the rotation are
                 # signed when their own events come up, so they are skipped here.
                 records.extend(await self._view.issuer_certificates(issuer_id, updated_before=seq))
-            await self._sign_and_store(records, events[-1].seq)
+            stored = await self._sign_and_store(records, events[-1].seq)
+            if not stored:  # events that need no response still move the position
+                await self._store.put([], CONSUMER, events[-1].seq, iso(self._clock.now()))
             self.position = events[-1].seq
             return True
         due = await self._store.due(to_epoch(self._clock.now()), BATCH * self._parallelism)
@@ -209,7 +212,8 @@ class PreSigner:
             return True
         return False
 
-    async def _sign_and_store(self, records: Iterable[CertificateRecord], position: int) -> None:
+    async def _sign_and_store(self, records: Iterable[CertificateRecord], position: int) -> int:
+        """Sign and store responses for ``records``; returns how many were stored."""
         by_issuer: dict[str, dict[int, CertificateRecord]] = {}
         for rec in records:
             issuer = self._issuers.get(rec.issuer_id)
@@ -221,6 +225,7 @@ class PreSigner:
         next_update = this_update + self._validity
         refresh_at = this_update + self._refresh_after
         loop = asyncio.get_running_loop()
+        stored = 0
         for issuer_id, certs in by_issuer.items():
             issuer = self._issuers[issuer_id]
             signer_cert, signer_ref = issuer.signer_cert, issuer.signer_key_ref
@@ -231,6 +236,11 @@ class PreSigner:
             key_ref = signer_ref.to_dict()
             # A response must not outlive its signer's certificate.
             nu = min(next_update, to_epoch(signer_cert.not_valid_after_utc))
+            if nu - this_update < MIN_VALIDITY:
+                # Rotation keeps signers far from expiry; if it failed, signing now would only
+                # produce responses that expire at once and would be re-signed in a busy loop.
+                log.error("the OCSP signer of %s expires at %s: not signing until it is rotated", issuer_id, nu)
+                continue
             ra = min(refresh_at, this_update + (nu - this_update) // 2)
             recs = list(certs.values())
             step = BATCH * self._parallelism
@@ -262,6 +272,8 @@ class PreSigner:
                             )
                             self._signed.labels(rec.status).inc()
                     await self._store.put(responses, CONSUMER, position, iso(self._clock.now()))
+                    stored += len(responses)
+        return stored
 
     async def catch_up(self) -> None:
         """Run steps until the log is applied and nothing is due (for tests and `pca rebuild`)."""

@@ -169,7 +169,9 @@ class IssuerIndex:
         self._by_key: dict[tuple[str, bytes], tuple[bytes, str]] = {}
 
     def add(self, issuer_id: str, cert: x509.Certificate) -> None:
-        for alg, (name_hash, key_hash) in certid_hashes(cert).items():
+        # Only the CertID hashes responses are signed for: a request with another hash gets
+        # ``unauthorized`` rather than a response that names a different CertID.
+        for alg, (name_hash, key_hash) in certid_hashes(cert, ("sha1", "sha256")).items():
             self._by_key[(alg, key_hash)] = (name_hash, issuer_id)
 
     def resolve(self, req: CertIDRequest) -> str:

@@ -105,8 +105,9 @@ class SQLiteResponseStore:
             return change
 
         last = await self._db.write(w)
-        for listener in self.listeners:
-            listener()
+        if responses:
+            for listener in self.listeners:
+                listener()
         return last
 
     async def get(self, issuer_id: str, serial: int) -> StoredResponse | None:

@@ -275,6 +275,8 @@ async def _json_body(request: Request, allow_empty: bool = False) -> dict[str, A
         data = json.loads(raw)
     except ValueError as exc:
         raise ValidationError(f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ValidationError("body is not valid JSON: nested too deeply") from exc
     if not isinstance(data, dict):
         raise ValidationError("body must be a JSON object")
     return data
@@ -308,7 +310,9 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _not_allowed(request: Request, exc: Exception) -> Response:
-    return problem_response(405, "Method Not Allowed", f"{request.method} is not allowed on {request.url.path}")
+    headers = getattr(exc, "headers", None)
+    detail = f"{request.method} is not allowed on {request.url.path}"
+    return problem_response(405, "Method Not Allowed", detail, dict(headers) if headers else None)
 
 
 class _BodyLimit:
@@ -322,7 +326,13 @@ class _BodyLimit:
         if scope["type"] == "http":
             scope["pca.max_body"] = self.limit
             for key, value in scope["headers"]:
-                if key == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                if key != b"content-length":
+                    continue
+                if not value.isdigit():
+                    detail = f"Content-Length {value.decode('latin-1')!r} is not a number"
+                    await problem_response(400, "Bad Request", detail)(scope, receive, send)
+                    return
+                if int(value) > self.limit:
                     detail = f"request bodies are limited to {self.limit} bytes"
                     await problem_response(413, "Payload Too Large", detail)(scope, receive, send)
                     return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +29,15 @@ from revocation.events import (
     ResponderCertRotated,
     cert_stream,
 )
-from revocation.keys import KeyRef, PublicKey, SigningKey, generate_private_key, open_key, write_file_key
+from revocation.keys import (
+    KEY_ALGORITHMS,
+    KeyRef,
+    PublicKey,
+    SigningKey,
+    generate_private_key,
+    open_key,
+    write_file_key,
+)
 from revocation.projection import CertificateRecord, IssuerRecord, StatusView
 
 _RETRIES = 5
@@ -147,7 +156,10 @@ class Authority:
             if not subject_text:
                 raise ValidationError("subject is required when no CSR is given")
             subject = ca.parse_subject(subject_text)
-            private = generate_private_key(req.key_algorithm or self._key_algorithm)
+            algorithm = req.key_algorithm or self._key_algorithm
+            if algorithm not in KEY_ALGORITHMS:
+                raise ValidationError(f"unknown key algorithm {algorithm!r}; choose one of {', '.join(KEY_ALGORITHMS)}")
+            private = generate_private_key(algorithm)
             public = private.public_key()
             key_pem = private.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -160,7 +172,7 @@ class Authority:
             sans,
             req.profile,
             self._clock.now(),
-            req.validity_days or self._leaf_validity_days,
+            self._leaf_validity_days if req.validity_days is None else req.validity_days,
             self._ocsp_url,
             issuer.crl_url,
         )
@@ -291,7 +303,7 @@ def new_signer(
     validity: datetime.timedelta,
 ) -> ResponderCertRotated:
     private = generate_private_key(key_algorithm)
-    path = key_dir / f"{issuer.issuer_id}-ocsp-{now.strftime('%Y%m%dT%H%M%S%f')}.key"
+    path = key_dir / f"{issuer.issuer_id}-ocsp-{now.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}.key"
     write_file_key(path, private)
     cert = ca.create_ocsp_signer(issuer.cert, issuer_key, private.public_key(), now, validity.days)
     return ResponderCertRotated(

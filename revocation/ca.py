@@ -84,7 +84,7 @@ def create_intermediate(
     validity_days: int,
     root_crl_url: str,
 ) -> x509.Certificate:
-    not_after = min(now + datetime.timedelta(days=validity_days), root_cert.not_valid_after_utc)
+    not_after = _not_after(now, validity_days, root_cert.not_valid_after_utc)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -113,7 +113,7 @@ def create_ocsp_signer(
     cn = issuer_cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     label = str(cn[0].value) if cn else "CA"
     subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, f"{label} OCSP Responder")])
-    not_after = min(now + datetime.timedelta(days=validity_days), issuer_cert.not_valid_after_utc)
+    not_after = _not_after(now, validity_days, issuer_cert.not_valid_after_utc)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -130,6 +130,13 @@ def create_ocsp_signer(
         .add_extension(_aki(issuer_cert), critical=False)
     )
     return builder.sign(issuer_key.private_key_for_builder(), issuer_key.hash_algorithm())  # type: ignore[arg-type]
+
+
+def _not_after(now: datetime.datetime, validity_days: int, ceiling: datetime.datetime) -> datetime.datetime:
+    """``now + validity_days``, never beyond ``ceiling`` (the issuer's notAfter) and never overflowing."""
+    if validity_days >= (ceiling - now).days + 1:
+        return ceiling
+    return now + datetime.timedelta(days=validity_days)
 
 
 def _key_usage(
@@ -182,7 +189,7 @@ def build_sans(
     for d in dns:
         if not d or " " in d or len(d) > 253:
             raise ValidationError(f"DNS name {d!r} is not valid")
-        names.append(x509.DNSName(d))
+        names.append(_general_name(x509.DNSName, d, "DNS name"))
     for ip in ips:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(ip)))
@@ -191,12 +198,21 @@ def build_sans(
     for e in emails:
         if "@" not in e:
             raise ValidationError(f"email address {e!r} is not valid")
-        names.append(x509.RFC822Name(e))
+        names.append(_general_name(x509.RFC822Name, e, "email address"))
     for u in uris:
         if ":" not in u:
             raise ValidationError(f"URI {u!r} is not valid")
-        names.append(x509.UniformResourceIdentifier(u))
+        names.append(_general_name(x509.UniformResourceIdentifier, u, "URI"))
     return names
+
+
+def _general_name(
+    kind: type[x509.DNSName | x509.RFC822Name | x509.UniformResourceIdentifier], value: str, what: str
+) -> x509.GeneralName:
+    try:
+        return kind(value)
+    except ValueError as exc:  # e.g. an internationalised name not given as an A-label (xn--...)
+        raise ValidationError(f"{what} {value!r} is not valid: {exc}") from exc
 
 
 def issue_leaf(
@@ -218,7 +234,7 @@ def issue_leaf(
         raise ValidationError(f"validity of {validity_days} days is not positive")
     if profile == "server" and not sans:
         raise ValidationError("a server certificate needs at least one subject alternative name (--dns or --ip)")
-    not_after = min(now + datetime.timedelta(days=validity_days), issuer_cert.not_valid_after_utc)
+    not_after = _not_after(now, validity_days, issuer_cert.not_valid_after_utc)
     eku = ExtendedKeyUsageOID.SERVER_AUTH if profile == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (
         x509.CertificateBuilder()

@@ -120,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip()) if args.roles else ALL_ROLES
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(cfg, roles))
+    asyncio.run(serve(cfg, roles, server=args.server, workers=args.workers))
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -296,7 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pca {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("init", help="create a root CA, an issuing CA, an OCSP signer and a configuration")
+    p = sub.add_parser(
+        "init",
+        help="create a root CA, an issuing CA, an OCSP signer and a configuration",
+        description="Create a root CA, an issuing CA, an OCSP signer and a configuration.",
+    )
     p.add_argument("--dir", required=True, help="directory for configuration, keys, database and CRLs")
     p.add_argument("--public-url", default="http://127.0.0.1:8080", help="base URL of OCSP and CRLs (in certificates)")
     p.add_argument("--admin-listen", default="127.0.0.1:8081", help="HOST:PORT of the admin API")
@@ -305,13 +309,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--issuing-cn", default="PCA Issuing CA", help="common name of the issuing CA")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("serve", help="run the server (all roles by default)")
+    p = sub.add_parser(
+        "serve", help="run the server (all roles by default)", description="Run the server (all roles by default)."
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--roles", help="comma-separated subset of api,presigner,responder,publisher")
+    p.add_argument(
+        "--server",
+        default="uvicorn",
+        choices=["uvicorn", "granian"],
+        help="ASGI server of the public listener (granian runs it in --workers processes of its own)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="public listener processes (granian only)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("issue", help="issue a leaf certificate (prints the serial first)")
+    p = sub.add_parser(
+        "issue",
+        help="issue a leaf certificate (prints the serial first)",
+        description="Issue a leaf certificate (prints the serial first).",
+    )
     _remote(p)
     p.add_argument("--subject", help='RFC 4514 subject, e.g. "CN=svc1,O=Example" (default: from the CSR)')
     p.add_argument("--dns", action="append", default=[], help="DNS subject alternative name (repeatable)")
@@ -327,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-out", help="write the generated private key here (mode 0600)")
     p.set_defaults(func=cmd_issue)
 
-    p = sub.add_parser("revoke", help="revoke a certificate")
+    p = sub.add_parser("revoke", help="revoke a certificate", description="Revoke a certificate.")
     _remote(p)
     p.add_argument("serial", help="serial number in hex")
     p.add_argument("--reason", required=True, choices=REVOCATION_REASONS)
@@ -335,42 +352,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--issuer", help="issuer id, when the serial exists under several issuers")
     p.set_defaults(func=cmd_revoke)
 
-    p = sub.add_parser("release-hold", help="release a certificate from certificateHold")
+    p = sub.add_parser(
+        "release-hold",
+        help="release a certificate from certificateHold",
+        description="Release a certificate from certificateHold.",
+    )
     _remote(p)
     p.add_argument("serial")
     p.set_defaults(func=cmd_release_hold)
 
-    p = sub.add_parser("status", help="show a certificate's status")
+    p = sub.add_parser("status", help="show a certificate's status", description="Show a certificate's status.")
     _remote(p)
     p.add_argument("serial")
     p.add_argument("--issuer")
     p.add_argument("--json", action="store_true", help="print the API's JSON")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("events", help="print events from the log as JSON lines")
+    p = sub.add_parser(
+        "events", help="print events from the log as JSON lines", description="Print events from the log as JSON lines."
+    )
     _remote(p)
     p.add_argument("--after", type=int, default=0)
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=cmd_events)
 
-    p = sub.add_parser("audit", help="audit the event log")
+    p = sub.add_parser("audit", help="audit the event log", description="Audit the event log.")
     audit = p.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
-    v = audit.add_parser("verify", help="walk the hash chain; fails naming the first bad seq")
+    v = audit.add_parser(
+        "verify",
+        help="walk the hash chain; fails naming the first bad seq",
+        description="Walk the hash chain; fails naming the first bad seq.",
+    )
     _remote(v)
     v.add_argument("--local", action="store_true", help="read the database directly instead of asking the API")
     v.set_defaults(func=cmd_audit_verify)
 
-    p = sub.add_parser("rebuild", help="rebuild the certificate-status projection from the event log")
+    p = sub.add_parser(
+        "rebuild",
+        help="rebuild the certificate-status projection from the event log",
+        description="Rebuild the certificate-status projection from the event log.",
+    )
     p.add_argument("--config", required=True)
     p.set_defaults(func=cmd_rebuild)
 
-    p = sub.add_parser("migrate", help="apply database schema migrations")
+    p = sub.add_parser(
+        "migrate", help="apply database schema migrations", description="Apply database schema migrations."
+    )
     p.add_argument("--config", required=True)
     p.set_defaults(func=cmd_migrate)
 
-    p = sub.add_parser("token", help="manage admin API tokens")
+    p = sub.add_parser("token", help="manage admin API tokens", description="Manage admin API tokens.")
     tok = p.add_subparsers(dest="token_command", required=True, metavar="SUBCOMMAND")
-    t = tok.add_parser("create", help="create a token and print it once")
+    t = tok.add_parser(
+        "create", help="create a token and print it once", description="Create a token and print it once."
+    )
     t.add_argument("--config", required=True)
     t.add_argument("--name", required=True)
     t.add_argument("--role", required=True, choices=ROLES)

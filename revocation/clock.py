@@ -54,7 +54,10 @@ def parse_iso(value: str) -> datetime.datetime:
     moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         raise ValueError(f"time {value!r} has no timezone (add Z or +00:00)")
-    return moment.astimezone(datetime.UTC)
+    try:
+        return moment.astimezone(datetime.UTC)
+    except OverflowError as exc:
+        raise ValueError(f"time {value!r} is out of range") from exc
 
 
 def iso(moment: datetime.datetime) -> str:

@@ -32,6 +32,7 @@ ROLE_ENTRY_POINTS = {
     "presigner": "responders.role:start_presigner",
     "responder": "responders.role:start_responder",
     "publisher": "publishers.role:start_publisher",
+    "crlserver": "publishers.role:start_crl_server",
 }
 
 
@@ -60,9 +61,12 @@ class Runtime:
         self.db.close()
 
 
-def open_runtime(config: Config, clock: Clock, registry: CollectorRegistry | None = None) -> Runtime:
+def open_runtime(
+    config: Config, clock: Clock, registry: CollectorRegistry | None = None, *, migrate: bool = True
+) -> Runtime:
     db = SQLiteDatabase(config.database)
-    db.migrate_sync()
+    if migrate:
+        db.migrate_sync()
     return Runtime(
         config=config,
         clock=clock,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Generator
 from typing import Any
 
@@ -24,6 +27,7 @@ from revocation.tokens import TokenStore
 log = logging.getLogger("pca.serve")
 
 ALL_ROLES = ("api", "presigner", "responder", "publisher")
+SERVERS = ("uvicorn", "granian")
 SIGNER_CHECK_SECONDS = 3600
 
 
@@ -81,15 +85,37 @@ def _uvicorn(app: ASGIApp, host: str, port: int) -> _Server:
     return _Server(config)
 
 
-async def serve(cfg: Config, roles: tuple[str, ...] = ALL_ROLES) -> None:
+def _granian(cfg: Config, workers: int) -> subprocess.Popen[bytes]:
+    """The public listener (OCSP and CRLs) under granian, in its own worker processes."""
+    host, port = cfg.public_listen
+    cmd = [
+        sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--host", host, "--port", str(port),
+        "--workers", str(workers), "--no-ws", "--log-level", "warning", "--backlog", "2048",
+        "revocation.public_app:create_app",
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, env={**os.environ, "PCA_CONFIG": str(cfg.path)})
+
+
+async def _watch(proc: subprocess.Popen[bytes]) -> None:
+    await asyncio.to_thread(proc.wait)
+    raise ConfigError(f"the public listener (granian) exited with status {proc.returncode}")
+
+
+async def serve(cfg: Config, roles: tuple[str, ...] = ALL_ROLES, *, server: str = "uvicorn", workers: int = 1) -> None:
     unknown = set(roles) - set(ALL_ROLES)
     if unknown:
         raise ConfigError(f"unknown roles {sorted(unknown)}; choose from {', '.join(ALL_ROLES)}")
+    if server not in SERVERS:
+        raise ConfigError(f"unknown server {server!r}; choose from {', '.join(SERVERS)}")
+    if workers < 1 or (server == "uvicorn" and workers != 1):
+        raise ConfigError(f"--workers {workers}: uvicorn runs the public listener in this process (1); use granian")
     rt = open_runtime(cfg, SystemClock())
+    granian: subprocess.Popen[bytes] | None = None
     try:
         if not await rt.view.issuers():
             raise ConfigError(f"the database {cfg.database} holds no issuers: run 'pca init' first")
-        await check_keys(rt)
+        if set(roles) & {"api", "presigner", "publisher"}:
+            await check_keys(rt)  # a responder alone never opens a key
         servers: list[_Server] = []
         coros: list[Any] = []
         if "api" in roles:
@@ -115,10 +141,17 @@ async def serve(cfg: Config, roles: tuple[str, ...] = ALL_ROLES) -> None:
                 health=health,
             )
             servers.append(_uvicorn(api.app(), *cfg.admin_listen))
+        public = "responder" in roles or "publisher" in roles
         for role in roles:
+            if role == "responder" and server == "granian":
+                continue  # the granian workers run it
             if role != "api":
                 await start_role(role, rt)
-        if rt.public_apps:
+        if public and server == "granian":
+            granian = _granian(cfg, workers)
+            coros.append(_watch(granian))
+        elif public:
+            await start_role("crlserver", rt)
             servers.append(_uvicorn(PrefixDispatcher(rt.public_apps), *cfg.public_listen))
         coros.extend(rt.tasks)
         coros.extend(s.serve() for s in servers)
@@ -145,4 +178,10 @@ async def serve(cfg: Config, roles: tuple[str, ...] = ALL_ROLES) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await run_forever([*coros, wait_stop()])
     finally:
+        if granian is not None and granian.poll() is None:
+            granian.terminate()
+            try:
+                granian.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                granian.kill()
         rt.close()

@@ -81,15 +81,18 @@ def add_token(path: Path, name: str, role: str) -> str:
         raise ValidationError(f"a token named {name!r} exists already")
     token = "pca_" + secrets.token_urlsafe(32)
     data["tokens"].append({"name": name, "role": role, "sha256": _digest(token).hex()})
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-    os.replace(tmp, path)
+    write_secret_file(path, json.dumps(data, indent=2))
     return token
 
 
 def write_secret_file(path: Path, secret: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret + "\n")
+    """Write a secret readable by the owner only, also when ``path`` exists with a wider mode."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secret + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

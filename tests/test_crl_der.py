@@ -361,7 +361,7 @@ def test_bad_arguments_raise_value_error(
 
 
 def test_key_must_match_issuer(ec_ca: CA, rsa_ca: CA) -> None:
-    with pytest.raises(ValueError, match="key Test RSA CA.pem does not match the public key of 'CN=Test EC CA'"):
+    with pytest.raises(ValueError, match=r"key Test RSA CA\.pem does not match the public key of 'CN=Test EC CA'"):
         build_crl(ec_ca.cert, rsa_ca.key, [], number=1, this_update=THIS_UPDATE, next_update=NEXT_UPDATE)
 
 

@@ -366,7 +366,7 @@ def _cert_id(algorithm: str = "sha1", size: int = 20, serial: int = 5) -> dict[s
 
 
 def test_request_with_several_cert_ids_is_refused() -> None:
-    with pytest.raises(MalformedRequest, match="^requests with more than one CertID are not supported$"):
+    with pytest.raises(MalformedRequest, match=r"^requests with more than one CertID are not supported$"):
         parse_request(_asn1_request([_cert_id(), _cert_id(serial=6)]))
 
 

@@ -1,0 +1,86 @@
+"""The public listener as a stand-alone ASGI app, for servers that run it in their own processes.
+
+``granian --interface asgi --factory revocation.public_app:create_app`` with
+``PCA_CONFIG`` naming the configuration. Each worker process opens the store,
+starts the responder and CRL-serving roles at lifespan startup (loaded by name,
+like every role) and follows the response store's change feed on its own; it
+holds no keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+
+from revocation.clock import SystemClock
+from revocation.config import load_config
+from revocation.runtime import PrefixDispatcher, Runtime, open_runtime, start_role
+
+log = logging.getLogger("pca.public")
+
+PUBLIC_ROLES = ("responder", "crlserver")
+
+
+class PublicApp:
+    def __init__(self, config_path: str) -> None:
+        self._config_path = config_path
+        self._runtime: Runtime | None = None
+        self._dispatch: PrefixDispatcher | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock = asyncio.Lock()
+
+    async def _startup(self) -> None:
+        rt = open_runtime(load_config(self._config_path), SystemClock(), migrate=False)
+        for role in PUBLIC_ROLES:
+            await start_role(role, rt)
+        self._tasks = [asyncio.create_task(c) for c in rt.tasks]
+        self._dispatch = PrefixDispatcher(rt.public_apps)
+        self._runtime = rt
+
+    async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runtime is not None:
+            self._runtime.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        dispatch = self._dispatch
+        if dispatch is None:  # a server that skips lifespan: start on first use
+            async with self._lock:
+                if self._dispatch is None:
+                    await self._startup()
+            dispatch = self._dispatch
+            if dispatch is None:
+                raise RuntimeError("the public listener did not start")
+        await dispatch(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message: Any = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self._startup()
+                except Exception as exc:
+                    log.exception("public listener failed to start")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self._shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app() -> PublicApp:
+    path = os.environ.get("PCA_CONFIG")
+    if not path:
+        raise RuntimeError("PCA_CONFIG must name the pca.toml of the public listener")
+    return PublicApp(path)
