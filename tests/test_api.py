@@ -445,8 +445,6 @@ async def test_a_body_just_under_the_limit_is_accepted(admin: Admin) -> None:
     assert resp.status_code == 201, resp.text
 
 
-
-
 @pytest.mark.parametrize(
     ("path", "body"),
     [
