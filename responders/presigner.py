@@ -12,7 +12,9 @@ event loop only reads, batches and stores.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 
@@ -38,7 +40,10 @@ log = logging.getLogger("pca.presigner")
 
 CONSUMER = "presigner"
 MIN_VALIDITY = 600  # seconds; responses shorter-lived than this are not worth signing
-BATCH = 1000
+BATCH = 500  # responses per job sent to a worker
+STORE_BATCH = 4000  # responses per write to the store
+READ_BATCH = 10_000  # events read per step
+REFRESH_BATCH = 10_000  # due responses re-signed per step
 
 # (serial, revoked_at epoch or None, reason code or None, invalidity epoch or None)
 Item = tuple[int, int | None, int | None, int | None]
@@ -98,6 +103,18 @@ def signing_pool(workers: int) -> ProcessPoolExecutor:
 
 
 # --- coordinator side ------------------------------------------------------------------
+
+_CERT_EVENTS = frozenset((CertificateIssued.TYPE, CertificateRevoked.TYPE, CertificateHoldReleased.TYPE))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    records: list[CertificateRecord]
+    issuer_der: bytes
+    signer_der: bytes
+    key_ref: dict[str, str]
+    next_update: int
+    refresh_at: int
 
 
 def _item(rec: CertificateRecord) -> Item:
@@ -164,6 +181,7 @@ class PreSigner:
         self.position = await self._store.position(CONSUMER)
         while True:
             try:
+                await self.follow_log()
                 busy = await self.step()
             except asyncio.CancelledError:
                 raise
@@ -178,33 +196,53 @@ class PreSigner:
                     pass
                 self._wake.clear()
 
+    async def _load(self, after: int) -> tuple[int, list[CertificateRecord]]:
+        """The next batch of events after ``after``: (its last seq or 0, the records to sign)."""
+        events = await self._log.read_index(after, READ_BATCH)
+        self._lag.set(await self._log.head() - after - len(events))
+        if not events:
+            return 0, []
+        keys: dict[tuple[str, int], None] = {}
+        rotated: list[tuple[str, int]] = []
+        for seq, stream, type_ in events:
+            # The stream names the certificate (cert/<issuer>/<serial hex>): no payload to decode.
+            if type_ in _CERT_EVENTS:
+                _, issuer_id, serial_hex = stream.split("/")
+                keys[(issuer_id, int(serial_hex, 16))] = None
+            elif type_ == ResponderCertRotated.TYPE:
+                rotated.append((stream.split("/", 1)[1], seq))
+        if rotated or any(k[0] not in self._issuers for k in keys):
+            await self._refresh_issuers()
+        records = await self._view.certificates_many(list(keys))
+        for issuer_id, seq in rotated:
+            # Re-sign with the new signer; certificates changed after the rotation are
+            # signed when their own events come up, so they are skipped here.
+            records.extend(await self._view.issuer_certificates(issuer_id, updated_before=seq))
+        return events[-1][0], records
+
+    async def _apply(self, last_seq: int, records: list[CertificateRecord]) -> None:
+        await self._sign_and_store(records, last_seq)
+        self.position = last_seq
+
+    async def follow_log(self) -> None:
+        """Apply every new event, reading the next batch while the workers sign the current one."""
+        last_seq, records = await self._load(self.position)
+        while last_seq:
+            following = asyncio.create_task(self._load(last_seq))
+            try:
+                await self._apply(last_seq, records)
+            except BaseException:
+                following.cancel()
+                raise
+            last_seq, records = await following
+
     async def step(self) -> bool:
-        """Apply new events, then refresh due responses. Returns True if work remains likely."""
-        events = await self._log.read(self.position, BATCH * 5)
-        head = await self._log.head()
-        self._lag.set(head - self.position - len(events))
-        if events:
-            keys: dict[tuple[str, int], None] = {}
-            rotated: list[tuple[str, int]] = []
-            for rec in events:
-                ev = rec.event
-                if isinstance(ev, (CertificateIssued, CertificateRevoked, CertificateHoldReleased)):
-                    keys[(ev.issuer_id, int(ev.serial, 16))] = None
-                elif isinstance(ev, ResponderCertRotated):
-                    rotated.append((ev.issuer_id, rec.seq))
-            if rotated or any(k[0] not in self._issuers for k in keys):
-                await self._refresh_issuers()
-            records = await self._view.certificates_many(list(keys))
-            for issuer_id, seq in rotated:
-                # Re-sign with the new signer; certificates changed after the rotation are
-                # signed when their own events come up, so they are skipped here.
-                records.extend(await self._view.issuer_certificates(issuer_id, updated_before=seq))
-            stored = await self._sign_and_store(records, events[-1].seq)
-            if not stored:  # events that need no response still move the position
-                await self._store.put([], CONSUMER, events[-1].seq, iso(self._clock.now()))
-            self.position = events[-1].seq
+        """Apply one batch of new events, else refresh due responses. Returns True if it did work."""
+        last_seq, records = await self._load(self.position)
+        if last_seq:
+            await self._apply(last_seq, records)
             return True
-        due = await self._store.due(to_epoch(self._clock.now()), BATCH * self._parallelism)
+        due = await self._store.due(to_epoch(self._clock.now()), REFRESH_BATCH)
         if due:
             await self._refresh_issuers()
             records = await self._view.certificates_many(due)
@@ -212,71 +250,108 @@ class PreSigner:
             return True
         return False
 
-    async def _sign_and_store(self, records: Iterable[CertificateRecord], position: int) -> int:
-        """Sign and store responses for ``records``; returns how many were stored."""
+    def _jobs(self, records: Iterable[CertificateRecord], this_update: int) -> list[_Job]:
+        """Chunks of work per issuer, with everything the worker needs."""
         by_issuer: dict[str, dict[int, CertificateRecord]] = {}
         for rec in records:
             issuer = self._issuers.get(rec.issuer_id)
             if issuer is None or issuer.signer_cert is None or issuer.signer_key_ref is None:
                 continue  # an issuer without a delegated signer (the root) has no OCSP service
             by_issuer.setdefault(rec.issuer_id, {})[rec.serial] = rec
-        now = self._clock.now()
-        this_update = to_epoch(now)
-        next_update = this_update + self._validity
-        refresh_at = this_update + self._refresh_after
-        loop = asyncio.get_running_loop()
-        stored = 0
+        jobs = []
         for issuer_id, certs in by_issuer.items():
             issuer = self._issuers[issuer_id]
             signer_cert, signer_ref = issuer.signer_cert, issuer.signer_key_ref
             if signer_cert is None or signer_ref is None:
                 continue
+            # A response must not outlive its signer's certificate.
+            next_update = min(this_update + self._validity, to_epoch(signer_cert.not_valid_after_utc))
+            if next_update - this_update < MIN_VALIDITY:
+                # Rotation keeps signers far from expiry; if it failed, signing now would only
+                # produce responses that expire at once and would be re-signed in a busy loop.
+                log.error(
+                    "the OCSP signer of %s expires at %s: not signing until it is rotated", issuer_id, next_update
+                )
+                continue
+            refresh_at = min(this_update + self._refresh_after, this_update + (next_update - this_update) // 2)
             issuer_der = issuer.cert.public_bytes(serialization.Encoding.DER)
             signer_der = signer_cert.public_bytes(serialization.Encoding.DER)
             key_ref = signer_ref.to_dict()
-            # A response must not outlive its signer's certificate.
-            nu = min(next_update, to_epoch(signer_cert.not_valid_after_utc))
-            if nu - this_update < MIN_VALIDITY:
-                # Rotation keeps signers far from expiry; if it failed, signing now would only
-                # produce responses that expire at once and would be re-signed in a busy loop.
-                log.error("the OCSP signer of %s expires at %s: not signing until it is rotated", issuer_id, nu)
-                continue
-            ra = min(refresh_at, this_update + (nu - this_update) // 2)
             recs = list(certs.values())
-            step = BATCH * self._parallelism
-            for start in range(0, len(recs), step):
-                chunks = [recs[i : i + BATCH] for i in range(start, min(start + step, len(recs)), BATCH)]
-                with self._batch_seconds.time():
-                    results = await asyncio.gather(
-                        *(
-                            loop.run_in_executor(
-                                self._executor,
-                                sign_batch,
-                                issuer_der,
-                                signer_der,
-                                key_ref,
-                                [_item(r) for r in chunk],
-                                this_update,
-                                nu,
-                            )
-                            for chunk in chunks
-                        )
+            for start in range(0, len(recs), BATCH):
+                chunk = recs[start : start + BATCH]
+                jobs.append(_Job(chunk, issuer_der, signer_der, key_ref, next_update, refresh_at))
+        return jobs
+
+    async def _sign_and_store(self, records: Iterable[CertificateRecord], position: int) -> int:
+        """Sign and store responses for ``records``, then record ``position``; returns how many were stored.
+
+        Signing is pipelined: a few chunks are always in the workers while finished ones are
+        stored. Only the last write records the new log position, so a crash part-way
+        leaves the position where it was and the work is redone.
+        """
+        this_update = to_epoch(self._clock.now())
+        loop = asyncio.get_running_loop()
+        window: deque[tuple[_Job, asyncio.Future[list[bytes]]]] = deque()
+        pending: list[StoredResponse] = []
+        stored = 0
+
+        async def finish_oldest() -> None:
+            job, future = window.popleft()
+            ders = await future
+            counts = {"good": 0, "revoked": 0}
+            for rec, der_bytes in zip(job.records, ders, strict=True):
+                pending.append(
+                    StoredResponse(
+                        rec.issuer_id,
+                        rec.serial,
+                        der_bytes,
+                        rec.status,
+                        this_update,
+                        job.next_update,
+                        job.refresh_at,
+                        position,
                     )
-                    responses = []
-                    for chunk, ders in zip(chunks, results, strict=True):
-                        for rec, der_bytes in zip(chunk, ders, strict=True):
-                            responses.append(
-                                StoredResponse(
-                                    rec.issuer_id, rec.serial, der_bytes, rec.status, this_update, nu, ra, position
-                                )
-                            )
-                            self._signed.labels(rec.status).inc()
-                    await self._store.put(responses, CONSUMER, position, iso(self._clock.now()))
-                    stored += len(responses)
+                )
+                counts[rec.status] = counts.get(rec.status, 0) + 1
+            for status, n in counts.items():
+                if n:
+                    self._signed.labels(status).inc(n)
+
+        async def flush(final: bool) -> None:
+            nonlocal pending, stored
+            if pending or final:
+                batch, pending = pending, []
+                with self._batch_seconds.time():
+                    # Until the last write, keep the old position: the step is not complete.
+                    await self._store.put(batch, CONSUMER, position if final else self.position, iso(self._clock.now()))
+                stored += len(batch)
+
+        for job in self._jobs(records, this_update):
+            items = [_item(r) for r in job.records]
+            future = loop.run_in_executor(
+                self._executor,
+                sign_batch,
+                job.issuer_der,
+                job.signer_der,
+                job.key_ref,
+                items,
+                this_update,
+                job.next_update,
+            )
+            window.append((job, future))
+            if len(window) > self._parallelism + 3:  # a few queued jobs keep the workers busy while we store
+                await finish_oldest()
+                if len(pending) >= STORE_BATCH:
+                    await flush(final=False)
+        while window:
+            await finish_oldest()
+        await flush(final=True)
         return stored
 
     async def catch_up(self) -> None:
         """Run steps until the log is applied and nothing is due (for tests and `pca rebuild`)."""
         self.position = max(self.position, await self._store.position(CONSUMER))
+        await self.follow_log()
         while await self.step():
             pass

@@ -111,6 +111,11 @@ class EventLog(Protocol):
 
     async def read_stream(self, stream: str) -> list[RecordedEvent]: ...
 
+    async def read_index(self, after: int, limit: int) -> list[tuple[int, str, str]]:
+        """(seq, stream, type) of events with ``seq > after``, in order: a cheap way to follow the log
+        for consumers that need only which streams changed."""
+        ...
+
     async def head(self) -> int:
         """The highest committed seq (0 when empty)."""
         ...

@@ -95,6 +95,8 @@ class StatusView(Protocol):
 
 # --- SQLite -----------------------------------------------------------------
 
+_IN_CHUNK = 500  # bound parameters per IN (...) query
+
 _CERT_COLUMNS = (
     "issuer_id, serial, status, subject, profile, not_before, not_after, revoked_at, reason, invalidity_date, version"
 )
@@ -279,13 +281,21 @@ class SQLiteStatusView:
         return await self._db.read(q)
 
     async def certificates_many(self, keys: Sequence[tuple[str, int]]) -> list[CertificateRecord]:
+        by_issuer: dict[str, list[str]] = {}
+        for issuer_id, serial in keys:
+            by_issuer.setdefault(issuer_id, []).append(f"{serial:x}")
+
         def q(conn: sqlite3.Connection) -> list[CertificateRecord]:
-            out = []
-            sql = f"SELECT {_CERT_COLUMNS} FROM certificates WHERE issuer_id = ? AND serial = ?"
-            for issuer_id, serial in keys:
-                row = conn.execute(sql, (issuer_id, f"{serial:x}")).fetchone()
-                if row is not None:
-                    out.append(_cert_row(row))
+            out: list[CertificateRecord] = []
+            for issuer_id, serials in by_issuer.items():
+                for first in range(0, len(serials), _IN_CHUNK):
+                    chunk = serials[first : first + _IN_CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    rows = conn.execute(
+                        f"SELECT {_CERT_COLUMNS} FROM certificates WHERE issuer_id = ? AND serial IN ({marks})",
+                        (issuer_id, *chunk),
+                    )
+                    out.extend(_cert_row(r) for r in rows.fetchall())
             return out
 
         return await self._db.read(q)

@@ -166,6 +166,15 @@ class SQLiteEventLog:
 
         return await self._db.read(q)
 
+    async def read_index(self, after: int, limit: int) -> list[tuple[int, str, str]]:
+        def q(conn: sqlite3.Connection) -> list[tuple[int, str, str]]:
+            rows = conn.execute(
+                "SELECT seq, stream, type FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            ).fetchall()
+            return [(int(a), str(b), str(c)) for a, b, c in rows]
+
+        return await self._db.read(q)
+
     async def read_stream(self, stream: str) -> list[RecordedEvent]:
         def q(conn: sqlite3.Connection) -> list[RecordedEvent]:
             rows = conn.execute(f"SELECT {_COLUMNS} FROM events WHERE stream = ? ORDER BY version", (stream,))
