@@ -8,7 +8,6 @@ bounded in-memory cache that the store's change feed keeps current; the
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -26,6 +25,9 @@ from revocation.errors import PCAError, StorageError
 log = logging.getLogger("pca.responder")
 
 
+_SERIAL_LIMIT = 1 << 168  # cache keys put the issuer number above this
+
+
 class NotFound(PCAError):
     """No response for this issuer and serial: the edge answers ``unauthorized``."""
 
@@ -35,18 +37,46 @@ class Unavailable(PCAError):
 
 
 class Entry:
-    """A servable response with its precomputed HTTP validators."""
+    """A servable response, kept lean: a cache holds a million of these.
 
-    __slots__ = ("change_id", "der", "etag", "expires", "last_modified", "next_update", "status")
+    HTTP validators are derived when asked: the ETag from the store's change id and
+    thisUpdate (both change whenever the response does), the dates through a small
+    shared cache of formatted times.
+    """
+
+    __slots__ = ("change_id", "der", "next_update", "status", "this_update")
 
     def __init__(self, stored: StoredResponse) -> None:
         self.der = stored.der
         self.status = stored.status
-        self.etag = b'"' + hashlib.sha1(stored.der, usedforsecurity=False).hexdigest()[:20].encode() + b'"'
-        self.last_modified = formatdate(stored.this_update, usegmt=True).encode()
-        self.expires = formatdate(stored.next_update, usegmt=True).encode()
+        self.this_update = stored.this_update
         self.next_update = stored.next_update
         self.change_id = stored.change_id
+
+    @property
+    def etag(self) -> bytes:
+        return b'"%x-%x"' % (self.this_update, self.change_id)
+
+    @property
+    def last_modified(self) -> bytes:
+        return http_date(self.this_update)
+
+    @property
+    def expires(self) -> bytes:
+        return http_date(self.next_update)
+
+
+_HTTP_DATES: dict[int, bytes] = {}
+
+
+def http_date(epoch: int) -> bytes:
+    """An HTTP-date; responses signed in the same second share one formatted string."""
+    value = _HTTP_DATES.get(epoch)
+    if value is None:
+        if len(_HTTP_DATES) > 4096:
+            _HTTP_DATES.clear()
+        value = _HTTP_DATES[epoch] = formatdate(epoch, usegmt=True).encode()
+    return value
 
 
 class Source(Protocol):
@@ -90,9 +120,12 @@ class CachingSource:
             raise ValueError(f"cache size must be positive, got {maxsize}")
         self._inner = inner
         self._store = store
-        self._cache: LRUCache[tuple[str, int], Entry] = LRUCache(maxsize)
+        # Keyed by one int (issuer number above the 160 bits a serial may use): a tuple key
+        # would cost about 50 bytes more per cached response.
+        self._cache: LRUCache[int, Entry] = LRUCache(maxsize)
+        self._issuer_numbers: dict[str, int] = {}
         # Serials never issued are asked for too; remember briefly that they are unknown.
-        self._missing: TTLCache[tuple[str, int], bool] = TTLCache(maxsize=100_000, ttl=negative_ttl)
+        self._missing: TTLCache[int, bool] = TTLCache(maxsize=100_000, ttl=negative_ttl)
         self._poll = poll_interval
         self._clock = clock
         self._wake = asyncio.Event()
@@ -104,8 +137,16 @@ class CachingSource:
     def __len__(self) -> int:
         return len(self._cache)
 
+    def _key(self, issuer_id: str, serial: int) -> int:
+        number = self._issuer_numbers.get(issuer_id)
+        if number is None:
+            number = self._issuer_numbers[issuer_id] = len(self._issuer_numbers) + 1
+        return (number << 168) | serial
+
     async def response(self, issuer_id: str, serial: int) -> Entry:
-        key = (issuer_id, serial)
+        if not 0 < serial < _SERIAL_LIMIT:
+            raise NotFound(f"serial {serial} is outside what certificates carry")
+        key = self._key(issuer_id, serial)
         entry = self._cache.get(key)
         if entry is not None and entry.next_update > self._clock():
             self.hits += 1
@@ -123,7 +164,7 @@ class CachingSource:
         self._put(key, fresh)
         return fresh
 
-    def _put(self, key: tuple[str, int], entry: Entry) -> None:
+    def _put(self, key: int, entry: Entry) -> None:
         current = self._cache.get(key)
         if current is None or current.change_id <= entry.change_id:
             self._cache[key] = entry
@@ -134,7 +175,9 @@ class CachingSource:
     async def sync_once(self, limit: int = 5000) -> int:
         changes = await self._store.changes(self.position, limit)
         for stored in changes:
-            key = (stored.issuer_id, stored.serial)
+            if not 0 < stored.serial < _SERIAL_LIMIT:
+                continue
+            key = self._key(stored.issuer_id, stored.serial)
             self._missing.pop(key, None)
             self._put(key, Entry(stored))
         if changes:
