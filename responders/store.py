@@ -104,7 +104,8 @@ class SQLiteResponseStore:
                 set_position(conn, consumer, position, now_iso)
             return change
 
-        last = await self._db.write(w)
+        # Responses are derived from the log and re-signed after a crash: no need to wait for the disk.
+        last = await self._db.write(w, durable=False)
         if responses:
             for listener in self.listeners:
                 listener()

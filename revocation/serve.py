@@ -22,7 +22,7 @@ from revocation.config import Config
 from revocation.errors import ConfigError
 from revocation.keys import check_key_matches, open_key
 from revocation.runtime import PrefixDispatcher, Runtime, open_runtime, run_forever, start_role
-from revocation.tokens import TokenStore
+from revocation.tokens import TokenFile
 
 log = logging.getLogger("pca.serve")
 
@@ -135,7 +135,7 @@ async def serve(cfg: Config, roles: tuple[str, ...] = ALL_ROLES, *, server: str 
             api = AdminAPI(
                 authority,
                 rt.log,
-                lambda: TokenStore.load(cfg.tokens_db),
+                TokenFile(cfg.tokens_db),
                 rt.registry,
                 max_body_bytes=cfg.max_body_bytes,
                 health=health,

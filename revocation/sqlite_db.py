@@ -167,25 +167,37 @@ class SQLiteDatabase:
         finally:
             conn.close()
 
-    def _run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _run_write(self, fn: Callable[[sqlite3.Connection], T], durable: bool) -> T:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        if not durable:
+            # Derived state (the response store) can be rebuilt from the log: commit it
+            # atomically but without waiting for the disk. The next durable commit syncs it too.
+            conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            result = fn(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            if not durable:
+                conn.execute("PRAGMA synchronous=FULL")
         return result
 
     def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return fn(self._conn())
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in one committed transaction on the writer thread."""
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """Run ``fn`` in one committed transaction on the writer thread.
+
+        ``durable=False`` is for state derived from the log: atomic, but the commit
+        does not wait for the disk.
+        """
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._writer, self._run_write, fn)
+            return await loop.run_in_executor(self._writer, self._run_write, fn, durable)
         except sqlite3.Error as exc:
             raise StorageError(f"writing to {self.path}: {exc}") from exc
 

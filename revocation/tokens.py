@@ -67,6 +67,26 @@ class TokenStore:
         return [(e.name, e.role) for e in self._entries]
 
 
+class TokenFile:
+    """The token file, re-read only when it changes (tokens added by `pca token create` apply at once)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stamp: tuple[int, int] | None = None
+        self._store = TokenStore([])
+
+    def __call__(self) -> TokenStore:
+        try:
+            st = self._path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = (0, 0)
+        if stamp != self._stamp:
+            self._store = TokenStore.load(self._path)
+            self._stamp = stamp
+        return self._store
+
+
 def add_token(path: Path, name: str, role: str) -> str:
     """Create a token, store its hash in ``path``; returns the token (shown once)."""
     if role not in ROLES:
