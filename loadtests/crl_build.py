@@ -1,77 +1,163 @@
-"""CRL building: build, check and store a full CRL of N revoked entries.
+"""CRL building: build and sign full CRLs of 100,000 and 1,000,000 revoked entries.
 
-    python -m loadtests.crl_build --count 100000
+    python -m loadtests.crl_build [--smoke] [--runs 2] [--sizes 100000 1000000] [--publish-count 100000]
 
-Times both the bare DER assembly + signature (``build_crl``) and the publisher's
-whole path (read the projection, build, parse back and verify, store).
+- bare: ``publishers.crl_der.build_crl`` over a prepared entry list (DER assembly and one
+  signature; the list itself is not timed);
+- publish: the publisher's whole path, ``Publisher.publish``, for 100,000 revoked
+  certificates in the log: read the projection, build, sign, parse back and verify
+  against the log, store in the directory object store;
+- peer: ``openssl ca -gencrl`` (whole command: reads the index, signs, writes PEM) over
+  an OpenSSL index file with the same serials, revocation times and reasons, signed
+  with the same issuing CA key (ECDSA P-256, SHA-256), AKI and CRL number included.
+
+Runs are interleaved: in each round every size is built by us and by openssl.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime
-import json
 import time
+from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from loadtests.common import make_ca, open_bench_runtime, populate
+from loadtests import peers
+from loadtests.common import (
+    BASE_SERIAL,
+    build_template,
+    emit,
+    issuer_record,
+    log,
+    median,
+    open_bench_runtime,
+    parser,
+    runs_of,
+    scratch,
+)
 from publishers.crl_der import CRLEntry, build_crl
 from publishers.objectstore import DirectoryStore
 from publishers.publisher import Publisher
 from revocation.config import Config
 from revocation.keys import open_key
+from revocation.projection import IssuerRecord
+
+KEY_COMPROMISE = 1
 
 
-def bare_build(cfg: Config, count: int) -> dict[str, float]:
-    rt = open_bench_runtime(cfg)
-    try:
-        issuer = next(i for i in asyncio.run(rt.view.issuers()) if i.issuer_id == "issuing-ca")
-    finally:
-        rt.close()
+def entries_for(count: int, now: datetime.datetime) -> list[CRLEntry]:
+    return [
+        CRLEntry(BASE_SERIAL + i, now - datetime.timedelta(seconds=i % 86400), KEY_COMPROMISE) for i in range(count)
+    ]
+
+
+def bare_build(issuer: IssuerRecord, entries: list[CRLEntry], now: datetime.datetime) -> tuple[float, int]:
     assert issuer.key_ref is not None
     key = open_key(issuer.key_ref)
-    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    entries = [CRLEntry((1 << 120) + i, now - datetime.timedelta(seconds=i % 86400), 1) for i in range(count)]
     started = time.perf_counter()
-    der = build_crl(issuer.cert, key, entries, number=1, this_update=now, next_update=now + datetime.timedelta(days=1))
-    return {"entries": count, "seconds": round(time.perf_counter() - started, 3), "bytes": len(der)}
+    der = build_crl(
+        issuer.cert, key, entries, number=1000, this_update=now, next_update=now + datetime.timedelta(days=1)
+    )
+    return time.perf_counter() - started, len(der)
 
 
-async def publish_path(cfg: Config, count: int) -> dict[str, float]:
+def write_peer_index(directory: Path, entries: list[CRLEntry], not_after: datetime.datetime) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = ((e.serial, not_after, e.revoked_at, "keyCompromise") for e in entries)
+    peers.write_index(directory / "index.txt", rows)
+
+
+def publish_runs(cfg: Config, runs: int) -> list[dict[str, Any]]:
+    """``Publisher.publish`` ``runs`` times on the same log (each a new CRL number)."""
     rt = open_bench_runtime(cfg)
     try:
-        await populate(rt, count, revoked_every=1)
         publisher = Publisher(
             rt.view,
             DirectoryStore(cfg.crl_dir),
             rt.clock,
             CollectorRegistry(),
-            validity_seconds=86400,
-            interval_seconds=3600,
-            after_revocation_seconds=1,
+            validity_seconds=cfg.crl.validity_seconds,
+            interval_seconds=cfg.crl.interval_seconds,
+            after_revocation_seconds=cfg.crl.after_revocation_seconds,
         )
-        issuer = next(i for i in await rt.view.issuers() if i.issuer_id == "issuing-ca")
-        started = time.perf_counter()
-        published = await publisher.publish(issuer)
-        seconds = time.perf_counter() - started
+
+        async def go() -> list[dict[str, Any]]:
+            issuer = next(i for i in await rt.view.issuers() if i.issuer_id == "issuing-ca")
+            out = []
+            for _ in range(runs):
+                published = await publisher.publish(issuer)
+                out.append({"seconds": published.seconds, "bytes": published.size, "entries": published.entries})
+                await asyncio.sleep(0.01)  # CRL numbers come from the clock in milliseconds
+            return out
+
+        return asyncio.run(go())
     finally:
         rt.close()
-    return {"entries": published.entries, "seconds": round(seconds, 3), "bytes": published.size}
+
+
+def run(*, smoke: bool, runs: int, sizes: list[int], publish_count: int) -> dict[str, Any]:
+    if smoke:
+        sizes, publish_count = [2000, 5000], 2000
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    with scratch("crl") as work:
+        log(f"crl_build: recording {publish_count} revoked certificates for the publisher's path")
+        # revoked_every=1 revokes all but the one really issued certificate: one more makes the count.
+        template = build_template(work / "template", publish_count + 1, revoked_every=1)
+        issuer = issuer_record(template.cfg)
+        if issuer.key_ref is None:
+            raise RuntimeError("no key for the issuing CA")
+        ca_pem = peers.pem(work / "issuing-ca.pem", issuer.cert)
+        lists = {n: entries_for(n, now) for n in sizes}
+        for n, entries in lists.items():
+            write_peer_index(work / f"openssl-{n}", entries, now + datetime.timedelta(days=90))
+        ours: dict[int, list[tuple[float, int]]] = {n: [] for n in sizes}
+        theirs: dict[int, list[tuple[float, int]]] = {n: [] for n in sizes}
+        for _ in range(runs):
+            for n in sizes:
+                ours[n].append(bare_build(issuer, lists[n], now))
+                theirs[n].append(peers.openssl_gencrl(work / f"openssl-{n}", ca_pem, Path(issuer.key_ref.path)))
+                log(f"  crl {n}: build_crl {ours[n][-1][0]:.2f} s, openssl ca -gencrl {theirs[n][-1][0]:.2f} s")
+        publish = publish_runs(template.cfg, max(2, runs))
+        log(f"  publish {publish_count}: {[round(p['seconds'], 2) for p in publish]} s")
+    rows: list[dict[str, Any]] = []
+    for n in sizes:
+        ours_s, theirs_s = median([s for s, _ in ours[n]]), median([s for s, _ in theirs[n]])
+        rows.append(
+            {
+                "entries": n,
+                "build_crl_s": round(ours_s, 3),
+                "build_crl_bytes": ours[n][0][1],
+                "openssl_gencrl_s": round(theirs_s, 3),
+                "openssl_bytes": theirs[n][0][1],
+                "x_openssl_time": round(ours_s / theirs_s, 3),
+                "build_runs": [round(s, 3) for s, _ in ours[n]],
+                "openssl_runs": [round(s, 3) for s, _ in theirs[n]],
+            }
+        )
+    publish_s = median([p["seconds"] for p in publish])
+    peer = next((r for r in rows if r["entries"] == publish_count), None)
+    return {
+        "scenario": "crl_build",
+        "params": {"sizes": sizes, "publish_entries": publish_count, "runs": runs},
+        "results": rows,
+        "publish": {
+            "entries": publish[0]["entries"],
+            "seconds": round(publish_s, 3),
+            "bytes": publish[0]["bytes"],
+            "x_openssl_time": round(publish_s / peer["openssl_gencrl_s"], 3) if peer else None,
+            "runs": [round(p["seconds"], 3) for p in publish],
+        },
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--count", type=int, default=100_000)
-    args = parser.parse_args()
-    cfg = make_ca()
-    out = {
-        "scenario": "crl_build",
-        "build_and_sign": bare_build(cfg, args.count),
-        "publish_path": asyncio.run(publish_path(cfg, args.count)),
-    }
-    print(json.dumps(out))
+    p = parser(__doc__)
+    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--publish-count", type=int, default=100_000)
+    args = p.parse_args()
+    emit(run(smoke=args.smoke, runs=runs_of(args), sizes=args.sizes, publish_count=args.publish_count), args.json_out)
 
 
 if __name__ == "__main__":

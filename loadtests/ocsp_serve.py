@@ -1,175 +1,360 @@
-"""OCSP serving: requests/s and latency of `pca serve` answering GETs, measured with wrk.
+"""OCSP serving: requests/s and latency of our responder and its peers, with wrk.
 
-    python -m loadtests.ocsp_serve --count 10000 --duration 10 --connections 64
+    python -m loadtests.ocsp_serve [--smoke] [--runs 2] [--count 100000] [--distinct 1000] [--duration 10]
 
-wrk (Debian package ``wrk``) drives the load with a Lua script that rotates over
-``--distinct`` different GET requests (SHA-1 CertIDs, no nonce, as RFC 5019
-clients send). A sample of answers is checked against the expected status.
+100,000 certificates (1% revoked) are recorded in the log and pre-signed before any
+server starts (hot cache: each responder process loads the whole change feed, and a
+warm-up run precedes the measurement). wrk (64 connections, 2 threads) rotates GET
+paths and POST bodies over ``--distinct`` certificates with SHA-1 CertIDs and no
+nonce. Targets, interleaved in each round (the order reversed every other round):
+
+- ``pca serve --server granian --workers 1`` and ``--workers 2``, ``pca serve --server uvicorn``;
+- ``openssl ocsp -index ... -multi 2`` over the same certificates, signing live, restarted
+  before every run (it spins after wrk's closing connections), in a loopback-only network
+  namespace (OpenSSL 3.0 cannot bind one address);
+- nginx (2 workers) serving the same pre-signed responses as static files, GET only.
+
+Before every measurement a sample of answers is fetched by GET and POST and checked:
+successful, the asked SHA-1 CertID and serial, the expected status.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import base64
+import contextlib
+import dataclasses
 import json
-import re
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from urllib.parse import quote
+from typing import Any
 
-import httpx
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509 import ocsp
-
-from loadtests.common import make_ca, open_bench_runtime, populate
-from responders.ocsp_response import certid_hashes
+from loadtests import peers
+from loadtests.answers import CheckSpec, IssuerHashes, Probe, probes
+from loadtests.common import (
+    ISSUER,
+    Service,
+    Template,
+    build_template,
+    emit,
+    issuer_record,
+    log,
+    median_record,
+    open_bench_runtime,
+    parser,
+    runs_of,
+    scratch,
+)
+from loadtests.pcaserver import PcaServer
+from loadtests.wrkrun import run_wrk, write_script
+from responders.store import SQLiteResponseStore
 from revocation.config import Config
 
-LUA = """
-local paths = {}
-for line in io.lines("%s") do paths[#paths + 1] = line end
-local i = 0
-request = function()
-  i = i + 1
-  return wrk.format("GET", paths[(i %% #paths) + 1])
-end
-"""
+PCA_GET_PREFIX = "/ocsp"
+PCA_POST_PATH = "/ocsp"
 
 
-def request_path(issuer_hashes: tuple[bytes, bytes], serial: int) -> str:
-    name_hash, key_hash = issuer_hashes
-    req = ocsp.OCSPRequestBuilder().add_certificate_by_hash(name_hash, key_hash, serial, hashes.SHA1()).build()
-    b64 = base64.b64encode(req.public_bytes(serialization.Encoding.DER))
-    return "/ocsp/" + quote(b64.decode(), safe="")
+@dataclasses.dataclass
+class Target:
+    name: str
+    kind: str  # "pca", "openssl", "nginx"
+    modes: tuple[str, ...]
+    get_prefix: str
+    post_path: str
+    # Starts the target; yields its base URL. Entered once per round, or once per mode.
+    start: Callable[[], contextlib.AbstractContextManager[str]]
+    restart_per_mode: bool = False
+    prefix: Sequence[str] = ()  # command prefix to reach it (a network namespace)
+    runs: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    checked: int = 0
+    wrong: int = 0
+    problems: list[str] = dataclasses.field(default_factory=list)
 
 
-def start_server(cfg: Config, server: str = "uvicorn", workers: int = 1) -> subprocess.Popen[bytes]:
-    log = open(cfg.data_dir / "serve.log", "ab")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "revocation.cli",
-            "serve",
-            "--config",
-            str(cfg.path),
-            "--log-level",
-            "warning",
-            "--server",
-            server,
-            "--workers",
-            str(workers),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+def check_answers(target: Target, base_url: str, sample: list[Probe], hashes_: IssuerHashes, work: Path) -> None:
+    spec = CheckSpec(
+        base_url,
+        target.get_prefix if "GET" in target.modes else None,
+        target.post_path if "POST" in target.modes else None,
+        hashes_.name_hash,
+        hashes_.key_hash,
+        sample,
     )
-    log.close()
-    return proc
+    path = work / f"check-{target.kind}.json"
+    path.write_text(json.dumps(spec.to_json()))
+    cmd = [*target.prefix, sys.executable, "-m", "loadtests.answers", str(path), "60"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"checking {target.name} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout)
+    target.checked += result["checked"]
+    target.wrong += result["wrong"]
+    target.problems.extend(result["problems"][: 5 - len(target.problems)])
+    if result["wrong"]:
+        log(f"  {target.name}: {result['wrong']} of {result['checked']} answers wrong: {result['problems'][:2]}")
 
 
-def wait_presigned(cfg: Config, expected: int, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def measure(
+    target: Target,
+    scripts: dict[tuple[str, str], Path],
+    sample: list[Probe],
+    hashes_: IssuerHashes,
+    work: Path,
+    duration: float,
+    warmup: float,
+) -> None:
+    def one(url: str, mode: str) -> None:
+        result = run_wrk(url, scripts[(target.kind, mode)], duration=duration, prefix=target.prefix)
+        target.runs.setdefault(mode, []).append(result)
+        errors = f", {result['errors']} errors {result['error_kinds']}" if result["errors"] else ""
+        log(f"  {target.name} {mode}: {result['requests_per_s']:.0f} req/s, p99 {result['p99_ms']:.2f} ms{errors}")
+
+    if target.restart_per_mode:
+        for mode in target.modes:
+            with target.start() as url:
+                check_answers(target, url, sample, hashes_, work)
+                one(url, mode)
+        return
+    with target.start() as url:
+        check_answers(target, url, sample, hashes_, work)
+        if warmup > 0:
+            run_wrk(url, scripts[(target.kind, "GET")], duration=warmup, prefix=target.prefix)
+        for mode in target.modes:
+            one(url, mode)
+        check_answers(target, url, sample, hashes_, work)
+
+
+@contextlib.contextmanager
+def pca_target(cfg: Config, server: str, workers: int) -> Iterator[str]:
+    with PcaServer(cfg, server, workers) as srv:
+        yield srv.public_url
+        srv.check_alive()
+
+
+@contextlib.contextmanager
+def service_target(make: Callable[[], tuple[Service, int]]) -> Iterator[str]:
+    service, port = make()
+    with service:
+        yield f"http://127.0.0.1:{port}"
+        service.check_alive()
+
+
+def stored_responses(cfg: Config, chosen: list[Probe]) -> list[tuple[Probe, bytes]]:
+    rt = open_bench_runtime(cfg)
+    try:
+        store = SQLiteResponseStore(rt.db)
+
+        async def fetch() -> list[tuple[Probe, bytes]]:
+            out = []
+            for p in chosen:
+                stored = await store.get(ISSUER, p.serial)
+                if stored is None:
+                    raise RuntimeError(f"no stored response for {p.serial:x}")
+                out.append((p, stored.der))
+            return out
+
+        return asyncio.run(fetch())
+    finally:
+        rt.close()
+
+
+def index_rows(cfg: Config) -> list[tuple[Any, ...]]:
+    rt = open_bench_runtime(cfg)
+    try:
+        records = asyncio.run(rt.view.issuer_certificates(ISSUER))
+    finally:
+        rt.close()
+    return [(r.serial, r.not_after, r.revoked_at if r.status == "revoked" else None, r.reason) for r in records]
+
+
+def targets_for(
+    template: Template,
+    chosen: list[Probe],
+    work: Path,
+    netns: peers.NetNS | None,
+    openssl_multi: int,
+    openssl_single: bool,
+) -> list[Target]:
+    cfg = template.cfg
+    issuer = issuer_record(cfg)
+    if issuer.signer_cert is None or issuer.signer_key_ref is None:
+        raise RuntimeError("the issuing CA has no delegated OCSP signer")
+    ossl = work / "openssl"
+    ossl.mkdir()
+    index = ossl / "index.txt"
+    peers.write_index(index, index_rows(cfg))
+    signer = peers.pem(ossl / "signer.pem", issuer.signer_cert)
+    ca_pem = peers.pem(ossl / "issuing-ca.pem", issuer.cert)
+    signer_key = Path(issuer.signer_key_ref.path)
+    ns_prefix = netns.prefix if netns is not None else []
+    ngx = work / "nginx"
+    ngx.mkdir()
+    responses = stored_responses(cfg, chosen)
+
+    def openssl_service() -> tuple[Service, int]:
+        return peers.openssl_ocsp(ossl, index, signer, signer_key, ca_pem, multi=openssl_multi, prefix=ns_prefix)
+
+    def nginx_service() -> tuple[Service, int]:
+        return peers.nginx(ngx, responses, PCA_GET_PREFIX)
+
+    def openssl_single_service() -> tuple[Service, int]:
+        return peers.openssl_ocsp(ossl, index, signer, signer_key, ca_pem, multi=1, prefix=ns_prefix)
+
+    both = ("GET", "POST")
+    targets = [
+        Target(
+            "pca serve --server granian --workers 1",
+            "pca",
+            both,
+            PCA_GET_PREFIX,
+            PCA_POST_PATH,
+            lambda: pca_target(cfg, "granian", 1),
+        ),
+        Target(
+            "pca serve --server granian --workers 2",
+            "pca",
+            both,
+            PCA_GET_PREFIX,
+            PCA_POST_PATH,
+            lambda: pca_target(cfg, "granian", 2),
+        ),
+        Target(
+            "pca serve --server uvicorn",
+            "pca",
+            both,
+            PCA_GET_PREFIX,
+            PCA_POST_PATH,
+            lambda: pca_target(cfg, "uvicorn", 1),
+        ),
+        Target(
+            f"openssl ocsp -multi {openssl_multi}" if openssl_multi > 1 else "openssl ocsp",
+            "openssl",
+            both,
+            "/",
+            "/",
+            lambda: service_target(openssl_service),
+            restart_per_mode=True,
+            prefix=ns_prefix,
+        ),
+        Target(
+            "nginx static (2 workers)", "nginx", ("GET",), PCA_GET_PREFIX, "/", lambda: service_target(nginx_service)
+        ),
+    ]
+    if openssl_single and openssl_multi > 1:
+        # For reference: one openssl process, as without -multi (GET only, to save time).
+        targets.append(
+            Target(
+                "openssl ocsp (1 process)",
+                "openssl-1",
+                ("GET",),
+                "/",
+                "/",
+                lambda: service_target(openssl_single_service),
+                restart_per_mode=True,
+                prefix=ns_prefix,
+            )
+        )
+    return targets
+
+
+def summarize(targets: list[Target]) -> list[dict[str, Any]]:
+    rows = []
+    by_mode: dict[tuple[str, str], float] = {}
+    for t in targets:
+        for mode, runs in t.runs.items():
+            by_mode[(t.kind, mode)] = median_record(runs)["requests_per_s"]
+    for t in targets:
+        for mode, runs in t.runs.items():
+            med = median_record(runs)
+            row: dict[str, Any] = {"target": t.name, "kind": t.kind, "mode": mode, **med}
+            row["runs"] = [r["requests_per_s"] for r in runs]
+            for peer in ("openssl", "nginx"):
+                base = by_mode.get((peer, mode))
+                row[f"x_{peer}"] = round(med["requests_per_s"] / base, 2) if base else None
+            row["answers_checked"] = t.checked
+            row["answers_wrong"] = t.wrong
+            row["problems"] = t.problems
+            rows.append(row)
+    return rows
+
+
+def run(
+    *, smoke: bool, runs: int, count: int, distinct: int, duration: float, openssl_multi: int, openssl_single: bool
+) -> dict[str, Any]:
+    if smoke:
+        count, distinct, duration = min(count, 2000), min(distinct, 100), 1
+    warmup = 1.0 if smoke else 2.0
+    with scratch("ocsp") as work:
+        log(f"ocsp_serve: recording and pre-signing {count} certificates")
+        template = build_template(work / "template", count, presign_workers=2)
+        issuer = issuer_record(template.cfg)
+        chosen_serials = template.population.sample(distinct)
+        chosen = probes(issuer.cert, chosen_serials, template.population.revoked)
+        # 50 answers checked per target and check: spread over the rotation, revoked ones included.
+        revoked_probes = [p for p in chosen if p.revoked][:5]
+        sample = [p for p in chosen[:: max(1, len(chosen) // 45)] if not p.revoked][:45] + revoked_probes
+        hashes_ = IssuerHashes(issuer.cert)
+        netns = peers.try_netns(work)
         try:
-            health = httpx.get(cfg.admin_url + "/healthz", timeout=2).json()
-            if health.get("presigner", {}).get("lag_events") == 0 and health["responder"]["lag_changes"] == 0:
-                return
-        except (httpx.HTTPError, KeyError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("the server did not finish pre-signing in time")
-
-
-def parse_wrk(output: str) -> dict[str, float]:
-    def latency(label: str) -> float:
-        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
-        if not m:
-            return float("nan")
-        value, unit = float(m.group(1)), m.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
-    return {
-        "requests_per_s": float(rps.group(1)) if rps else float("nan"),
-        "p50_ms": latency("50"),
-        "p90_ms": latency("90"),
-        "p99_ms": latency("99"),
-        "non_2xx": int(errors.group(1)) if errors else 0,
-        "socket_errors": sum(int(x) for x in socket_errors.groups()) if socket_errors else 0,
-    }
+            targets = targets_for(template, chosen, work, netns, openssl_multi, openssl_single)
+            scripts = {}
+            kinds = (("pca", "/ocsp", "/ocsp"), ("openssl", "/", "/"), ("openssl-1", "/", "/"), ("nginx", "/ocsp", "/"))
+            for kind, get_prefix, post_path in kinds:
+                for mode in ("GET", "POST"):
+                    scripts[(kind, mode)] = write_script(work, kind, mode, chosen, get_prefix, post_path)
+            for n in range(runs):
+                log(f"ocsp_serve: round {n + 1} of {runs}")
+                for target in targets if n % 2 == 0 else list(reversed(targets)):
+                    measure(target, scripts, sample, hashes_, work, duration, warmup)
+        finally:
+            if netns is not None:
+                netns.stop()
+        return {
+            "scenario": "ocsp_serve",
+            "params": {
+                "certificates": count,
+                "revoked": len(template.population.revoked),
+                "distinct_requests": len(chosen),
+                "revoked_in_rotation": sum(p.revoked for p in chosen),
+                "connections": 64,
+                "wrk_threads": 2,
+                "duration_s": duration,
+                "warmup_s": warmup,
+                "runs": runs,
+                "openssl_multi": openssl_multi,
+                "openssl_single_reference": openssl_single and openssl_multi > 1,
+                "load_generator": "wrk with a Lua script (GET paths / POST bodies rotated per request)",
+            },
+            "openssl_network": (
+                "private network namespace with only a loopback interface (unshare/nsenter)"
+                if netns is not None
+                else "host network namespace: openssl ocsp bound to every interface"
+            ),
+            "results": summarize(targets),
+        }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--count", type=int, default=10_000, help="certificates issued (1%% revoked)")
-    parser.add_argument("--distinct", type=int, default=1000, help="different requests rotated over")
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--server", default="uvicorn", choices=["uvicorn", "granian"])
-    parser.add_argument("--workers", type=int, default=1, help="public listener processes (granian)")
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is required (Debian: apt-get install -y wrk)")
-    cfg = make_ca()
-    rt = open_bench_runtime(cfg)
-    try:
-        serials = asyncio.run(populate(rt, args.count))
-        issuer = next(i for i in asyncio.run(rt.view.issuers()) if i.issuer_id == "issuing-ca")
-    finally:
-        rt.close()
-    hashes_ = certid_hashes(issuer.cert)["sha1"]
-    chosen = serials[:: max(1, len(serials) // args.distinct)][: args.distinct]
-    paths = [request_path(hashes_, s) for s in chosen]
-    work = Path(tempfile.mkdtemp(prefix="pca-wrk-"))
-    (work / "paths.txt").write_text("\n".join(paths) + "\n")
-    (work / "rotate.lua").write_text(LUA % (work / "paths.txt"))
-    proc = start_server(cfg, args.server, args.workers)
-    try:
-        wait_presigned(cfg, args.count)
-        # Check a sample of answers before measuring: right CertID, right status.
-        checked = 0
-        for path, serial in list(zip(paths, chosen, strict=True))[:50]:
-            resp = ocsp.load_der_ocsp_response(httpx.get(cfg.public_url + path, timeout=5).content)
-            single = next(r for r in resp.responses if r.serial_number == serial)
-            want = ocsp.OCSPCertStatus.REVOKED if (serial - (1 << 120)) % 100 == 0 else ocsp.OCSPCertStatus.GOOD
-            if single.certificate_status != want:
-                raise RuntimeError(f"serial {serial:x}: {single.certificate_status}, expected {want}")
-            checked += 1
-        out = subprocess.run(
-            [
-                "wrk",
-                f"-t{args.threads}",
-                f"-c{args.connections}",
-                f"-d{args.duration}s",
-                "--latency",
-                "-s",
-                str(work / "rotate.lua"),
-                cfg.public_url,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-    result = {
-        "scenario": "ocsp_serve",
-        "server": f"pca serve ({args.server}, {args.workers} public process(es))",
-        "certificates": args.count,
-        "distinct_requests": len(paths),
-        "checked_answers": checked,
-        **parse_wrk(out),
-    }
-    print(json.dumps(result))
+    p = parser(__doc__)
+    p.add_argument("--count", type=int, default=100_000, help="certificates recorded (1%% revoked)")
+    p.add_argument("--distinct", type=int, default=1000, help="different certificates the requests rotate over")
+    p.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
+    p.add_argument("--openssl-multi", type=int, default=2, help="openssl ocsp -multi N (1: single process)")
+    p.add_argument(
+        "--no-openssl-single", action="store_true", help="skip the reference run of a single openssl ocsp process"
+    )
+    args = p.parse_args()
+    result = run(
+        smoke=args.smoke,
+        runs=runs_of(args),
+        count=args.count,
+        distinct=args.distinct,
+        duration=args.duration,
+        openssl_multi=args.openssl_multi,
+        openssl_single=not args.no_openssl_single and not args.smoke,
+    )
+    emit(result, args.json_out)
 
 
 if __name__ == "__main__":

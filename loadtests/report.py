@@ -1,0 +1,503 @@
+"""Goals of issue 3 judged from scenario results, and ``docs/benchmarks.md`` rendered from them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+GOAL_MEMORY_BYTES = 1.5 * 1024
+
+Result = dict[str, Any]
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and value != value:
+        return "n/a"
+    if isinstance(value, (int, float)):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _ocsp_row(results: Result, name: str, mode: str) -> Result | None:
+    return next((r for r in results.get("results", []) if r["target"] == name and r["mode"] == mode), None)
+
+
+def goals(all_results: dict[str, Result]) -> list[dict[str, str]]:
+    """One row per goal: measure, goal, measured, met (yes / no / not measured)."""
+    rows: list[dict[str, str]] = []
+
+    def add(measure: str, goal: str, measured: str, met: bool | None) -> None:
+        rows.append({"measure": measure, "goal": goal, "measured": measured, "met": _met(met)})
+
+    ocsp = all_results.get("ocsp_serve", {})
+    w2 = "pca serve --server granian --workers 2"
+    get2, post2 = _ocsp_row(ocsp, w2, "GET"), _ocsp_row(ocsp, w2, "POST")
+    openssl_name = next((r["target"] for r in ocsp.get("results", []) if r["kind"] == "openssl"), "openssl ocsp")
+    if get2 and get2.get("x_openssl") is not None and get2.get("x_nginx") is not None:
+        add(
+            "OCSP GET requests/s, 2 responder processes",
+            f">= 2.5x `{openssl_name}`, >= 0.25x nginx static",
+            f"{_fmt(get2['requests_per_s'])}/s = {get2['x_openssl']:.2f}x openssl, {get2['x_nginx']:.2f}x nginx",
+            get2["x_openssl"] >= 2.5 and get2["x_nginx"] >= 0.25,
+        )
+    else:
+        add("OCSP GET requests/s, 2 responder processes", ">= 2.5x openssl ocsp, >= 0.25x nginx", "–", None)
+    if get2 and post2:
+        worst = max(get2["p99_ms"], post2["p99_ms"])
+        add(
+            "OCSP p99 latency at 64 connections",
+            "<= 10 ms",
+            f"2 processes: GET {get2['p99_ms']:.2f} ms, POST {post2['p99_ms']:.2f} ms",
+            worst <= 10,
+        )
+    else:
+        add("OCSP p99 latency at 64 connections", "<= 10 ms", "–", None)
+
+    presign = all_results.get("presign", {})
+    one = next((r for r in presign.get("results", []) if r["workers"] == 1), None)
+    two = next((r for r in presign.get("results", []) if r["workers"] == 2), None)
+    if one:
+        extra = f"; 2 workers: {_fmt(two['per_core'])}/s per core" if two else ""
+        add(
+            "pre-sign, per core",
+            ">= 10,000 responses/s (>= 0.6x `private_key.sign()` alone)",
+            f"1 worker: {_fmt(one['per_core'])}/s = {one['x_private_key_sign']:.2f}x sign() "
+            f"({_fmt(presign['private_key_sign_per_s'])}/s){extra}",
+            one["per_core"] >= 10_000 and one["x_private_key_sign"] >= 0.6,
+        )
+    else:
+        add("pre-sign, per core", ">= 10,000 responses/s (>= 0.6x sign())", "–", None)
+
+    crl = all_results.get("crl_build", {})
+    big = max(crl.get("results", []), key=lambda r: r["entries"], default=None)
+    if big:
+        add(
+            f"{big['entries']:,}-entry full CRL, build + sign",
+            "<= 0.2x the `openssl ca -gencrl` time",
+            f"{big['build_crl_s']:.2f} s vs {big['openssl_gencrl_s']:.2f} s = {big['x_openssl_time']:.2f}x",
+            big["x_openssl_time"] <= 0.2,
+        )
+    else:
+        add("1,000,000-entry full CRL, build + sign", "<= 0.2x openssl ca -gencrl", "–", None)
+
+    rev = all_results.get("revocations", {})
+    if "revocations_per_s" in rev:
+        verified = "all read back revoked" if rev.get("all_verified") else "SOME NOT READ BACK AS REVOKED"
+        add(
+            "durable revocations through the API",
+            ">= 1,000/s",
+            f"{_fmt(rev['revocations_per_s'])}/s with {rev['params']['clients']} clients ({verified})",
+            rev["revocations_per_s"] >= 1000 and bool(rev.get("all_verified")),
+        )
+    else:
+        add("durable revocations through the API", ">= 1,000/s", "–", None)
+
+    prop = all_results.get("propagation", {})
+    if "p99_ms" in prop:
+        complete = "" if prop.get("all_propagated") else " (SOME NEVER PROPAGATED)"
+        add(
+            "propagation under load",
+            "p99 < 1 s",
+            f"p50 {prop['p50_ms']:.0f} ms, p99 {prop['p99_ms']:.0f} ms, max {prop['max_ms']:.0f} ms{complete}",
+            prop["p99_ms"] < 1000 and bool(prop.get("all_propagated")),
+        )
+    else:
+        add("propagation under load", "p99 < 1 s", "–", None)
+
+    mem = all_results.get("memory", {})
+    if mem.get("results"):
+        worst_row = max(mem["results"], key=lambda r: r["bytes_per_response"])
+        measured = ", ".join(f"{r['responses']:,}: {_fmt(r['bytes_per_response'])} B" for r in mem["results"])
+        add(
+            "responder memory",
+            "<= 1.5 KB (1,536 B) per cached response",
+            measured,
+            worst_row["bytes_per_response"] <= GOAL_MEMORY_BYTES,
+        )
+    else:
+        add("responder memory", "<= 1.5 KB per cached response", "–", None)
+    return rows
+
+
+def _met(met: bool | None) -> str:
+    return "not measured" if met is None else ("**met**" if met else "**not met**")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return out
+
+
+def render(data: Result, commands: dict[str, str], notes: str | None) -> str:
+    m = data["machine"]
+    r = data["results"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `python -m loadtests.run_all` on {data['finished_at']} (run took {data['minutes']:.0f} min). "
+        "Every figure is the median of the runs listed beside it; the peers were measured in the same run, "
+        "interleaved with ours (each round runs every target once, the order reversed every other round). "
+        "The load generator shares the 2 cores with the servers, and other work on the machine adds noise: "
+        "the load average before each scenario is listed at the end.",
+        "",
+        "## Machine",
+        "",
+        *_table(
+            ["what", "value"],
+            [
+                ["CPU", f"{m['cpu_model']}, {m['cores']} cores"],
+                ["memory", f"{m['memory_gib']} GiB"],
+                ["OS, kernel", f"{m['os']}, Linux {m['kernel']}"],
+                ["Python", m["python"]],
+                ["libraries", ", ".join(f"{k} {v}" for k, v in m["libraries"].items())],
+                ["cryptography's OpenSSL", m["cryptography_openssl"]],
+                ["openssl command", m["openssl"]],
+                ["nginx", m["nginx"]],
+                ["wrk", m["wrk"]],
+                ["product sources (SHA-256 of revocation/, responders/, publishers/)", m["product_source_sha256"]],
+            ],
+        ),
+        "",
+        "## Goals (issue 3)",
+        "",
+        *_table(
+            ["measure", "goal", "measured", "met"],
+            [[g["measure"], g["goal"], g["measured"], g["met"]] for g in data["goals"]],
+        ),
+        "",
+    ]
+    lines += _ocsp_section(r.get("ocsp_serve"))
+    lines += _presign_section(r.get("presign"))
+    lines += _crl_section(r.get("crl_build"))
+    lines += _revocations_section(r.get("revocations"))
+    lines += _propagation_section(r.get("propagation"))
+    lines += _memory_section(r.get("memory"))
+    failed = data.get("failed", {})
+    if failed:
+        lines += ["## Scenarios that failed in this run", ""]
+        lines += [f"- `{name}`: {why}" for name, why in failed.items()]
+        lines += [""]
+    lines += [
+        "## Commands",
+        "",
+        "Everything (about 10 minutes; `--smoke` runs every scenario at tiny sizes in well under 2 minutes and "
+        "writes its report to a temporary directory instead of `docs/`):",
+        "",
+        "```",
+        commands["run_all"],
+        "```",
+        "",
+        "One scenario (each prints its result as JSON; `--runs N` for more runs, `--help` for sizes):",
+        "",
+        "```",
+        *[commands[name] for name in commands if name != "run_all"],
+        "```",
+        "",
+        "Rerun some scenarios and keep the others' figures from `docs/benchmarks.json`: "
+        "`python -m loadtests.run_all --only ocsp_serve memory`.",
+        "",
+        "## When each scenario ran",
+        "",
+        *_table(
+            ["scenario", "started", "minutes", "load average before (1, 5, 15 min)", "product sources"],
+            [
+                [
+                    name,
+                    res.get("started_at", "?"),
+                    _fmt(res.get("minutes"), 1),
+                    str(res.get("load_before", "?")),
+                    str(res.get("product_source_sha256", "?")),
+                ]
+                for name, res in r.items()
+            ],
+        ),
+        "",
+    ]
+    if notes:
+        lines += ["## Analysis", "", notes.strip(), ""]
+    return "\n".join(lines)
+
+
+def _ocsp_section(res: Result | None) -> list[str]:
+    if not res:
+        return []
+    p = res["params"]
+    rows = []
+    for row in res["results"]:
+        rows.append(
+            [
+                row["target"],
+                row["mode"],
+                _fmt(row["requests_per_s"]),
+                _fmt(row["p50_ms"], 2),
+                _fmt(row["p90_ms"], 2),
+                _fmt(row["p99_ms"], 2),
+                _fmt(row["max_ms"], 1),
+                _fmt(row["errors"]),
+                _fmt(row["x_openssl"], 2),
+                _fmt(row["x_nginx"], 2),
+                ", ".join(_fmt(v) for v in row["runs"]),
+                f"{row['answers_checked']} / {row['answers_wrong']}",
+            ]
+        )
+    openssl_name = next((r["target"] for r in res["results"] if r["kind"] == "openssl"), "openssl ocsp")
+    return [
+        "## OCSP serving",
+        "",
+        f"{p['certificates']:,} certificates ({p['revoked']:,} revoked), all pre-signed before the servers start. "
+        f"wrk, {p['connections']} connections, {p['wrk_threads']} threads, {p['duration_s']:.0f} s per run "
+        f"after a {p['warmup_s']:.0f} s warm-up (ours and nginx), {p['runs']} runs; requests rotate over "
+        f"{p['distinct_requests']:,} certificates ({p['revoked_in_rotation']} of them revoked) with SHA-1 CertIDs "
+        "and no nonce: GET paths, or POST bodies, changed per request by the Lua script. "
+        "Latency in ms. Errors: socket errors plus non-2xx answers. "
+        f"Ratios: requests/s over `{openssl_name}` in the same mode, and over nginx (GET). "
+        "Answers: how many sampled answers were fetched and checked (successful, the asked SHA-1 CertID and serial, "
+        "the expected status) / how many were wrong.",
+        "",
+        *_table(
+            [
+                "target",
+                "mode",
+                "req/s",
+                "p50",
+                "p90",
+                "p99",
+                "max",
+                "errors",
+                "x openssl",
+                "x nginx",
+                "runs (req/s)",
+                "answers / wrong",
+            ],
+            rows,
+        ),
+        "",
+        f"- `openssl ocsp` ran in: {res['openssl_network']}. OpenSSL 3.0's `-port` takes only a number and binds "
+        "every interface, hence the namespace (its wrk and answer checks run there too). "
+        + (
+            f"It runs with `-multi {p['openssl_multi']}` (one process per core, as fair as it gets), "
+            "restarted before every run: after wrk closes its connections its processes spin at 100% CPU and "
+            "stop answering. wrk's connectivity probe (a connection opened and closed without a request, which "
+            "triggers that) is skipped by overriding `wrk.resolve` in the Lua script. `openssl ocsp` answers "
+            "HTTP/1.0 and closes every connection, so wrk reconnects for each request; it signs each response "
+            "live with the delegated signer's key. It dies on a request path it cannot decode, so it gets "
+            "`/<base64>` paths (ours and nginx get `/ocsp/<base64>`)."
+            if p["openssl_multi"] > 1
+            else "It runs as a single process."
+        )
+        + (
+            " The `(1 process)` row is `openssl ocsp` without `-multi`, for reference."
+            if p.get("openssl_single_reference")
+            else ""
+        ),
+        "- nginx: 2 worker processes, `access_log off`, keep-alive, each pre-signed response (dumped from the "
+        "response store, the very bytes we serve) in a file named by its raw request path "
+        "(`try_files $request_uri`); GET only, since a static file cannot be chosen by a POST body.",
+        "- ours: `pca serve` runs the API, pre-signer and publisher in its main process; under granian the public "
+        "listener runs in `--workers` processes of its own, each loading the whole change feed into its cache at "
+        "start. uvicorn runs everything in one process.",
+        "",
+    ]
+
+
+def _presign_section(res: Result | None) -> list[str]:
+    if not res:
+        return []
+    rows = [
+        [
+            str(r["workers"]),
+            _fmt(r["seconds"], 2),
+            _fmt(r["responses_per_s"]),
+            _fmt(r["per_core"]),
+            _fmt(r["x_private_key_sign"], 2),
+            _fmt(r["x_openssl_speed"], 2),
+            ", ".join(_fmt(v) for v in r["runs"]),
+        ]
+        for r in res["results"]
+    ]
+    return [
+        "## Pre-signing",
+        "",
+        f"{res['params']['certificates']:,} certificates (1% revoked) from an empty response store, "
+        "`PreSigner.catch_up` with a pool of 1 or 2 signing processes (started before the clock). "
+        f"Same run: `openssl speed -seconds {res['params']['speed_seconds']} ecdsap256` = "
+        f"{_fmt(res['openssl_speed_sign_per_s'])} sign/s; cryptography's `private_key.sign()` alone "
+        f"(ECDSA P-256, SHA-256, 250 bytes, one core) = {_fmt(res['private_key_sign_per_s'])}/s.",
+        "",
+        *_table(
+            [
+                "workers",
+                "seconds",
+                "responses/s",
+                "per core",
+                "x sign() alone",
+                "x openssl speed",
+                "runs (responses/s)",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
+def _crl_section(res: Result | None) -> list[str]:
+    if not res:
+        return []
+    rows = [
+        [
+            f"{r['entries']:,}",
+            _fmt(r["build_crl_s"], 3),
+            _fmt(r["build_crl_bytes"]),
+            _fmt(r["openssl_gencrl_s"], 3),
+            _fmt(r["openssl_bytes"]),
+            _fmt(r["x_openssl_time"], 3),
+            ", ".join(_fmt(v, 3) for v in r["build_runs"]),
+            ", ".join(_fmt(v, 3) for v in r["openssl_runs"]),
+        ]
+        for r in res["results"]
+    ]
+    pub = res["publish"]
+    return [
+        "## CRL building",
+        "",
+        "`build_crl`: DER assembly and one signature over a prepared list of entries (reason keyCompromise, "
+        "revocation times spread over a day). `openssl ca -gencrl`: the whole command over an index file with the "
+        "same serials, times and reasons, signed with the same issuing CA key (ECDSA P-256, SHA-256), AKI and "
+        "CRL number included.",
+        "",
+        *_table(
+            [
+                "entries",
+                "build_crl s",
+                "bytes",
+                "openssl ca -gencrl s",
+                "bytes",
+                "x openssl time",
+                "runs (ours)",
+                "runs (openssl)",
+            ],
+            rows,
+        ),
+        "",
+        f"The publisher's whole path, `Publisher.publish` (read {pub['entries']:,} revoked certificates from the "
+        "projection, build, sign, parse back and verify against the log, store in the directory object store): "
+        f"{_fmt(pub['seconds'], 3)} s, {_fmt(pub['bytes'])} bytes"
+        + (
+            f", {pub['x_openssl_time']:.2f}x the `openssl ca -gencrl` time for as many entries"
+            if pub["x_openssl_time"]
+            else ""
+        )
+        + f" (runs: {', '.join(_fmt(v, 3) for v in pub['runs'])}).",
+        "",
+    ]
+
+
+def _revocations_section(res: Result | None) -> list[str]:
+    if not res:
+        return []
+    p = res["params"]
+    rows = [
+        [
+            str(n + 1),
+            _fmt(r["revocations_per_s"]),
+            _fmt(r["revoked"]),
+            _fmt(r["seconds"], 1),
+            str(r["failures"] or "none"),
+            f"{r['verified']:,} / {r['revoked']:,}",
+        ]
+        for n, r in enumerate(res["runs"])
+    ]
+    return [
+        "## Revocation throughput",
+        "",
+        f"`pca serve` (uvicorn, every role: the pre-signer re-signs and the publisher republishes meanwhile) on "
+        f"{p['certificates']:,} certificates; {p['clients']} concurrent clients (one httpx.AsyncClient, "
+        f"{p['clients']} keep-alive connections) revoke one certificate after another for {p['duration_s']:.0f} s; "
+        "a 2xx counts (it is sent after the commit). Afterwards every revoked serial is read back with "
+        f"`GET /v1/certificates/{{serial}}`. Median: **{_fmt(res['revocations_per_s'])} revocations/s**.",
+        "",
+        *_table(["run", "revocations/s", "revoked", "seconds", "failures", "read back revoked"], rows),
+        "",
+    ]
+
+
+def _propagation_section(res: Result | None) -> list[str]:
+    if not res:
+        return []
+    p = res["params"]
+    rows = [
+        [
+            str(n + 1),
+            f"{r['propagated']} / {r['revocations']}",
+            _fmt(r["p50_ms"]),
+            _fmt(r["p99_ms"]),
+            _fmt(r["max_ms"]),
+            f"{_fmt(r.get('revoke_p50_ms'))} / {_fmt(r.get('revoke_p99_ms'))}",
+            _fmt(r["load_requests_per_s"]),
+            _fmt(r["load_p99_ms"], 1),
+            _fmt(r["load_errors"]),
+            f"{_fmt(r.get('client_cpu_fraction'), 2)} / {_fmt(r.get('client_loop_lag_p99_ms'), 1)}",
+            "yes" if r["all_under_load"] else "no",
+        ]
+        for n, r in enumerate(res["runs"])
+    ]
+    return [
+        "## Propagation under load",
+        "",
+        f"`{p['server']}` on {p['certificates']:,} pre-signed certificates under {p['load']}. "
+        f"{p['revocations_per_run']} certificates outside the rotation are revoked per run at {p['rate_per_s']:.0f}/s "
+        "through the admin API; for each, from its 2xx, a black-box client polls that serial's GET every "
+        f"{p['poll_ms']:.0f} ms until the answer says revoked. Times in ms; median over runs: "
+        f"p50 {_fmt(res['p50_ms'])}, p99 {_fmt(res['p99_ms'])}, max {_fmt(res['max_ms'])}. "
+        "Also shown: the revocation request's own round trip under this load (p50 / p99, ms, not part of the "
+        "propagation time), and the polling client's CPU (fraction of a core) / event-loop lag p99 (ms): the "
+        "client runs at nice -20 so that waiting for a core does not count as propagation; its loop lag bounds "
+        "that error.",
+        "",
+        *_table(
+            [
+                "run",
+                "propagated",
+                "p50",
+                "p99",
+                "max",
+                "revoke API p50 / p99",
+                "load req/s",
+                "load p99 ms",
+                "load errors",
+                "client CPU / loop lag p99",
+                "all under load",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
+def _memory_section(res: Result | None) -> list[str]:
+    if not res:
+        return []
+    rows = [
+        [
+            f"{r['responses']:,}",
+            _fmt(r["rss_before_mb"], 1),
+            _fmt(r["rss_after_mb"], 1),
+            _fmt(r["bytes_per_response"]),
+            ", ".join(_fmt(v) for v in r["runs"]),
+        ]
+        for r in res["results"]
+    ]
+    return [
+        "## Responder memory",
+        "",
+        "A fresh process builds a `CachingSource` over `StoreSource(SQLiteResponseStore)`, reads VmRSS once the "
+        "store is open, fills the cache through the change feed (`sync_once` in a loop) and reads VmRSS again. "
+        "The store holds real signed responses (the pre-signer's `sign_batch`, 1% revoked) of "
+        f"{res['params']['mean_der_bytes']:.0f} bytes on average (two SingleResponses and the signer certificate).",
+        "",
+        *_table(["cached responses", "RSS before MB", "RSS after MB", "bytes per response", "runs"], rows),
+        "",
+    ]

@@ -1,0 +1,45 @@
+"""The load-test harness works: every scenario runs at smoke sizes and prints a figure.
+
+Runs ``python -m loadtests.run_all --smoke`` (about 40 s on 2 cores). Needs the Debian
+packages ``wrk`` and ``nginx`` (and ``openssl``, which the other tests need too).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("ocsp_serve", "presign", "crl_build", "revocations", "propagation", "memory")
+
+
+def test_every_scenario_runs_at_smoke_sizes(tmp_path: Path) -> None:
+    missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"the load tests need {' and '.join(missing)} (Debian: apt-get install -y wrk nginx)")
+    docs = ROOT / "docs" / "benchmarks.md"
+    before = docs.read_bytes() if docs.exists() else None
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadtests.run_all", "--smoke", "--out-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-6000:]}"
+    for name in SCENARIOS:
+        line = re.search(rf"^RESULT {name}: (.+)$", proc.stdout, re.M)
+        assert line is not None, f"no figure for {name}:\n{proc.stdout}"
+        assert re.search(r"\d", line.group(1)), line.group(0)
+    report = (tmp_path / "benchmarks.md").read_text()
+    for heading in ("## Goals", "## OCSP serving", "## Pre-signing", "## CRL building", "## Responder memory"):
+        assert heading in report
+    # A smoke run never touches the committed report.
+    assert (docs.read_bytes() if docs.exists() else None) == before
