@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -95,10 +96,10 @@ class ResponseTemplate:
         """issuerKeyHash of the issuer's CertIDs for ``alg`` ("sha1" or "sha256")."""
         return self._key_hashes[_known(alg)]
 
-    def sign(
+    def tbs(
         self, status: CertStatus, this_update: datetime, next_update: datetime, produced_at: datetime | None = None
     ) -> bytes:
-        """A complete, signed OCSPResponse (DER) for ``status``."""
+        """The ResponseData (DER) for ``status``: what the signer signs."""
         # Shared by both SingleResponses: certStatus, thisUpdate, nextUpdate, singleExtensions.
         tail = _cert_status(status) + _validity(this_update, next_update)
         if status.invalidity_date is not None:
@@ -113,11 +114,34 @@ class ResponseTemplate:
         if produced_at is None:
             # Whole seconds are all that is encoded, and they let _time's cache hit.
             produced_at = datetime.now(UTC).replace(microsecond=0)
-        produced_der = _time(produced_at)
-        tbs = der.sequence(self._responder_id + produced_der + responses)
-        signature = der.bit_string(self._key.sign(tbs))
-        basic = der.sequence(tbs + self._signature_algorithm + signature + self._certs)
+        return der.sequence(self._responder_id + _time(produced_at) + responses)
+
+    def assemble(self, tbs: bytes, signature: bytes) -> bytes:
+        """The complete OCSPResponse (DER) from :meth:`tbs`'s output and the signer's signature of it."""
+        basic = der.sequence(tbs + self._signature_algorithm + der.bit_string(signature) + self._certs)
         return der.sequence(_SUCCESSFUL + der.explicit(0, der.sequence(_BASIC_TYPE + der.octet_string(basic))))
+
+    def sign(
+        self, status: CertStatus, this_update: datetime, next_update: datetime, produced_at: datetime | None = None
+    ) -> bytes:
+        """A complete, signed OCSPResponse (DER) for ``status``."""
+        tbs = self.tbs(status, this_update, next_update, produced_at)
+        return self.assemble(tbs, self._key.sign(tbs))
+
+    def sign_many(
+        self,
+        statuses: Sequence[CertStatus],
+        this_update: datetime,
+        next_update: datetime,
+        produced_at: datetime | None = None,
+    ) -> list[bytes]:
+        """Signed OCSPResponses for ``statuses``, in order, with one batch call to the signing key."""
+        if produced_at is None:
+            produced_at = datetime.now(UTC).replace(microsecond=0)
+        tbs = self.tbs
+        all_tbs = [tbs(status, this_update, next_update, produced_at) for status in statuses]
+        assemble = self.assemble
+        return [assemble(t, s) for t, s in zip(all_tbs, self._key.sign_many(all_tbs), strict=True)]
 
 
 # A refresh signs every response with the same times, and encoding a time costs

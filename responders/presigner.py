@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -33,7 +34,7 @@ from revocation.events import (
     CertificateRevoked,
     ResponderCertRotated,
 )
-from revocation.keys import KeyRef, open_key
+from revocation.keys import KeyRef, SigningKey, open_key
 from revocation.projection import CertificateRecord, IssuerRecord, StatusView
 
 log = logging.getLogger("pca.presigner")
@@ -50,22 +51,28 @@ Item = tuple[int, int | None, int | None, int | None]
 
 # --- worker side: runs in the signing processes ------------------------------------
 
-_templates: dict[tuple[bytes, bytes], ResponseTemplate] = {}
+# One template (and its open signing key) per issuer and signer certificate.
+_templates: dict[tuple[bytes, bytes], tuple[ResponseTemplate, SigningKey]] = {}
 
 
 def _template(issuer_der: bytes, signer_der: bytes, key_ref: dict[str, str]) -> ResponseTemplate:
     cache_key = (issuer_der, signer_der)
-    template = _templates.get(cache_key)
-    if template is None:
+    cached = _templates.get(cache_key)
+    if cached is None:
         if len(_templates) > 16:
+            for _, old_key in _templates.values():
+                old_key.close()  # HSM and KMS keys hold sessions or threads
             _templates.clear()
-        template = ResponseTemplate(
-            x509.load_der_x509_certificate(issuer_der),
-            x509.load_der_x509_certificate(signer_der),
-            open_key(KeyRef.from_dict(key_ref)),
-        )
-        _templates[cache_key] = template
-    return template
+        key = open_key(KeyRef.from_dict(key_ref))
+        try:
+            template = ResponseTemplate(
+                x509.load_der_x509_certificate(issuer_der), x509.load_der_x509_certificate(signer_der), key
+            )
+        except BaseException:
+            key.close()
+            raise
+        cached = _templates[cache_key] = (template, key)
+    return cached[0]
 
 
 def sign_batch(
@@ -76,20 +83,30 @@ def sign_batch(
     this_update: int,
     next_update: int,
 ) -> list[bytes]:
-    """Sign one response per item; runs in a worker process (module-level for pickling)."""
+    """Sign one response per item; runs in a worker process (module-level for pickling).
+
+    The whole batch goes to the key at once (``SigningKey.sign_many``): a loop for
+    file keys, one session for PKCS#11, concurrent requests for KMS.
+    """
     template = _template(issuer_der, signer_der, key_ref)
     this = from_epoch(this_update)
-    nxt = from_epoch(next_update)
-    out = []
-    for serial, revoked_at, reason, invalidity in items:
-        status = CertStatus(
+    statuses = [
+        CertStatus(
             serial,
             None if revoked_at is None else from_epoch(revoked_at),
             reason,
             None if invalidity is None else from_epoch(invalidity),
         )
-        out.append(template.sign(status, this, nxt, this))
-    return out
+        for serial, revoked_at, reason, invalidity in items
+    ]
+    return template.sign_many(statuses, this, from_epoch(next_update), this)
+
+
+def _init_worker(environment: dict[str, str]) -> None:
+    # The forkserver was started with the environment of its first use; take the pool
+    # creator's, which names the PINs, passphrases, HSM configuration and cloud credentials.
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 def signing_pool(workers: int) -> ProcessPoolExecutor:
@@ -99,7 +116,12 @@ def signing_pool(workers: int) -> ProcessPoolExecutor:
         raise ValueError(f"need at least one signing process, got {workers}")
     count = workers
     # forkserver: the workers do not inherit the server's sockets, threads or event loop.
-    return ProcessPoolExecutor(max_workers=count, mp_context=multiprocessing.get_context("forkserver"))
+    return ProcessPoolExecutor(
+        max_workers=count,
+        mp_context=multiprocessing.get_context("forkserver"),
+        initializer=_init_worker,
+        initargs=(dict(os.environ),),
+    )
 
 
 # --- coordinator side ------------------------------------------------------------------

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from revocation import ca
 from revocation.clock import Clock
+from revocation.crl_layout import CRLLayout
 from revocation.errors import ConcurrencyError, ConflictError, IntegrityError, NotFoundError, ValidationError
 from revocation.eventlog import EventLog, NewEvent, RecordedEvent
 from revocation.events import (
@@ -34,9 +35,9 @@ from revocation.keys import (
     KeyRef,
     PublicKey,
     SigningKey,
+    generate_key,
     generate_private_key,
     open_key,
-    write_file_key,
 )
 from revocation.projection import CertificateRecord, IssuerRecord, StatusView
 
@@ -103,6 +104,7 @@ class Authority:
         ocsp_url: str,
         signer_validity_days: int = 30,
         signer_renew_before_days: int = 10,
+        crl_layout: CRLLayout | None = None,
     ) -> None:
         if leaf_validity_days < 1:
             raise ValueError(f"leaf_validity_days must be positive, got {leaf_validity_days}")
@@ -117,6 +119,8 @@ class Authority:
         self._signer_validity = datetime.timedelta(days=signer_validity_days)
         self._signer_renew_before = datetime.timedelta(days=signer_renew_before_days)
         self._keys: dict[KeyRef, SigningKey] = {}
+        # None: every leaf carries its issuer's recorded CRL URL (unsharded, no delta CRLs).
+        self._crl_layout = crl_layout
 
     def _key(self, ref: KeyRef) -> SigningKey:
         key = self._keys.get(ref)
@@ -164,6 +168,14 @@ class Authority:
             key_pem = private.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
+        # The serial is drawn first: its random bits choose the CRL shard written into the certificate.
+        serial = ca.random_serial()
+        crl_url, freshest_url = issuer.crl_url, None
+        if self._crl_layout is not None:
+            shard = self._crl_layout.shard_for(serial)
+            crl_url = self._crl_layout.full_url(issuer.issuer_id, shard)
+            if self._crl_layout.deltas:
+                freshest_url = self._crl_layout.delta_url(issuer.issuer_id, shard)
         cert = ca.issue_leaf(
             issuer.cert,
             self._key(issuer.key_ref),
@@ -174,7 +186,9 @@ class Authority:
             self._clock.now(),
             self._leaf_validity_days if req.validity_days is None else req.validity_days,
             self._ocsp_url,
-            issuer.crl_url,
+            crl_url,
+            serial=serial,
+            freshest_crl_url=freshest_url,
         )
         event = certificate_issued(issuer.issuer_id, cert, req.profile)
         [recorded] = await self._log.append([NewEvent(event, 0, actor.name, actor.request_id)])
@@ -302,14 +316,17 @@ def new_signer(
     now: datetime.datetime,
     validity: datetime.timedelta,
 ) -> ResponderCertRotated:
-    private = generate_private_key(key_algorithm)
-    path = key_dir / f"{issuer.issuer_id}-ocsp-{now.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}.key"
-    write_file_key(path, private)
-    cert = ca.create_ocsp_signer(issuer.cert, issuer_key, private.public_key(), now, validity.days)
+    # The signer's key lives where the issuing CA's key lives (same backend, token or region, secrets).
+    name = f"{issuer.issuer_id}-ocsp-{now.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
+    signer_key = generate_key(issuer_key.ref, name, key_algorithm, key_dir)
+    try:
+        cert = ca.create_ocsp_signer(issuer.cert, issuer_key, signer_key.public_key(), now, validity.days)
+    finally:
+        signer_key.close()
     return ResponderCertRotated(
         issuer_id=issuer.issuer_id,
         cert_der_hex=cert.public_bytes(serialization.Encoding.DER).hex(),
-        key_ref=KeyRef(backend="file", path=str(path)).to_dict(),
+        key_ref=signer_key.ref.to_dict(),
         not_after=cert.not_valid_after_utc,
     )
 

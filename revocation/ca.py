@@ -7,17 +7,20 @@ records what they produce as events.
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import secrets
 from collections.abc import Sequence
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
-from revocation.errors import ValidationError
-from revocation.keys import PublicKey, SigningKey
+from revocation import der
+from revocation.errors import KeyBackendError, ValidationError
+from revocation.keys import PrivateKey, PublicKey, SigningKey, verify_signature
 
 PROFILES = ("server", "client")
 # A leaf never starts before its issuer's notBefore; this backdating absorbs clock skew.
@@ -72,7 +75,7 @@ def create_root(
         .add_extension(_key_usage(cert_sign=True), critical=True)
         .add_extension(_ski(public), critical=False)
     )
-    return builder.sign(key.private_key_for_builder(), key.hash_algorithm())  # type: ignore[arg-type]
+    return _sign_certificate(builder, key, public)
 
 
 def create_intermediate(
@@ -99,7 +102,7 @@ def create_intermediate(
         .add_extension(_aki(root_cert), critical=False)
         .add_extension(_crl_dp(root_crl_url), critical=False)
     )
-    return builder.sign(root_key.private_key_for_builder(), root_key.hash_algorithm())  # type: ignore[arg-type]
+    return _sign_certificate(builder, root_key, root_cert.public_key())  # type: ignore[arg-type]
 
 
 def create_ocsp_signer(
@@ -129,7 +132,54 @@ def create_ocsp_signer(
         .add_extension(_ski(public), critical=False)
         .add_extension(_aki(issuer_cert), critical=False)
     )
-    return builder.sign(issuer_key.private_key_for_builder(), issuer_key.hash_algorithm())  # type: ignore[arg-type]
+    return _sign_certificate(builder, issuer_key, issuer_cert.public_key())  # type: ignore[arg-type]
+
+
+@functools.cache
+def _stand_in(kind: str) -> PrivateKey:
+    """A throwaway key whose only use is to make a builder write the right signatureAlgorithm."""
+    if kind == "ec":
+        return ec.generate_private_key(ec.SECP256R1())
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _sign_certificate(builder: x509.CertificateBuilder, key: SigningKey, issuer_public: PublicKey) -> x509.Certificate:
+    """Sign ``builder``'s certificate with ``key``, wherever the key lives.
+
+    A key in this process signs through cryptography. For a key in a token or KMS
+    the TBSCertificate is built with a throwaway key of the same family and hash
+    (so its signature field names the algorithm the real key uses), signed by the
+    backend, and assembled as SEQUENCE { tbs, AlgorithmIdentifier, BIT STRING };
+    the result is verified with ``issuer_public`` before it is returned.
+    """
+    hash_algorithm: Any = key.hash_algorithm()
+    private = key.private_key_for_builder()
+    if private is not None:
+        return builder.sign(private, hash_algorithm)
+    public = key.public_key()
+    stand_in = _stand_in("ec" if isinstance(public, ec.EllipticCurvePublicKey) else "rsa")
+    tbs = builder.sign(stand_in, hash_algorithm).tbs_certificate_bytes
+    algorithm = key.signature_algorithm_der()
+    if _tbs_signature_algorithm(tbs) != algorithm:
+        raise KeyBackendError(f"key {key.ref.describe()}: its signature algorithm does not match the certificate's")
+    signature = key.sign(tbs)
+    cert = x509.load_der_x509_certificate(der.sequence(tbs, algorithm, der.bit_string(signature)))
+    try:
+        verify_signature(issuer_public, cert.signature, tbs, hash_algorithm)
+    except InvalidSignature as exc:
+        raise KeyBackendError(
+            f"key {key.ref.describe()} made a certificate signature that the issuer's public key does not verify"
+        ) from exc
+    return cert
+
+
+def _tbs_signature_algorithm(tbs: bytes) -> bytes:
+    """The ``signature`` AlgorithmIdentifier inside a TBSCertificate, as encoded."""
+    _, pos, _ = der.split_tlv(tbs)
+    if tbs[pos] == 0xA0:  # version
+        pos = der.split_tlv(tbs, pos)[2]
+    pos = der.split_tlv(tbs, pos)[2]  # serialNumber
+    return tbs[pos : der.split_tlv(tbs, pos)[2]]
 
 
 def _not_after(now: datetime.datetime, validity_days: int, ceiling: datetime.datetime) -> datetime.datetime:
@@ -226,8 +276,18 @@ def issue_leaf(
     validity_days: int,
     ocsp_url: str,
     crl_url: str,
+    *,
+    serial: int | None = None,
+    freshest_crl_url: str | None = None,
 ) -> x509.Certificate:
-    """A leaf by profile; its validity never reaches beyond the issuer's."""
+    """A leaf by profile; its validity never reaches beyond the issuer's.
+
+    ``serial`` is drawn here unless given (the caller picks it first when the
+    serial decides the CRL shard, hence ``crl_url``); ``freshest_crl_url`` adds
+    a Freshest CRL extension naming the shard's delta CRL.
+    """
+    if serial is not None and not 0 < serial < 2**159:
+        raise ValidationError(f"serial {serial} is outside 1..2**159-1")
     if profile not in PROFILES:
         raise ValidationError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     if validity_days < 1:
@@ -241,7 +301,7 @@ def issue_leaf(
         .subject_name(subject)
         .issuer_name(issuer_cert.subject)
         .public_key(public)
-        .serial_number(random_serial())
+        .serial_number(random_serial() if serial is None else serial)
         .not_valid_before(max(now - BACKDATE, issuer_cert.not_valid_before_utc))
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -259,6 +319,12 @@ def issue_leaf(
         )
         .add_extension(_crl_dp(crl_url), critical=False)
     )
+    if freshest_crl_url is not None:
+        # RFC 5280 4.2.1.15: non-critical; same syntax as the CRL DP.
+        freshest = x509.FreshestCRL(
+            [x509.DistributionPoint([x509.UniformResourceIdentifier(freshest_crl_url)], None, None, None)]
+        )
+        builder = builder.add_extension(freshest, critical=False)
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-    return builder.sign(issuer_key.private_key_for_builder(), issuer_key.hash_algorithm())  # type: ignore[arg-type]
+    return _sign_certificate(builder, issuer_key, issuer_cert.public_key())  # type: ignore[arg-type]

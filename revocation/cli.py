@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from revocation.config import Config, listen_from_url, load_config, parse_listen
 from revocation.errors import IntegrityError, PCAError
 from revocation.eventlog import NewEvent
 from revocation.events import REVOCATION_REASONS
-from revocation.keys import KEY_ALGORITHMS, FileKey, KeyRef, generate_private_key, write_file_key
+from revocation.keys import BACKENDS, KEY_ALGORITHMS, KeyRef, SigningKey, generate_key
 from revocation.runtime import open_runtime
 from revocation.tokens import ROLES, add_token, write_secret_file
 
@@ -37,6 +38,67 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 # --- local commands ---------------------------------------------------------------
 
 
+def _given(args: argparse.Namespace, *names: str) -> list[str]:
+    return ["--" + n.replace("_", "-") for n in names if getattr(args, n) is not None]
+
+
+def _absolute(path: str | None) -> str:
+    return str(Path(path).resolve()) if path else ""
+
+
+def _key_templates(args: argparse.Namespace) -> dict[str, KeyRef]:
+    """Where ``pca init`` creates each CA's key: a KeyRef holding the location and secret references."""
+    backend = args.key_backend
+    file_flags = ("key_passphrase_env", "key_passphrase_file")
+    pkcs11_flags = (
+        "pkcs11_module",
+        "pkcs11_token_label",
+        "pkcs11_pin_env",
+        "pkcs11_pin_file",
+        "pkcs11_root_token_label",
+        "pkcs11_root_pin_env",
+        "pkcs11_root_pin_file",
+    )
+    kms_flags = ("kms_region", "kms_endpoint_url")
+    own = {"file": file_flags, "pkcs11": pkcs11_flags, "kms": kms_flags}[backend]
+    foreign = _given(args, *(f for f in (*file_flags, *pkcs11_flags, *kms_flags) if f not in own))
+    if foreign:
+        _fail(f"{', '.join(foreign)} do not apply to --key-backend {backend}")
+    for pair in (file_flags, ("pkcs11_pin_env", "pkcs11_pin_file"), ("pkcs11_root_pin_env", "pkcs11_root_pin_file")):
+        if len(_given(args, *pair)) > 1:
+            _fail(f"give one of {' and '.join(_given(args, *pair))}, not both")
+    if backend == "file":
+        template = KeyRef("file", passphrase_env=args.key_passphrase_env or "")
+        template = dataclasses.replace(template, passphrase_file=_absolute(args.key_passphrase_file))
+        return {ROOT_ID: template, ISSUING_ID: template}
+    if backend == "pkcs11":
+        missing = [f"--{f.replace('_', '-')}" for f in ("pkcs11_module", "pkcs11_token_label") if not getattr(args, f)]
+        if not args.pkcs11_pin_env and not args.pkcs11_pin_file:
+            missing.append("--pkcs11-pin-env or --pkcs11-pin-file")
+        if missing:
+            _fail(f"--key-backend pkcs11 needs {', '.join(missing)}")
+        template = KeyRef(
+            "pkcs11",
+            module=_absolute(args.pkcs11_module),
+            token_label=args.pkcs11_token_label,
+            pin_env=args.pkcs11_pin_env or "",
+            pin_file=_absolute(args.pkcs11_pin_file),
+        )
+        root = template
+        if args.pkcs11_root_token_label:
+            root = dataclasses.replace(template, token_label=args.pkcs11_root_token_label)
+        if args.pkcs11_root_pin_env or args.pkcs11_root_pin_file:
+            root = dataclasses.replace(
+                root, pin_env=args.pkcs11_root_pin_env or "", pin_file=_absolute(args.pkcs11_root_pin_file)
+            )
+        return {ROOT_ID: root, ISSUING_ID: template}
+    region = args.kms_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        _fail("--key-backend kms needs --kms-region (or AWS_REGION)")
+    template = KeyRef("kms", region=region, endpoint_url=args.kms_endpoint_url or "")
+    return {ROOT_ID: template, ISSUING_ID: template}
+
+
 def cmd_init(args: argparse.Namespace) -> None:
     directory = Path(args.dir).resolve()
     config_path = directory / "pca.toml"
@@ -44,43 +106,53 @@ def cmd_init(args: argparse.Namespace) -> None:
         _fail(f"{config_path} exists already; refusing to overwrite an initialised CA")
     listen_from_url(args.public_url)
     parse_listen(args.admin_listen, "--admin-listen")
+    templates = _key_templates(args)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     config_path.write_text(
         render_config(public_url=args.public_url, admin_listen=args.admin_listen, key_algorithm=args.key_algorithm)
     )
     cfg = load_config(config_path)
-    asyncio.run(_init_hierarchy(cfg, args.root_cn, args.issuing_cn, args.key_algorithm))
+    try:
+        asyncio.run(_init_hierarchy(cfg, args.root_cn, args.issuing_cn, args.key_algorithm, templates))
+    except PCAError:
+        if not cfg.database.exists():  # nothing was recorded: let the same command be run again
+            config_path.unlink()
+        raise
     token = add_token(cfg.tokens_db, "admin", "admin")
     write_secret_file(cfg.token_file, token)
     print(f"initialised {directory}")
     print(f"  configuration   {config_path}")
-    print(f"  root CA         {directory / 'root-ca.pem'}")
+    print(f"  root CA         {directory / 'root-ca.pem'}  (key {templates[ROOT_ID].backend})")
     print(f"  issuing CA      {directory / 'issuing-ca.pem'}  (chain: {directory / 'ca-chain.pem'})")
     print(f"  admin token     {cfg.token_file}  (mode 0600)")
     print(f"next: pca serve --config {config_path}")
 
 
-async def _init_hierarchy(cfg: Config, root_cn: str, issuing_cn: str, algorithm: str) -> None:
+async def _init_hierarchy(
+    cfg: Config, root_cn: str, issuing_cn: str, algorithm: str, templates: dict[str, KeyRef] | None = None
+) -> None:
     clock = SystemClock()
     now = clock.now()
     key_dir = cfg.data_dir / "keys"
-    keys = {}
-    for name in (ROOT_ID, ISSUING_ID):
-        path = key_dir / f"{name}.key"
-        private = generate_private_key(algorithm)
-        write_file_key(path, private)
-        keys[name] = FileKey(KeyRef("file", str(path)), private)
-    root_cert = ca.create_root(keys[ROOT_ID], ca.parse_subject(f"CN={root_cn}"), now, 3650)
-    issuing_cert = ca.create_intermediate(
-        root_cert,
-        keys[ROOT_ID],
-        keys[ISSUING_ID].public_key(),
-        ca.parse_subject(f"CN={issuing_cn}"),
-        now,
-        1825,
-        cfg.crl_url(ROOT_ID),
-    )
+    templates = templates or {ROOT_ID: KeyRef("file"), ISSUING_ID: KeyRef("file")}
+    keys: dict[str, SigningKey] = {}
+    try:
+        for name in (ROOT_ID, ISSUING_ID):
+            keys[name] = generate_key(templates[name], name, algorithm, key_dir)
+        root_cert = ca.create_root(keys[ROOT_ID], ca.parse_subject(f"CN={root_cn}"), now, 3650)
+        issuing_cert = ca.create_intermediate(
+            root_cert,
+            keys[ROOT_ID],
+            keys[ISSUING_ID].public_key(),
+            ca.parse_subject(f"CN={issuing_cn}"),
+            now,
+            1825,
+            cfg.crl_url(ROOT_ID),
+        )
+    finally:
+        for key in keys.values():
+            key.close()
     rt = open_runtime(cfg, clock)
     try:
         actor, rid = "system:init", "init"
@@ -307,6 +379,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-algorithm", default="ec-p256", choices=KEY_ALGORITHMS, help="algorithm of every CA key")
     p.add_argument("--root-cn", default="PCA Root CA", help="common name of the root CA")
     p.add_argument("--issuing-cn", default="PCA Issuing CA", help="common name of the issuing CA")
+    k = p.add_argument_group(
+        "signing keys",
+        "Where the CA and OCSP signer keys are created. Only references (paths, labels, key ids, the names of "
+        "environment variables or files holding a PIN or passphrase) are recorded, never a secret.",
+    )
+    k.add_argument("--key-backend", default="file", choices=BACKENDS, help="file (default), pkcs11 (an HSM) or kms")
+    k.add_argument("--key-passphrase-env", metavar="NAME", help="file: encrypt key files with the passphrase in $NAME")
+    k.add_argument("--key-passphrase-file", metavar="PATH", help="file: encrypt key files with the passphrase in PATH")
+    k.add_argument("--pkcs11-module", metavar="PATH", help="pkcs11: the PKCS#11 library, e.g. libsofthsm2.so")
+    k.add_argument("--pkcs11-token-label", metavar="LABEL", help="pkcs11: token of the issuing CA and OCSP signers")
+    k.add_argument("--pkcs11-pin-env", metavar="NAME", help="pkcs11: the user PIN is in $NAME")
+    k.add_argument("--pkcs11-pin-file", metavar="PATH", help="pkcs11: the user PIN is in PATH")
+    k.add_argument("--pkcs11-root-token-label", metavar="LABEL", help="pkcs11: a token of its own for the root key")
+    k.add_argument("--pkcs11-root-pin-env", metavar="NAME", help="pkcs11: PIN of the root's token in $NAME")
+    k.add_argument("--pkcs11-root-pin-file", metavar="PATH", help="pkcs11: PIN of the root's token in PATH")
+    k.add_argument("--kms-region", metavar="REGION", help="kms: AWS region (default: AWS_REGION)")
+    k.add_argument("--kms-endpoint-url", metavar="URL", help="kms: endpoint (a VPC endpoint or a local KMS server)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser(

@@ -2,20 +2,30 @@
 
 Everything that signs (the issuing core, the OCSP pre-signer, the CRL publisher)
 goes through :class:`SigningKey`. A key is named by a :class:`KeyRef`, which is
-plain data: it can be written into the configuration, sent to a worker process
-and reopened there, and it never contains the secret itself.
+plain data: it can be written into the event log, sent to a worker process and
+reopened there, and it never contains a secret, only where to find one (the name
+of an environment variable, the path of a file).
 
-Only the ``file`` backend exists yet; PKCS#11 and KMS backends implement the same
-protocol (``open_key`` dispatches on ``KeyRef.backend``).
+Backends, chosen by ``KeyRef.backend``:
+
+- ``file``: a PEM file (mode 0600), optionally encrypted with a passphrase;
+- ``pkcs11``: a key generated inside a PKCS#11 token (``revocation.keys_pkcs11``);
+- ``kms``: an AWS KMS asymmetric key (``revocation.keys_kms``).
+
+The hardware and cloud modules are imported only when such a key is opened, so a
+process that never signs (a responder) never loads them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
@@ -23,6 +33,7 @@ from revocation import der
 from revocation.errors import ConfigError, KeyBackendError
 
 KEY_ALGORITHMS = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
+BACKENDS = ("file", "pkcs11", "kms")
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -31,6 +42,9 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 _ECDSA_SHA256 = der.sequence(der.oid("1.2.840.10045.4.3.2"))
 _ECDSA_SHA384 = der.sequence(der.oid("1.2.840.10045.4.3.3"))
 _RSA_SHA256 = der.sequence(der.oid("1.2.840.113549.1.1.11"), b"\x05\x00")
+
+# Signed and verified by check_key_matches: proves the key signs, not only that it is named.
+_CHECK_MESSAGE = b"pca signing key check"
 
 
 class SigningKey(Protocol):
@@ -51,22 +65,48 @@ class SigningKey(Protocol):
         """Sign ``data``; returns the signature as it goes into a BIT STRING."""
         ...
 
-    def private_key_for_builder(self) -> PrivateKey:
-        """A key object that cryptography's X.509 builders accept.
+    def sign_many(self, data: Sequence[bytes]) -> list[bytes]:
+        """Sign each item; the backend decides how (a loop, one session, concurrent requests)."""
+        ...
 
-        File keys return their key; hardware backends will return a proxy.
+    def private_key_for_builder(self) -> PrivateKey | None:
+        """The key object itself when it lives in this process (file keys), else None.
+
+        cryptography's X.509 builders need such an object; for a key that never
+        leaves its token or KMS, ``revocation.ca`` assembles the certificate itself.
         """
+        ...
+
+    def close(self) -> None:
+        """Release sessions, connections and threads; the key is unusable afterwards."""
         ...
 
 
 @dataclasses.dataclass(frozen=True)
 class KeyRef:
-    """Where a key lives. Holds references only, never secrets."""
+    """Where a key lives. Holds references only, never secrets.
+
+    Fields by backend (empty strings are absent):
+
+    - file: ``path``; ``passphrase_env`` or ``passphrase_file`` if encrypted;
+    - pkcs11: ``module`` (the PKCS#11 library), ``token_label``, ``label`` and/or
+      ``object_id`` (hex CKA_ID), and ``pin_env`` or ``pin_file``;
+    - kms: ``key_id`` (key id, ARN or ``alias/...``), ``region``, optional ``endpoint_url``.
+    """
 
     backend: str
     path: str = ""
     passphrase_env: str = ""
     passphrase_file: str = ""
+    module: str = ""
+    token_label: str = ""
+    label: str = ""
+    object_id: str = ""
+    pin_env: str = ""
+    pin_file: str = ""
+    key_id: str = ""
+    region: str = ""
+    endpoint_url: str = ""
 
     def to_dict(self) -> dict[str, str]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v}
@@ -79,7 +119,66 @@ class KeyRef:
             raise ConfigError(f"unknown key reference fields: {sorted(unknown)}")
         if "backend" not in data:
             raise ConfigError("key reference lacks 'backend'")
+        bad = sorted(k for k, v in data.items() if not isinstance(v, str))
+        if bad:
+            raise ConfigError(f"key reference fields {bad} must be strings")
         return cls(**data)
+
+    def describe(self) -> str:
+        """A short, secret-free name for messages: ``file:/path``, ``pkcs11:token=T;object=L``, ``kms:...``."""
+        if self.backend == "file":
+            return f"file:{self.path}"
+        if self.backend == "pkcs11":
+            parts = [f"token={self.token_label}"]
+            if self.label:
+                parts.append(f"object={self.label}")
+            if self.object_id:
+                parts.append(f"id={self.object_id}")
+            return "pkcs11:" + ";".join(parts)
+        if self.backend == "kms":
+            where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+            return f"kms:{self.region}:{self.key_id}{where}"
+        return f"{self.backend}:{self.to_dict()}"
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+def signature_parameters(public: PublicKey) -> tuple[hashes.HashAlgorithm, bytes]:
+    """The hash and the AlgorithmIdentifier DER every backend uses for a key like ``public``."""
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        if public.curve.name == "secp384r1":
+            return hashes.SHA384(), _ECDSA_SHA384
+        if public.curve.name == "secp256r1":
+            return hashes.SHA256(), _ECDSA_SHA256
+        raise KeyBackendError(f"EC curve {public.curve.name} is not supported (use P-256 or P-384)")
+    return hashes.SHA256(), _RSA_SHA256
+
+
+def verify_signature(public: PublicKey, signature: bytes, data: bytes, hash_algorithm: hashes.HashAlgorithm) -> None:
+    """Raise InvalidSignature unless ``signature`` over ``data`` verifies with ``public``."""
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        public.verify(signature, data, ec.ECDSA(hash_algorithm))
+    else:
+        public.verify(signature, data, padding.PKCS1v15(), hash_algorithm)
+
+
+def read_secret(env_name: str, file_path: str, what: str) -> bytes | None:
+    """The secret named by an environment variable or a file, or None if neither is given.
+
+    Errors name ``what``, the variable or the file, never the value.
+    """
+    if env_name:
+        value = os.environ.get(env_name)
+        if value is None:
+            raise KeyBackendError(f"{what}: environment variable {env_name} is not set")
+        return value.encode()
+    if file_path:
+        try:
+            return Path(file_path).read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise KeyBackendError(f"{what}: cannot read {file_path}: {exc.strerror}") from exc
+    return None
 
 
 def generate_private_key(algorithm: str) -> PrivateKey:
@@ -98,17 +197,9 @@ class FileKey:
     def __init__(self, ref: KeyRef, key: PrivateKey) -> None:
         self._ref = ref
         self._key = key
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            if key.curve.name == "secp384r1":
-                self._hash: hashes.HashAlgorithm = hashes.SHA384()
-                self._alg = _ECDSA_SHA384
-            else:
-                self._hash = hashes.SHA256()
-                self._alg = _ECDSA_SHA256
-            self._ecdsa = ec.ECDSA(self._hash)
-        else:
-            self._hash = hashes.SHA256()
-            self._alg = _RSA_SHA256
+        self._hash, self._alg = signature_parameters(key.public_key())
+        self._ecdsa = ec.ECDSA(self._hash)
+        self._pkcs1 = padding.PKCS1v15()
 
     @property
     def ref(self) -> KeyRef:
@@ -127,26 +218,21 @@ class FileKey:
         key = self._key
         if isinstance(key, ec.EllipticCurvePrivateKey):
             return key.sign(data, self._ecdsa)
-        return key.sign(data, padding.PKCS1v15(), self._hash)
+        return key.sign(data, self._pkcs1, self._hash)
+
+    def sign_many(self, data: Sequence[bytes]) -> list[bytes]:
+        key = self._key
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            ecdsa = self._ecdsa
+            return [key.sign(item, ecdsa) for item in data]
+        pkcs1, hash_algorithm = self._pkcs1, self._hash
+        return [key.sign(item, pkcs1, hash_algorithm) for item in data]
 
     def private_key_for_builder(self) -> PrivateKey:
         return self._key
 
-
-def _passphrase(ref: KeyRef) -> bytes | None:
-    if ref.passphrase_env:
-        value = os.environ.get(ref.passphrase_env)
-        if value is None:
-            raise KeyBackendError(f"key {ref.path}: environment variable {ref.passphrase_env} is not set")
-        return value.encode()
-    if ref.passphrase_file:
-        try:
-            return Path(ref.passphrase_file).read_bytes().rstrip(b"\r\n")
-        except OSError as exc:
-            raise KeyBackendError(
-                f"key {ref.path}: cannot read passphrase file {ref.passphrase_file}: {exc.strerror}"
-            ) from exc
-    return None
+    def close(self) -> None:
+        pass
 
 
 def write_file_key(path: Path, key: PrivateKey, passphrase: bytes | None = None) -> None:
@@ -161,28 +247,108 @@ def write_file_key(path: Path, key: PrivateKey, passphrase: bytes | None = None)
         fh.write(pem)
 
 
-def open_key(ref: KeyRef) -> SigningKey:
-    """Open the key named by ``ref``; fails with a message naming the key."""
-    if ref.backend != "file":
-        raise ConfigError(f"key backend {ref.backend!r} is not available (supported: file)")
+def _open_file_key(ref: KeyRef) -> FileKey:
+    if not ref.path:
+        raise ConfigError(f"file key reference {ref.to_dict()} lacks 'path'")
     path = Path(ref.path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise KeyBackendError(f"cannot read key file {path}: {exc.strerror}") from exc
+    passphrase = read_secret(ref.passphrase_env, ref.passphrase_file, f"passphrase of key {path}")
     try:
-        key = serialization.load_pem_private_key(data, password=_passphrase(ref))
+        key = serialization.load_pem_private_key(data, password=passphrase)
     except (ValueError, TypeError) as exc:
-        # The message of cryptography's error never contains the passphrase.
-        raise KeyBackendError(f"cannot load key file {path}: {exc}") from exc
+        # cryptography's messages never contain the passphrase.
+        source = ref.passphrase_env or ref.passphrase_file
+        hint = f" (passphrase from {source})" if source else ""
+        raise KeyBackendError(f"cannot load key file {path}{hint}: {exc}") from exc
     if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
         raise KeyBackendError(f"key file {path} holds an unsupported key type {type(key).__name__}")
     return FileKey(ref, key)
 
 
+def _generate_file_key(template: KeyRef, name: str, algorithm: str, key_dir: Path) -> FileKey:
+    path = key_dir / f"{name}.key"
+    ref = KeyRef("file", str(path), passphrase_env=template.passphrase_env, passphrase_file=template.passphrase_file)
+    passphrase = read_secret(ref.passphrase_env, ref.passphrase_file, f"passphrase of key {path}")
+    private = generate_private_key(algorithm)
+    write_file_key(path, private, passphrase)
+    return FileKey(ref, private)
+
+
+def open_key(ref: KeyRef) -> SigningKey:
+    """Open the key named by ``ref``; fails with a message naming the key."""
+    if ref.backend == "file":
+        return _open_file_key(ref)
+    if ref.backend == "pkcs11":
+        from revocation import keys_pkcs11
+
+        return keys_pkcs11.open_pkcs11_key(ref)
+    if ref.backend == "kms":
+        from revocation import keys_kms
+
+        return keys_kms.open_kms_key(ref)
+    raise ConfigError(f"key backend {ref.backend!r} is not available (supported: {', '.join(BACKENDS)})")
+
+
+def generate_key(template: KeyRef, name: str, algorithm: str, key_dir: Path) -> SigningKey:
+    """A new key named ``name`` in the same place as ``template`` (backend, token or region, secrets).
+
+    ``template`` is typically the reference of the key that will certify the new
+    one; only its location fields are used. File keys are written under ``key_dir``.
+    """
+    if algorithm not in KEY_ALGORITHMS:
+        raise ConfigError(f"unknown key algorithm {algorithm!r}; choose one of {', '.join(KEY_ALGORITHMS)}")
+    if template.backend == "file":
+        return _generate_file_key(template, name, algorithm, key_dir)
+    if template.backend == "pkcs11":
+        from revocation import keys_pkcs11
+
+        return keys_pkcs11.generate_pkcs11_key(template, name, algorithm)
+    if template.backend == "kms":
+        from revocation import keys_kms
+
+        return keys_kms.generate_kms_key(template, name, algorithm)
+    raise ConfigError(f"key backend {template.backend!r} is not available (supported: {', '.join(BACKENDS)})")
+
+
+def _spki(public: PublicKey) -> bytes:
+    return public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def check_key_matches(key: SigningKey, public: PublicKey, what: str) -> None:
-    """Stop with a clear error when ``key`` is not the private half of ``public``."""
-    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
-    enc = serialization.Encoding.DER
-    if key.public_key().public_bytes(enc, fmt) != public.public_bytes(enc, fmt):
-        raise KeyBackendError(f"key {key.ref.path or key.ref} does not match the certificate of {what}")
+    """Stop with a clear error unless ``key`` is the private half of ``public`` and can sign.
+
+    Besides comparing public keys it makes one signature and verifies it, so a key
+    that is named correctly but cannot sign (wrong permissions, a PIN without the
+    right role) is found at start, not at the first revocation.
+    """
+    if _spki(key.public_key()) != _spki(public):
+        raise KeyBackendError(f"key {key.ref.describe()} does not match the certificate of {what}")
+    signature = key.sign(_CHECK_MESSAGE)
+    try:
+        verify_signature(public, signature, _CHECK_MESSAGE, key.hash_algorithm())
+    except InvalidSignature as exc:
+        raise KeyBackendError(
+            f"key {key.ref.describe()} made a signature that the certificate of {what} does not verify"
+        ) from exc
+
+
+def check_key_for_certificate(ref: KeyRef, cert: x509.Certificate, what: str) -> None:
+    """Open ``ref``, check it signs for ``cert``, close it; errors name the key and the certificate."""
+    subject = cert.subject.rfc4514_string()
+    public = cert.public_key()
+    if not isinstance(public, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
+        raise KeyBackendError(f"the certificate of {what} ({subject}) has an unsupported key type")
+    try:
+        key = open_key(ref)
+    except KeyBackendError as exc:
+        raise KeyBackendError(
+            f"{what}: key {ref.describe()} for certificate {subject!r} (serial {cert.serial_number:x}) "
+            f"is not usable: {exc}"
+        ) from exc
+    try:
+        check_key_matches(key, public, f"{what} ({subject!r}, serial {cert.serial_number:x})")
+    finally:
+        key.close()

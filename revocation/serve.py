@@ -20,7 +20,7 @@ from revocation.authority import Actor, Authority
 from revocation.clock import SystemClock
 from revocation.config import Config
 from revocation.errors import ConfigError
-from revocation.keys import check_key_matches, open_key
+from revocation.keys import check_key_for_certificate
 from revocation.runtime import PrefixDispatcher, Runtime, open_runtime, run_forever, start_role
 from revocation.tokens import TokenFile
 
@@ -52,18 +52,26 @@ def build_authority(rt: Runtime) -> Authority:
         ocsp_url=cfg.ocsp_url,
         signer_validity_days=cfg.ocsp.signer_validity_days,
         signer_renew_before_days=cfg.ocsp.signer_renew_before_days,
+        crl_layout=cfg.crl_layout,
     )
 
 
 async def check_keys(rt: Runtime) -> None:
-    """Every key we will sign with is reachable and matches its certificate; else stop now."""
+    """Every key we will sign with is reachable, signs, and matches its certificate; else stop now.
+
+    Works for every backend (a test signature is made and verified); the error names
+    the key reference and the certificate, never a PIN or passphrase.
+    """
     for issuer in await rt.view.issuers():
         if issuer.key_ref is not None:
-            check_key_matches(open_key(issuer.key_ref), issuer.cert.public_key(), f"issuer {issuer.issuer_id}")  # type: ignore[arg-type]
+            await asyncio.to_thread(
+                check_key_for_certificate, issuer.key_ref, issuer.cert, f"issuer {issuer.issuer_id}"
+            )
         if issuer.signer_cert is not None and issuer.signer_key_ref is not None:
-            check_key_matches(
-                open_key(issuer.signer_key_ref),
-                issuer.signer_cert.public_key(),  # type: ignore[arg-type]
+            await asyncio.to_thread(
+                check_key_for_certificate,
+                issuer.signer_key_ref,
+                issuer.signer_cert,
                 f"the OCSP signer of {issuer.issuer_id}",
             )
 
