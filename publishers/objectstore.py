@@ -2,7 +2,9 @@
 
 Writes are conditional: ``if_match`` names the ETag the writer last read (the
 write fails if the object changed since) and ``if_none_match=True`` requires
-the key to be new. S3 implements the same protocol with its conditional writes.
+the key to be new. S3 implements the same protocol with its conditional writes
+(``publishers.s3store``). ``metadata`` is a few short lowercase names and
+values stored with the object (S3 user metadata) and returned by ``head``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +36,7 @@ class StoredObject:
     cache_control: str
     expires: str  # HTTP-date, or ""
     last_modified: str  # HTTP-date
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +44,7 @@ class ObjectHead:
     key: str
     etag: str
     size: int
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 class ObjectStore(Protocol):
@@ -52,8 +58,9 @@ class ObjectStore(Protocol):
         expires: str = "",
         if_match: str | None = None,
         if_none_match: bool = False,
+        metadata: Mapping[str, str] | None = None,
     ) -> str:
-        """Write ``data`` at ``key``; returns the new ETag. Raises PreconditionFailed."""
+        """Write ``data`` at ``key``; returns the new ETag. Raises PreconditionFailed, StorageError."""
         ...
 
     async def get(self, key: str) -> StoredObject | None: ...
@@ -61,7 +68,22 @@ class ObjectStore(Protocol):
     async def head(self, key: str) -> ObjectHead | None: ...
 
 
-def _check_key(key: str) -> None:
+_METADATA_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+
+
+def check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """Metadata every store can keep: lowercase names, short printable ASCII values."""
+    out = dict(metadata or {})
+    for name, value in out.items():
+        if not _METADATA_NAME.fullmatch(name):
+            raise ValueError(f"metadata name {name!r} is not lowercase letters, digits and dashes")
+        if len(value) > 256 or not value.isascii() or not value.isprintable():
+            raise ValueError(f"metadata {name} value {value[:32]!r} is not short printable ASCII")
+    return out
+
+
+def check_key(key: str) -> None:
+    """Refuse keys that are not plain relative paths (a directory store must not escape its root)."""
     parts = key.split("/")
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"object key {key!r} is not a plain relative path")
@@ -85,7 +107,7 @@ class DirectoryStore:
         self.root = root
 
     def _path(self, key: str) -> Path:
-        _check_key(key)
+        check_key(key)
         return self.root / key
 
     def _put_sync(
@@ -97,6 +119,7 @@ class DirectoryStore:
         expires: str,
         if_match: str | None,
         if_none_match: bool,
+        metadata: dict[str, str],
     ) -> str:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +132,13 @@ class DirectoryStore:
             if if_match is not None and (current is None or current.etag != if_match):
                 raise PreconditionFailed(f"object {key} changed since it was read (ETag {if_match} expected)")
             etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
-            meta = {"etag": etag, "content_type": content_type, "cache_control": cache_control, "expires": expires}
+            meta = {
+                "etag": etag,
+                "content_type": content_type,
+                "cache_control": cache_control,
+                "expires": expires,
+                "metadata": metadata,
+            }
             for target, body in ((path.with_name(path.name + ".meta"), json.dumps(meta).encode()), (path, data)):
                 tmp = target.with_name(target.name + ".tmp")
                 with open(tmp, "wb") as fh:
@@ -129,20 +158,24 @@ class DirectoryStore:
         expires: str = "",
         if_match: str | None = None,
         if_none_match: bool = False,
+        metadata: Mapping[str, str] | None = None,
     ) -> str:
+        checked = check_metadata(metadata)
         try:
             return await asyncio.to_thread(
-                self._put_sync, key, data, content_type, cache_control, expires, if_match, if_none_match
+                self._put_sync, key, data, content_type, cache_control, expires, if_match, if_none_match, checked
             )
         except OSError as exc:
             raise StorageError(f"writing {key} to {self.root}: {exc}") from exc
 
-    def _meta(self, path: Path) -> dict[str, str]:
+    def _meta(self, path: Path) -> tuple[dict[str, str], dict[str, str]]:
+        """The sidecar's headers (etag, content_type...) and the object's user metadata."""
         try:
             value = json.loads(path.with_name(path.name + ".meta").read_text())
-            return {str(k): str(v) for k, v in value.items()}
-        except (OSError, ValueError):
-            return {}
+            headers = {str(k): str(v) for k, v in value.items() if k != "metadata"}
+            return headers, {str(k): str(v) for k, v in (value.get("metadata") or {}).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}, {}
 
     def _head_sync(self, key: str) -> ObjectHead | None:
         path = self._path(key)
@@ -150,8 +183,8 @@ class DirectoryStore:
             size = path.stat().st_size
         except FileNotFoundError:
             return None
-        meta = self._meta(path)
-        return ObjectHead(key, meta.get("etag", ""), size)
+        meta, metadata = self._meta(path)
+        return ObjectHead(key, meta.get("etag", ""), size, metadata)
 
     def get_sync(self, key: str) -> StoredObject | None:
         path = self._path(key)
@@ -160,7 +193,7 @@ class DirectoryStore:
             mtime = path.stat().st_mtime
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
-        meta = self._meta(path)
+        meta, metadata = self._meta(path)
         return StoredObject(
             key,
             data,
@@ -169,6 +202,7 @@ class DirectoryStore:
             meta.get("cache_control", ""),
             meta.get("expires", ""),
             _http_date(mtime),
+            metadata,
         )
 
     async def get(self, key: str) -> StoredObject | None:

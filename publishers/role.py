@@ -1,4 +1,4 @@
-"""Entry point of the publisher role, and the HTTP app serving the directory store's CRLs."""
+"""Entry point of the publisher role, the CRL object store it writes to, and the HTTP app serving CRLs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from publishers.objectstore import DirectoryStore
+from publishers.objectstore import DirectoryStore, ObjectStore
 from publishers.publisher import Publisher
+from publishers.s3store import S3Store
+from revocation.config import Config
 from revocation.errors import StorageError
 from revocation.eventlog import RecordedEvent
 from revocation.runtime import Runtime
@@ -16,10 +18,29 @@ from revocation.runtime import Runtime
 log = logging.getLogger("pca.crl")
 
 
-class CRLApp:
-    """``GET /crl/{issuer}.crl`` (and ``/crl/{issuer}/{number}.crl``) from a directory store."""
+def open_store(config: Config) -> ObjectStore:
+    """The object store ``[crl.store]`` names: the directory ``paths.crl_dir`` (default) or an S3 bucket."""
+    cfg = config.crl.store
+    if cfg.type == "directory":
+        return DirectoryStore(config.crl_dir)
+    return S3Store(
+        cfg.bucket,
+        prefix=cfg.prefix,
+        endpoint_url=cfg.endpoint_url or None,
+        region=cfg.region or None,
+        addressing_style=cfg.addressing_style,
+        profile=cfg.profile or None,
+    )
 
-    def __init__(self, store: DirectoryStore, prefix: str = "/crl") -> None:
+
+class CRLApp:
+    """``GET /crl/{key}``: every CRL object (``{issuer}.crl``, shards, deltas, numbered) from the store.
+
+    With S3, CRL URLs in certificates normally point at a CDN in front of the
+    bucket (``crl.base_url``); this app still answers from the bucket.
+    """
+
+    def __init__(self, store: ObjectStore, prefix: str = "/crl") -> None:
         self._store = store
         self._prefix = prefix.rstrip("/") + "/"
 
@@ -64,10 +85,9 @@ async def _plain(send: Send, status: int, body: bytes, extra: list[tuple[bytes, 
     await send({"type": "http.response.body", "body": body})
 
 
-async def start_publisher(rt: Runtime) -> None:
+def build_publisher(rt: Runtime, store: ObjectStore) -> Publisher:
     cfg = rt.config.crl
-    store = DirectoryStore(rt.config.crl_dir)
-    publisher = Publisher(
+    return Publisher(
         rt.view,
         store,
         rt.clock,
@@ -75,14 +95,29 @@ async def start_publisher(rt: Runtime) -> None:
         validity_seconds=cfg.validity_seconds,
         interval_seconds=cfg.interval_seconds,
         after_revocation_seconds=cfg.after_revocation_seconds,
+        delta_interval_seconds=cfg.delta_interval_seconds,
+        layout=rt.config.crl_layout,
+        expired_grace_seconds=cfg.expired_grace_seconds,
     )
+
+
+async def start_publisher(rt: Runtime) -> None:
+    store = open_store(rt.config)
+    publisher = build_publisher(rt, store)
 
     def on_commit(events: list[RecordedEvent]) -> None:
         if any(e.type in ("CertificateRevoked", "CertificateHoldReleased") for e in events):
             publisher.revocation_happened()
 
+    async def run() -> None:
+        try:
+            await publisher.run()
+        finally:
+            if isinstance(store, S3Store):
+                await store.close()
+
     rt.on_commit(on_commit)
-    rt.tasks.append(publisher.run())
+    rt.tasks.append(run())
 
     async def health() -> dict[str, Any]:
         head = await rt.log.head()
@@ -95,5 +130,5 @@ async def start_publisher(rt: Runtime) -> None:
 
 
 async def start_crl_server(rt: Runtime) -> None:
-    """Serve the directory store's CRLs on the public listener."""
-    rt.public_apps.append(("/crl", CRLApp(DirectoryStore(rt.config.crl_dir))))
+    """Serve the CRL store's objects on the public listener."""
+    rt.public_apps.append(("/crl", CRLApp(open_store(rt.config))))

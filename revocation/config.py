@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from revocation.crl_layout import MAX_SHARDS, CRLLayout
 from revocation.errors import ConfigError
 
 
@@ -26,11 +27,33 @@ class OCSPConfig:
     poll_interval: float = 0.2  # how often a responder polls the store's change feed
 
 
+STORE_TYPES = ("directory", "s3")
+S3_ADDRESSING_STYLES = ("auto", "path", "virtual")
+
+
+@dataclasses.dataclass(frozen=True)
+class CRLStoreConfig:
+    """``[crl.store]``: where CRLs are published. S3 credentials come from the standard AWS chain."""
+
+    type: str = "directory"  # the directory is paths.crl_dir
+    bucket: str = ""
+    prefix: str = ""  # prepended to every object key, e.g. "crl/"
+    endpoint_url: str = ""  # empty: AWS; else MinIO, Ceph RGW or any S3-compatible endpoint
+    region: str = ""
+    addressing_style: str = "auto"
+    profile: str = ""  # an AWS profile name; empty: the default chain
+
+
 @dataclasses.dataclass(frozen=True)
 class CRLConfig:
     validity_seconds: int = 24 * 3600  # nextUpdate - thisUpdate
-    interval_seconds: int = 3600  # full CRL at least this often
-    after_revocation_seconds: float = 2.0  # debounce: publish this soon after a revocation
+    interval_seconds: int = 6 * 3600  # full CRL at least this often
+    after_revocation_seconds: float = 2.0  # debounce: publish (a delta) this soon after a revocation
+    delta_interval_seconds: int = 300  # delta CRL at least this often; 0: no delta CRLs
+    shards: int = 1  # CRL shards per leaf issuer
+    expired_grace_seconds: int = 0  # an entry leaves the CRL this long after its certificate's notAfter
+    base_url: str = ""  # URL prefix of CRLs in certificates; empty: public.url + "/crl"
+    store: CRLStoreConfig = dataclasses.field(default_factory=CRLStoreConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +79,13 @@ class Config:
     def ocsp_url(self) -> str:
         return self.public_url.rstrip("/") + "/ocsp"
 
-    def crl_url(self, issuer_id: str) -> str:
-        return f"{self.public_url.rstrip('/')}/crl/{issuer_id}.crl"
+    @property
+    def crl_layout(self) -> CRLLayout:
+        base = self.crl.base_url or self.public_url.rstrip("/") + "/crl"
+        return CRLLayout(base, self.crl.shards, self.crl.delta_interval_seconds > 0)
+
+    def crl_url(self, issuer_id: str, shard: int = 0) -> str:
+        return self.crl_layout.full_url(issuer_id, shard)
 
 
 def parse_listen(value: str, what: str) -> tuple[str, int]:
@@ -94,6 +122,35 @@ def _typed(section: dict[str, Any], name: str, key: str, kind: type, default: An
 def _positive(value: float, what: str) -> None:
     if value <= 0:
         raise ConfigError(f"{what} must be positive, got {value!r}")
+
+
+def _crl_store(section: dict[str, Any]) -> CRLStoreConfig:
+    def text(key: str) -> str:
+        value: str = _typed(section, "crl.store", key, str, getattr(CRLStoreConfig, key))
+        return value
+
+    store = CRLStoreConfig(
+        type=text("type"),
+        bucket=text("bucket"),
+        prefix=text("prefix"),
+        endpoint_url=text("endpoint_url"),
+        region=text("region"),
+        addressing_style=text("addressing_style"),
+        profile=text("profile"),
+    )
+    if store.type not in STORE_TYPES:
+        raise ConfigError(f"crl.store.type {store.type!r} is not one of {', '.join(STORE_TYPES)}")
+    if store.type == "s3" and not store.bucket:
+        raise ConfigError('crl.store.bucket is required when crl.store.type = "s3"')
+    if store.addressing_style not in S3_ADDRESSING_STYLES:
+        raise ConfigError(
+            f"crl.store.addressing_style {store.addressing_style!r} is not one of {', '.join(S3_ADDRESSING_STYLES)}"
+        )
+    if store.endpoint_url and not store.endpoint_url.startswith(("http://", "https://")):
+        raise ConfigError(f"crl.store.endpoint_url {store.endpoint_url!r} must be an http:// or https:// URL")
+    if store.prefix.startswith("/") or "//" in store.prefix:
+        raise ConfigError(f"crl.store.prefix {store.prefix!r} must be a relative key prefix such as 'crl/'")
+    return store
 
 
 def load_config(path: Path | str) -> Config:
@@ -152,6 +209,11 @@ def load_config(path: Path | str) -> Config:
         after_revocation_seconds=_typed(
             c, "crl", "after_revocation_seconds", float, CRLConfig.after_revocation_seconds
         ),
+        delta_interval_seconds=_typed(c, "crl", "delta_interval_seconds", int, CRLConfig.delta_interval_seconds),
+        shards=_typed(c, "crl", "shards", int, CRLConfig.shards),
+        expired_grace_seconds=_typed(c, "crl", "expired_grace_seconds", int, CRLConfig.expired_grace_seconds),
+        base_url=_typed(c, "crl", "base_url", str, CRLConfig.base_url),
+        store=_crl_store(_section(c, "store")),
     )
     _positive(crl.validity_seconds, "crl.validity_seconds")
     _positive(crl.interval_seconds, "crl.interval_seconds")
@@ -159,6 +221,17 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError("crl.interval_seconds must be below crl.validity_seconds, or CRLs expire before renewal")
     if crl.after_revocation_seconds < 0:
         raise ConfigError("crl.after_revocation_seconds must not be negative")
+    if not 0 <= crl.delta_interval_seconds < crl.interval_seconds:
+        raise ConfigError(
+            f"crl.delta_interval_seconds must be 0 (no delta CRLs) or below crl.interval_seconds "
+            f"({crl.interval_seconds}), got {crl.delta_interval_seconds}"
+        )
+    if not 1 <= crl.shards <= MAX_SHARDS:
+        raise ConfigError(f"crl.shards must be between 1 and {MAX_SHARDS}, got {crl.shards}")
+    if crl.expired_grace_seconds < 0:
+        raise ConfigError(f"crl.expired_grace_seconds must not be negative, got {crl.expired_grace_seconds}")
+    if crl.base_url and (not crl.base_url.startswith(("http://", "https://")) or crl.base_url.endswith("/")):
+        raise ConfigError(f"crl.base_url {crl.base_url!r} must be an http:// or https:// URL without a final /")
 
     cfg = Config(
         path=path,
@@ -219,6 +292,20 @@ poll_interval = 0.2          # seconds between polls of the response store's cha
 
 [crl]
 validity_seconds = 86400     # nextUpdate - thisUpdate
-interval_seconds = 3600      # publish a full CRL at least this often
-after_revocation_seconds = 2 # and this soon after a revocation (debounced)
+interval_seconds = 21600     # publish a full CRL at least this often
+delta_interval_seconds = 300 # and a delta CRL at least this often (0: no delta CRLs)
+after_revocation_seconds = 2 # and a delta this soon after a revocation (debounced)
+shards = 1                   # CRL shards per issuing CA; raising it later never moves old certificates
+expired_grace_seconds = 0    # entries leave the CRL this long after the certificate's notAfter
+base_url = ""                # CRL URL prefix in certificates; empty: public.url + "/crl"
+
+[crl.store]
+type = "directory"           # "directory" (paths.crl_dir, served on the public listener) or "s3"
+# For S3 (credentials from the standard AWS chain: environment, ~/.aws, instance role):
+# bucket = "my-crls"
+# prefix = ""                # prepended to object keys, e.g. "crl/"
+# endpoint_url = ""          # empty: AWS; or MinIO, Ceph RGW, any S3-compatible endpoint
+# region = ""
+# addressing_style = "auto"  # auto, path or virtual
+# profile = ""               # an AWS profile name
 """

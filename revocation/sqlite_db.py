@@ -102,6 +102,18 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        # CRL shards and delta CRLs. crl_shard is the shard named by the CRL distribution point the
+        # certificate carries (revocation.crl_layout); every certificate recorded before this was in
+        # its issuer's unsharded CRL, shard 0. The partial indexes hold only certificates that were
+        # ever revoked, so issuance pays nothing for them and a delta reads only what changed.
+        """
+        ALTER TABLE certificates ADD COLUMN crl_shard INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX certificates_crl_revoked ON certificates (issuer_id, crl_shard) WHERE status = 'revoked';
+        CREATE INDEX certificates_crl_changes ON certificates (issuer_id, crl_shard, updated_seq) WHERE version > 1;
+        """,
+    ),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -122,3 +123,72 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield srv
     finally:
         srv.stop()
+
+
+class S3Server:
+    """A real S3-speaking server (moto in server mode) on a free port; aioboto3 talks HTTP to it."""
+
+    region = "us-east-1"
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.endpoint_url = f"http://127.0.0.1:{port}"
+        self._buckets = 0
+
+    def new_bucket(self) -> str:
+        """A fresh, empty bucket (one per test keeps tests apart on the shared server).
+
+        Its policy lets anyone read objects, as a bucket behind a CDN lets the CDN read them.
+        """
+        self._buckets += 1
+        name = f"crl-test-{self._buckets}"
+        # moto does not check signatures, so plain HTTP is enough to set the bucket up.
+        httpx.put(f"{self.endpoint_url}/{name}", timeout=10).raise_for_status()
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{name}/*"}
+            ],
+        }
+        httpx.put(f"{self.endpoint_url}/{name}?policy", content=json.dumps(policy), timeout=10).raise_for_status()
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    env = pytest.MonkeyPatch()
+    # The standard AWS credential chain finds these (moto accepts any); nothing from ~/.aws leaks in.
+    env.setenv("AWS_ACCESS_KEY_ID", "testing")
+    env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    env.setenv("AWS_DEFAULT_REGION", S3Server.region)
+    env.setenv("AWS_CONFIG_FILE", str(log_path.with_name("no-aws-config")))
+    env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(log_path.with_name("no-aws-credentials")))
+    env.delenv("AWS_PROFILE", raising=False)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"moto server exited with {proc.returncode}:\n{log_path.read_text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/moto-api/", timeout=1).status_code < 500:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"moto server did not start:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        yield S3Server(port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        env.undo()

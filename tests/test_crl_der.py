@@ -400,3 +400,66 @@ def test_fast_time_encoding_equals_der_helpers(moment: datetime.datetime) -> Non
     # crl_der formats times itself for speed; it must stay byte-identical to the shared helpers.
     assert crl_der._time(moment, utc_time_allowed=True) == der.x509_time(moment)
     assert crl_der._time(moment, utc_time_allowed=False) == der.generalized_time(moment)
+
+
+# --- extensions of delta and sharded CRLs, and reading entries back ------------------------------------------
+
+
+def test_idp_delta_indicator_and_freshest_crl_read_back_as_rfc_5280_says(ec_ca: CA) -> None:
+    crl = verify_crl(
+        build(
+            ec_ca,
+            [],
+            extra_extensions=[
+                crl_der.issuing_distribution_point(
+                    "http://crl.test/ca-2.crl", only_user_certs=True, only_ca_certs=False
+                ),
+                crl_der.delta_crl_indicator(41),
+                crl_der.freshest_crl("http://crl.test/ca-2-delta.crl"),
+            ],
+        ),
+        ec_ca.cert,
+    )
+    idp = crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint)
+    assert idp.critical
+    assert idp.value == x509.IssuingDistributionPoint(
+        [x509.UniformResourceIdentifier("http://crl.test/ca-2.crl")], None, True, False, None, False, False
+    )
+    indicator = crl.extensions.get_extension_for_class(x509.DeltaCRLIndicator)
+    assert indicator.critical and indicator.value.crl_number == 41
+    freshest = crl.extensions.get_extension_for_class(x509.FreshestCRL)
+    assert not freshest.critical
+    assert [n.value for p in freshest.value for n in p.full_name or []] == ["http://crl.test/ca-2-delta.crl"]
+    with pytest.raises(ValueError, match="both"):
+        crl_der.issuing_distribution_point("http://x/a.crl", only_user_certs=True, only_ca_certs=True)
+    with pytest.raises(ValueError, match="base CRL number"):
+        crl_der.delta_crl_indicator(-1)
+
+
+def _values(entry: CRLEntry) -> crl_der.EntryValues:
+    invalidity = None if entry.invalidity_date is None else int(entry.invalidity_date.timestamp())
+    return (int(entry.revoked_at.timestamp()), entry.reason or None, invalidity)
+
+
+@settings(deadline=None, max_examples=60)
+@given(entries=st.lists(entry_strategy, max_size=25, unique_by=lambda entry: entry.serial))
+def test_read_entries_returns_what_was_built(ec_ca: CA, entries: list[CRLEntry]) -> None:
+    assert crl_der.read_entries(build(ec_ca, entries)) == {e.serial: _values(e) for e in entries}
+
+
+def test_read_entries_refuses_what_build_crl_never_emits(ec_ca: CA) -> None:
+    one = CRLEntry(5, NOW, 1)
+    crl = build(ec_ca, [one, CRLEntry(6, NOW, crl_der.REMOVE_FROM_CRL)])
+    assert crl_der.read_entries(crl) == {5: (int(NOW.timestamp()), 1, None), 6: (int(NOW.timestamp()), 8, None)}
+    with pytest.raises(ValueError, match="listed twice"):
+        crl_der.read_entries(build(ec_ca, [one, one]))
+    with pytest.raises(ValueError):
+        crl_der.read_entries(b"\x30\x03\x02\x01\x01")
+    with pytest.raises(ValueError):
+        crl_der.read_entries(crl[:-10])
+    # An entry extension other than reasonCode and invalidityDate (here: certificateIssuer's OID).
+    reason = der.extension(crl_der.OID_REASON_CODE, der.enumerated(1))
+    odd = reason.replace(der.oid(crl_der.OID_REASON_CODE), der.oid("2.5.29.29"))
+    assert crl.count(reason) == 1
+    with pytest.raises(ValueError, match=r"unexpected entry extension 2\.5\.29\.29"):
+        crl_der.read_entries(crl.replace(reason, odd))

@@ -187,10 +187,14 @@ def crl_number(crl: x509.CertificateRevocationList) -> int:
 
 
 def wait_for_crl_listing(srv: ServerProcess, *certs: Cert) -> x509.CertificateRevocationList:
+    """The first served CRL listing every one of ``certs``: the full CRL or, soon after a revocation, the delta."""
+
     def listed() -> x509.CertificateRevocationList | None:
-        crl = fetch_crl(srv)[1]
-        ok = all(crl.get_revoked_certificate_by_serial_number(c.serial) is not None for c in certs)
-        return crl if ok else None
+        for name in ("issuing-ca", "issuing-ca-delta"):
+            crl = fetch_crl(srv, name)[1]
+            if all(crl.get_revoked_certificate_by_serial_number(c.serial) is not None for c in certs):
+                return crl
+        return None
 
     crl = poll(listed, CRL_PROPAGATION_SECONDS, interval=0.2)
     assert crl is not None, f"the served CRL does not list {[c.serial_hex for c in certs]} after 10 s"
@@ -514,13 +518,18 @@ def test_crl_lists_revocations_verifies_and_numbers_increase(shared: ServerProce
     checked = openssl("crl", "-inform", "DER", "-in", der, "-CAfile", d / "ca-chain.pem", "-noout")
     assert checked.returncode == 0 and "verify OK" in output(checked), output(checked)
 
+    # What a relying party holds: the full CRL and (when crl_2 is one) the delta; openssl combines them.
     pem = tmp_path / "crl.pem"
-    pem.write_bytes(crl_2.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(
+        fetch_crl(shared)[1].public_bytes(serialization.Encoding.PEM) + crl_2.public_bytes(serialization.Encoding.PEM)
+    )
     for cert in (first, second):
-        result = openssl("verify", "-crl_check", "-CAfile", d / "ca-chain.pem", "-CRLfile", pem, cert.path)
+        result = openssl(
+            "verify", "-crl_check", "-use_deltas", "-CAfile", d / "ca-chain.pem", "-CRLfile", pem, cert.path
+        )
         assert result.returncode != 0, output(result)
         assert "certificate revoked" in output(result), output(result)
-    result = openssl("verify", "-crl_check", "-CAfile", d / "ca-chain.pem", "-CRLfile", pem, good.path)
+    result = openssl("verify", "-crl_check", "-use_deltas", "-CAfile", d / "ca-chain.pem", "-CRLfile", pem, good.path)
     assert result.returncode == 0 and f"{good.path}: OK" in result.stdout, output(result)
 
 

@@ -3,6 +3,8 @@
 CRLs are built from the CA's real log and keys, written to a real directory, read
 back and checked with cryptography and the openssl CLI. Stores that misbehave on
 purpose are small classes in this file; time moves only through a FakeClock.
+The object-store contract (directory and S3) is in test_s3store.py; delta and
+sharded CRLs are in test_crl_delta.py.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CollectorRegistry
 
-from publishers.crl_der import MAX_CRL_NUMBER, CRLEntry, build_crl, verify_crl
-from publishers.objectstore import DirectoryStore, ObjectHead, PreconditionFailed, StoredObject
-from publishers.publisher import CRL_TYPE, Publisher, RefusedCRL, Storer, numbered_key, stable_key
+from publishers.crl_der import MAX_CRL_NUMBER, CRLEntry, build_crl, issuing_distribution_point, verify_crl
+from publishers.objectstore import DirectoryStore, ObjectHead, StoredObject
+from publishers.publisher import CRL_TYPE, Publisher, RefusedCRL, numbered_key, stable_key
 from publishers.role import CRLApp
+from publishers.storer import Candidate, Storer
 from revocation.authority import Actor, Authority, IssueRequest
 from revocation.clock import FakeClock
 from revocation.config import Config
@@ -127,20 +130,34 @@ async def openssl(*args: str) -> tuple[int, str]:
     return proc.returncode or 0, out.decode()
 
 
-def empty_crl(rec: IssuerRecord, number: int, now: datetime.datetime) -> bytes:
+def idp(rec: IssuerRecord) -> list[bytes]:
+    """The Issuing Distribution Point of the issuer's unsharded CRL as the publisher writes it (none for the root)."""
+    if rec.kind == "root":
+        return []
+    return [issuing_distribution_point(rec.crl_url, only_user_certs=True, only_ca_certs=False)]
+
+
+def signed_crl(rec: IssuerRecord, number: int, now: datetime.datetime, listed: list[CRLEntry]) -> bytes:
+    """A CRL for the issuer's unsharded scope that passes every check but the ones a test breaks."""
     assert rec.key_ref is not None
     return build_crl(
         rec.cert,
         open_key(rec.key_ref),
-        [],
+        listed,
         number=number,
         this_update=now,
         next_update=now + datetime.timedelta(days=1),
+        extra_extensions=idp(rec),
     )
 
 
-def count(registry: CollectorRegistry, issuer_id: str, result: str) -> float:
-    return registry.get_sample_value("crl_publishes_total", {"issuer": issuer_id, "result": result}) or 0.0
+def empty_crl(rec: IssuerRecord, number: int, now: datetime.datetime) -> bytes:
+    return signed_crl(rec, number, now, [])
+
+
+def count(registry: CollectorRegistry, issuer_id: str, result: str, kind: str = "full") -> float:
+    labels = {"issuer": issuer_id, "kind": kind, "result": result}
+    return registry.get_sample_value("crl_publishes_total", labels) or 0.0
 
 
 # --- what gets published ----------------------------------------------------------------------------------------
@@ -406,7 +423,8 @@ async def test_a_crl_not_above_the_stored_number_is_refused_and_nothing_is_overw
     assert not (crl_store.root / ISSUING).exists()  # no numbered copy either
 
     with pytest.raises(RefusedCRL, match="not above"):
-        await Storer(crl_store).store(rec, empty_crl(rec, 10**40, fake_clock.now()), [], fake_clock.now())
+        candidate = Candidate(rec, 0, empty_crl(rec, 10**40, fake_clock.now()), await rt.view.position())
+        await Storer(crl_store, rt.view).store(candidate)
     assert await stored_data(crl_store, stable_key(ISSUING)) == competitor
 
 
@@ -452,15 +470,17 @@ async def test_the_storer_refuses_a_crl_signed_by_another_key_or_for_another_iss
         number=10**20,
         this_update=now,
         next_update=now + datetime.timedelta(days=1),
+        extra_extensions=idp(rec),
     )
-    storer = Storer(crl_store)
+    storer = Storer(crl_store, rt.view)
+    position = await rt.view.position()
     with pytest.raises(RefusedCRL, match="signature"):
-        await storer.store(rec, forged, [], now + datetime.timedelta(days=1))
+        await storer.store(Candidate(rec, 0, forged, position))
     root_crl = empty_crl(await issuer(rt, ROOT), 10**20, now)
     with pytest.raises(RefusedCRL, match="issuer"):
-        await storer.store(rec, root_crl, [], now + datetime.timedelta(days=1))
+        await storer.store(Candidate(rec, 0, root_crl, position))
     with pytest.raises(RefusedCRL):
-        await storer.store(rec, b"not a CRL at all", [], now + datetime.timedelta(days=1))
+        await storer.store(Candidate(rec, 0, b"not a CRL at all", position))
     assert await crl_store.get(stable_key(ISSUING)) is None
     assert not (crl_store.root / ISSUING).exists()
 
@@ -468,33 +488,26 @@ async def test_the_storer_refuses_a_crl_signed_by_another_key_or_for_another_iss
 async def test_the_storer_refuses_a_crl_whose_entries_differ_from_the_log(
     rt: Runtime, authority: Authority, crl_store: DirectoryStore, fake_clock: FakeClock
 ) -> None:
-    revoked = await issue(authority, "revoked")
+    revoked, good = await issue(authority, "revoked"), await issue(authority, "good")
     await authority.revoke(revoked.serial_number, "keyCompromise", ACTOR)
     rec = await issuer(rt, ISSUING)
-    assert rec.key_ref is not None
     now = fake_clock.now()
+    position = await rt.view.position()
     listed = CRLEntry(revoked.serial_number, now, 1)
-    crl = build_crl(
-        rec.cert,
-        open_key(rec.key_ref),
-        [listed],
-        number=10**20,
-        this_update=now,
-        next_update=now + datetime.timedelta(days=1),
-    )
-    storer = Storer(crl_store)
-    next_update = now + datetime.timedelta(days=1)
+    storer = Storer(crl_store, rt.view)
     mismatches: list[list[CRLEntry]] = [
-        [],  # the CRL lists a certificate the log does not
-        [listed, CRLEntry(revoked.serial_number + 1, now)],  # the log has one the CRL misses
+        [],  # the log has a revocation the CRL misses
+        [listed, CRLEntry(good.serial_number, now, 1)],  # the CRL lists a certificate the log says is good
         [CRLEntry(revoked.serial_number, now - datetime.timedelta(hours=1), 1)],  # another revocation time
+        [CRLEntry(revoked.serial_number, now, 4)],  # another reason
     ]
-    for expected in mismatches:
+    for wrong in mismatches:
         with pytest.raises(RefusedCRL, match="does not list what the log says"):
-            await storer.store(rec, crl, expected, next_update)
+            await storer.store(Candidate(rec, 0, signed_crl(rec, 10**20, now, wrong), position))
     assert await crl_store.get(stable_key(ISSUING)) is None
 
-    assert await storer.store(rec, crl, [listed], next_update) == 10**20
+    crl = signed_crl(rec, 10**20, now, [listed])
+    assert await storer.store(Candidate(rec, 0, crl, position)) == 10**20
     assert await stored_data(crl_store, stable_key(ISSUING)) == crl
 
 
@@ -567,74 +580,6 @@ async def test_a_store_answering_stale_reads_makes_publishing_fail_loudly_never_
 
     assert publisher.last_error is not None and ISSUING in publisher.last_error
     assert await stored_data(crl_store, stable_key(ISSUING)) == current.data
-
-
-# --- the directory store ------------------------------------------------------------------------------------------
-
-
-async def test_directory_store_round_trips_objects_with_their_metadata(crl_store: DirectoryStore) -> None:
-    etag = await crl_store.put(
-        "a/b.crl", b"first", content_type=CRL_TYPE, cache_control="public, max-age=60", expires="Thu, 01 Jan 2099"
-    )
-    obj = await crl_store.get("a/b.crl")
-    assert obj is not None
-    assert (obj.data, obj.etag, obj.content_type, obj.cache_control, obj.expires) == (
-        b"first",
-        etag,
-        CRL_TYPE,
-        "public, max-age=60",
-        "Thu, 01 Jan 2099",
-    )
-    parsedate_to_datetime(obj.last_modified)
-    head = await crl_store.head("a/b.crl")
-    assert head is not None and (head.etag, head.size) == (etag, 5)
-    assert await crl_store.get("a/missing.crl") is None
-    assert await crl_store.head("missing.crl") is None
-    assert await crl_store.get("nowhere/at/all.crl") is None
-
-
-async def test_directory_store_conditional_writes(crl_store: DirectoryStore) -> None:
-    first = await crl_store.put("x.crl", b"one", content_type=CRL_TYPE, if_none_match=True)
-    with pytest.raises(PreconditionFailed):
-        await crl_store.put("x.crl", b"two", content_type=CRL_TYPE, if_none_match=True)
-    second = await crl_store.put("x.crl", b"two", content_type=CRL_TYPE, if_match=first)
-    assert second != first
-    with pytest.raises(PreconditionFailed):
-        await crl_store.put("x.crl", b"three", content_type=CRL_TYPE, if_match=first)  # stale ETag
-    with pytest.raises(PreconditionFailed):
-        await crl_store.put("new.crl", b"one", content_type=CRL_TYPE, if_match=first)  # nothing to match
-    obj = await crl_store.get("x.crl")
-    assert obj is not None and (obj.data, obj.etag) == (b"two", second)
-    assert await crl_store.get("new.crl") is None
-
-
-@pytest.mark.parametrize("key", ["../escape.crl", "/etc/passwd", "a//b.crl", "a/./b.crl", "a/..", "", "a/"])
-async def test_directory_store_refuses_keys_that_are_not_plain_relative_paths(
-    crl_store: DirectoryStore, key: str
-) -> None:
-    with pytest.raises(ValueError, match="not a plain relative path"):
-        await crl_store.put(key, b"x", content_type=CRL_TYPE)
-    with pytest.raises(ValueError, match="not a plain relative path"):
-        await crl_store.get(key)
-    with pytest.raises(ValueError, match="not a plain relative path"):
-        await crl_store.head(key)
-    assert not (crl_store.root.parent / "escape.crl").exists()
-
-
-async def test_of_concurrent_writers_with_the_same_if_match_exactly_one_wins(crl_store: DirectoryStore) -> None:
-    etag = await crl_store.put("race.crl", b"base", content_type=CRL_TYPE)
-    for round_ in range(10):
-        bodies = [f"round {round_} writer {i}".encode() for i in range(4)]
-        results = await asyncio.gather(
-            *(crl_store.put("race.crl", body, content_type=CRL_TYPE, if_match=etag) for body in bodies),
-            return_exceptions=True,
-        )
-        winners = [(body, r) for body, r in zip(bodies, results, strict=True) if isinstance(r, str)]
-        losers = [r for r in results if isinstance(r, PreconditionFailed)]
-        assert len(winners) == 1 and len(losers) == len(bodies) - 1, results
-        stored = await crl_store.get("race.crl")
-        assert stored is not None and (stored.data, stored.etag) == winners[0]
-        etag = winners[0][1]
 
 
 # --- the CRL HTTP app ---------------------------------------------------------------------------------------------

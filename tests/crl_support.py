@@ -1,0 +1,110 @@
+"""Helpers shared by the CRL tests (delta, shards, S3): a CA with CRL settings, issuing, openssl."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import re
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtensionOID
+
+from revocation.authority import Actor, Authority, IssueRequest
+from revocation.config import Config, load_config
+from revocation.projection import IssuerRecord
+from revocation.runtime import Runtime
+
+ACTOR = Actor("tester", "r1")
+ROOT = "root-ca"
+ISSUING = "issuing-ca"
+
+
+def with_crl_settings(config: Config, **settings: object) -> Config:
+    """Rewrite keys of the [crl] section of an initialised CA's pca.toml and load it again."""
+    text = config.path.read_text()
+    for key, value in settings.items():  # [crl] keys come first in the file, then [crl.store]
+        rendered = f'"{value}"' if isinstance(value, str) else str(value)
+        text, count = re.subn(rf"(?m)^{key} = [^#\n]*", f"{key} = {rendered} ", text, count=1)
+        assert count == 1, f"no {key} in {config.path}"
+    config.path.write_text(text)
+    return load_config(config.path)
+
+
+async def issue(authority: Authority, name: str, validity_days: int | None = None) -> x509.Certificate:
+    request = IssueRequest(subject=f"CN={name}", dns=[f"{name}.test"], validity_days=validity_days)
+    return (await authority.issue(request, ACTOR)).certificate
+
+
+async def issuer(rt: Runtime, issuer_id: str) -> IssuerRecord:
+    for rec in await rt.view.issuers():
+        if rec.issuer_id == issuer_id:
+            return rec
+    raise AssertionError(f"no issuer {issuer_id}")
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
+def delta_base(crl: x509.CertificateRevocationList) -> int | None:
+    try:
+        return crl.extensions.get_extension_for_class(x509.DeltaCRLIndicator).value.crl_number
+    except x509.ExtensionNotFound:
+        return None
+
+
+def extension(crl_or_cert: x509.CertificateRevocationList | x509.Certificate, oid: x509.ObjectIdentifier) -> Any:
+    try:
+        return crl_or_cert.extensions.get_extension_for_oid(oid)
+    except x509.ExtensionNotFound:
+        return None
+
+
+def dp_urls(cert: x509.Certificate, oid: x509.ObjectIdentifier = ExtensionOID.CRL_DISTRIBUTION_POINTS) -> list[str]:
+    ext = extension(cert, oid)
+    return [] if ext is None else [name.value for point in ext.value for name in point.full_name or []]
+
+
+def idp_url(crl: x509.CertificateRevocationList) -> str | None:
+    ext = extension(crl, ExtensionOID.ISSUING_DISTRIBUTION_POINT)
+    if ext is None:
+        return None
+    assert ext.critical
+    [name] = ext.value.full_name
+    return str(name.value)
+
+
+def listed(crl: x509.CertificateRevocationList) -> dict[int, x509.ReasonFlags | None]:
+    """serial -> reason (None without a reasonCode)."""
+    out = {}
+    for entry in crl:
+        reason = next((e.value.reason for e in entry.extensions if isinstance(e.value, x509.CRLReason)), None)
+        out[entry.serial_number] = reason
+    return out
+
+
+def pem_file(path: Path, *items: x509.Certificate | x509.CertificateRevocationList) -> str:
+    path.write_bytes(b"".join(item.public_bytes(serialization.Encoding.PEM) for item in items))
+    return str(path)
+
+
+async def openssl(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "openssl", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
+async def openssl_crl_verifies(der: bytes, ca_file: Path, tmp_path: Path, name: str) -> None:
+    path = tmp_path / f"{name}.crl"
+    path.write_bytes(der)
+    code, output = await openssl("crl", "-inform", "DER", "-in", str(path), "-CAfile", str(ca_file), "-noout")
+    assert code == 0 and "verify OK" in output, output
+
+
+def now_utc() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
