@@ -81,7 +81,8 @@ class NetNS:
         pid = self._holder.proc.pid
         deadline = time.monotonic() + 5
         # unshare execs sleep once the namespace exists: wait until the namespace differs from ours.
-        while Path(f"/proc/{pid}/ns/net").resolve() == Path("/proc/self/ns/net").resolve():
+        # (The links read like "net:[4026531992]"; compare them as text, not as paths.)
+        while os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net"):
             self._holder.check_alive()
             if time.monotonic() > deadline:
                 raise RuntimeError("unshare did not create a network namespace")

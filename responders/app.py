@@ -30,6 +30,7 @@ Send = Callable[[Message], Awaitable[None]]
 log = logging.getLogger("pca.responder")
 
 MAX_REQUEST_BYTES = 10 * 1024
+MEMO_SIZE = 50_000  # remembered requests; cleared when full (a path costs ~250 bytes)
 _OCSP_TYPE = (b"content-type", b"application/ocsp-response")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -58,6 +59,9 @@ class OCSPApp:
             name: results.labels(name)
             for name in ("good", "revoked", "unauthorized", "malformed", "try_later", "not_modified", "http_error")
         }
+        # Request (GET path or POST body) -> (issuer_id, serial): RFC 5019 clients ask the same
+        # questions again and again, and decoding plus parsing is most of a request's cost.
+        self._requests: dict[str | bytes, tuple[str, int]] = {}
         self._latency = Histogram(
             "ocsp_request_seconds", "OCSP request handling time", registry=registry, buckets=_LATENCY_BUCKETS
         )
@@ -82,13 +86,19 @@ class OCSPApp:
             body = await _read_body(receive, scope)
             if body is None:
                 return await self._http_error(send, 413, b"OCSP requests are limited to 10 KB")
-            return await self._answer(body, scope, send, cacheable=False)
+            known = self._requests.get(body)
+            if known is not None:
+                return await self._lookup(known[0], known[1], scope, send, cacheable=False)
+            return await self._answer(body, scope, send, cacheable=False, memo=body)
         if method == "HEAD":
             send = _without_body(send)
         if method in ("GET", "HEAD"):
             raw = scope["path"][len(self._prefix) + 1 :] if scope["path"].startswith(self._prefix + "/") else None
             if raw is None:
                 return await self._http_error(send, 404, b"not found")
+            known = self._requests.get(raw)
+            if known is not None:  # the same GET as before: skip decoding and parsing
+                return await self._lookup(known[0], known[1], scope, send, cacheable=True)
             if len(raw) > MAX_REQUEST_BYTES * 2:
                 return await self._http_error(send, 414, b"request too long")
             try:
@@ -96,10 +106,12 @@ class OCSPApp:
             except ValueError:
                 self._count["malformed"].inc()
                 return await _send(send, 200, MALFORMED_REQUEST, [_OCSP_TYPE])
-            return await self._answer(der, scope, send, cacheable=True)
+            return await self._answer(der, scope, send, cacheable=True, memo=raw)
         await self._http_error(send, 405, b"method not allowed", [(b"allow", b"GET, HEAD, POST")])
 
-    async def _answer(self, der: bytes, scope: Scope, send: Send, cacheable: bool) -> None:
+    async def _answer(
+        self, der: bytes, scope: Scope, send: Send, cacheable: bool, memo: str | bytes | None = None
+    ) -> None:
         try:
             req = parse_request(der)
         except MalformedRequest:
@@ -107,7 +119,19 @@ class OCSPApp:
             return await _send(send, 200, MALFORMED_REQUEST, [_OCSP_TYPE])
         try:
             issuer_id = self._issuers.resolve(req)
-            entry = await self._source.response(issuer_id, req.serial)
+        except NotFound:
+            self._count["unauthorized"].inc()
+            return await _send(send, 200, UNAUTHORIZED, [_OCSP_TYPE])
+        if memo is not None:
+            # A request's bytes always name the same (issuer, serial); remember it for the next asker.
+            if len(self._requests) >= MEMO_SIZE:
+                self._requests.clear()
+            self._requests[memo] = (issuer_id, req.serial)
+        await self._lookup(issuer_id, req.serial, scope, send, cacheable)
+
+    async def _lookup(self, issuer_id: str, serial: int, scope: Scope, send: Send, cacheable: bool) -> None:
+        try:
+            entry = await self._source.response(issuer_id, serial)
         except NotFound:
             self._count["unauthorized"].inc()
             return await _send(send, 200, UNAUTHORIZED, [_OCSP_TYPE])

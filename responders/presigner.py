@@ -35,7 +35,7 @@ from revocation.events import (
     ResponderCertRotated,
 )
 from revocation.keys import KeyRef, SigningKey, open_key
-from revocation.projection import CertificateRecord, IssuerRecord, StatusView
+from revocation.projection import IssuerRecord, SigningState, StatusView
 
 log = logging.getLogger("pca.presigner")
 
@@ -131,7 +131,7 @@ _CERT_EVENTS = frozenset((CertificateIssued.TYPE, CertificateRevoked.TYPE, Certi
 
 @dataclasses.dataclass(frozen=True)
 class _Job:
-    records: list[CertificateRecord]
+    records: list[SigningState]
     issuer_der: bytes
     signer_der: bytes
     key_ref: dict[str, str]
@@ -139,15 +139,15 @@ class _Job:
     refresh_at: int
 
 
-def _item(rec: CertificateRecord) -> Item:
+def _item(rec: SigningState) -> Item:
     if rec.status != "revoked" or rec.revoked_at is None:
         return (rec.serial, None, None, None)
     reason = REASONS.get(rec.reason or "unspecified")
     return (
         rec.serial,
-        to_epoch(rec.revoked_at),
+        rec.revoked_at,
         None if reason in (None, 0) else reason,
-        None if rec.invalidity_date is None else to_epoch(rec.invalidity_date),
+        rec.invalidity_date,
     )
 
 
@@ -218,7 +218,7 @@ class PreSigner:
                     pass
                 self._wake.clear()
 
-    async def _load(self, after: int) -> tuple[int, list[CertificateRecord]]:
+    async def _load(self, after: int) -> tuple[int, list[SigningState]]:
         """The next batch of events after ``after``: (its last seq or 0, the records to sign)."""
         events = await self._log.read_index(after, READ_BATCH)
         self._lag.set(await self._log.head() - after - len(events))
@@ -235,14 +235,14 @@ class PreSigner:
                 rotated.append((stream.split("/", 1)[1], seq))
         if rotated or any(k[0] not in self._issuers for k in keys):
             await self._refresh_issuers()
-        records = await self._view.certificates_many(list(keys))
+        records = await self._view.signing_states(list(keys))
         for issuer_id, seq in rotated:
             # Re-sign with the new signer; certificates changed after the rotation are
             # signed when their own events come up, so they are skipped here.
-            records.extend(await self._view.issuer_certificates(issuer_id, updated_before=seq))
+            records.extend(await self._view.issuer_signing_states(issuer_id, updated_before=seq))
         return events[-1][0], records
 
-    async def _apply(self, last_seq: int, records: list[CertificateRecord]) -> None:
+    async def _apply(self, last_seq: int, records: list[SigningState]) -> None:
         await self._sign_and_store(records, last_seq)
         self.position = last_seq
 
@@ -267,14 +267,14 @@ class PreSigner:
         due = await self._store.due(to_epoch(self._clock.now()), REFRESH_BATCH)
         if due:
             await self._refresh_issuers()
-            records = await self._view.certificates_many(due)
+            records = await self._view.signing_states(due)
             await self._sign_and_store(records, self.position)
             return True
         return False
 
-    def _jobs(self, records: Iterable[CertificateRecord], this_update: int) -> list[_Job]:
+    def _jobs(self, records: Iterable[SigningState], this_update: int) -> list[_Job]:
         """Chunks of work per issuer, with everything the worker needs."""
-        by_issuer: dict[str, dict[int, CertificateRecord]] = {}
+        by_issuer: dict[str, dict[int, SigningState]] = {}
         for rec in records:
             issuer = self._issuers.get(rec.issuer_id)
             if issuer is None or issuer.signer_cert is None or issuer.signer_key_ref is None:
@@ -305,7 +305,7 @@ class PreSigner:
                 jobs.append(_Job(chunk, issuer_der, signer_der, key_ref, next_update, refresh_at))
         return jobs
 
-    async def _sign_and_store(self, records: Iterable[CertificateRecord], position: int) -> int:
+    async def _sign_and_store(self, records: Iterable[SigningState], position: int) -> int:
         """Sign and store responses for ``records``, then record ``position``; returns how many were stored.
 
         Signing is pipelined: a few chunks are always in the workers while finished ones are
