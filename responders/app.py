@@ -31,6 +31,7 @@ log = logging.getLogger("pca.responder")
 
 MAX_REQUEST_BYTES = 10 * 1024
 MEMO_SIZE = 50_000  # remembered requests; cleared when full (a path costs ~250 bytes)
+MEMO_MAX_KEY = 512  # longer requests (a large nonce, padding) are not worth remembering
 _OCSP_TYPE = (b"content-type", b"application/ocsp-response")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -122,7 +123,7 @@ class OCSPApp:
         except NotFound:
             self._count["unauthorized"].inc()
             return await _send(send, 200, UNAUTHORIZED, [_OCSP_TYPE])
-        if memo is not None:
+        if memo is not None and len(memo) <= MEMO_MAX_KEY:
             # A request's bytes always name the same (issuer, serial); remember it for the next asker.
             if len(self._requests) >= MEMO_SIZE:
                 self._requests.clear()

@@ -203,8 +203,9 @@ class PreSigner:
         self.position = await self._store.position(CONSUMER)
         while True:
             try:
-                await self.follow_log()
-                busy = await self.step()
+                # Bounded, so a steady stream of events cannot starve the refresh of due responses.
+                busy = await self.follow_log(max_batches=10)
+                busy = await self.refresh_due() or busy
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -246,10 +247,18 @@ class PreSigner:
         await self._sign_and_store(records, last_seq)
         self.position = last_seq
 
-    async def follow_log(self) -> None:
-        """Apply every new event, reading the next batch while the workers sign the current one."""
+    async def follow_log(self, max_batches: int | None = None) -> bool:
+        """Apply new events, reading the next batch while the workers sign the current one.
+
+        Returns True if it stopped at ``max_batches`` with events possibly left.
+        """
         last_seq, records = await self._load(self.position)
+        batches = 0
         while last_seq:
+            batches += 1
+            if max_batches is not None and batches >= max_batches:
+                await self._apply(last_seq, records)
+                return True
             following = asyncio.create_task(self._load(last_seq))
             try:
                 await self._apply(last_seq, records)
@@ -257,6 +266,7 @@ class PreSigner:
                 following.cancel()
                 raise
             last_seq, records = await following
+        return False
 
     async def step(self) -> bool:
         """Apply one batch of new events, else refresh due responses. Returns True if it did work."""
@@ -264,13 +274,20 @@ class PreSigner:
         if last_seq:
             await self._apply(last_seq, records)
             return True
+        return await self.refresh_due()
+
+    async def refresh_due(self) -> bool:
+        """Re-sign one batch of responses whose refresh time has come; True if any was stored.
+
+        An issuer that cannot sign (its signer expired and was not rotated) stores nothing,
+        so this reports no work and the caller sleeps instead of spinning.
+        """
         due = await self._store.due(to_epoch(self._clock.now()), REFRESH_BATCH)
-        if due:
-            await self._refresh_issuers()
-            records = await self._view.signing_states(due)
-            await self._sign_and_store(records, self.position)
-            return True
-        return False
+        if not due:
+            return False
+        await self._refresh_issuers()
+        records = await self._view.signing_states(due)
+        return await self._sign_and_store(records, self.position) > 0
 
     def _jobs(self, records: Iterable[SigningState], this_update: int) -> list[_Job]:
         """Chunks of work per issuer, with everything the worker needs."""

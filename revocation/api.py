@@ -132,7 +132,12 @@ class AdminAPI:
         challenge = {"WWW-Authenticate": 'Bearer realm="pca"'}
         if scheme.lower() != "bearer" or not token.strip():
             raise Problem(401, "Unauthorized", "missing bearer token (Authorization: Bearer ...)", challenge)
-        principal = self._tokens().authenticate(token.strip())
+        try:
+            tokens = self._tokens()
+        except PCAError as exc:  # say nothing about the server's files to an unauthenticated caller
+            log.error("cannot load the admin tokens: %s", exc)
+            raise Problem(503, "Service Unavailable", "the token store cannot be read; see the server log") from exc
+        principal = tokens.authenticate(token.strip())
         if principal is None:
             log.warning("rejected an unknown bearer token from %s", request.client.host if request.client else "?")
             raise Problem(401, "Unauthorized", "the bearer token is not valid", challenge)

@@ -98,7 +98,10 @@ def _utc(moment: datetime.datetime) -> datetime.datetime:
 
 def generalized_time(moment: datetime.datetime) -> bytes:
     """GeneralizedTime with whole seconds, as RFC 5280 requires."""
-    return tlv(GENERALIZED_TIME, _utc(moment).strftime("%Y%m%d%H%M%SZ").encode())
+    m = _utc(moment)
+    # Formatted by hand: strftime's %Y does not pad years below 1000 to four digits.
+    text = f"{m.year:04d}{m.month:02d}{m.day:02d}{m.hour:02d}{m.minute:02d}{m.second:02d}Z"
+    return tlv(GENERALIZED_TIME, text.encode())
 
 
 def x509_time(moment: datetime.datetime) -> bytes:

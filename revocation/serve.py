@@ -101,7 +101,22 @@ def _granian(cfg: Config, workers: int) -> subprocess.Popen[bytes]:
         "--workers", str(workers), "--no-ws", "--log-level", "warning", "--backlog", "2048",
         "revocation.public_app:create_app",
     ]  # fmt: skip
-    return subprocess.Popen(cmd, env={**os.environ, "PCA_CONFIG": str(cfg.path)})
+    return subprocess.Popen(cmd, env=public_listener_env(cfg))
+
+
+def public_listener_env(cfg: Config) -> dict[str, str]:
+    """The environment of the public listener's processes: nothing that opens a key.
+
+    PINs, passphrases and cloud credentials live in this process's environment for the
+    signing roles; the responders get only what running Python needs (and, when CRLs
+    are read from S3, the AWS settings that reading them takes).
+    """
+    keep = ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR")
+    env = {k: v for k, v in os.environ.items() if k in keep or k.startswith(("LC_", "PYTHON", "GRANIAN_"))}
+    if cfg.crl.store.type == "s3":
+        env.update({k: v for k, v in os.environ.items() if k.startswith("AWS_")})
+    env["PCA_CONFIG"] = str(cfg.path)
+    return env
 
 
 async def _watch(proc: subprocess.Popen[bytes]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,6 +23,8 @@ from revocation.errors import ConcurrencyError, IntegrityError
 from revocation.eventlog import GENESIS_HASH, NewEvent, RecordedEvent, canonical_payload, row_hash
 from revocation.projection import apply_sqlite
 from revocation.sqlite_db import SQLiteDatabase
+
+log = logging.getLogger("pca.eventlog")
 
 _COLUMNS = "seq, stream, version, type, payload, actor, request_id, recorded_at, prev_hash, hash"
 
@@ -83,7 +86,10 @@ class SQLiteEventLog:
                         fut.set_result(result)
             if committed:
                 for listener in self.listeners:
-                    listener(committed)
+                    try:
+                        listener(committed)
+                    except Exception:  # a listener must never stop the commits of others
+                        log.exception("event listener failed")
 
     def _commit_batch(
         self, conn: sqlite3.Connection, batch: list[tuple[Sequence[NewEvent], asyncio.Future[list[RecordedEvent]]]]

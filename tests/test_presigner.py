@@ -529,3 +529,42 @@ async def test_bad_settings_are_refused_naming_the_setting(
             refresh_fraction=fraction,
             registry=CollectorRegistry(),
         )
+
+
+# --- hardening ----------------------------------------------------------------------------------------------
+
+
+async def test_an_ancient_invalidity_date_still_gives_a_parsable_response(
+    rt: Runtime,
+    authority: Authority,
+    store: SQLiteResponseStore,
+    fake_clock: FakeClock,
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    """Years below 1000 must be encoded with four digits, or clients cannot read the response."""
+    leaf = await issue(authority)
+    ancient = datetime.datetime(500, 1, 1, tzinfo=datetime.UTC)
+    await authority.revoke(leaf.serial_number, "keyCompromise", Actor("tester", "r1"), invalidity_date=ancient)
+    await make_presigner(rt, store, fake_clock, executor).catch_up()
+    der = await store.get(ISSUING, leaf.serial_number)
+    assert der is not None
+    extensions = single_extensions(der.der)
+    assert [e["invalidity_date"].year for e in extensions] == [500, 500]
+
+
+async def test_a_presigner_that_cannot_sign_reports_no_work_instead_of_spinning(
+    rt: Runtime,
+    authority: Authority,
+    store: SQLiteResponseStore,
+    fake_clock: FakeClock,
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    await issue(authority)
+    presigner = make_presigner(rt, store, fake_clock, executor)
+    await presigner.catch_up()
+    # Past the signer's life (rotation did not happen): responses are due but cannot be signed.
+    signer = await signer_cert(rt)
+    fake_clock.advance((signer.not_valid_after_utc - fake_clock.now()).total_seconds() + 60)
+    assert await store.due(to_epoch(fake_clock.now()), 10)
+    assert await presigner.refresh_due() is False
+    assert await presigner.step() is False
