@@ -155,6 +155,44 @@ def signature_parameters(public: PublicKey) -> tuple[hashes.HashAlgorithm, bytes
     return hashes.SHA256(), _RSA_SHA256
 
 
+class ExternalKey:
+    """Base of keys held outside this process (a token, a cloud KMS): they sign, they are never read.
+
+    Subclasses set the reference and public key through ``__init__`` and implement
+    :meth:`sign_many`; everything else the protocol asks follows from the public key.
+    """
+
+    def __init__(self, ref: KeyRef, public: PublicKey) -> None:
+        self._ref = ref
+        self._public = public
+        self._hash, self._alg = signature_parameters(public)
+
+    @property
+    def ref(self) -> KeyRef:
+        return self._ref
+
+    def public_key(self) -> PublicKey:
+        return self._public
+
+    def signature_algorithm_der(self) -> bytes:
+        return self._alg
+
+    def hash_algorithm(self) -> hashes.HashAlgorithm:
+        return self._hash
+
+    def sign(self, data: bytes) -> bytes:
+        return self.sign_many([data])[0]
+
+    def sign_many(self, data: Sequence[bytes]) -> list[bytes]:
+        raise NotImplementedError
+
+    def private_key_for_builder(self) -> None:
+        return None
+
+    def close(self) -> None:
+        """Release what the key holds; by default nothing."""
+
+
 def verify_signature(public: PublicKey, signature: bytes, data: bytes, hash_algorithm: hashes.HashAlgorithm) -> None:
     """Raise InvalidSignature unless ``signature`` over ``data`` verifies with ``public``."""
     if isinstance(public, ec.EllipticCurvePublicKey):

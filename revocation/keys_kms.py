@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from revocation.errors import ConfigError, KeyBackendError
-from revocation.keys import KeyRef, PublicKey, signature_parameters
+from revocation.keys import ExternalKey, KeyRef, PublicKey, signature_parameters
 
 RAW_LIMIT = 4096  # bytes: the largest message KMS accepts with MessageType=RAW
 DEFAULT_CONCURRENCY = 16
@@ -127,7 +127,7 @@ def _failure(subject: str, action: str, exc: Exception) -> KeyBackendError:
     return KeyBackendError(f"{subject}: {action} failed: {detail}")
 
 
-class KMSKey:
+class KMSKey(ExternalKey):
     """An asymmetric KMS key; signs through the key's own event loop thread."""
 
     def __init__(
@@ -137,16 +137,16 @@ class KMSKey:
             raise ConfigError(f"KMS key reference {ref.to_dict()} needs 'key_id'")
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-        self._ref = ref
+        self._ref = ref  # _describe() names the key in its errors before the base class is set up
         self._client = client_factory or _client_factory(ref, concurrency)
         self._concurrency = concurrency
         self._loop = _LoopThread(f"pca-kms-{ref.key_id[-12:]}")
         try:
-            self._public, self._algorithm = self._loop.run(self._describe())
+            public, self._algorithm = self._loop.run(self._describe())
         except BaseException:
             self._loop.stop()
             raise
-        self._hash, self._alg = signature_parameters(self._public)
+        super().__init__(ref, public)
         self._digest = hashlib.sha384 if isinstance(self._hash, hashes.SHA384) else hashlib.sha256
         # A key dropped without close() still stops its thread when it is collected.
         weakref.finalize(self, self._loop.stop)
@@ -174,22 +174,6 @@ class KMSKey:
         if algorithm not in offered:
             raise KeyBackendError(f"KMS key {self._ref.describe()} does not offer {algorithm} (offers {offered})")
         return public, algorithm
-
-    @property
-    def ref(self) -> KeyRef:
-        return self._ref
-
-    def public_key(self) -> PublicKey:
-        return self._public
-
-    def signature_algorithm_der(self) -> bytes:
-        return self._alg
-
-    def hash_algorithm(self) -> hashes.HashAlgorithm:
-        return self._hash
-
-    def sign(self, data: bytes) -> bytes:
-        return self.sign_many([data])[0]
 
     def sign_many(self, data: Sequence[bytes]) -> list[bytes]:
         if not data:
@@ -225,9 +209,6 @@ class KMSKey:
             KeyId=self._ref.key_id, Message=message, MessageType=message_type, SigningAlgorithm=self._algorithm
         )
         return bytes(answer["Signature"])
-
-    def private_key_for_builder(self) -> None:
-        return None
 
     def close(self) -> None:
         self._loop.stop()

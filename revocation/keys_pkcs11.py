@@ -39,7 +39,7 @@ from pkcs11.types import Object, Session, SignMixin
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from revocation.errors import ConfigError, KeyBackendError
-from revocation.keys import KeyRef, PublicKey, read_secret, signature_parameters
+from revocation.keys import ExternalKey, KeyRef, PublicKey, read_secret
 
 log = logging.getLogger("pca.keys")
 
@@ -177,14 +177,12 @@ def _public_key(obj: Object, key_type: KeyType, ref: KeyRef) -> PublicKey:
     return public
 
 
-class Pkcs11Key:
+class Pkcs11Key(ExternalKey):
     """A private key object in a token, used through this process's session."""
 
     def __init__(self, ref: KeyRef, private: SignMixin, public: PublicKey) -> None:
-        self._ref = ref
+        super().__init__(ref, public)
         self._private = private
-        self._public = public
-        self._hash, self._alg = signature_parameters(public)
         self._closed = False
         self._raw: Callable[[bytes], bytes]
         if isinstance(public, ec.EllipticCurvePublicKey):
@@ -192,22 +190,6 @@ class Pkcs11Key:
             self._raw = lambda data: _ecdsa_der(private.sign(digest(data).digest(), mechanism=Mechanism.ECDSA))
         else:
             self._raw = lambda data: private.sign(data, mechanism=Mechanism.SHA256_RSA_PKCS)
-
-    @property
-    def ref(self) -> KeyRef:
-        return self._ref
-
-    def public_key(self) -> PublicKey:
-        return self._public
-
-    def signature_algorithm_der(self) -> bytes:
-        return self._alg
-
-    def hash_algorithm(self) -> hashes.HashAlgorithm:
-        return self._hash
-
-    def sign(self, data: bytes) -> bytes:
-        return self.sign_many([data])[0]
 
     def sign_many(self, data: Sequence[bytes]) -> list[bytes]:
         # One session, one operation at a time: a token signs sequentially per session anyway,
@@ -222,9 +204,6 @@ class Pkcs11Key:
                 raise KeyBackendError(
                     f"PKCS#11 key {self._ref.describe()} failed to sign: {type(exc).__name__}: {exc}"
                 ) from exc
-
-    def private_key_for_builder(self) -> None:
-        return None
 
     def close(self) -> None:
         # The session is shared by every key on the token and lives as long as the process.
