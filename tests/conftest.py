@@ -192,3 +192,75 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             proc.kill()
             proc.wait()
         env.undo()
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a free port (trust auth, loopback only); yields a DSN to its
+    ``postgres`` database. Fails, never skips, when PostgreSQL is not installed: CI installs it."""
+    import glob
+    import shutil
+    import tempfile
+
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): apt-get install postgresql")
+    bindir = Path(bins[-1]).parent
+    base = Path(tempfile.mkdtemp(prefix="pca-pg-"))
+    shutil.chown(base, "postgres", "postgres")
+    data = base / "data"
+    log_path = base / "postgres.log"
+    port = free_port()
+
+    def as_postgres(*args: str) -> None:
+        result = subprocess.run(["runuser", "-u", "postgres", "--", *args], capture_output=True, text=True)
+        if result.returncode != 0:
+            log = log_path.read_text() if log_path.exists() else ""
+            pytest.fail(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}\n{log}")
+
+    try:
+        as_postgres(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
+        opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+        as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log_path), "-w", "-t", "60", "-o", opts, "start")
+        try:
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def create_database(server_dsn: str) -> str:
+    """Create a fresh, empty database ``t_<random>`` on the cluster at ``server_dsn``; returns its DSN."""
+    import secrets
+
+    import asyncpg
+
+    name = f"t_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return server_dsn.rsplit("/", 1)[0] + "/" + name
+
+
+async def drop_database(server_dsn: str, dsn: str) -> None:
+    import asyncpg
+
+    name = dsn.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def postgres_database(postgres_dsn: str) -> AsyncIterator[str]:
+    """A fresh, empty database on the throwaway cluster for one test; yields its DSN."""
+    dsn = await create_database(postgres_dsn)
+    try:
+        yield dsn
+    finally:
+        await drop_database(postgres_dsn, dsn)

@@ -1,0 +1,255 @@
+"""The event log on PostgreSQL (asyncpg).
+
+Same rows, same hash chain and same promises as the SQLite log
+(``revocation.sqlite_log``): ``row_hash`` covers the very text stored in the
+row (the canonical payload JSON, ``recorded_at`` as ISO text), so a log can be
+verified, or moved, between the two.
+
+Gap-safe ordering: with concurrent writers, a sequence could otherwise commit
+out of order (seq 8 visible before seq 7), and a follower that read up to 8
+would miss 7 for ever. Here every append takes one transaction-scoped advisory
+lock before it reads the head, assigns ``seq = head + 1 ...`` and writes the
+new head; the lock is released only when the transaction has committed (and is
+visible). So seq values commit one transaction at a time, in order, without
+gaps: once a reader has seen ``seq = n``, nothing with ``seq <= n`` commits later.
+
+The status projection is not applied here (yet): this log is the source of truth only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from revocation.clock import Clock, iso, parse_iso
+from revocation.errors import ConcurrencyError, IntegrityError, StorageError
+from revocation.eventlog import GENESIS_HASH, NewEvent, RecordedEvent, canonical_payload, row_hash
+
+_COLUMNS = "seq, stream, version, type, payload, actor, request_id, recorded_at, prev_hash, hash"
+
+# The key of the advisory lock every append holds until it commits ("pcalog" in ASCII).
+APPEND_LOCK_KEY = 0x7063616C6F67
+# Held while migrating, so two processes starting at once do not both migrate.
+MIGRATE_LOCK_KEY = APPEND_LOCK_KEY + 1
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        f"""
+        CREATE TABLE events (
+            seq BIGINT PRIMARY KEY,
+            stream TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            type TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            recorded_at TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            UNIQUE (stream, version)
+        );
+        CREATE TABLE log_head (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq BIGINT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        INSERT INTO log_head (id, seq, hash) VALUES (1, 0, '{GENESIS_HASH}');
+        """,
+    ),
+]
+
+
+def _row(row: Any) -> RecordedEvent:
+    return RecordedEvent(
+        seq=int(row["seq"]),
+        stream=str(row["stream"]),
+        version=int(row["version"]),
+        type=str(row["type"]),
+        payload=json.loads(str(row["payload"])),
+        actor=str(row["actor"]),
+        request_id=str(row["request_id"]),
+        recorded_at=parse_iso(str(row["recorded_at"])),
+        prev_hash=str(row["prev_hash"]),
+        hash=str(row["hash"]),
+    )
+
+
+async def migrate(conn: Any) -> list[int]:
+    """Apply pending migrations on ``conn``; returns the versions applied."""
+    applied: list[int] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK_KEY)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+        )
+        done = {int(r["version"]) for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, sql in MIGRATIONS:
+            if version in done:
+                continue
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, now())", version)
+            applied.append(version)
+    return applied
+
+
+class PostgresEventLog:
+    def __init__(self, pool: Any, clock: Clock) -> None:
+        self._pool = pool
+        self._clock = clock
+
+    @classmethod
+    async def open(cls, dsn: str, clock: Clock, *, min_size: int = 1, max_size: int = 10) -> PostgresEventLog:
+        """Connect a pool to ``dsn`` and apply the log's schema migrations."""
+        try:
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StorageError(f"connecting to PostgreSQL: {exc}") from exc
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+        except BaseException as exc:
+            await pool.close()
+            if isinstance(exc, asyncpg.PostgresError):
+                raise StorageError(f"migrating the event log: {exc}") from exc
+            raise
+        return cls(pool, clock)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def append(self, events: Sequence[NewEvent]) -> list[RecordedEvent]:
+        if not events:
+            return []
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                return await self._append_locked(conn, events)
+        except asyncpg.UniqueViolationError as exc:
+            # Cannot happen while every writer takes the lock; a writer that does not is caught here.
+            raise ConcurrencyError(f"a stream moved on during the append: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise StorageError(f"appending to the event log: {exc}") from exc
+
+    async def _append_locked(self, conn: Any, events: Sequence[NewEvent]) -> list[RecordedEvent]:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK_KEY)
+        head = await conn.fetchrow("SELECT seq, hash FROM log_head WHERE id = 1")
+        seq, prev = (int(head["seq"]), str(head["hash"])) if head else (0, GENESIS_HASH)
+        now = self._clock.now()
+        recorded_at = iso(now)
+        versions: dict[str, int] = {}
+        recorded: list[RecordedEvent] = []
+        rows: list[tuple[Any, ...]] = []
+        for new in events:
+            stream = new.event.stream()
+            current = versions.get(stream)
+            if current is None:
+                found = await conn.fetchval("SELECT MAX(version) FROM events WHERE stream = $1", stream)
+                current = 0 if found is None else int(found)
+            if current != new.expected_version:
+                raise ConcurrencyError(f"stream {stream} is at version {current}, expected {new.expected_version}")
+            version = current + 1
+            versions[stream] = version
+            seq += 1
+            payload = new.event.to_payload()
+            payload_json = canonical_payload(payload)
+            digest = row_hash(
+                prev, seq, stream, version, new.event.TYPE, payload_json, new.actor, new.request_id, recorded_at
+            )
+            rows.append(
+                (
+                    seq,
+                    stream,
+                    version,
+                    new.event.TYPE,
+                    payload_json,
+                    new.actor,
+                    new.request_id,
+                    recorded_at,
+                    prev,
+                    digest,
+                )
+            )
+            recorded.append(
+                RecordedEvent(
+                    seq, stream, version, new.event.TYPE, payload, new.actor, new.request_id, now, prev, digest
+                )
+            )
+            prev = digest
+        await conn.executemany(
+            f"INSERT INTO events ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", rows
+        )
+        await conn.execute("UPDATE log_head SET seq = $1, hash = $2 WHERE id = 1", seq, prev)
+        return recorded
+
+    async def read(self, after: int, limit: int) -> list[RecordedEvent]:
+        rows = await self._fetch(f"SELECT {_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2", after, limit)
+        return [_row(r) for r in rows]
+
+    async def read_index(self, after: int, limit: int) -> list[tuple[int, str, str]]:
+        rows = await self._fetch(
+            "SELECT seq, stream, type FROM events WHERE seq > $1 ORDER BY seq LIMIT $2", after, limit
+        )
+        return [(int(r["seq"]), str(r["stream"]), str(r["type"])) for r in rows]
+
+    async def read_stream(self, stream: str) -> list[RecordedEvent]:
+        rows = await self._fetch(f"SELECT {_COLUMNS} FROM events WHERE stream = $1 ORDER BY version", stream)
+        return [_row(r) for r in rows]
+
+    async def head(self) -> int:
+        rows = await self._fetch("SELECT seq FROM log_head WHERE id = 1")
+        return int(rows[0]["seq"]) if rows else 0
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        try:
+            return list(await self._pool.fetch(sql, *args))
+        except asyncpg.PostgresError as exc:
+            raise StorageError(f"reading the event log: {exc}") from exc
+
+    async def verify_chain(self) -> int:
+        """Walk the whole chain in one snapshot; return the number of rows or raise IntegrityError."""
+        try:
+            async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                prev = GENESIS_HASH
+                expected_seq = 1
+                count = 0
+                async for row in conn.cursor(f"SELECT {_COLUMNS} FROM events ORDER BY seq", prefetch=1000):
+                    seq = int(row["seq"])
+                    if seq != expected_seq:
+                        raise IntegrityError(
+                            f"event log broken at seq {expected_seq}: row missing (next row is {seq})", expected_seq
+                        )
+                    if row["prev_hash"] != prev:
+                        raise IntegrityError(
+                            f"event log broken at seq {seq}: prev_hash does not match the previous row", seq
+                        )
+                    digest = row_hash(
+                        prev,
+                        seq,
+                        str(row["stream"]),
+                        int(row["version"]),
+                        str(row["type"]),
+                        str(row["payload"]),
+                        str(row["actor"]),
+                        str(row["request_id"]),
+                        str(row["recorded_at"]),
+                    )
+                    if digest != row["hash"]:
+                        raise IntegrityError(f"event log broken at seq {seq}: row content does not match its hash", seq)
+                    prev = digest
+                    expected_seq += 1
+                    count += 1
+                head = await conn.fetchrow("SELECT seq, hash FROM log_head WHERE id = 1")
+        except asyncpg.PostgresError as exc:
+            raise StorageError(f"verifying the event log: {exc}") from exc
+        head_seq, head_hash = (int(head["seq"]), str(head["hash"])) if head else (0, GENESIS_HASH)
+        if head_seq != count or head_hash != prev:
+            raise IntegrityError(
+                f"event log broken at seq {count + 1}: the log head records seq {head_seq}, "
+                f"but the chain ends at seq {count} (rows removed from the end?)",
+                count + 1,
+            )
+        return count
