@@ -17,6 +17,8 @@ import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from revocation.clock import iso
+from revocation.errors import ConcurrencyError
 from revocation.events import DomainEvent, decode
 
 GENESIS_HASH = "0" * 64
@@ -55,8 +57,6 @@ class RecordedEvent:
         return decode(self.type, self.payload)
 
     def to_json(self) -> dict[str, Any]:
-        from revocation.clock import iso
-
         return {
             "seq": self.seq,
             "stream": self.stream,
@@ -95,6 +95,46 @@ def row_hash(
         h.update(len(data).to_bytes(4, "big"))
         h.update(data)
     return h.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainedRow:
+    """One event placed in the chain: the record to hand back and the column values to insert."""
+
+    record: RecordedEvent
+    event: DomainEvent
+    columns: tuple[int, str, int, str, str, str, str, str, str, str]
+
+
+def chain_events(
+    events: Sequence[NewEvent], seq: int, prev: str, now: datetime.datetime, versions: dict[str, int]
+) -> list[ChainedRow]:
+    """Place ``events`` after (``seq``, ``prev``) in the hash chain; the part every backend shares.
+
+    ``versions`` holds each stream's current version as stored (0 for a new stream); the
+    backend reads it inside its append transaction. Raises ConcurrencyError when an event was
+    decided on another version than its stream is at.
+    """
+    recorded_at = iso(now)
+    current = dict(versions)
+    out = []
+    for new in events:
+        stream = new.event.stream()
+        version = current.get(stream, 0)
+        if version != new.expected_version:
+            raise ConcurrencyError(f"stream {stream} is at version {version}, expected {new.expected_version}")
+        version += 1
+        current[stream] = version
+        seq += 1
+        payload = new.event.to_payload()
+        payload_json = canonical_payload(payload)
+        type_ = new.event.TYPE
+        digest = row_hash(prev, seq, stream, version, type_, payload_json, new.actor, new.request_id, recorded_at)
+        record = RecordedEvent(seq, stream, version, type_, payload, new.actor, new.request_id, now, prev, digest)
+        columns = (seq, stream, version, type_, payload_json, new.actor, new.request_id, recorded_at, prev, digest)
+        out.append(ChainedRow(record, new.event, columns))
+        prev = digest
+    return out
 
 
 class EventLog(Protocol):

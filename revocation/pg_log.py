@@ -24,9 +24,9 @@ from typing import Any
 
 import asyncpg
 
-from revocation.clock import Clock, iso, parse_iso
+from revocation.clock import Clock, parse_iso
 from revocation.errors import ConcurrencyError, IntegrityError, StorageError
-from revocation.eventlog import GENESIS_HASH, NewEvent, RecordedEvent, canonical_payload, row_hash
+from revocation.eventlog import GENESIS_HASH, NewEvent, RecordedEvent, chain_events, row_hash
 
 _COLUMNS = "seq, stream, version, type, payload, actor, request_id, recorded_at, prev_hash, hash"
 
@@ -138,52 +138,18 @@ class PostgresEventLog:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK_KEY)
         head = await conn.fetchrow("SELECT seq, hash FROM log_head WHERE id = 1")
         seq, prev = (int(head["seq"]), str(head["hash"])) if head else (0, GENESIS_HASH)
-        now = self._clock.now()
-        recorded_at = iso(now)
-        versions: dict[str, int] = {}
-        recorded: list[RecordedEvent] = []
-        rows: list[tuple[Any, ...]] = []
-        for new in events:
-            stream = new.event.stream()
-            current = versions.get(stream)
-            if current is None:
-                found = await conn.fetchval("SELECT MAX(version) FROM events WHERE stream = $1", stream)
-                current = 0 if found is None else int(found)
-            if current != new.expected_version:
-                raise ConcurrencyError(f"stream {stream} is at version {current}, expected {new.expected_version}")
-            version = current + 1
-            versions[stream] = version
-            seq += 1
-            payload = new.event.to_payload()
-            payload_json = canonical_payload(payload)
-            digest = row_hash(
-                prev, seq, stream, version, new.event.TYPE, payload_json, new.actor, new.request_id, recorded_at
-            )
-            rows.append(
-                (
-                    seq,
-                    stream,
-                    version,
-                    new.event.TYPE,
-                    payload_json,
-                    new.actor,
-                    new.request_id,
-                    recorded_at,
-                    prev,
-                    digest,
-                )
-            )
-            recorded.append(
-                RecordedEvent(
-                    seq, stream, version, new.event.TYPE, payload, new.actor, new.request_id, now, prev, digest
-                )
-            )
-            prev = digest
+        versions = {}
+        for stream in {new.event.stream() for new in events}:
+            found = await conn.fetchval("SELECT MAX(version) FROM events WHERE stream = $1", stream)
+            versions[stream] = 0 if found is None else int(found)
+        chained = chain_events(events, seq, prev, self._clock.now(), versions)
+        rows = [row.columns for row in chained]
+        seq, prev = chained[-1].record.seq, chained[-1].record.hash
         await conn.executemany(
             f"INSERT INTO events ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", rows
         )
         await conn.execute("UPDATE log_head SET seq = $1, hash = $2 WHERE id = 1", seq, prev)
-        return recorded
+        return [row.record for row in chained]
 
     async def read(self, after: int, limit: int) -> list[RecordedEvent]:
         rows = await self._fetch(f"SELECT {_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2", after, limit)

@@ -18,9 +18,9 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from revocation.clock import Clock, iso, parse_iso
-from revocation.errors import ConcurrencyError, IntegrityError
-from revocation.eventlog import GENESIS_HASH, NewEvent, RecordedEvent, canonical_payload, row_hash
+from revocation.clock import Clock, parse_iso
+from revocation.errors import IntegrityError
+from revocation.eventlog import GENESIS_HASH, NewEvent, RecordedEvent, chain_events, row_hash
 from revocation.projection import apply_sqlite
 from revocation.sqlite_db import SQLiteDatabase
 
@@ -119,49 +119,16 @@ class SQLiteEventLog:
     def _append_one(
         self, conn: sqlite3.Connection, events: Sequence[NewEvent], seq: int, prev: str
     ) -> tuple[list[RecordedEvent], int, str]:
-        recorded: list[RecordedEvent] = []
-        versions: dict[str, int] = {}
-        now = self._clock.now()
-        recorded_at = iso(now)
-        for new in events:
-            stream = new.event.stream()
-            current = versions.get(stream)
-            if current is None:
-                row = conn.execute("SELECT MAX(version) FROM events WHERE stream = ?", (stream,)).fetchone()
-                current = int(row[0]) if row and row[0] is not None else 0
-            if current != new.expected_version:
-                raise ConcurrencyError(f"stream {stream} is at version {current}, expected {new.expected_version}")
-            versions[stream] = current
-            version = versions[stream] + 1
-            versions[stream] = version
-            seq += 1
-            payload = new.event.to_payload()
-            payload_json = canonical_payload(payload)
-            digest = row_hash(
-                prev, seq, stream, version, new.event.TYPE, payload_json, new.actor, new.request_id, recorded_at
-            )
-            conn.execute(
-                f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    seq,
-                    stream,
-                    version,
-                    new.event.TYPE,
-                    payload_json,
-                    new.actor,
-                    new.request_id,
-                    recorded_at,
-                    prev,
-                    digest,
-                ),
-            )
-            rec = RecordedEvent(
-                seq, stream, version, new.event.TYPE, payload, new.actor, new.request_id, now, prev, digest
-            )
-            apply_sqlite(conn, rec, new.event)
-            recorded.append(rec)
-            prev = digest
-        return recorded, seq, prev
+        versions = {}
+        for stream in {new.event.stream() for new in events}:
+            row = conn.execute("SELECT MAX(version) FROM events WHERE stream = ?", (stream,)).fetchone()
+            versions[stream] = int(row[0]) if row and row[0] is not None else 0
+        rows = chain_events(events, seq, prev, self._clock.now(), versions)
+        for row in rows:
+            conn.execute(f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row.columns)
+            apply_sqlite(conn, row.record, row.event)
+        last = rows[-1].record
+        return [r.record for r in rows], last.seq, last.hash
 
     async def read(self, after: int, limit: int) -> list[RecordedEvent]:
         def q(conn: sqlite3.Connection) -> list[RecordedEvent]:
