@@ -1,0 +1,469 @@
+"""What roles in separate processes tell each other through the database.
+
+- Leases: exactly one pre-signer and one CRL publisher are active at a time; a
+  standby takes over when the holder stops renewing.
+- Responder heartbeats and progress: each responder reports which response-store
+  change it has applied and when, so the propagation tracker can say when a
+  revocation reached every live responder.
+- CRL publications: which CRL (issuer, shard, kind, number) was published when,
+  covering the log up to which seq.
+- Probes: what a black-box prober saw over HTTP, beside the internal figures.
+- Finished propagation timelines, kept after the raw progress rows are pruned.
+
+Times are epoch seconds as floats (wall clock; hosts are expected to run NTP).
+
+Everything here is derived or operational state, not the record: the SQLite backend
+commits it without waiting for the disk (``durable=False``). The tables are created
+by SQLite migration 4 (``revocation.sqlite_db``) and PostgreSQL migration 3
+(``revocation.pg_log``); ``PostgresCoordination`` is in ``revocation.pg_coordination``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from revocation.sqlite_db import SQLiteDatabase
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseState:
+    name: str
+    holder: str
+    expires_at: float
+    acquired_at: float  # when ``holder`` took the lease over (renewals keep it)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResponderState:
+    responder_id: str
+    url: str  # where the responder answers (as it was told to advertise); may be empty
+    applied_change: int  # the last response-store change_id it has applied to its cache
+    started_at: float
+    last_seen: float  # time of its last heartbeat
+
+
+@dataclasses.dataclass(frozen=True)
+class PresignedState:
+    """The response store's row for one certificate, as the tracker needs it."""
+
+    issuer_id: str
+    serial: int
+    status: str
+    source_seq: int
+    change_id: int
+    stored_at: float | None  # None for a row written before the store recorded the time (stored as 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class CRLPublication:
+    issuer_id: str
+    shard: int
+    kind: str  # "full" or "delta"
+    number: int
+    position: int  # the CRL reflects the log up to this seq
+    published_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    issuer_id: str
+    serial: int
+    seq: int  # the revocation's seq
+    responder_url: str
+    seen_at: float  # when the prober first got "revoked" from this responder
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedTimeline:
+    issuer_id: str
+    serial: int
+    seq: int  # the revocation's seq
+    timeline: dict[str, Any]  # JSON-able
+
+
+class Coordination(Protocol):
+    # --- leases -------------------------------------------------------------------
+
+    async def try_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
+        """Acquire ``name`` for ``holder`` or renew it if ``holder`` already holds it.
+
+        Succeeds when the lease is free, expired (``expires_at <= now``) or held by
+        ``holder``; then ``expires_at = now + ttl``. Atomic across processes.
+        """
+        ...
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up (only if ``holder`` holds it), so a standby takes over at once."""
+        ...
+
+    async def lease(self, name: str) -> LeaseState | None: ...
+
+    # --- responders -----------------------------------------------------------------
+
+    async def heartbeat(self, responder_id: str, url: str, applied_change: int, started_at: float, now: float) -> None:
+        """Upsert the responder's row (last_seen = now)."""
+        ...
+
+    async def record_applied(self, responder_id: str, applied_change: int, applied_at: float) -> None:
+        """Append one progress row: by ``applied_at`` the responder had applied every change up to ``applied_change``.
+
+        A row that an existing one makes redundant (as far, or further, no later) is not stored:
+        it could never change an answer of ``first_applied``.
+        """
+        ...
+
+    async def responders(self) -> list[ResponderState]: ...
+
+    async def first_applied(self, responder_id: str, change_id: int) -> float | None:
+        """The earliest ``applied_at`` of a progress row of the responder with ``applied_change >= change_id``."""
+        ...
+
+    async def applied_times(self, responder_id: str, change_ids: Sequence[int]) -> dict[int, float]:
+        """``first_applied`` for many changes in one read; changes not applied yet are left out."""
+        ...
+
+    async def prune_progress(self, before: float) -> int:
+        """Delete progress rows older than ``before`` (keeping each responder's newest); returns how many."""
+        ...
+
+    async def forget_responder(self, responder_id: str) -> None:
+        """Delete the responder's row and its progress (a responder long gone)."""
+        ...
+
+    # --- the tracker's inputs ----------------------------------------------------------
+
+    async def presigned(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], PresignedState]:
+        """The response store's current rows for these (issuer_id, serial) keys (those that exist)."""
+        ...
+
+    async def last_change(self) -> int:
+        """The response store's highest change_id (0 when empty)."""
+        ...
+
+    async def record_crl_publication(self, publication: CRLPublication) -> None:
+        """Record a publication; recording the same (issuer, shard, kind, number) again keeps the first."""
+        ...
+
+    async def first_crl(self, issuer_id: str, shard: int, seq: int) -> CRLPublication | None:
+        """The earliest publication of the issuer's shard with ``position >= seq``."""
+        ...
+
+    async def crl_publications(self, issuer_id: str, shard: int, position_from: int) -> list[CRLPublication]:
+        """Publications of the issuer's shard with ``position >= position_from``, earliest first
+        (``first_crl`` for many seqs in one read)."""
+        ...
+
+    async def record_probe(self, result: ProbeResult) -> None:
+        """Record what a prober saw; a second report for the same revocation and URL keeps the first."""
+        ...
+
+    async def probes(self, issuer_id: str, serial: int) -> list[ProbeResult]:
+        """Every probe of the certificate (all its revocations), earliest first."""
+        ...
+
+    # --- finished timelines ------------------------------------------------------------
+
+    async def save_timeline(self, issuer_id: str, serial: int, seq: int, timeline: dict[str, Any]) -> None: ...
+
+    async def save_timelines(self, timelines: Sequence[SavedTimeline]) -> None:
+        """``save_timeline`` for many in one transaction (a mass revocation finishes at once)."""
+        ...
+
+    async def timeline(self, issuer_id: str, serial: int, seq: int) -> dict[str, Any] | None: ...
+
+
+def earliest_applied(rows: Iterable[tuple[int, float]], change_ids: Sequence[int]) -> dict[int, float]:
+    """For each change, the earliest time of a (applied_change, applied_at) row that reached it."""
+    ordered = sorted(rows)
+    changes = [change for change, _ in ordered]
+    # suffix_min[i]: the earliest time among rows i.. (those at least as far as row i).
+    suffix_min: list[float] = []
+    best = float("inf")
+    for _, at in reversed(ordered):
+        best = min(best, at)
+        suffix_min.append(best)
+    suffix_min.reverse()
+    out: dict[int, float] = {}
+    for change in change_ids:
+        i = bisect.bisect_left(changes, change)
+        if i < len(ordered):
+            out[change] = suffix_min[i]
+    return out
+
+
+def stored_time(value: object) -> float | None:
+    """A response's ``stored_at`` column as a time: rows written before the column existed hold 0."""
+    if value is None:
+        return None
+    seconds = float(str(value))
+    return seconds if seconds > 0 else None
+
+
+def in_chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+    for first in range(0, len(items), size):
+        yield items[first : first + size]
+
+
+# --- SQLite -------------------------------------------------------------------------------
+
+
+def _responder(row: tuple[Any, ...]) -> ResponderState:
+    rid, url, applied, started, seen = row
+    return ResponderState(str(rid), str(url), int(applied), float(started), float(seen))
+
+
+def _publication(row: tuple[Any, ...]) -> CRLPublication:
+    issuer_id, shard, kind, number, position, published_at = row
+    return CRLPublication(str(issuer_id), int(shard), str(kind), int(number), int(position), float(published_at))
+
+
+def _presigned(row: tuple[Any, ...]) -> PresignedState:
+    issuer_id, serial, status, source_seq, change_id, stored_at = row
+    return PresignedState(
+        str(issuer_id),
+        int(str(serial), 16),
+        str(status),
+        int(source_seq),
+        int(change_id),
+        stored_time(stored_at),
+    )
+
+
+_PUBLICATION_COLUMNS = "issuer_id, shard, kind, number, position, published_at"
+
+
+class SQLiteCoordination:
+    def __init__(self, db: SQLiteDatabase) -> None:
+        self._db = db
+
+    # --- leases ---
+
+    async def try_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
+        def w(conn: sqlite3.Connection) -> bool:
+            # Inside the writer's BEGIN IMMEDIATE: no other process writes between the read and the write.
+            row = conn.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] != holder and float(row[1]) > now:
+                return False
+            conn.execute(
+                "INSERT INTO leases (name, holder, expires_at, acquired_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, "
+                "acquired_at = CASE WHEN leases.holder = excluded.holder THEN leases.acquired_at "
+                "ELSE excluded.acquired_at END",
+                (name, holder, now + ttl, now),
+            )
+            return True
+
+        return await self._db.write(w, durable=False)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        await self._db.write(
+            lambda conn: conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder)),
+            durable=False,
+        )
+
+    async def lease(self, name: str) -> LeaseState | None:
+        def q(conn: sqlite3.Connection) -> LeaseState | None:
+            row = conn.execute(
+                "SELECT name, holder, expires_at, acquired_at FROM leases WHERE name = ?", (name,)
+            ).fetchone()
+            return None if row is None else LeaseState(str(row[0]), str(row[1]), float(row[2]), float(row[3]))
+
+        return await self._db.read(q)
+
+    # --- responders ---
+
+    async def heartbeat(self, responder_id: str, url: str, applied_change: int, started_at: float, now: float) -> None:
+        await self._db.write(
+            lambda conn: conn.execute(
+                "INSERT INTO responders (responder_id, url, applied_change, started_at, last_seen) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (responder_id) DO UPDATE SET url = excluded.url, "
+                "applied_change = excluded.applied_change, started_at = excluded.started_at, "
+                "last_seen = excluded.last_seen",
+                (responder_id, url, applied_change, started_at, now),
+            ),
+            durable=False,
+        )
+
+    async def record_applied(self, responder_id: str, applied_change: int, applied_at: float) -> None:
+        await self._db.write(
+            lambda conn: conn.execute(
+                "INSERT INTO responder_progress (responder_id, applied_change, applied_at) "
+                "SELECT ?1, ?2, ?3 WHERE NOT EXISTS (SELECT 1 FROM responder_progress "
+                "WHERE responder_id = ?1 AND applied_change >= ?2 AND applied_at <= ?3)",
+                (responder_id, applied_change, applied_at),
+            ),
+            durable=False,
+        )
+
+    async def responders(self) -> list[ResponderState]:
+        def q(conn: sqlite3.Connection) -> list[ResponderState]:
+            rows = conn.execute(
+                "SELECT responder_id, url, applied_change, started_at, last_seen FROM responders ORDER BY responder_id"
+            ).fetchall()
+            return [_responder(r) for r in rows]
+
+        return await self._db.read(q)
+
+    async def first_applied(self, responder_id: str, change_id: int) -> float | None:
+        def q(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT MIN(applied_at) FROM responder_progress WHERE responder_id = ? AND applied_change >= ?",
+                (responder_id, change_id),
+            ).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._db.read(q)
+
+    async def applied_times(self, responder_id: str, change_ids: Sequence[int]) -> dict[int, float]:
+        if not change_ids:
+            return {}
+
+        def q(conn: sqlite3.Connection) -> list[tuple[int, float]]:
+            rows = conn.execute(
+                "SELECT applied_change, applied_at FROM responder_progress WHERE responder_id = ? "
+                "AND applied_change >= ?",
+                (responder_id, min(change_ids)),
+            ).fetchall()
+            return [(int(c), float(t)) for c, t in rows]
+
+        return earliest_applied(await self._db.read(q), change_ids)
+
+    async def prune_progress(self, before: float) -> int:
+        def w(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "DELETE FROM responder_progress AS p WHERE p.applied_at < ? AND EXISTS ("
+                "SELECT 1 FROM responder_progress AS q WHERE q.responder_id = p.responder_id "
+                "AND (q.applied_at, q.applied_change, q.id) > (p.applied_at, p.applied_change, p.id))",
+                (before,),
+            )
+            return cur.rowcount
+
+        return await self._db.write(w, durable=False)
+
+    async def forget_responder(self, responder_id: str) -> None:
+        def w(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM responder_progress WHERE responder_id = ?", (responder_id,))
+            conn.execute("DELETE FROM responders WHERE responder_id = ?", (responder_id,))
+
+        await self._db.write(w, durable=False)
+
+    # --- the tracker's inputs ---
+
+    async def presigned(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], PresignedState]:
+        by_issuer: dict[str, list[str]] = {}
+        for issuer_id, serial in keys:
+            by_issuer.setdefault(issuer_id, []).append(f"{serial:x}")
+
+        def q(conn: sqlite3.Connection) -> dict[tuple[str, int], PresignedState]:
+            out: dict[tuple[str, int], PresignedState] = {}
+            for issuer_id, serials in by_issuer.items():
+                for chunk in in_chunks(serials):
+                    rows = conn.execute(
+                        "SELECT issuer_id, serial, status, source_seq, change_id, stored_at FROM ocsp_responses "
+                        f"WHERE issuer_id = ? AND serial IN ({','.join('?' * len(chunk))})",
+                        (issuer_id, *chunk),
+                    )
+                    for row in rows.fetchall():
+                        state = _presigned(row)
+                        out[(state.issuer_id, state.serial)] = state
+            return out
+
+        return await self._db.read(q)
+
+    async def last_change(self) -> int:
+        def q(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT MAX(change_id) FROM ocsp_responses").fetchone()
+            return 0 if row is None or row[0] is None else int(row[0])
+
+        return await self._db.read(q)
+
+    async def record_crl_publication(self, publication: CRLPublication) -> None:
+        p = publication
+        await self._db.write(
+            lambda conn: conn.execute(
+                f"INSERT INTO crl_publications ({_PUBLICATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (p.issuer_id, p.shard, p.kind, p.number, p.position, p.published_at),
+            ),
+            durable=False,
+        )
+
+    async def first_crl(self, issuer_id: str, shard: int, seq: int) -> CRLPublication | None:
+        def q(conn: sqlite3.Connection) -> CRLPublication | None:
+            row = conn.execute(
+                f"SELECT {_PUBLICATION_COLUMNS} FROM crl_publications WHERE issuer_id = ? AND shard = ? "
+                "AND position >= ? ORDER BY published_at, position LIMIT 1",
+                (issuer_id, shard, seq),
+            ).fetchone()
+            return None if row is None else _publication(row)
+
+        return await self._db.read(q)
+
+    async def crl_publications(self, issuer_id: str, shard: int, position_from: int) -> list[CRLPublication]:
+        def q(conn: sqlite3.Connection) -> list[CRLPublication]:
+            rows = conn.execute(
+                f"SELECT {_PUBLICATION_COLUMNS} FROM crl_publications WHERE issuer_id = ? AND shard = ? "
+                "AND position >= ? ORDER BY published_at, position",
+                (issuer_id, shard, position_from),
+            ).fetchall()
+            return [_publication(r) for r in rows]
+
+        return await self._db.read(q)
+
+    async def record_probe(self, result: ProbeResult) -> None:
+        r = result
+        await self._db.write(
+            lambda conn: conn.execute(
+                "INSERT INTO probes (issuer_id, serial, seq, responder_url, seen_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (r.issuer_id, f"{r.serial:x}", r.seq, r.responder_url, r.seen_at),
+            ),
+            durable=False,
+        )
+
+    async def probes(self, issuer_id: str, serial: int) -> list[ProbeResult]:
+        def q(conn: sqlite3.Connection) -> list[ProbeResult]:
+            rows = conn.execute(
+                "SELECT seq, responder_url, seen_at FROM probes WHERE issuer_id = ? AND serial = ? "
+                "ORDER BY seen_at, responder_url",
+                (issuer_id, f"{serial:x}"),
+            ).fetchall()
+            return [ProbeResult(issuer_id, serial, int(seq), str(url), float(at)) for seq, url, at in rows]
+
+        return await self._db.read(q)
+
+    # --- finished timelines ---
+
+    async def save_timeline(self, issuer_id: str, serial: int, seq: int, timeline: dict[str, Any]) -> None:
+        await self.save_timelines([SavedTimeline(issuer_id, serial, seq, timeline)])
+
+    async def save_timelines(self, timelines: Sequence[SavedTimeline]) -> None:
+        if not timelines:
+            return
+        rows = [(t.issuer_id, f"{t.serial:x}", t.seq, json.dumps(t.timeline, sort_keys=True)) for t in timelines]
+        await self._db.write(
+            lambda conn: conn.executemany(
+                "INSERT INTO propagation_timelines (issuer_id, serial, seq, timeline) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (issuer_id, serial, seq) DO UPDATE SET timeline = excluded.timeline",
+                rows,
+            ),
+            durable=False,
+        )
+
+    async def timeline(self, issuer_id: str, serial: int, seq: int) -> dict[str, Any] | None:
+        def q(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "SELECT timeline FROM propagation_timelines WHERE issuer_id = ? AND serial = ? AND seq = ?",
+                (issuer_id, f"{serial:x}", seq),
+            ).fetchone()
+            if row is None:
+                return None
+            loaded: dict[str, Any] = json.loads(str(row[0]))
+            return loaded
+
+        return await self._db.read(q)
