@@ -1,0 +1,574 @@
+"""The propagation tracker: how long each revocation takes to reach every channel.
+
+For a revocation committed to the log at ``committed_at`` it follows
+
+- ``presigned``: the response store holds a "revoked" response reflecting it;
+- each live responder: the first progress report of the responder at or past
+  that response's change (``Coordination.first_applied``);
+- ``ocsp_all_responders``: the last of those, over the responders that were live
+  and already running when the response was stored (one started later loaded it
+  at start and never answered otherwise);
+- ``crl``: the first CRL (full or delta) of the certificate's shard published
+  from a log position at or past the revocation;
+- ``probe``: what black-box probers saw over HTTP, when they report it.
+
+``timeline`` computes this from stored data only, in any process. ``run`` follows
+the log from where it stands at start (history is not replayed), keeps the new
+revocations in memory until both channels (all responders, a CRL) are complete or
+``give_up_after`` has passed, then exports the figures to Prometheus and saves the
+finished timeline, which outlives the progress rows pruned after ``keep_progress``.
+
+Times are epoch seconds from the hosts' wall clocks (NTP); seconds are counted
+from the commit. A responder whose last heartbeat is older than ``gone_after`` is
+"gone": it is listed but no longer holds ``ocsp_all_responders`` open.
+
+An on-demand timeline of a revocation the tracker did not save is the best the
+stored rows can say: after a response is re-signed (refresh) or progress rows are
+pruned, the times it finds may be later than the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from revocation.clock import iso
+from revocation.coordination import (
+    Coordination,
+    CRLPublication,
+    PresignedState,
+    ProbeResult,
+    ResponderState,
+    SavedTimeline,
+)
+from revocation.errors import ConfigError
+from revocation.eventlog import EventLog, RecordedEvent
+from revocation.events import CertificateHoldReleased, CertificateRevoked, cert_stream
+from revocation.projection import StatusView
+
+log = logging.getLogger("pca.tracker")
+
+CHANNELS = ("presigned", "ocsp_all_responders", "crl", "probe")
+# From a fast in-process path (tens of ms) to a CRL published every few minutes.
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+READ_BATCH = 1000
+MAX_BACKOFF = 5.0  # seconds between attempts while the database is unreachable
+PRUNE_EVERY = 60.0  # seconds between prunings of responder progress
+
+
+def epoch_iso(seconds: float) -> str:
+    return iso(datetime.datetime.fromtimestamp(seconds, datetime.UTC))
+
+
+def valid_presigned(state: PresignedState | None, seq: int) -> PresignedState | None:
+    """The store's row if it is a "revoked" response reflecting the revocation at ``seq``."""
+    if state is None or state.status != "revoked" or state.source_seq < seq:
+        return None
+    return state
+
+
+def is_live(responder: ResponderState, now: float, gone_after: float) -> bool:
+    return now - responder.last_seen <= gone_after
+
+
+def counts(responder: ResponderState, presigned: PresignedState | None, now: float, gone_after: float) -> bool:
+    """Whether the responder must have the revocation before ``ocsp_all_responders`` is complete:
+    it is live, and it was running when the response was stored (one started later loaded it at
+    start and never answered "good")."""
+    stored_at = None if presigned is None else presigned.stored_at
+    return is_live(responder, now, gone_after) and (stored_at is None or responder.started_at <= stored_at)
+
+
+def build_timeline(
+    *,
+    issuer_id: str,
+    serial: int,
+    seq: int,
+    committed_at: float,
+    superseded: bool,
+    presigned: PresignedState | None,
+    responders: Sequence[ResponderState],
+    applied: dict[str, float],
+    crl: CRLPublication | None,
+    probes: Sequence[ProbeResult],
+    now: float,
+    gone_after: float,
+    slo_seconds: float,
+) -> dict[str, Any]:
+    """The JSON timeline from what was found; ``presigned`` must already be ``valid_presigned``."""
+
+    def moment(at: float) -> dict[str, Any]:
+        return {"at": epoch_iso(at), "seconds": round(at - committed_at, 6)}
+
+    stored_at = None if presigned is None else presigned.stored_at
+    entries: list[dict[str, Any]] = []
+    counted_times: list[float] = []
+    pending: list[str] = []
+    for r in responders:
+        live = is_live(r, now, gone_after)
+        at = applied.get(r.responder_id)
+        counted = counts(r, presigned, now, gone_after)
+        entries.append(
+            {
+                "responder_id": r.responder_id,
+                "url": r.url,
+                "state": "gone" if not live else ("applied" if at is not None else "pending"),
+                "applied_at": None if at is None else epoch_iso(at),
+                "seconds": None if at is None else round(at - committed_at, 6),
+                "applied_change": r.applied_change,
+                "last_seen": epoch_iso(r.last_seen),
+                "counted": counted,
+            }
+        )
+        if counted:
+            if at is None:
+                pending.append(r.responder_id)
+            else:
+                counted_times.append(at)
+    ocsp = moment(max(counted_times)) if counted_times and not pending else None
+    if superseded and ocsp is None:
+        pending = []  # the certificate is good again: nothing is waited for any more
+    if ocsp is not None:
+        slo_met: bool | None = ocsp["seconds"] <= slo_seconds
+    elif pending and now - committed_at > slo_seconds:
+        slo_met = False  # already missed, however it ends
+    else:
+        slo_met = None
+    return {
+        "issuer_id": issuer_id,
+        "serial": f"{serial:x}",
+        "seq": seq,
+        "committed_at": epoch_iso(committed_at),
+        "superseded": superseded,
+        "presigned": None
+        if presigned is None
+        else (moment(stored_at) if stored_at is not None else {"at": None, "seconds": None}),
+        "responders": entries,
+        "ocsp_all_responders": ocsp,
+        "crl": None if crl is None else crl_json(crl, committed_at),
+        "probes": [
+            {
+                "responder_url": p.responder_url,
+                "seen_at": epoch_iso(p.seen_at),
+                "seconds": round(p.seen_at - committed_at, 6),
+            }
+            for p in probes
+            if p.seq == seq
+        ],
+        "pending": pending,
+        "slo_seconds": slo_seconds,
+        "slo_met": slo_met,
+    }
+
+
+def crl_json(crl: CRLPublication, committed_at: float) -> dict[str, Any]:
+    return {
+        "at": epoch_iso(crl.published_at),
+        "seconds": round(crl.published_at - committed_at, 6),
+        "kind": crl.kind,
+        "number": crl.number,
+        "shard": crl.shard,
+    }
+
+
+@dataclasses.dataclass
+class _Tracked:
+    """A revocation followed by ``run`` until it has reached every channel."""
+
+    issuer_id: str
+    serial: int
+    seq: int
+    committed_at: float
+    shard: int | None = None  # None until the projection has the certificate
+    presigned: PresignedState | None = None  # the first valid row seen (a refresh re-stores it later)
+    applied: dict[str, float] = dataclasses.field(default_factory=dict)
+    crl: CRLPublication | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.issuer_id, self.serial)
+
+
+class PropagationTracker:
+    def __init__(
+        self,
+        log: EventLog,
+        view: StatusView,
+        coord: Coordination,
+        registry: CollectorRegistry,
+        *,
+        slo_seconds: float = 5.0,
+        gone_after: float = 30.0,
+        poll_seconds: float = 0.25,
+        give_up_after: float = 600.0,
+        keep_progress: float = 3600.0,
+        forget_after: float = 3600.0,
+        max_pending: int = 100_000,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        for name, value in (
+            ("slo_seconds", slo_seconds),
+            ("gone_after", gone_after),
+            ("poll_seconds", poll_seconds),
+            ("give_up_after", give_up_after),
+            ("max_pending", max_pending),
+        ):
+            if not value > 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if keep_progress <= give_up_after:
+            raise ConfigError(
+                f"keep_progress ({keep_progress}) must be longer than give_up_after ({give_up_after}): "
+                "a revocation still followed needs its progress rows"
+            )
+        if forget_after <= gone_after:
+            raise ConfigError(f"forget_after ({forget_after}) must be longer than gone_after ({gone_after})")
+        self._log = log
+        self._view = view
+        self._coord = coord
+        self.slo_seconds = slo_seconds
+        self.gone_after = gone_after
+        self._poll = poll_seconds
+        self._give_up_after = give_up_after
+        self._keep_progress = keep_progress
+        self._forget_after = forget_after
+        self._max_pending = max_pending
+        self._now = now
+        self._wake = asyncio.Event()
+        self._position: int | None = None  # the last seq looked at; None until the first step
+        self._tracked: dict[tuple[str, int], _Tracked] = {}
+        self._last_prune: float | None = None
+        self._gauged: set[str] = set()  # responder ids with gauge samples
+
+        self._seconds = Histogram(
+            "revocation_propagation_seconds",
+            "Seconds from a revocation's commit to its arrival on each channel",
+            ["channel"],
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        self._breaches = Counter(
+            "revocation_propagation_slo_breaches",
+            "Revocations that reached every live responder later than the SLO (or never, when given up on)",
+            ["channel"],
+            registry=registry,
+        )
+        self._incomplete = Counter(
+            "revocation_propagation_incomplete",
+            "Revocations given up on before reaching the channel",
+            ["channel"],
+            registry=registry,
+        )
+        self._untracked = Counter(
+            "revocation_propagation_untracked",
+            "Revocations not followed because too many were pending at once",
+            registry=registry,
+        )
+        self._pending_gauge = Gauge(
+            "revocation_propagation_pending", "Revocations still being followed", registry=registry
+        )
+        self._lag = Gauge(
+            "ocsp_responder_lag_changes",
+            "Response-store changes a responder has not applied yet",
+            ["responder_id"],
+            registry=registry,
+        )
+        self._up = Gauge(
+            "ocsp_responder_up",
+            "1 while the responder heartbeats, 0 once it is gone",
+            ["responder_id"],
+            registry=registry,
+        )
+        for channel in CHANNELS:
+            self._seconds.labels(channel)
+            self._incomplete.labels(channel)
+        self._breaches.labels("ocsp_all_responders")
+
+    def wake(self) -> None:
+        """Look at the log now rather than at the next poll (call from the event loop's thread)."""
+        self._wake.set()
+
+    # --- on demand ----------------------------------------------------------------------------
+
+    async def timeline(self, issuer_id: str, serial: int) -> dict[str, Any] | None:
+        """The timeline of the certificate's latest revocation; None if it was never revoked."""
+        events = await self._log.read_stream(cert_stream(issuer_id, serial))
+        revocation = next((e for e in reversed(events) if e.type == CertificateRevoked.TYPE), None)
+        if revocation is None:
+            return None
+        seq = revocation.seq
+        committed_at = revocation.recorded_at.timestamp()
+        superseded = any(e.type == CertificateHoldReleased.TYPE and e.seq > seq for e in events)
+        saved = await self._coord.timeline(issuer_id, serial, seq)
+        if saved is not None and saved.get("ocsp_all_responders") is not None:
+            saved["superseded"] = superseded
+            if saved.get("crl") is None:  # given up on before a CRL came out: look again
+                crl = await self._first_crl(issuer_id, serial, seq)
+                saved["crl"] = None if crl is None else crl_json(crl, committed_at)
+            return saved
+        key = (issuer_id, serial)
+        presigned = valid_presigned((await self._coord.presigned([key])).get(key), seq)
+        responders = await self._coord.responders()
+        applied: dict[str, float] = {}
+        if presigned is not None:
+            for r in responders:
+                at = await self._coord.first_applied(r.responder_id, presigned.change_id)
+                if at is not None:
+                    applied[r.responder_id] = at
+        return build_timeline(
+            issuer_id=issuer_id,
+            serial=serial,
+            seq=seq,
+            committed_at=committed_at,
+            superseded=superseded,
+            presigned=presigned,
+            responders=responders,
+            applied=applied,
+            crl=await self._first_crl(issuer_id, serial, seq),
+            probes=await self._coord.probes(issuer_id, serial),
+            now=self._now(),
+            gone_after=self.gone_after,
+            slo_seconds=self.slo_seconds,
+        )
+
+    async def _first_crl(self, issuer_id: str, serial: int, seq: int) -> CRLPublication | None:
+        records = await self._view.crl_records(issuer_id, [serial])
+        if not records:
+            return None
+        return await self._coord.first_crl(issuer_id, records[0].shard, seq)
+
+    # --- following the log ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Follow the log and the stores for ever; a failing step is logged and retried, with backoff."""
+        delay = self._poll
+        failing = False
+        while True:
+            self._wake.clear()
+            try:
+                await self.step()
+            except Exception as exc:  # the database may be down for a while: keep going
+                if failing:
+                    log.warning("propagation tracker still failing: %s", exc)
+                else:
+                    log.exception("propagation tracker step failed; retrying")
+                failing = True
+                delay = min(delay * 2, MAX_BACKOFF)
+            else:
+                if failing:
+                    log.info("propagation tracker recovered")
+                failing = False
+                delay = self._poll
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+
+    @property
+    def pending(self) -> int:
+        return len(self._tracked)
+
+    async def step(self) -> None:
+        """One round: take new revocations from the log, advance every pending one, finish those
+        complete (or too old), refresh the responder gauges, prune old progress.
+
+        The first step only notes where the log stands: revocations before it are not followed.
+        """
+        if self._position is None:
+            self._position = await self._log.head()
+        await self._follow()
+        now = self._now()
+        responders = await self._coord.responders()
+        if self._tracked:
+            await self._advance(responders)
+            await self._finish(responders, now)
+        self._pending_gauge.set(len(self._tracked))
+        await self._gauge_responders(responders, now)
+        if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
+            pruned = await self._coord.prune_progress(now - self._keep_progress)
+            if pruned:
+                log.debug("pruned %d responder progress rows", pruned)
+            self._last_prune = now
+
+    async def _follow(self) -> None:
+        assert self._position is not None
+        while True:
+            index = await self._log.read_index(self._position, READ_BATCH)
+            if not index:
+                return
+            wanted = [
+                seq for seq, _, type_ in index if type_ in (CertificateRevoked.TYPE, CertificateHoldReleased.TYPE)
+            ]
+            for record in await self._read_seqs(wanted):
+                self._take(record)
+            self._position = index[-1][0]
+            if len(index) < READ_BATCH:
+                return
+
+    async def _read_seqs(self, seqs: Sequence[int]) -> list[RecordedEvent]:
+        """The events at these seqs (ascending), one read per run of consecutive seqs."""
+        out: list[RecordedEvent] = []
+        i = 0
+        while i < len(seqs):
+            j = i
+            while j + 1 < len(seqs) and seqs[j + 1] == seqs[j] + 1:
+                j += 1
+            out.extend(await self._log.read(seqs[i] - 1, j - i + 1))
+            i = j + 1
+        return out
+
+    def _take(self, record: RecordedEvent) -> None:
+        event = record.event
+        if isinstance(event, CertificateHoldReleased):
+            # Good again: the revocation no longer has anywhere to reach.
+            self._tracked.pop((event.issuer_id, int(event.serial, 16)), None)
+        elif isinstance(event, CertificateRevoked):
+            key = (event.issuer_id, int(event.serial, 16))
+            if key not in self._tracked and len(self._tracked) >= self._max_pending:
+                self._untracked.inc()
+                return
+            # A newer revocation of the same certificate (a hold made permanent) replaces the older.
+            self._tracked[key] = _Tracked(key[0], key[1], record.seq, record.recorded_at.timestamp())
+
+    async def _advance(self, responders: Sequence[ResponderState]) -> None:
+        tracked = list(self._tracked.values())
+        # The CRL shard of each certificate, once.
+        by_issuer: dict[str, list[_Tracked]] = {}
+        for t in tracked:
+            if t.shard is None:
+                by_issuer.setdefault(t.issuer_id, []).append(t)
+        for issuer_id, group in by_issuer.items():
+            shards = {r.serial: r.shard for r in await self._view.crl_records(issuer_id, [t.serial for t in group])}
+            for t in group:
+                t.shard = shards.get(t.serial)
+        # Pre-signed responses not seen yet.
+        unsigned = [t for t in tracked if t.presigned is None]
+        if unsigned:
+            found = await self._coord.presigned([t.key for t in unsigned])
+            for t in unsigned:
+                t.presigned = valid_presigned(found.get(t.key), t.seq)
+        # Responders that got past a change we still wait for.
+        for r in responders:
+            waiting = [
+                t
+                for t in tracked
+                if t.presigned is not None
+                and r.responder_id not in t.applied
+                and r.applied_change >= t.presigned.change_id
+            ]
+            if not waiting:
+                continue
+            times = await self._coord.applied_times(
+                r.responder_id, [t.presigned.change_id for t in waiting if t.presigned]
+            )
+            for t in waiting:
+                assert t.presigned is not None
+                at = times.get(t.presigned.change_id)
+                if at is not None:
+                    t.applied[r.responder_id] = at
+        # CRLs: one read per shard for all its pending revocations.
+        by_shard: dict[tuple[str, int], list[_Tracked]] = {}
+        for t in tracked:
+            if t.crl is None and t.shard is not None:
+                by_shard.setdefault((t.issuer_id, t.shard), []).append(t)
+        for (issuer_id, shard), group in by_shard.items():
+            publications = await self._coord.crl_publications(issuer_id, shard, min(t.seq for t in group))
+            for t in group:
+                t.crl = next((p for p in publications if p.position >= t.seq), None)
+
+    async def _finish(self, responders: Sequence[ResponderState], now: float) -> None:
+        done: list[tuple[_Tracked, dict[str, Any], bool]] = []
+        for t in list(self._tracked.values()):
+            complete = self._complete(t, responders, now)
+            gave_up = now - t.committed_at > self._give_up_after
+            if complete or gave_up:
+                probes = await self._coord.probes(t.issuer_id, t.serial)
+                done.append((t, self._timeline_of(t, responders, probes, now), complete))
+        if not done:
+            return
+        # Saved first: if saving fails, they stay pending and nothing is counted twice.
+        await self._coord.save_timelines([SavedTimeline(t.issuer_id, t.serial, t.seq, tl) for t, tl, _ in done])
+        for t, timeline, complete in done:
+            del self._tracked[t.key]
+            self._observe(timeline)
+            if not complete:
+                log.warning(
+                    "revocation of %s/%x (seq %d) gave up after %.0f s; still missing: %s",
+                    t.issuer_id,
+                    t.serial,
+                    t.seq,
+                    self._give_up_after,
+                    ", ".join(c for c in ("ocsp_all_responders", "crl") if timeline[c] is None),
+                )
+
+    def _complete(self, t: _Tracked, responders: Sequence[ResponderState], now: float) -> bool:
+        """Both channels done (what ``build_timeline`` would say, without building it for every one)."""
+        if t.crl is None or t.presigned is None:
+            return False
+        counted = [r for r in responders if counts(r, t.presigned, now, self.gone_after)]
+        return bool(counted) and all(r.responder_id in t.applied for r in counted)
+
+    def _timeline_of(
+        self, t: _Tracked, responders: Sequence[ResponderState], probes: Sequence[ProbeResult], now: float
+    ) -> dict[str, Any]:
+        return build_timeline(
+            issuer_id=t.issuer_id,
+            serial=t.serial,
+            seq=t.seq,
+            committed_at=t.committed_at,
+            superseded=False,
+            presigned=t.presigned,
+            responders=responders,
+            applied=t.applied,
+            crl=t.crl,
+            probes=probes,
+            now=now,
+            gone_after=self.gone_after,
+            slo_seconds=self.slo_seconds,
+        )
+
+    def _observe(self, timeline: dict[str, Any]) -> None:
+        presigned = timeline["presigned"]
+        if presigned is not None and presigned["seconds"] is not None:
+            self._seconds.labels("presigned").observe(max(0.0, presigned["seconds"]))
+        elif presigned is None:
+            self._incomplete.labels("presigned").inc()
+        ocsp = timeline["ocsp_all_responders"]
+        if ocsp is not None:
+            self._seconds.labels("ocsp_all_responders").observe(max(0.0, ocsp["seconds"]))
+            if ocsp["seconds"] > self.slo_seconds:
+                self._breaches.labels("ocsp_all_responders").inc()
+        else:
+            self._incomplete.labels("ocsp_all_responders").inc()
+            if timeline["pending"]:  # live responders never got it: a breach however long the SLO
+                self._breaches.labels("ocsp_all_responders").inc()
+        crl = timeline["crl"]
+        if crl is not None:
+            self._seconds.labels("crl").observe(max(0.0, crl["seconds"]))
+        else:
+            self._incomplete.labels("crl").inc()
+        for probe in timeline["probes"]:
+            self._seconds.labels("probe").observe(max(0.0, probe["seconds"]))
+
+    async def _gauge_responders(self, responders: Sequence[ResponderState], now: float) -> None:
+        last = await self._coord.last_change() if responders else 0
+        present: set[str] = set()
+        for r in responders:
+            silent = now - r.last_seen
+            if silent > self._forget_after:
+                log.info("forgetting responder %s, silent for %.0f s", r.responder_id, silent)
+                await self._coord.forget_responder(r.responder_id)
+                continue
+            present.add(r.responder_id)
+            self._up.labels(r.responder_id).set(1.0 if silent <= self.gone_after else 0.0)
+            self._lag.labels(r.responder_id).set(max(0, last - r.applied_change))
+        for rid in self._gauged - present:
+            self._up.remove(rid)
+            self._lag.remove(rid)
+        self._gauged = present
