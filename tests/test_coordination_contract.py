@@ -38,6 +38,7 @@ from revocation.sqlite_db import SQLiteDatabase
 class Subject:
     coord: Coordination
     raw: Callable[..., Awaitable[list[tuple[Any, ...]]]]  # SQL with ``?`` placeholders, behind its back
+    raw_many: Callable[[str, list[tuple[Any, ...]]], Awaitable[None]]  # the same, once per row of parameters
     # Another handle on the same storage, as another process would have (its own connections).
     another: Callable[[], Awaitable[Coordination]]
 
@@ -61,13 +62,18 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
                 conn.commit()
                 return rows
 
+        async def raw_many_sqlite(sql: str, rows: list[tuple[Any, ...]]) -> None:
+            with contextlib.closing(sqlite3.connect(path)) as conn:
+                conn.executemany(sql, rows)
+                conn.commit()
+
         async def another_sqlite() -> Coordination:
             other = SQLiteDatabase(path)
             others.append(other)
             return SQLiteCoordination(other)
 
         try:
-            yield Subject(SQLiteCoordination(db), raw_sqlite, another_sqlite)
+            yield Subject(SQLiteCoordination(db), raw_sqlite, raw_many_sqlite, another_sqlite)
         finally:
             for other in others:
                 other.close()
@@ -89,11 +95,18 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             finally:
                 await conn.close()
 
+        async def raw_many_pg(sql: str, rows: list[tuple[Any, ...]]) -> None:
+            conn = await asyncpg.connect(dsn)
+            try:
+                await conn.executemany(_pg_sql(sql), rows)
+            finally:
+                await conn.close()
+
         async def another_pg() -> Coordination:
             return PostgresCoordination(await pool())
 
         try:
-            yield Subject(PostgresCoordination(await pool()), raw_pg, another_pg)
+            yield Subject(PostgresCoordination(await pool()), raw_pg, raw_many_pg, another_pg)
         finally:
             for made in pools:
                 await made.close()
@@ -236,20 +249,16 @@ async def test_forget_responder_removes_its_row_and_progress(subject: Subject) -
 # --- the response store, as the tracker reads it ------------------------------------------------------
 
 
+_PUT_RESPONSE = (
+    "INSERT INTO ocsp_responses (issuer_id, serial, der, status, this_update, next_update, refresh_at, "
+    "source_seq, change_id, stored_at) VALUES (?, ?, ?, ?, 0, 0, 0, ?, ?, ?)"
+)
+
+
 async def put_response(
     subject: Subject, issuer_id: str, serial: int, status: str, source_seq: int, change_id: int, stored_at: float
 ) -> None:
-    await subject.raw(
-        "INSERT INTO ocsp_responses (issuer_id, serial, der, status, this_update, next_update, refresh_at, "
-        "source_seq, change_id, stored_at) VALUES (?, ?, ?, ?, 0, 0, 0, ?, ?, ?)",
-        issuer_id,
-        f"{serial:x}",
-        b"\x30\x00",
-        status,
-        source_seq,
-        change_id,
-        stored_at,
-    )
+    await subject.raw(_PUT_RESPONSE, issuer_id, f"{serial:x}", b"\x30\x00", status, source_seq, change_id, stored_at)
 
 
 async def test_presigned_reads_the_store_rows_of_the_keys_asked(subject: Subject) -> None:
@@ -273,8 +282,8 @@ async def test_presigned_reads_the_store_rows_of_the_keys_asked(subject: Subject
 
 
 async def test_presigned_reads_many_keys_at_once(subject: Subject) -> None:
-    for serial in range(1, 1201):
-        await put_response(subject, "ca", serial, "good", serial, serial, float(serial))
+    rows = [("ca", f"{serial:x}", b"\x30\x00", "good", serial, serial, float(serial)) for serial in range(1, 1201)]
+    await subject.raw_many(_PUT_RESPONSE, rows)
     keys = [("ca", serial) for serial in range(1, 1301)]
     found = await subject.coord.presigned(keys)
     assert sorted(found) == keys[:1200]
