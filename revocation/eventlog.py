@@ -14,7 +14,8 @@ import dataclasses
 import datetime
 import hashlib
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from revocation.clock import iso
@@ -22,6 +23,8 @@ from revocation.errors import ConcurrencyError
 from revocation.events import DomainEvent, decode
 
 GENESIS_HASH = "0" * 64
+
+log = logging.getLogger("pca.eventlog")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +138,18 @@ def chain_events(
         out.append(ChainedRow(record, new.event, columns))
         prev = digest
     return out
+
+
+Listener = Callable[[list["RecordedEvent"]], None]
+
+
+def call_listeners(listeners: Sequence[Listener], committed: list[RecordedEvent]) -> None:
+    """Hand committed events to each in-process listener; one that fails does not stop the others."""
+    for listener in listeners:
+        try:
+            listener(committed)
+        except Exception:  # a listener must never stop the commits of others
+            log.exception("event listener failed")
 
 
 class EventLog(Protocol):

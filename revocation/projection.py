@@ -1,8 +1,10 @@
 """The certificate-status projection: issuers and certificates as the log says.
 
-It is derived state: the SQLite backend updates it in the same transaction as
-the append (so a read after a 2xx sees the write) and ``rebuild`` recreates it
-from the log alone.
+It is derived state: each backend (SQLite here, PostgreSQL in
+``revocation.pg_projection``) updates it in the same transaction as the append
+(so a read after a 2xx sees the write) and ``rebuild_projection`` recreates it
+from the log alone. What an event does to it is decided once, by
+``projection_step``, for both.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import dataclasses
 import datetime
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from cryptography import x509
@@ -148,13 +150,34 @@ class StatusView(Protocol):
         ...
 
 
-# --- SQLite -----------------------------------------------------------------
+# --- shared by the SQLite and PostgreSQL backends ----------------------------------------------
+# Statements are in SQLite's dialect with ``?`` placeholders; PostgreSQL numbers them
+# (``revocation.pg_db.pg_sql``). Both store serials as lowercase hex TEXT and times as epoch seconds.
 
-_IN_CHUNK = 500  # bound parameters per IN (...) query
-
-_SIGNING_COLUMNS = "issuer_id, serial, status, revoked_at, reason, invalidity_date"
-_CERT_COLUMNS = (
+SIGNING_COLUMNS = "issuer_id, serial, status, revoked_at, reason, invalidity_date"
+CERT_COLUMNS = (
     "issuer_id, serial, status, subject, profile, not_before, not_after, revoked_at, reason, invalidity_date, version"
+)
+CRL_COLUMNS = "serial, status, not_after, revoked_at, reason, invalidity_date, updated_seq, crl_shard"
+ISSUER_COLUMNS = "issuer_id, kind, parent_id, cert_der, key_ref, crl_url, signer_cert_der, signer_key_ref, version"
+
+# An ``updated_before`` above every seq: "all certificates".
+ANY_SEQ = 2**62
+
+SQL_POSITION = "SELECT seq FROM log_head WHERE id = 1"
+SQL_ISSUERS = f"SELECT {ISSUER_COLUMNS} FROM issuers ORDER BY updated_seq"
+SQL_CERTIFICATES_BY_SERIAL = f"SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?"
+SQL_CERTIFICATE = f"SELECT {CERT_COLUMNS} FROM certificates WHERE issuer_id = ? AND serial = ?"
+SQL_CERTIFICATE_DER = "SELECT cert_der FROM certificates WHERE issuer_id = ? AND serial = ?"
+SQL_REVOKED = f"SELECT {CERT_COLUMNS} FROM certificates WHERE issuer_id = ? AND status = 'revoked'"
+SQL_ISSUER_CERTIFICATES = f"SELECT {CERT_COLUMNS} FROM certificates WHERE issuer_id = ? AND updated_seq < ?"
+SQL_ISSUER_SIGNING_STATES = f"SELECT {SIGNING_COLUMNS} FROM certificates WHERE issuer_id = ? AND updated_seq < ?"
+SQL_CRL_SHARDS = "SELECT crl_shard, MAX(not_after) FROM certificates WHERE issuer_id = ? GROUP BY crl_shard"
+# "status = 'revoked'" spelled as in the partial index certificates_crl_revoked, so the database uses it.
+SQL_CRL_REVOKED = f"SELECT {CRL_COLUMNS} FROM certificates WHERE issuer_id = ? AND crl_shard = ? AND status = 'revoked'"
+# "version > 1" (revoked at least once) selects the partial index certificates_crl_changes.
+SQL_CRL_CHANGES = (
+    f"SELECT {CRL_COLUMNS} FROM certificates WHERE issuer_id = ? AND crl_shard = ? AND updated_seq > ? AND version > 1"
 )
 
 
@@ -162,7 +185,8 @@ def _opt_time(value: int | None) -> datetime.datetime | None:
     return None if value is None else from_epoch(value)
 
 
-def _cert_row(row: tuple[Any, ...]) -> CertificateRecord:
+def cert_row(row: Sequence[Any]) -> CertificateRecord:
+    """A CertificateRecord from a row of ``CERT_COLUMNS`` (an sqlite3 tuple or an asyncpg Record)."""
     issuer_id, serial, status, subject, profile, nb, na, rev, reason, inv, version = row
     return CertificateRecord(
         issuer_id=str(issuer_id),
@@ -179,18 +203,25 @@ def _cert_row(row: tuple[Any, ...]) -> CertificateRecord:
     )
 
 
-_CRL_COLUMNS = "serial, status, not_after, revoked_at, reason, invalidity_date, updated_seq, crl_shard"
+def crl_rows(rows: Iterable[Sequence[Any]]) -> list[CRLRecord]:
+    """CRLRecords from rows of ``CRL_COLUMNS``; the hot path of a full CRL, so one comprehension."""
+    return [
+        CRLRecord(int(serial, 16), status, not_after, revoked_at, reason, invalidity, updated_seq, shard)
+        for serial, status, not_after, revoked_at, reason, invalidity, updated_seq, shard in rows
+    ]
 
 
-def _crl_row(row: tuple[Any, ...]) -> CRLRecord:
-    return CRLRecord(int(row[0], 16), *row[1:])
+def signing_rows(rows: Iterable[Sequence[Any]]) -> list[SigningState]:
+    """SigningStates from rows of ``SIGNING_COLUMNS``."""
+    return [SigningState(i, int(s, 16), st, r, re, inv) for i, s, st, r, re, inv in rows]
 
 
 def _key_ref(value: object) -> KeyRef | None:
     return None if value is None else KeyRef.from_dict(json.loads(str(value)))
 
 
-def _issuer_row(row: tuple[Any, ...]) -> IssuerRecord:
+def issuer_row(row: Sequence[Any]) -> IssuerRecord:
+    """An IssuerRecord from a row of ``ISSUER_COLUMNS``."""
     issuer_id, kind, parent, cert_der, key_ref, crl_url, signer_der, signer_ref, version = row
     return IssuerRecord(
         issuer_id=str(issuer_id),
@@ -205,27 +236,57 @@ def _issuer_row(row: tuple[Any, ...]) -> IssuerRecord:
     )
 
 
-def apply_sqlite(conn: sqlite3.Connection, rec: RecordedEvent, event: DomainEvent) -> None:
-    """Apply one recorded event to the projection tables (inside the append transaction)."""
+class ProjectionStep(NamedTuple):
+    """One statement that applies an event to the projection, in the shared dialect (``?`` placeholders).
+
+    SQLite runs it as is; PostgreSQL numbers the placeholders (``revocation.pg_db.pg_sql``).
+    """
+
+    sql: str
+    params: tuple[object, ...]
+    # When set, the statement must change exactly one row, or the event is inconsistent with the
+    # projection and the append fails with IntegrityError(unless_one_row, seq).
+    unless_one_row: str | None = None
+
+
+_INSERT_ISSUER = (
+    "INSERT INTO issuers (issuer_id, kind, parent_id, cert_der, key_ref, crl_url, version, updated_seq) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_ROTATE_SIGNER = (
+    "UPDATE issuers SET signer_cert_der = ?, signer_key_ref = ?, signer_not_after = ?, version = ?, "
+    "updated_seq = ? WHERE issuer_id = ?"
+)
+_INSERT_CERT = (
+    f"INSERT INTO certificates ({CERT_COLUMNS}, cert_der, updated_seq, crl_shard) "
+    "VALUES (?, ?, 'good', ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?, ?)"
+)
+_UPDATE_CERT = (
+    "UPDATE certificates SET status = ?, revoked_at = ?, reason = ?, invalidity_date = ?, version = ?, "
+    "updated_seq = ? WHERE issuer_id = ? AND serial = ? AND version = ?"
+)
+
+
+def projection_step(rec: RecordedEvent, event: DomainEvent) -> ProjectionStep | None:
+    """What applying ``event`` (recorded as ``rec``) does to the projection; the part every backend shares."""
     if isinstance(event, IssuerAdded):
-        conn.execute(
-            "INSERT INTO issuers (issuer_id, kind, parent_id, cert_der, key_ref, crl_url, version, updated_seq) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        key_ref = None if event.key_ref is None else json.dumps(event.key_ref)
+        return ProjectionStep(
+            _INSERT_ISSUER,
             (
                 event.issuer_id,
                 event.kind,
                 event.parent_id,
                 bytes.fromhex(event.cert_der_hex),
-                None if event.key_ref is None else json.dumps(event.key_ref),
+                key_ref,
                 event.crl_url,
                 rec.version,
                 rec.seq,
             ),
         )
-    elif isinstance(event, ResponderCertRotated):
-        cur = conn.execute(
-            "UPDATE issuers SET signer_cert_der = ?, signer_key_ref = ?, signer_not_after = ?, version = ?, "
-            "updated_seq = ? WHERE issuer_id = ?",
+    if isinstance(event, ResponderCertRotated):
+        return ProjectionStep(
+            _ROTATE_SIGNER,
             (
                 bytes.fromhex(event.cert_der_hex),
                 json.dumps(event.key_ref),
@@ -234,14 +295,12 @@ def apply_sqlite(conn: sqlite3.Connection, rec: RecordedEvent, event: DomainEven
                 rec.seq,
                 event.issuer_id,
             ),
+            f"ResponderCertRotated for unknown issuer {event.issuer_id}",
         )
-        if cur.rowcount != 1:
-            raise IntegrityError(f"ResponderCertRotated for unknown issuer {event.issuer_id}", rec.seq)
-    elif isinstance(event, CertificateIssued):
+    if isinstance(event, CertificateIssued):
         cert_der = bytes.fromhex(event.cert_der_hex)
-        conn.execute(
-            f"INSERT INTO certificates ({_CERT_COLUMNS}, cert_der, updated_seq, crl_shard) "
-            "VALUES (?, ?, 'good', ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?, ?)",
+        return ProjectionStep(
+            _INSERT_CERT,
             (
                 event.issuer_id,
                 event.serial,
@@ -256,23 +315,17 @@ def apply_sqlite(conn: sqlite3.Connection, rec: RecordedEvent, event: DomainEven
                 shard_from_certificate(event.issuer_id, cert_der),
             ),
         )
-    elif isinstance(event, CertificateRevoked):
-        _update_cert(
-            conn,
-            rec,
-            event.issuer_id,
-            event.serial,
-            "revoked",
-            to_epoch(event.revoked_at),
-            event.reason,
-            None if event.invalidity_date is None else to_epoch(event.invalidity_date),
+    if isinstance(event, CertificateRevoked):
+        invalidity = None if event.invalidity_date is None else to_epoch(event.invalidity_date)
+        return _cert_status_step(
+            rec, event.issuer_id, event.serial, "revoked", to_epoch(event.revoked_at), event.reason, invalidity
         )
-    elif isinstance(event, CertificateHoldReleased):
-        _update_cert(conn, rec, event.issuer_id, event.serial, "good", None, None, None)
+    if isinstance(event, CertificateHoldReleased):
+        return _cert_status_step(rec, event.issuer_id, event.serial, "good", None, None, None)
+    return None
 
 
-def _update_cert(
-    conn: sqlite3.Connection,
+def _cert_status_step(
     rec: RecordedEvent,
     issuer_id: str,
     serial: str,
@@ -280,195 +333,115 @@ def _update_cert(
     revoked_at: int | None,
     reason: str | None,
     invalidity: int | None,
-) -> None:
-    cur = conn.execute(
-        "UPDATE certificates SET status = ?, revoked_at = ?, reason = ?, invalidity_date = ?, version = ?, "
-        "updated_seq = ? WHERE issuer_id = ? AND serial = ? AND version = ?",
+) -> ProjectionStep:
+    # Guarded by the previous version: an event that does not follow the stored state changes nothing.
+    return ProjectionStep(
+        _UPDATE_CERT,
         (status, revoked_at, reason, invalidity, rec.version, rec.seq, issuer_id, serial, rec.version - 1),
+        f"{rec.type} out of order for {issuer_id}/{serial} (version {rec.version})",
     )
-    if cur.rowcount != 1:
-        raise IntegrityError(f"{rec.type} out of order for {issuer_id}/{serial} (version {rec.version})", rec.seq)
+
+
+# --- SQLite ---------------------------------------------------------------------------------------
+
+_IN_CHUNK = 500  # bound parameters per IN (...) query
+
+
+def apply_sqlite(conn: sqlite3.Connection, rec: RecordedEvent, event: DomainEvent) -> None:
+    """Apply one recorded event to the projection tables (inside the append transaction)."""
+    step = projection_step(rec, event)
+    if step is None:
+        return
+    cur = conn.execute(step.sql, step.params)
+    if step.unless_one_row is not None and cur.rowcount != 1:
+        raise IntegrityError(step.unless_one_row, rec.seq)
+
+
+def _in_chunks(conn: sqlite3.Connection, columns: str, keys: Sequence[tuple[str, int]]) -> Iterator[tuple[Any, ...]]:
+    """Rows of ``columns`` of the certificates named by (issuer_id, serial) ``keys``, read by chunks."""
+    by_issuer: dict[str, list[str]] = {}
+    for issuer_id, serial in keys:
+        by_issuer.setdefault(issuer_id, []).append(f"{serial:x}")
+    for issuer_id, serials in by_issuer.items():
+        for first in range(0, len(serials), _IN_CHUNK):
+            chunk = serials[first : first + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            yield from conn.execute(
+                f"SELECT {columns} FROM certificates WHERE issuer_id = ? AND serial IN ({marks})", (issuer_id, *chunk)
+            )
+
+
+def _position(conn: sqlite3.Connection) -> int:
+    row = conn.execute(SQL_POSITION).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _snapshot(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> tuple[int, list[tuple[Any, ...]]]:
+    # One read transaction, so the position and the rows agree.
+    conn.execute("BEGIN")
+    try:
+        position = _position(conn)
+        rows = conn.execute(sql, params).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    return position, rows
 
 
 class SQLiteStatusView:
     def __init__(self, db: SQLiteDatabase) -> None:
         self._db = db
 
-    async def issuers(self) -> list[IssuerRecord]:
-        def q(conn: sqlite3.Connection) -> list[IssuerRecord]:
-            rows = conn.execute(
-                "SELECT issuer_id, kind, parent_id, cert_der, key_ref, crl_url, signer_cert_der, signer_key_ref, "
-                "version FROM issuers ORDER BY updated_seq"
-            ).fetchall()
-            return [_issuer_row(r) for r in rows]
+    async def _rows(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        return await self._db.read(lambda conn: conn.execute(sql, params).fetchall())
 
-        return await self._db.read(q)
+    async def issuers(self) -> list[IssuerRecord]:
+        return [issuer_row(r) for r in await self._rows(SQL_ISSUERS)]
 
     async def certificates_by_serial(self, serial: int) -> list[CertificateRecord]:
-        def q(conn: sqlite3.Connection) -> list[CertificateRecord]:
-            rows = conn.execute(f"SELECT {_CERT_COLUMNS} FROM certificates WHERE serial = ?", (f"{serial:x}",))
-            return [_cert_row(r) for r in rows.fetchall()]
-
-        return await self._db.read(q)
+        return [cert_row(r) for r in await self._rows(SQL_CERTIFICATES_BY_SERIAL, f"{serial:x}")]
 
     async def certificate(self, issuer_id: str, serial: int) -> CertificateRecord | None:
-        def q(conn: sqlite3.Connection) -> CertificateRecord | None:
-            row = conn.execute(
-                f"SELECT {_CERT_COLUMNS} FROM certificates WHERE issuer_id = ? AND serial = ?",
-                (issuer_id, f"{serial:x}"),
-            ).fetchone()
-            return None if row is None else _cert_row(row)
-
-        return await self._db.read(q)
+        rows = await self._rows(SQL_CERTIFICATE, issuer_id, f"{serial:x}")
+        return cert_row(rows[0]) if rows else None
 
     async def certificate_der(self, issuer_id: str, serial: int) -> bytes | None:
-        def q(conn: sqlite3.Connection) -> bytes | None:
-            row = conn.execute(
-                "SELECT cert_der FROM certificates WHERE issuer_id = ? AND serial = ?", (issuer_id, f"{serial:x}")
-            ).fetchone()
-            return None if row is None else bytes(row[0])
-
-        return await self._db.read(q)
+        rows = await self._rows(SQL_CERTIFICATE_DER, issuer_id, f"{serial:x}")
+        return bytes(rows[0][0]) if rows else None
 
     async def revoked(self, issuer_id: str) -> list[CertificateRecord]:
-        def q(conn: sqlite3.Connection) -> list[CertificateRecord]:
-            rows = conn.execute(
-                f"SELECT {_CERT_COLUMNS} FROM certificates WHERE issuer_id = ? AND status = 'revoked'", (issuer_id,)
-            )
-            return [_cert_row(r) for r in rows.fetchall()]
-
-        return await self._db.read(q)
+        return [cert_row(r) for r in await self._rows(SQL_REVOKED, issuer_id)]
 
     async def position(self) -> int:
-        def q(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT seq FROM log_head WHERE id = 1").fetchone()
-            return 0 if row is None else int(row[0])
-
-        return await self._db.read(q)
+        return await self._db.read(_position)
 
     async def certificates_many(self, keys: Sequence[tuple[str, int]]) -> list[CertificateRecord]:
-        by_issuer: dict[str, list[str]] = {}
-        for issuer_id, serial in keys:
-            by_issuer.setdefault(issuer_id, []).append(f"{serial:x}")
-
-        def q(conn: sqlite3.Connection) -> list[CertificateRecord]:
-            out: list[CertificateRecord] = []
-            for issuer_id, serials in by_issuer.items():
-                for first in range(0, len(serials), _IN_CHUNK):
-                    chunk = serials[first : first + _IN_CHUNK]
-                    marks = ",".join("?" * len(chunk))
-                    rows = conn.execute(
-                        f"SELECT {_CERT_COLUMNS} FROM certificates WHERE issuer_id = ? AND serial IN ({marks})",
-                        (issuer_id, *chunk),
-                    )
-                    out.extend(_cert_row(r) for r in rows.fetchall())
-            return out
-
-        return await self._db.read(q)
+        return await self._db.read(lambda conn: [cert_row(r) for r in _in_chunks(conn, CERT_COLUMNS, keys)])
 
     async def issuer_certificates(self, issuer_id: str, updated_before: int | None = None) -> list[CertificateRecord]:
-        def q(conn: sqlite3.Connection) -> list[CertificateRecord]:
-            rows = conn.execute(
-                f"SELECT {_CERT_COLUMNS} FROM certificates WHERE issuer_id = ? AND updated_seq < ?",
-                (issuer_id, 2**62 if updated_before is None else updated_before),
-            )
-            return [_cert_row(r) for r in rows.fetchall()]
-
-        return await self._db.read(q)
+        before = ANY_SEQ if updated_before is None else updated_before
+        return [cert_row(r) for r in await self._rows(SQL_ISSUER_CERTIFICATES, issuer_id, before)]
 
     async def revoked_snapshot(self, issuer_id: str) -> tuple[int, list[CertificateRecord]]:
-        def q(conn: sqlite3.Connection) -> tuple[int, list[CertificateRecord]]:
-            # One read transaction, so the position and the rows agree.
-            conn.execute("BEGIN")
-            try:
-                row = conn.execute("SELECT seq FROM log_head WHERE id = 1").fetchone()
-                rows = conn.execute(
-                    f"SELECT {_CERT_COLUMNS} FROM certificates WHERE issuer_id = ? AND status = 'revoked'",
-                    (issuer_id,),
-                ).fetchall()
-            finally:
-                conn.execute("COMMIT")
-            return (0 if row is None else int(row[0])), [_cert_row(r) for r in rows]
-
-        return await self._db.read(q)
+        position, rows = await self._db.read(lambda conn: _snapshot(conn, SQL_REVOKED, (issuer_id,)))
+        return position, [cert_row(r) for r in rows]
 
     async def crl_shards(self, issuer_id: str) -> dict[int, int]:
-        def q(conn: sqlite3.Connection) -> dict[int, int]:
-            rows = conn.execute(
-                "SELECT crl_shard, MAX(not_after) FROM certificates WHERE issuer_id = ? GROUP BY crl_shard",
-                (issuer_id,),
-            )
-            return {int(shard): int(not_after) for shard, not_after in rows.fetchall()}
-
-        return await self._db.read(q)
+        return {int(shard): int(not_after) for shard, not_after in await self._rows(SQL_CRL_SHARDS, issuer_id)}
 
     async def crl_revoked(self, issuer_id: str, shard: int) -> tuple[int, list[CRLRecord]]:
-        # "status = 'revoked'" spelled as in the partial index certificates_crl_revoked, so SQLite uses it.
-        sql = f"SELECT {_CRL_COLUMNS} FROM certificates WHERE issuer_id = ? AND crl_shard = ? AND status = 'revoked'"
-        return await self._db.read(lambda conn: _crl_snapshot(conn, sql, (issuer_id, shard)))
+        position, rows = await self._db.read(lambda conn: _snapshot(conn, SQL_CRL_REVOKED, (issuer_id, shard)))
+        return position, crl_rows(rows)
 
     async def crl_changes(self, issuer_id: str, shard: int, after: int) -> tuple[int, list[CRLRecord]]:
-        # "version > 1" (revoked at least once) selects the partial index certificates_crl_changes.
-        sql = (
-            f"SELECT {_CRL_COLUMNS} FROM certificates "
-            "WHERE issuer_id = ? AND crl_shard = ? AND updated_seq > ? AND version > 1"
-        )
-        return await self._db.read(lambda conn: _crl_snapshot(conn, sql, (issuer_id, shard, after)))
+        position, rows = await self._db.read(lambda conn: _snapshot(conn, SQL_CRL_CHANGES, (issuer_id, shard, after)))
+        return position, crl_rows(rows)
 
     async def crl_records(self, issuer_id: str, serials: Sequence[int]) -> list[CRLRecord]:
-        hexes = [f"{serial:x}" for serial in serials]
-
-        def q(conn: sqlite3.Connection) -> list[CRLRecord]:
-            out: list[CRLRecord] = []
-            for first in range(0, len(hexes), 500):
-                chunk = hexes[first : first + 500]
-                rows = conn.execute(
-                    f"SELECT {_CRL_COLUMNS} FROM certificates WHERE issuer_id = ? "
-                    f"AND serial IN ({','.join('?' * len(chunk))})",
-                    (issuer_id, *chunk),
-                )
-                out.extend(_crl_row(r) for r in rows.fetchall())
-            return out
-
-        return await self._db.read(q)
+        keys = [(issuer_id, serial) for serial in serials]
+        return await self._db.read(lambda conn: crl_rows(_in_chunks(conn, CRL_COLUMNS, keys)))
 
     async def signing_states(self, keys: Sequence[tuple[str, int]]) -> list[SigningState]:
-        by_issuer: dict[str, list[str]] = {}
-        for issuer_id, serial in keys:
-            by_issuer.setdefault(issuer_id, []).append(f"{serial:x}")
-
-        def q(conn: sqlite3.Connection) -> list[SigningState]:
-            out: list[SigningState] = []
-            for issuer_id, serials in by_issuer.items():
-                for first in range(0, len(serials), _IN_CHUNK):
-                    chunk = serials[first : first + _IN_CHUNK]
-                    marks = ",".join("?" * len(chunk))
-                    rows = conn.execute(
-                        f"SELECT {_SIGNING_COLUMNS} FROM certificates WHERE issuer_id = ? AND serial IN ({marks})",
-                        (issuer_id, *chunk),
-                    )
-                    out.extend(SigningState(i, int(s, 16), st, r, re, inv) for i, s, st, r, re, inv in rows)
-            return out
-
-        return await self._db.read(q)
+        return await self._db.read(lambda conn: signing_rows(_in_chunks(conn, SIGNING_COLUMNS, keys)))
 
     async def issuer_signing_states(self, issuer_id: str, updated_before: int) -> list[SigningState]:
-        def q(conn: sqlite3.Connection) -> list[SigningState]:
-            rows = conn.execute(
-                f"SELECT {_SIGNING_COLUMNS} FROM certificates WHERE issuer_id = ? AND updated_seq < ?",
-                (issuer_id, updated_before),
-            )
-            return [SigningState(i, int(s, 16), st, r, re, inv) for i, s, st, r, re, inv in rows]
-
-        return await self._db.read(q)
-
-
-def _crl_snapshot(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> tuple[int, list[CRLRecord]]:
-    # One read transaction, so the position and the rows agree.
-    conn.execute("BEGIN")
-    try:
-        head = conn.execute("SELECT seq FROM log_head WHERE id = 1").fetchone()
-        rows = conn.execute(sql, params).fetchall()
-    finally:
-        conn.execute("COMMIT")
-    return (0 if head is None else int(head[0])), [_crl_row(r) for r in rows]
+        return signing_rows(await self._rows(SQL_ISSUER_SIGNING_STATES, issuer_id, updated_before))

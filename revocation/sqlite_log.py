@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from revocation.clock import Clock, parse_iso
 from revocation.errors import IntegrityError
-from revocation.eventlog import GENESIS_HASH, NewEvent, RecordedEvent, chain_events, row_hash
+from revocation.eventlog import GENESIS_HASH, Listener, NewEvent, RecordedEvent, call_listeners, chain_events, row_hash
 from revocation.projection import apply_sqlite
 from revocation.sqlite_db import SQLiteDatabase
-
-log = logging.getLogger("pca.eventlog")
 
 _COLUMNS = "seq, stream, version, type, payload, actor, request_id, recorded_at, prev_hash, hash"
 
@@ -54,7 +51,7 @@ class SQLiteEventLog:
         self._pending: list[tuple[Sequence[NewEvent], asyncio.Future[list[RecordedEvent]]]] = []
         self._drainer: asyncio.Task[None] | None = None
         # Called with every batch of committed events (the change feed for in-process consumers).
-        self.listeners: list[Callable[[list[RecordedEvent]], None]] = []
+        self.listeners: list[Listener] = []
 
     async def append(self, events: Sequence[NewEvent]) -> list[RecordedEvent]:
         if not events:
@@ -85,11 +82,7 @@ class SQLiteEventLog:
                     if not fut.done():
                         fut.set_result(result)
             if committed:
-                for listener in self.listeners:
-                    try:
-                        listener(committed)
-                    except Exception:  # a listener must never stop the commits of others
-                        log.exception("event listener failed")
+                call_listeners(self.listeners, committed)
 
     def _commit_batch(
         self, conn: sqlite3.Connection, batch: list[tuple[Sequence[NewEvent], asyncio.Future[list[RecordedEvent]]]]
