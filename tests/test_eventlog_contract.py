@@ -7,17 +7,14 @@ with a connection of our own (sqlite3 or asyncpg), as an intruder would.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime
-import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import pytest
 from conftest import create_database, drop_database
+from storage_support import Raw, follow_while_writing, pg_raw, sqlite_raw
 
 from revocation.clock import FakeClock
 from revocation.errors import ConcurrencyError, IntegrityError
@@ -58,12 +55,7 @@ class Subject:
 
     log: EventLog
     clock: FakeClock
-    raw: Callable[..., Awaitable[list[tuple[Any, ...]]]]
-
-
-def _pg_sql(sql: str) -> str:
-    parts = sql.split("?")
-    return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], start=1))
+    raw: Raw
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -72,15 +64,8 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     if request.param == "sqlite":
         db = SQLiteDatabase(tmp_path / "log.db")
         db.migrate_sync()
-
-        async def raw_sqlite(sql: str, *params: Any) -> list[tuple[Any, ...]]:
-            with contextlib.closing(sqlite3.connect(db.path)) as conn:
-                rows = conn.execute(sql, params).fetchall()
-                conn.commit()
-                return rows
-
         try:
-            yield Subject(SQLiteEventLog(db, clock), clock, raw_sqlite)
+            yield Subject(SQLiteEventLog(db, clock), clock, sqlite_raw(db.path))
         finally:
             db.close()
     else:
@@ -89,16 +74,8 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         server_dsn: str = request.getfixturevalue("postgres_dsn")
         dsn = await create_database(server_dsn)
         log = await PostgresEventLog.open(dsn, clock)
-
-        async def raw_pg(sql: str, *params: Any) -> list[tuple[Any, ...]]:
-            conn = await asyncpg.connect(dsn)
-            try:
-                return [tuple(r) for r in await conn.fetch(_pg_sql(sql), *params)]
-            finally:
-                await conn.close()
-
         try:
-            yield Subject(log, clock, raw_pg)
+            yield Subject(log, clock, pg_raw(dsn))
         finally:
             await log.close()
             await drop_database(server_dsn, dsn)
@@ -247,8 +224,6 @@ async def test_concurrent_appenders_and_a_follower_see_every_event_once_in_order
     """
     log = subject.log
     appenders, per_appender = 8, 50
-    done = asyncio.Event()
-    seen: list[int] = []
     appended: list[RecordedEvent] = []
 
     async def appender(index: int) -> None:
@@ -259,24 +234,10 @@ async def test_concurrent_appenders_and_a_follower_see_every_event_once_in_order
             await asyncio.sleep(0)
             appended.extend(await log.append([new(revoked(serial), expected_version=1, request_id=f"r{index}-{n}")]))
 
-    async def follower() -> None:
-        last = 0
-        while True:
-            finished = done.is_set()
-            batch = await log.read(last, 7)
-            for rec in batch:
-                # Strictly increasing and dense: each event is the very next seq.
-                assert rec.seq == last + 1, f"follower at {last} got seq {rec.seq}"
-                seen.append(rec.seq)
-                last = rec.seq
-            if finished and not batch:
-                return
-            await asyncio.sleep(0)
+    async def read_after(last: int) -> list[int]:
+        return [rec.seq for rec in await log.read(last, 7)]
 
-    follow = asyncio.create_task(follower())
-    await asyncio.wait_for(asyncio.gather(*(appender(i) for i in range(appenders))), timeout=60)
-    done.set()
-    await asyncio.wait_for(follow, timeout=30)
+    seen = await follow_while_writing([appender(i) for i in range(appenders)], read_after)
 
     total = appenders * per_appender
     assert len(appended) == total

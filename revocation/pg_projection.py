@@ -1,0 +1,183 @@
+"""The certificate-status projection on PostgreSQL: applying events and reading it back.
+
+The statements and the decisions are the SQLite ones (``revocation.projection``);
+only the driver differs. ``PostgresEventLog`` applies the events inside its
+append transaction; ``PostgresStatusView`` reads. Reads that return a log
+position with rows (``revoked_snapshot``, ``crl_revoked``, ``crl_changes``) run
+in one REPEATABLE READ, read-only transaction, so both come from one snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from revocation.errors import IntegrityError
+from revocation.eventlog import RecordedEvent
+from revocation.pg_db import PG_ERRORS, affected, pg_sql, storage_error
+from revocation.projection import (
+    ANY_SEQ,
+    CERT_COLUMNS,
+    CRL_COLUMNS,
+    SIGNING_COLUMNS,
+    SQL_CERTIFICATE,
+    SQL_CERTIFICATE_DER,
+    SQL_CERTIFICATES_BY_SERIAL,
+    SQL_CRL_CHANGES,
+    SQL_CRL_REVOKED,
+    SQL_CRL_SHARDS,
+    SQL_ISSUER_CERTIFICATES,
+    SQL_ISSUER_SIGNING_STATES,
+    SQL_ISSUERS,
+    SQL_POSITION,
+    SQL_REVOKED,
+    CertificateRecord,
+    CRLRecord,
+    IssuerRecord,
+    ProjectionStep,
+    SigningState,
+    cert_row,
+    crl_rows,
+    issuer_row,
+    projection_step,
+    signing_rows,
+)
+
+T = TypeVar("T")
+
+_FETCH_CHUNK = 50_000  # rows taken from a cursor at a time by the large CRL reads
+
+
+async def apply_pg(conn: Any, records: Iterable[RecordedEvent]) -> int:
+    """Apply ``records`` in order to the projection on ``conn`` (inside the caller's transaction).
+
+    Runs of statements that need no row-count check (issuances, mostly) go to the server
+    together through ``executemany``; a guarded update runs alone and raises IntegrityError
+    when the event does not follow the stored state. Returns the number of events applied.
+    """
+    batch: list[ProjectionStep] = []
+
+    async def flush() -> None:
+        if batch:
+            await conn.executemany(pg_sql(batch[0].sql), [step.params for step in batch])
+            batch.clear()
+
+    count = 0
+    for rec in records:
+        count += 1
+        step = projection_step(rec, rec.event)
+        if step is None:
+            continue
+        if step.unless_one_row is None:
+            if batch and batch[0].sql != step.sql:
+                await flush()
+            batch.append(step)
+            continue
+        await flush()
+        if affected(await conn.execute(pg_sql(step.sql), *step.params)) != 1:
+            raise IntegrityError(step.unless_one_row, rec.seq)
+    await flush()
+    return count
+
+
+# Certificates named by (issuer_id, serial) pairs passed as two arrays: one statement for any number of keys.
+_BY_KEYS = "FROM certificates WHERE (issuer_id, serial) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+
+
+def _cert_rows(rows: list[Any]) -> list[CertificateRecord]:
+    return [cert_row(r) for r in rows]
+
+
+def _key_arrays(keys: Sequence[tuple[str, int]]) -> tuple[list[str], list[str]]:
+    return [issuer_id for issuer_id, _ in keys], [f"{serial:x}" for _, serial in keys]
+
+
+class PostgresStatusView:
+    """The StatusView on PostgreSQL; ``pool`` is an asyncpg pool (``revocation.pg_log.open_pg_pool``)."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        try:
+            return list(await self._pool.fetch(sql, *args))
+        except PG_ERRORS as exc:
+            raise storage_error("reading the status projection", exc) from exc
+
+    async def _shared(self, sql: str, *args: Any) -> list[Any]:
+        """Rows of a statement written for both backends (``?`` placeholders)."""
+        return await self._fetch(pg_sql(sql), *args)
+
+    async def _snapshot(self, convert: Callable[[list[Any]], list[T]], sql: str, *args: Any) -> tuple[int, list[T]]:
+        """The log position and the rows of ``sql``, from one snapshot.
+
+        Rows come from a cursor by chunks and are converted chunk by chunk, so a million-row
+        CRL never holds all its driver records at once.
+        """
+        try:
+            async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                position = await conn.fetchval(SQL_POSITION)
+                rows: list[T] = []
+                cursor = await conn.cursor(pg_sql(sql), *args)
+                while chunk := await cursor.fetch(_FETCH_CHUNK):
+                    rows.extend(convert(chunk))
+        except PG_ERRORS as exc:
+            raise storage_error("reading the status projection", exc) from exc
+        return (0 if position is None else int(position)), rows
+
+    async def issuers(self) -> list[IssuerRecord]:
+        return [issuer_row(r) for r in await self._shared(SQL_ISSUERS)]
+
+    async def certificates_by_serial(self, serial: int) -> list[CertificateRecord]:
+        return [cert_row(r) for r in await self._shared(SQL_CERTIFICATES_BY_SERIAL, f"{serial:x}")]
+
+    async def certificate(self, issuer_id: str, serial: int) -> CertificateRecord | None:
+        rows = await self._shared(SQL_CERTIFICATE, issuer_id, f"{serial:x}")
+        return cert_row(rows[0]) if rows else None
+
+    async def certificate_der(self, issuer_id: str, serial: int) -> bytes | None:
+        rows = await self._shared(SQL_CERTIFICATE_DER, issuer_id, f"{serial:x}")
+        return bytes(rows[0][0]) if rows else None
+
+    async def revoked(self, issuer_id: str) -> list[CertificateRecord]:
+        return [cert_row(r) for r in await self._shared(SQL_REVOKED, issuer_id)]
+
+    async def position(self) -> int:
+        rows = await self._shared(SQL_POSITION)
+        return int(rows[0][0]) if rows else 0
+
+    async def certificates_many(self, keys: Sequence[tuple[str, int]]) -> list[CertificateRecord]:
+        if not keys:
+            return []
+        return [cert_row(r) for r in await self._fetch(f"SELECT {CERT_COLUMNS} {_BY_KEYS}", *_key_arrays(keys))]
+
+    async def issuer_certificates(self, issuer_id: str, updated_before: int | None = None) -> list[CertificateRecord]:
+        before = ANY_SEQ if updated_before is None else updated_before
+        return [cert_row(r) for r in await self._shared(SQL_ISSUER_CERTIFICATES, issuer_id, before)]
+
+    async def signing_states(self, keys: Sequence[tuple[str, int]]) -> list[SigningState]:
+        if not keys:
+            return []
+        return signing_rows(await self._fetch(f"SELECT {SIGNING_COLUMNS} {_BY_KEYS}", *_key_arrays(keys)))
+
+    async def issuer_signing_states(self, issuer_id: str, updated_before: int) -> list[SigningState]:
+        return signing_rows(await self._shared(SQL_ISSUER_SIGNING_STATES, issuer_id, updated_before))
+
+    async def revoked_snapshot(self, issuer_id: str) -> tuple[int, list[CertificateRecord]]:
+        return await self._snapshot(_cert_rows, SQL_REVOKED, issuer_id)
+
+    async def crl_shards(self, issuer_id: str) -> dict[int, int]:
+        return {int(shard): int(not_after) for shard, not_after in await self._shared(SQL_CRL_SHARDS, issuer_id)}
+
+    async def crl_revoked(self, issuer_id: str, shard: int) -> tuple[int, list[CRLRecord]]:
+        return await self._snapshot(crl_rows, SQL_CRL_REVOKED, issuer_id, shard)
+
+    async def crl_changes(self, issuer_id: str, shard: int, after: int) -> tuple[int, list[CRLRecord]]:
+        return await self._snapshot(crl_rows, SQL_CRL_CHANGES, issuer_id, shard, after)
+
+    async def crl_records(self, issuer_id: str, serials: Sequence[int]) -> list[CRLRecord]:
+        if not serials:
+            return []
+        hexes = [f"{serial:x}" for serial in serials]
+        sql = f"SELECT {CRL_COLUMNS} FROM certificates WHERE issuer_id = $1 AND serial = ANY($2::text[])"
+        return crl_rows(await self._fetch(sql, issuer_id, hexes))
