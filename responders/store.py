@@ -2,18 +2,31 @@
 
 The pre-signer writes signed responses here; responders read them and follow the
 change feed (``changes``) to replace what they cache. Every write gets a new,
-strictly increasing ``change_id`` (assigned by SQLite's single writer), so a
-follower that has seen ``change_id = n`` needs only ``changes(after=n)``.
+strictly increasing ``change_id``, and writes commit in change order (SQLite's
+single writer; a lock on PostgreSQL, ``responders.pg_store``), so a follower
+that has seen ``change_id = n`` needs only ``changes(after=n)``.
+
+A write never moves a response backwards: a response that reflects an older log
+position or an older thisUpdate than the stored one is not written (a stale
+pre-signer that lost its lease must not put a "good" over a newer "revoked"), and
+gets no change_id.
+
+The statements here are shared by both backends (SQLite's ``?`` placeholders;
+PostgreSQL numbers them).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from revocation.sqlite_db import SQLiteDatabase, get_position, set_position
+from revocation.sqlite_db import SQLiteDatabase, get_position
+
+log = logging.getLogger("pca.store")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -27,11 +40,15 @@ class StoredResponse:
     refresh_at: int
     source_seq: int  # log position the response reflects
     change_id: int = 0  # assigned by the store
+    stored_at: float = 0.0  # when the store wrote it (epoch seconds); set by the store
 
 
 class ResponseStore(Protocol):
     async def put(self, responses: Sequence[StoredResponse], consumer: str, position: int, now_iso: str) -> int:
-        """Store responses and the writer's log position in one transaction; returns the last change_id."""
+        """Store responses and the writer's log position in one transaction; returns the last change_id.
+
+        A response older than the stored one (lower ``source_seq`` or ``this_update``) is skipped.
+        """
         ...
 
     async def get(self, issuer_id: str, serial: int) -> StoredResponse | None: ...
@@ -49,102 +66,120 @@ class ResponseStore(Protocol):
     async def last_change(self) -> int: ...
 
 
-_COLS = "issuer_id, serial, der, status, this_update, next_update, refresh_at, source_seq, change_id"
+_COLS = "issuer_id, serial, der, status, this_update, next_update, refresh_at, source_seq, change_id, stored_at"
+
+SQL_LAST_CHANGE = "SELECT COALESCE(MAX(change_id), 0) FROM ocsp_responses"
+# One row per execution: its change_id is the next one at the time it is written, so only rows
+# actually written take one, and in the order written. The WHERE keeps a stored response that
+# is newer than the one offered.
+SQL_PUT = (
+    "INSERT INTO ocsp_responses (issuer_id, serial, der, status, this_update, next_update, refresh_at, "
+    "source_seq, stored_at, change_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "(SELECT COALESCE(MAX(change_id), 0) + 1 FROM ocsp_responses)) "
+    "ON CONFLICT (issuer_id, serial) DO UPDATE SET der = excluded.der, status = excluded.status, "
+    "this_update = excluded.this_update, next_update = excluded.next_update, refresh_at = excluded.refresh_at, "
+    "source_seq = excluded.source_seq, stored_at = excluded.stored_at, change_id = excluded.change_id "
+    "WHERE excluded.source_seq >= ocsp_responses.source_seq AND excluded.this_update >= ocsp_responses.this_update"
+)
+# The writer's position only moves forward.
+SQL_SET_POSITION = (
+    "INSERT INTO consumers (name, position, updated_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at "
+    "WHERE excluded.position > consumers.position"
+)
+SQL_GET = f"SELECT {_COLS} FROM ocsp_responses WHERE issuer_id = ? AND serial = ?"
+SQL_CHANGES = f"SELECT {_COLS} FROM ocsp_responses WHERE change_id > ? ORDER BY change_id LIMIT ?"
+SQL_DUE = "SELECT issuer_id, serial FROM ocsp_responses WHERE refresh_at <= ? ORDER BY refresh_at LIMIT ?"
+SQL_POSITION = "SELECT position FROM consumers WHERE name = ?"
 
 
-def _row(row: tuple[Any, ...]) -> StoredResponse:
-    issuer_id, serial, der, status, this_update, next_update, refresh_at, source_seq, change_id = row
+def put_params(responses: Sequence[StoredResponse], stored_at: float) -> list[tuple[object, ...]]:
+    """The SQL_PUT parameters of each response."""
+    return [
+        (
+            r.issuer_id,
+            f"{r.serial:x}",
+            r.der,
+            r.status,
+            r.this_update,
+            r.next_update,
+            r.refresh_at,
+            r.source_seq,
+            stored_at,
+        )
+        for r in responses
+    ]
+
+
+def stored_row(row: Sequence[Any]) -> StoredResponse:
+    """A StoredResponse from a row of ``_COLS`` (an sqlite3 tuple or an asyncpg Record)."""
+    issuer_id, serial, der, status, this_update, next_update, refresh_at, source_seq, change_id, stored_at = row
     return StoredResponse(
         str(issuer_id),
         int(str(serial), 16),
         bytes(der),
         str(status),
-        int(str(this_update)),
-        int(str(next_update)),
-        int(str(refresh_at)),
-        int(str(source_seq)),
-        int(str(change_id)),
+        int(this_update),
+        int(next_update),
+        int(refresh_at),
+        int(source_seq),
+        int(change_id),
+        float(stored_at),
     )
 
 
+def due_keys(rows: Sequence[Sequence[Any]]) -> list[tuple[str, int]]:
+    return [(str(issuer_id), int(str(serial), 16)) for issuer_id, serial in rows]
+
+
+def call_listeners(listeners: Sequence[Callable[[], None]]) -> None:
+    """Tell in-process followers that the store changed; one that fails does not stop the others."""
+    for listener in listeners:
+        try:
+            listener()
+        except Exception:
+            log.exception("response store listener failed")
+
+
 class SQLiteResponseStore:
-    def __init__(self, db: SQLiteDatabase) -> None:
+    """``wall`` gives the time recorded as ``stored_at`` (a fake one in tests)."""
+
+    def __init__(self, db: SQLiteDatabase, *, wall: Callable[[], float] = time.time) -> None:
         self._db = db
+        self._wall = wall
         # In-process followers are told at once; others poll.
         self.listeners: list[Callable[[], None]] = []
 
     async def put(self, responses: Sequence[StoredResponse], consumer: str, position: int, now_iso: str) -> int:
-        def w(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT MAX(change_id) FROM ocsp_responses").fetchone()
-            change = int(row[0]) if row and row[0] is not None else 0
-            params = []
-            for r in responses:
-                change += 1
-                params.append(
-                    (
-                        r.issuer_id,
-                        f"{r.serial:x}",
-                        r.der,
-                        r.status,
-                        r.this_update,
-                        r.next_update,
-                        r.refresh_at,
-                        r.source_seq,
-                        change,
-                    )
-                )
-            conn.executemany(
-                f"INSERT INTO ocsp_responses ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (issuer_id, serial) DO UPDATE SET der = excluded.der, status = excluded.status, "
-                "this_update = excluded.this_update, next_update = excluded.next_update, "
-                "refresh_at = excluded.refresh_at, source_seq = excluded.source_seq, change_id = excluded.change_id",
-                params,
-            )
-            if get_position(conn, consumer) < position:
-                set_position(conn, consumer, position, now_iso)
-            return change
+        params = put_params(responses, self._wall())
+
+        def w(conn: sqlite3.Connection) -> tuple[int, int]:
+            before = int(conn.execute(SQL_LAST_CHANGE).fetchone()[0])
+            conn.executemany(SQL_PUT, params)
+            conn.execute(SQL_SET_POSITION, (consumer, position, now_iso))
+            return before, int(conn.execute(SQL_LAST_CHANGE).fetchone()[0])
 
         # Responses are derived from the log and re-signed after a crash: no need to wait for the disk.
-        last = await self._db.write(w, durable=False)
-        if responses:
-            for listener in self.listeners:
-                listener()
+        before, last = await self._db.write(w, durable=False)
+        if last > before:
+            call_listeners(self.listeners)
         return last
 
-    async def get(self, issuer_id: str, serial: int) -> StoredResponse | None:
-        def q(conn: sqlite3.Connection) -> StoredResponse | None:
-            row = conn.execute(
-                f"SELECT {_COLS} FROM ocsp_responses WHERE issuer_id = ? AND serial = ?", (issuer_id, f"{serial:x}")
-            ).fetchone()
-            return None if row is None else _row(row)
+    async def _rows(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        return await self._db.read(lambda conn: conn.execute(sql, params).fetchall())
 
-        return await self._db.read(q)
+    async def get(self, issuer_id: str, serial: int) -> StoredResponse | None:
+        rows = await self._rows(SQL_GET, issuer_id, f"{serial:x}")
+        return stored_row(rows[0]) if rows else None
 
     async def changes(self, after: int, limit: int) -> list[StoredResponse]:
-        def q(conn: sqlite3.Connection) -> list[StoredResponse]:
-            rows = conn.execute(
-                f"SELECT {_COLS} FROM ocsp_responses WHERE change_id > ? ORDER BY change_id LIMIT ?", (after, limit)
-            ).fetchall()
-            return [_row(r) for r in rows]
-
-        return await self._db.read(q)
+        return [stored_row(r) for r in await self._rows(SQL_CHANGES, after, limit)]
 
     async def due(self, now: int, limit: int) -> list[tuple[str, int]]:
-        def q(conn: sqlite3.Connection) -> list[tuple[str, int]]:
-            rows = conn.execute(
-                "SELECT issuer_id, serial FROM ocsp_responses WHERE refresh_at <= ? ORDER BY refresh_at LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            return [(str(i), int(str(s), 16)) for i, s in rows]
-
-        return await self._db.read(q)
+        return due_keys(await self._rows(SQL_DUE, now, limit))
 
     async def position(self, consumer: str) -> int:
         return await self._db.read(lambda conn: get_position(conn, consumer))
 
     async def last_change(self) -> int:
-        def q(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT MAX(change_id) FROM ocsp_responses").fetchone()
-            return int(row[0]) if row and row[0] is not None else 0
-
-        return await self._db.read(q)
+        return int((await self._rows(SQL_LAST_CHANGE))[0][0])

@@ -115,6 +115,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
+        3,
+        # When each stored OCSP response was written (epoch seconds): how long a response took to
+        # reach the store, and from there the responders. Rows written before this say 0.
+        """
+        ALTER TABLE ocsp_responses ADD COLUMN stored_at REAL NOT NULL DEFAULT 0;
+        """,
+    ),
+    (
         4,
         # Coordination between roles and the propagation tracker's inputs (revocation.coordination).
         # Times are epoch seconds (REAL).
