@@ -1,9 +1,14 @@
 """The admin API (Starlette), served on the admin listener only.
 
 Authentication: bearer tokens (hashed at rest, compared in constant time), with
-roles admin, revoker and auditor. Every error is ``application/problem+json``
+roles admin, revoker, auditor and prober. Every error is ``application/problem+json``
 with a title and a detail saying what was wrong. A 2xx is sent only after the
 event is committed.
+
+Propagation: ``GET /v1/certificates/{serial}/propagation`` shows where a
+revocation has got to (the tracker's timeline); a black-box prober reads
+``/v1/events`` and ``/v1/issuers`` and reports what it saw over HTTP with
+``POST /v1/propagation/probes``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -25,14 +31,37 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from revocation.authority import Actor, Authority, IssueRequest, parse_serial
 from revocation.clock import iso, parse_iso
+from revocation.coordination import ProbeResult
 from revocation.errors import ConflictError, IntegrityError, NotFoundError, PCAError, ValidationError
 from revocation.eventlog import EventLog, RecordedEvent
-from revocation.projection import CertificateRecord
+from revocation.events import CertificateRevoked
+from revocation.projection import CertificateRecord, IssuerRecord
 from revocation.tokens import Principal, TokenStore
 
 log = logging.getLogger("pca.api")
 
-WRITE_ROLES = {"issue": ("admin",), "revoke": ("admin", "revoker"), "read": ("admin", "revoker", "auditor")}
+# Permission -> the token roles holding it. A prober reads (events, issuers) and reports probes, nothing more.
+WRITE_ROLES = {
+    "issue": ("admin",),
+    "revoke": ("admin", "revoker"),
+    "read": ("admin", "revoker", "auditor", "prober"),
+    "probe": ("admin", "prober"),
+}
+MAX_URL_LENGTH = 2048
+
+
+class Tracker(Protocol):
+    """What the API needs of the propagation tracker."""
+
+    async def timeline(self, issuer_id: str, serial: int) -> dict[str, Any] | None:
+        """The JSON-able timeline of the certificate's latest revocation, or None if it was never revoked."""
+        ...
+
+
+class ProbeRecorder(Protocol):
+    """What the API needs of the coordination store (a ``Coordination`` is one)."""
+
+    async def record_probe(self, result: ProbeResult) -> None: ...
 
 
 class Problem(Exception):
@@ -62,6 +91,8 @@ class AdminAPI:
         *,
         max_body_bytes: int = 64 * 1024,
         health: HealthCheck | None = None,
+        tracker: Tracker | None = None,
+        coordination: ProbeRecorder | None = None,
     ) -> None:
         self._authority = authority
         self._log = log_
@@ -69,6 +100,8 @@ class AdminAPI:
         self._registry = registry
         self._max_body = max_body_bytes
         self._health = health
+        self._tracker = tracker
+        self._coordination = coordination
         self._requests = Counter("admin_requests_total", "Admin API requests", ["route", "status"], registry=registry)
         self._latency = Histogram("admin_request_seconds", "Admin API request time", ["route"], registry=registry)
 
@@ -78,6 +111,9 @@ class AdminAPI:
             Route("/v1/certificates/{serial}", self._wrap("read", self.get_certificate), methods=["GET"]),
             Route("/v1/certificates/{serial}/revoke", self._wrap("revoke", self.revoke), methods=["POST"]),
             Route("/v1/certificates/{serial}/release-hold", self._wrap("revoke", self.release_hold), methods=["POST"]),
+            Route("/v1/certificates/{serial}/propagation", self._wrap("read", self.propagation), methods=["GET"]),
+            Route("/v1/issuers", self._wrap("read", self.issuers), methods=["GET"]),
+            Route("/v1/propagation/probes", self._wrap("probe", self.record_probe), methods=["POST"]),
             Route("/v1/events", self._wrap("read", self.events), methods=["GET"]),
             Route("/v1/audit/verify", self._wrap("read", self.audit_verify), methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
@@ -217,6 +253,78 @@ class AdminAPI:
         events = await self._log.read(after, limit)
         return JSONResponse({"events": [e.to_json() for e in events], "head": await self._log.head()})
 
+    async def propagation(self, request: Request, actor: Actor) -> Response:
+        serial = parse_serial(request.path_params["serial"])
+        if self._tracker is None:
+            raise Problem(503, "Service Unavailable", "propagation tracking is not configured on this server")
+        rec = await self._authority.find(serial, request.query_params.get("issuer"))
+        timeline = await self._tracker.timeline(rec.issuer_id, rec.serial)
+        if timeline is None:
+            raise NotFoundError(f"certificate {rec.serial_hex} from {rec.issuer_id} was never revoked")
+        return JSONResponse(timeline)
+
+    async def issuers(self, request: Request, actor: Actor) -> Response:
+        ocsp_url = self._authority.ocsp_url
+        return JSONResponse({"issuers": [issuer_json(i, ocsp_url) for i in await self._authority.issuers()]})
+
+    async def record_probe(self, request: Request, actor: Actor) -> Response:
+        """What a black-box prober saw: a responder first answered "revoked" at ``seen_at``.
+
+        Probes are observations, not domain events: they are stored beside the
+        tracker's figures, never in the log, so they are logged here, not audited.
+        """
+        if self._coordination is None:
+            raise Problem(503, "Service Unavailable", "probe results cannot be stored: no coordination store")
+        body = await _json_body(request)
+        issuer_id = body.get("issuer_id")
+        if not isinstance(issuer_id, str) or not issuer_id:
+            raise ValidationError(f"issuer_id must be a non-empty string, got {issuer_id!r}")
+        raw_serial = body.get("serial")
+        if not isinstance(raw_serial, str):
+            raise ValidationError(f"serial must be a hexadecimal string, got {raw_serial!r}")
+        serial = parse_serial(raw_serial)
+        seq = body.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= 2**62:
+            raise ValidationError(f"seq must be a positive integer, got {seq!r}")
+        url = body.get("responder_url")
+        if not isinstance(url, str) or not _is_http_url(url):
+            raise ValidationError(f"responder_url must be an http(s) URL of at most {MAX_URL_LENGTH} characters")
+        raw_seen = body.get("seen_at")
+        if not isinstance(raw_seen, str):
+            raise ValidationError(f"seen_at must be an ISO 8601 string, got {raw_seen!r}")
+        try:
+            seen_at = parse_iso(raw_seen).timestamp()
+        except (ValueError, OverflowError) as exc:
+            raise ValidationError(f"seen_at {raw_seen!r} is not an ISO 8601 time: {exc}") from exc
+        await self._check_revocation(issuer_id, serial, seq)
+        result = ProbeResult(issuer_id, serial, seq, url, seen_at)
+        await self._coordination.record_probe(result)
+        log.info(
+            "probe by %s (request %s): %s saw %s/%x (seq %d) revoked at %s",
+            actor.name,
+            actor.request_id,
+            url,
+            issuer_id,
+            serial,
+            seq,
+            raw_seen,
+        )
+        out = {"issuer_id": issuer_id, "serial": f"{serial:x}", "seq": seq, "responder_url": url, "seen_at": raw_seen}
+        return JSONResponse(out, status_code=201)
+
+    async def _check_revocation(self, issuer_id: str, serial: int, seq: int) -> None:
+        """``seq`` must be the revocation of (issuer_id, serial): a probe of anything else is noise."""
+        events = await self._log.read(seq - 1, 1)
+        if not events or events[0].seq != seq:
+            raise ValidationError(f"seq {seq} is not in the event log")
+        event = events[0]
+        if event.type != CertificateRevoked.TYPE:
+            raise ValidationError(f"seq {seq} is a {event.type} event, not a CertificateRevoked")
+        if event.payload.get("issuer_id") != issuer_id:
+            raise ValidationError(f"seq {seq} revokes a certificate of another issuer than issuer_id {issuer_id!r}")
+        if event.payload.get("serial") != f"{serial:x}":
+            raise ValidationError(f"seq {seq} revokes serial {event.payload.get('serial')}, not serial {serial:x}")
+
     async def audit_verify(self, request: Request, actor: Actor) -> Response:
         try:
             count = await self._log.verify_chain()
@@ -247,6 +355,19 @@ def certificate_json(rec: CertificateRecord) -> dict[str, Any]:
         "reason": rec.reason,
         "invalidity_date": None if rec.invalidity_date is None else iso(rec.invalidity_date),
     }
+
+
+def issuer_json(rec: IssuerRecord, ocsp_url: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "issuer_id": rec.issuer_id,
+        "kind": rec.kind,
+        "parent_id": rec.parent_id,
+        "certificate_pem": rec.cert.public_bytes(serialization.Encoding.PEM).decode(),
+        "crl_url": rec.crl_url,
+    }
+    if rec.signer_cert is not None:  # only issuers with an OCSP signer have pre-signed OCSP responses
+        out["ocsp_url"] = ocsp_url
+    return out
 
 
 def _revocation_json(event: RecordedEvent) -> dict[str, Any]:
@@ -299,6 +420,16 @@ def _str_list(body: dict[str, Any], key: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValidationError(f"{key} must be a list of strings")
     return value
+
+
+def _is_http_url(text: str) -> bool:
+    if len(text) > MAX_URL_LENGTH:
+        return False
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

@@ -128,6 +128,14 @@ class Authority:
             key = self._keys[ref] = open_key(ref)
         return key
 
+    @property
+    def ocsp_url(self) -> str:
+        """The OCSP URL written into the leaves this authority issues."""
+        return self._ocsp_url
+
+    async def issuers(self) -> list[IssuerRecord]:
+        return await self._view.issuers()
+
     async def _issuer(self, issuer_id: str | None) -> IssuerRecord:
         wanted = issuer_id or self._default_issuer
         for rec in await self._view.issuers():
