@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 import httpx
 from cryptography.hazmat.primitives import serialization
@@ -226,20 +227,26 @@ def cmd_token_create(args: argparse.Namespace) -> None:
 # --- admin API client commands ---------------------------------------------------------
 
 
+def _admin_access(args: argparse.Namespace) -> tuple[str, str]:
+    """The admin API's URL and the bearer token: from the flags, PCA_TOKEN, then the configuration."""
+    url = args.admin_url
+    token = args.token or os.environ.get("PCA_TOKEN")
+    if url is None or token is None:
+        if args.config is None:
+            _fail("give --config, or --admin-url and --token (or PCA_TOKEN)")
+        cfg = load_config(args.config)
+        url = url or cfg.admin_url
+        if token is None:
+            try:
+                token = cfg.token_file.read_text().strip()
+            except OSError as exc:
+                _fail(f"cannot read the admin token from {cfg.token_file}: {exc.strerror}")
+    return url, token
+
+
 class _Client:
     def __init__(self, args: argparse.Namespace) -> None:
-        url = args.admin_url
-        token = args.token or os.environ.get("PCA_TOKEN")
-        if url is None or token is None:
-            if args.config is None:
-                _fail("give --config, or --admin-url and --token (or PCA_TOKEN)")
-            cfg = load_config(args.config)
-            url = url or cfg.admin_url
-            if token is None:
-                try:
-                    token = cfg.token_file.read_text().strip()
-                except OSError as exc:
-                    _fail(f"cannot read the admin token from {cfg.token_file}: {exc.strerror}")
+        url, token = _admin_access(args)
         self._http = httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=30.0)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, ok: tuple[int, ...] = (200, 201)) -> Any:
@@ -320,6 +327,66 @@ def cmd_status(args: argparse.Namespace) -> None:
             line += f" invalidity_date={result['invalidity_date']}"
     print(line)
     print(f"  issuer {result['issuer']}, subject {result['subject']}, valid until {result['not_after']}")
+
+
+def cmd_propagation(args: argparse.Namespace) -> None:
+    path = f"/v1/certificates/{quote(args.serial, safe='')}/propagation"
+    if args.issuer:
+        path += f"?issuer={quote(args.issuer, safe='')}"
+    result = _Client(args).call("GET", path)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(format_timeline(result))
+
+
+def format_timeline(t: dict[str, Any]) -> str:
+    """The propagation tracker's timeline for a person: each stage with its time and delay from the commit."""
+    lines = [f"{t.get('serial')} from {t.get('issuer_id')}: revoked by event seq {t.get('seq')}"]
+    if t.get("superseded"):
+        lines.append("  superseded: the hold was released since; nothing is waited for any more")
+    lines.append(f"  committed          {t.get('committed_at') or '?'}")
+    lines.append(f"  pre-signed         {_stage(t.get('presigned'))}")
+    responders = [r for r in t.get("responders") or [] if isinstance(r, dict)]
+    for r in responders:
+        name = r.get("responder_id") or "?"
+        url = f" {r['url']}" if r.get("url") else ""
+        state = r.get("state") or "?"
+        when = f" {_stage(r)}" if r.get("applied_at") or r.get("seconds") is not None else ""
+        uncounted = "" if r.get("counted", True) else " (not counted)"
+        lines.append(f"  responder {name}{url}: {state}{when}{uncounted}")
+    if not responders:
+        lines.append("  responders         none known")
+    all_line = f"  all responders     {_stage(t.get('ocsp_all_responders'))}"
+    pending = t.get("pending")
+    if isinstance(pending, list) and pending:
+        all_line += f" (not caught up: {', '.join(map(str, pending))})"
+    lines.append(all_line)
+    crl = t.get("crl")
+    if isinstance(crl, dict):
+        label = f"{crl.get('kind', '')} CRL number {crl.get('number', '?')}".strip()
+        if crl.get("shard"):
+            label += f" (shard {crl['shard']})"
+        lines.append(f"  CRL                {label} {_stage(crl)}")
+    else:
+        lines.append("  CRL                pending")
+    for probe in t.get("probes") or []:
+        if isinstance(probe, dict):
+            lines.append(f"  probe {probe.get('responder_url', '?')}: saw revoked {_stage(probe)}")
+    slo, met = t.get("slo_seconds"), t.get("slo_met")
+    verdict = "not decided yet" if met is None else ("met" if met else "NOT met")
+    lines.append(f"  SLO{'' if slo is None else f' {slo:g}s'}: {verdict}")
+    return "\n".join(lines)
+
+
+def _stage(value: Any) -> str:
+    """One stage of a timeline, ``{"at": ..., "seconds": ...}``: its time and delay, or pending."""
+    if not isinstance(value, dict):
+        return "pending"
+    at = value.get("at") or value.get("applied_at") or value.get("seen_at")
+    seconds = value.get("seconds")
+    delay = f"(+{seconds:.3f}s)" if isinstance(seconds, int | float) and not isinstance(seconds, bool) else ""
+    return " ".join(part for part in (str(at) if at else "", delay) if part) or "done (time not known)"
 
 
 def cmd_events(args: argparse.Namespace) -> None:
@@ -456,6 +523,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--issuer")
     p.add_argument("--json", action="store_true", help="print the API's JSON")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "propagation",
+        help="show where a revocation has got to: OCSP responders, CRLs, probes, SLO",
+        description="Show where a certificate's revocation has got to: pre-signed, applied by each OCSP "
+        "responder, published in a CRL, seen by probes, and whether the SLO was met.",
+    )
+    _remote(p)
+    p.add_argument("serial", help="serial number in hex")
+    p.add_argument("--issuer", help="issuer id, when the serial exists under several issuers")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p.set_defaults(func=cmd_propagation)
 
     p = sub.add_parser(
         "events", help="print events from the log as JSON lines", description="Print events from the log as JSON lines."
