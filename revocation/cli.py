@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -389,6 +390,41 @@ def _stage(value: Any) -> str:
     return " ".join(part for part in (str(at) if at else "", delay) if part) or "done (time not known)"
 
 
+def cmd_probe(args: argparse.Namespace) -> None:
+    from revocation.prober import check_responder_url, probe
+
+    responders = [check_responder_url(u) for u in args.responder]
+    url, token = _admin_access(args)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def run() -> str:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, stop.set)  # Ctrl-C: stop and print what was seen so far
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        summary = await probe(
+            url,
+            token,
+            responders,
+            duration=args.duration,
+            sample=args.sample,
+            timeout=args.timeout,
+            poll=args.poll,
+            from_seq=1 if args.from_start else None,
+            stop=stop,
+            concurrency=args.concurrency,
+        )
+        return summary.render()
+
+    print(
+        f"probing {', '.join(responders)} "
+        + (f"for {args.duration:g}s" if args.duration else "until Ctrl-C")
+        + f" (sample {args.sample:g}, timeout {args.timeout:g}s)",
+        file=sys.stderr,
+    )
+    print(asyncio.run(run()))
+
+
 def cmd_events(args: argparse.Namespace) -> None:
     result = _Client(args).call("GET", f"/v1/events?after={args.after}&limit={args.limit}")
     for event in result["events"]:
@@ -535,6 +571,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--issuer", help="issuer id, when the serial exists under several issuers")
     p.add_argument("--json", action="store_true", help="print the API's JSON")
     p.set_defaults(func=cmd_propagation)
+
+    p = sub.add_parser(
+        "probe",
+        help="probe OCSP responders over HTTP as a client would, timing each revocation",
+        description="Follow the event log and ask each OCSP responder about every revocation (or a sample) "
+        "until it answers revoked; report each sighting to the admin API (needs a prober or admin token) "
+        "and print percentiles from commit to seen-by-all-responders at the end (--duration or Ctrl-C).",
+    )
+    _remote(p)
+    p.add_argument("--responder", action="append", required=True, metavar="URL", help="OCSP responder URL (repeatable)")
+    p.add_argument("--sample", type=float, default=1.0, help="fraction of revocations to probe (default 1.0)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for revoked (default 30)")
+    p.add_argument("--duration", type=float, help="stop following the log after this many seconds")
+    p.add_argument("--poll", type=float, default=0.05, help="seconds between asks and log reads (default 0.05)")
+    p.add_argument("--from-start", action="store_true", help="probe every revocation in the log, not only new ones")
+    p.add_argument("--concurrency", type=int, default=64, help="OCSP requests in flight at most (default 64)")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser(
         "events", help="print events from the log as JSON lines", description="Print events from the log as JSON lines."
