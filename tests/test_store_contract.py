@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from storage_support import Raw, follow_while_writing, pg_raw, sqlite_raw
 
-from responders.pg_store import PostgresResponseStore
+from responders.pg_store import CHANGE_LOCK_KEY, PostgresResponseStore
 from responders.store import ResponseStore, SQLiteResponseStore, StoredResponse
 from revocation.clock import FakeClock, to_epoch
 from revocation.errors import IntegrityError, StorageError
@@ -575,6 +575,26 @@ async def test_a_server_that_never_answers_is_a_storage_error_after_the_timeout(
             assert PASSWORD not in str(info.value)
         finally:
             pool.terminate()
+
+
+async def test_a_put_that_times_out_writes_nothing_and_leaves_the_store_usable(postgres_database: str) -> None:
+    """A writer stuck behind another (here: one holding the change lock) gives up after write_timeout."""
+    pool = await open_pg_pool(postgres_database)
+    store = PostgresResponseStore(pool, write_timeout=0.3)
+    blocker = await asyncpg.connect(postgres_database)
+    try:
+        async with blocker.transaction():
+            await blocker.execute("SELECT pg_advisory_xact_lock($1)", CHANGE_LOCK_KEY)
+            started = time.monotonic()
+            with pytest.raises(StorageError, match="writing OCSP responses"):
+                await store.put([response(1)], "p", 1, "t")
+            assert time.monotonic() - started < 2
+        assert await store.last_change() == 0
+        assert await store.put([response(1)], "p", 1, "t") == 1
+        assert await store.position("p") == 1
+    finally:
+        await blocker.close()
+        await pool.close()
 
 
 async def test_pg_migrations_are_idempotent(postgres_database: str) -> None:
