@@ -9,6 +9,7 @@ sure of it for the ones we build).
 from __future__ import annotations
 
 import functools
+import re
 import urllib.parse
 
 import asyncpg
@@ -28,17 +29,28 @@ CONNECT_TIMEOUT = 5.0  # seconds to open a connection: a server that is down is 
 COMMAND_TIMEOUT = 60.0  # the pool's default bound on one statement (a full CRL read of a million rows fits)
 
 
-def redact(text: str, dsn: str | None) -> str:
-    """``text`` without the DSN and without the password it carries."""
-    if not dsn:
-        return text
-    text = text.replace(dsn, "<dsn>")
+# The password of a libpq keyword DSN: password=secret or password='a secret'.
+_KEYWORD_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def _passwords(dsn: str) -> list[str]:
+    found = [match.group(1).strip("'") for match in _KEYWORD_PASSWORD.finditer(dsn)]
     try:
         password = urllib.parse.urlsplit(dsn).password
     except ValueError:
         password = None
     if password:
-        text = text.replace(password, "***").replace(urllib.parse.unquote(password), "***")
+        found += [password, urllib.parse.unquote(password)]
+    return [p for p in found if p]
+
+
+def redact(text: str, dsn: str | None) -> str:
+    """``text`` without the DSN and without the password it carries (URL or keyword form)."""
+    if not dsn:
+        return text
+    text = text.replace(dsn, "<dsn>")
+    for password in _passwords(dsn):
+        text = text.replace(password, "***")
     return text
 
 

@@ -42,6 +42,7 @@ from revocation.events import (
     ResponderCertRotated,
 )
 from revocation.keys import KeyRef
+from revocation.pg_db import storage_error
 from revocation.pg_log import PostgresEventLog, migrate_schema, open_pg_pool
 from revocation.pg_projection import PostgresStatusView
 from revocation.projection import CRLRecord, SigningState, SQLiteStatusView, StatusView
@@ -556,6 +557,20 @@ async def test_an_unreachable_server_is_a_quick_storage_error_that_does_not_name
             assert PASSWORD not in str(info.value)
     finally:
         await pool.close()
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        f"postgresql://u:{PASSWORD}@db:5432/pca",
+        f"postgresql://u:{PASSWORD}%21@db/pca",
+        f"host=db password='{PASSWORD}' user=u",
+    ],
+)
+def test_storage_errors_never_carry_the_dsn_or_its_password(dsn: str) -> None:
+    error = storage_error("connecting to PostgreSQL", OSError(f"failed for {dsn} ({PASSWORD}!)"), dsn)
+    assert PASSWORD not in str(error) and dsn not in str(error)
+    assert str(error).startswith("connecting to PostgreSQL: OSError: failed for <dsn>")
 
 
 async def test_a_server_that_never_answers_is_a_storage_error_after_the_timeout() -> None:
