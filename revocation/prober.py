@@ -263,6 +263,8 @@ class Prober:
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()
         self._issuers: dict[str, _Issuer] = {}
+        self._down: dict[str, asyncio.Event] = {}  # responders not answering -> set when one answers again
+        self._scouts: dict[str, object] = {}  # down responder -> the probe that keeps asking it
         self.summary = ProbeSummary(tuple(urls))
 
     async def aclose(self) -> None:
@@ -411,25 +413,52 @@ class Prober:
     async def _watch(self, rev: Revocation, issuer: _Issuer, base: str, path: str, deadline: float) -> float | None:
         """Ask until the answer is "revoked", report when it arrived (epoch seconds) and return that;
         None if the deadline passes first."""
-        seen = await self._ask_until_revoked(rev, issuer, f"{base}/{path}", deadline)
+        seen = await self._ask_until_revoked(rev, issuer, base, f"{base}/{path}", deadline)
         if seen is not None:
             await self._post(rev, base, seen)
         return seen
 
-    async def _ask_until_revoked(self, rev: Revocation, issuer: _Issuer, url: str, deadline: float) -> float | None:
-        while True:
+    async def _ask_until_revoked(
+        self, rev: Revocation, issuer: _Issuer, base: str, url: str, deadline: float
+    ) -> float | None:
+        me = object()
+        try:
+            while True:
+                await self._until_answering(base, deadline, me)
+                remaining = deadline - self._clock.monotonic()
+                if remaining <= 0:
+                    return None
+                if base in self._down:
+                    self._scouts[base] = me  # the one probe that asks a responder that is down
+                try:
+                    async with self._limit:
+                        resp = await self._http.get(url, timeout=min(REQUEST_TIMEOUT, remaining))
+                    arrived = self._clock.now().timestamp()
+                    back = self._down.pop(base, None)
+                    if back is not None:
+                        self._scouts.pop(base, None)
+                        back.set()
+                    if resp.status_code == 200 and says_revoked(resp.content, issuer.cert, rev.serial):
+                        return arrived
+                except httpx.HTTPError as exc:
+                    log.debug("asking %s failed: %r", url, exc)
+                    self._down.setdefault(base, asyncio.Event())
+                    self._scouts.setdefault(base, me)
+                await asyncio.sleep(min(self._poll, max(0.0, deadline - self._clock.monotonic())))
+        finally:
+            if self._scouts.get(base) is me:
+                del self._scouts[base]  # a probe that ends hands scouting to whoever asks next
+
+    async def _until_answering(self, base: str, deadline: float, me: object) -> None:
+        """While a responder does not answer, one probe (the scout) keeps asking it and the others
+        wait to hear it is back: a dead responder must not flood the prober with failing connections
+        and delay the probes of the live ones. Returns when the caller should ask."""
+        while base in self._down and self._scouts.get(base, me) is not me:
             remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
-                return None
-            try:
-                async with self._limit:
-                    resp = await self._http.get(url, timeout=min(REQUEST_TIMEOUT, remaining))
-                arrived = self._clock.now().timestamp()
-                if resp.status_code == 200 and says_revoked(resp.content, issuer.cert, rev.serial):
-                    return arrived
-            except httpx.HTTPError as exc:
-                log.debug("asking %s failed: %r", url, exc)
-            await asyncio.sleep(min(self._poll, max(0.0, deadline - self._clock.monotonic())))
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._down[base].wait(), min(remaining, self._poll * 4))
 
 
 async def probe(

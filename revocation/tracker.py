@@ -86,6 +86,18 @@ def counts(responder: ResponderState, presigned: PresignedState | None, now: flo
     return is_live(responder, now, gone_after) and (stored_at is None or responder.started_at <= stored_at)
 
 
+def probes_json(probes: Sequence[ProbeResult], seq: int, committed_at: float) -> list[dict[str, Any]]:
+    return [
+        {
+            "responder_url": p.responder_url,
+            "seen_at": epoch_iso(p.seen_at),
+            "seconds": round(p.seen_at - committed_at, 6),
+        }
+        for p in probes
+        if p.seq == seq
+    ]
+
+
 def build_timeline(
     *,
     issuer_id: str,
@@ -153,15 +165,7 @@ def build_timeline(
         "responders": entries,
         "ocsp_all_responders": ocsp,
         "crl": None if crl is None else crl_json(crl, committed_at),
-        "probes": [
-            {
-                "responder_url": p.responder_url,
-                "seen_at": epoch_iso(p.seen_at),
-                "seconds": round(p.seen_at - committed_at, 6),
-            }
-            for p in probes
-            if p.seq == seq
-        ],
+        "probes": probes_json(probes, seq, committed_at),
         "pending": pending,
         "slo_seconds": slo_seconds,
         "slo_met": slo_met,
@@ -308,6 +312,8 @@ class PropagationTracker:
         saved = await self._coord.timeline(issuer_id, serial, seq)
         if saved is not None and saved.get("ocsp_all_responders") is not None:
             saved["superseded"] = superseded
+            # Probers report on their own schedule, often after the timeline was saved.
+            saved["probes"] = probes_json(await self._coord.probes(issuer_id, serial), seq, committed_at)
             if saved.get("crl") is None:  # given up on before a CRL came out: look again
                 crl = await self._first_crl(issuer_id, serial, seq)
                 saved["crl"] = None if crl is None else crl_json(crl, committed_at)
