@@ -35,6 +35,7 @@ import dataclasses
 import datetime
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -93,6 +94,7 @@ class Published:
     shard: int = 0
     kind: str = FULL
     base_number: int | None = None  # delta CRLs: the number of their base
+    published_at: float = dataclasses.field(default_factory=time.time)  # wall clock, when it was stored
 
     @property
     def label(self) -> str:
@@ -143,7 +145,11 @@ class Publisher:
         layout: CRLLayout | None = None,
         expired_grace_seconds: int = 0,
         retry_seconds: float = 30.0,
+        guard: Callable[[], None] | None = None,
+        on_published: Callable[[list[Published]], Awaitable[None]] | None = None,
     ) -> None:
+        """``guard`` is called before every store and raises if this publisher may no longer publish
+        (it lost its lease); ``on_published`` hears of every CRL ``run`` published."""
         if validity_seconds <= 0 or interval_seconds <= 0 or interval_seconds >= validity_seconds:
             raise ValueError(
                 f"need 0 < interval ({interval_seconds}) < validity ({validity_seconds}) for CRLs to stay valid"
@@ -184,6 +190,8 @@ class Publisher:
         self._next_retry = 0.0
         self._dirty_since: float | None = None
         self._wake = asyncio.Event()
+        self._guard = guard
+        self._on_published = on_published
         self.published_position = 0
         self.last_error: str | None = None
         self._count = Counter(
@@ -302,6 +310,8 @@ class Publisher:
                 )
             except ValueError as exc:
                 raise RefusedCRL(f"CRL for {issuer.issuer_id} cannot be built: {exc}") from exc
+            if self._guard is not None:
+                self._guard()
             await self._storer.store(Candidate(issuer, shard, crl_der, position, None if base is None else base[1]))
         except (RefusedCRL, PreconditionFailed) as exc:
             self._count.labels(issuer.issuer_id, kind, "refused").inc()
@@ -479,7 +489,9 @@ class Publisher:
         while True:
             wait = None
             try:
-                await self.tick()
+                done = await self.tick()
+                if done and self._on_published is not None:
+                    await self._on_published(done)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a failure outside one CRL (reading the issuers): report, retry later

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
 from publishers.objectstore import DirectoryStore, ObjectStore
-from publishers.publisher import Publisher
+from publishers.publisher import Published, Publisher
 from publishers.s3store import S3Store
 from revocation.config import Config
-from revocation.errors import StorageError
-from revocation.eventlog import RecordedEvent
+from revocation.coordination import CRLPublication
+from revocation.errors import PCAError, StorageError
+from revocation.leases import LeaseKeeper
 from revocation.runtime import Runtime
 
 log = logging.getLogger("pca.crl")
@@ -85,7 +89,13 @@ async def _plain(send: Send, status: int, body: bytes, extra: list[tuple[bytes, 
     await send({"type": "http.response.body", "body": body})
 
 
-def build_publisher(rt: Runtime, store: ObjectStore) -> Publisher:
+def build_publisher(
+    rt: Runtime,
+    store: ObjectStore,
+    *,
+    guard: Callable[[], None] | None = None,
+    on_published: Callable[[list[Published]], Awaitable[None]] | None = None,
+) -> Publisher:
     cfg = rt.config.crl
     return Publisher(
         rt.view,
@@ -98,30 +108,71 @@ def build_publisher(rt: Runtime, store: ObjectStore) -> Publisher:
         delta_interval_seconds=cfg.delta_interval_seconds,
         layout=rt.config.crl_layout,
         expired_grace_seconds=cfg.expired_grace_seconds,
+        guard=guard,
+        on_published=on_published,
     )
+
+
+_CHANGES = ("CertificateRevoked", "CertificateHoldReleased")
+FOLLOW_SECONDS = 0.5  # how often the publisher looks for revocations committed by other processes
 
 
 async def start_publisher(rt: Runtime) -> None:
     store = open_store(rt.config)
-    publisher = build_publisher(rt, store)
+    lease = LeaseKeeper(rt.coord, "publisher", ttl=rt.config.scale.lease_seconds, registry=rt.registry)
 
-    def on_commit(events: list[RecordedEvent]) -> None:
-        if any(e.type in ("CertificateRevoked", "CertificateHoldReleased") for e in events):
-            publisher.revocation_happened()
+    async def record(done: list[Published]) -> None:
+        for p in done:
+            publication = CRLPublication(p.issuer_id, p.shard, p.kind, p.number, p.log_position, p.published_at)
+            try:
+                await rt.coord.record_crl_publication(publication)
+            except PCAError as exc:  # the tracker's figure is late or missing; the CRL is out
+                log.warning("cannot record the publication of %s CRL %d: %s", p.label, p.number, exc)
+
+    publisher = build_publisher(rt, store, guard=lease.check, on_published=record)
+    wake = asyncio.Event()
+    rt.on_log_change(wake.set)
+
+    async def follow_log() -> None:
+        """Revocations committed anywhere (this process, another, another host) trigger a delta."""
+        position = await rt.log.head()
+        while True:
+            try:
+                while batch := await rt.log.read_index(position, 10_000):
+                    position = batch[-1][0]
+                    if any(type_ in _CHANGES for _, _, type_ in batch):
+                        publisher.revocation_happened()
+            except PCAError as exc:
+                log.warning("cannot follow the event log: %s", exc)
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), FOLLOW_SECONDS)
+
+    async def work() -> None:
+        follower = asyncio.create_task(follow_log())
+        try:
+            await publisher.run()
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
 
     async def run() -> None:
         try:
-            await publisher.run()
+            await lease.run(work)
         finally:
             if isinstance(store, S3Store):
                 await store.close()
 
-    rt.on_commit(on_commit)
     rt.tasks.append(run())
 
     async def health() -> dict[str, Any]:
         head = await rt.log.head()
-        report: dict[str, Any] = {"published_position": publisher.published_position, "log_head": head}
+        report: dict[str, Any] = {
+            "lease": "active" if lease.active else "standby",
+            "holder": lease.holder,
+            "published_position": publisher.published_position,
+            "log_head": head,
+        }
         if publisher.last_error:
             report["problem"] = publisher.last_error
         return report

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 
 from cryptography import x509
@@ -165,7 +165,10 @@ class PreSigner:
         registry: CollectorRegistry,
         parallelism: int = 2,
         poll_seconds: float = 1.0,
+        guard: Callable[[], None] | None = None,
     ) -> None:
+        """``guard`` is called before every write to the store and raises if this pre-signer may
+        no longer write (it lost its lease to another one)."""
         if validity_seconds <= 60:
             raise ValueError(f"validity_seconds must be above 60, got {validity_seconds}")
         if not 0 < refresh_fraction < 1:
@@ -179,6 +182,7 @@ class PreSigner:
         self._refresh_after = int(validity_seconds * refresh_fraction)
         self._parallelism = max(1, parallelism)
         self._poll = poll_seconds
+        self._guard = guard
         self._wake = asyncio.Event()
         self._issuers: dict[str, IssuerRecord] = {}
         self.position = 0
@@ -361,6 +365,8 @@ class PreSigner:
             nonlocal pending, stored
             if pending or final:
                 batch, pending = pending, []
+                if self._guard is not None:
+                    self._guard()
                 with self._batch_seconds.time():
                     # Until the last write, keep the old position: the step is not complete.
                     await self._store.put(batch, CONSUMER, position if final else self.position, iso(self._clock.now()))

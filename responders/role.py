@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import logging
 import os
 import time
 from typing import Any
@@ -12,9 +15,30 @@ from prometheus_client import Gauge
 from responders.app import OCSPApp
 from responders.presigner import CONSUMER, PreSigner, signing_pool
 from responders.source import CachingSource, IssuerIndex, StoreSource
-from responders.store import SQLiteResponseStore
+from responders.store import ResponseStore, SQLiteResponseStore
+from revocation.errors import PCAError
 from revocation.eventlog import RecordedEvent
-from revocation.runtime import Runtime
+from revocation.leases import LeaseKeeper, default_holder
+from revocation.runtime import RESPONSES_CHANNEL, Runtime
+
+log = logging.getLogger("pca.responder")
+
+ISSUER_REFRESH_SECONDS = 10.0  # a responder in its own process learns of new issuers this often
+PROGRESS_BACKLOG = 10_000  # progress reports kept while the store is unreachable
+
+
+def response_store(rt: Runtime) -> ResponseStore:
+    """The runtime's one response store (roles in a process share it, so in-process writes notify at once)."""
+    store: ResponseStore | None = rt.shared.get("response_store")
+    if store is None:
+        if rt.db is not None:
+            store = SQLiteResponseStore(rt.db)
+        else:
+            from responders.pg_store import PostgresResponseStore
+
+            store = PostgresResponseStore(rt.pool)
+        rt.shared["response_store"] = store
+    return store
 
 
 async def start_presigner(rt: Runtime) -> None:
@@ -22,7 +46,8 @@ async def start_presigner(rt: Runtime) -> None:
     workers = cfg.workers or os.cpu_count() or 1
     pool = signing_pool(workers)
     rt.closers.append(lambda: pool.shutdown(wait=False, cancel_futures=True))
-    store = SQLiteResponseStore(rt.db)
+    store = response_store(rt)
+    lease = LeaseKeeper(rt.coord, "presigner", ttl=rt.config.scale.lease_seconds, registry=rt.registry)
     presigner = PreSigner(
         rt.log,
         rt.view,
@@ -33,37 +58,75 @@ async def start_presigner(rt: Runtime) -> None:
         refresh_fraction=cfg.refresh_fraction,
         registry=rt.registry,
         parallelism=workers,
+        guard=lease.check,
     )
-    rt.on_commit(lambda _events: presigner.wake())
-    rt.tasks.append(presigner.run())
+    rt.on_log_change(presigner.wake)
+    rt.tasks.append(lease.run(presigner.run))
 
     async def health() -> dict[str, Any]:
         head = await rt.log.head()
         applied = await store.position(CONSUMER)
-        return {"log_head": head, "applied": applied, "lag_events": head - applied}
+        return {
+            "lease": "active" if lease.active else "standby",
+            "holder": lease.holder,
+            "log_head": head,
+            "applied": applied,
+            "lag_events": head - applied,
+        }
 
     rt.health["presigner"] = health
 
 
+def responder_id(rt: Runtime) -> str:
+    """This responder's name in heartbeats: ``PCA_RESPONDER_ID`` (made unique per worker process) or host:pid."""
+    given = rt.shared.get("responder_id") or os.environ.get("PCA_RESPONDER_ID")
+    if not given:
+        return default_holder()
+    if os.environ.get("PCA_RESPONDER_WORKERS", "1") != "1":
+        return f"{given}/{os.getpid()}"  # granian workers: each has its own cache, so each reports
+    return str(given)
+
+
 async def start_responder(rt: Runtime) -> None:
     cfg = rt.config.ocsp
-    store = SQLiteResponseStore(rt.db)
+    store = response_store(rt)
     cache = CachingSource(StoreSource(store), store, cfg.cache_size, poll_interval=cfg.poll_interval)
-    store.listeners.append(cache.notify)  # in-process writes reach the cache at once
+    if isinstance(store, SQLiteResponseStore):
+        store.listeners.append(cache.notify)  # in-process writes reach the cache at once
+    rt.subscribe(RESPONSES_CHANNEL, cache.notify)  # other processes' writes, through NOTIFY (PostgreSQL)
     index = IssuerIndex()
-    for issuer in await rt.view.issuers():
-        index.add(issuer.issuer_id, issuer.cert)
+    known: set[str] = set()
 
-    def refresh_issuers(events: list[RecordedEvent]) -> None:
+    async def load_issuers() -> None:
+        for issuer in await rt.view.issuers():
+            if issuer.issuer_id not in known:
+                index.add(issuer.issuer_id, issuer.cert)
+                known.add(issuer.issuer_id)
+
+    await load_issuers()
+
+    def added_here(events: list[RecordedEvent]) -> None:
         for rec in events:
             if rec.type == "IssuerAdded":
                 cert = x509.load_der_x509_certificate(bytes.fromhex(rec.payload["cert_der_hex"]))
                 index.add(rec.payload["issuer_id"], cert)
+                known.add(rec.payload["issuer_id"])
 
-    rt.on_commit(refresh_issuers)
+    rt.on_commit(added_here)
+
+    async def refresh_issuers() -> None:
+        while True:
+            await asyncio.sleep(ISSUER_REFRESH_SECONDS)
+            try:
+                await load_issuers()
+            except PCAError as exc:
+                log.warning("cannot refresh issuers: %s", exc)
+
     app = OCSPApp(cache, index, rt.registry, prefix="/ocsp")
     rt.public_apps.append(("/ocsp", app))
     rt.tasks.append(cache.follow())
+    rt.tasks.append(refresh_issuers())
+    rt.tasks.append(_heartbeat(rt, cache, responder_id(rt)))
     Gauge("ocsp_cache_hits", "Responder cache hits since start", registry=rt.registry).set_function(lambda: cache.hits)
     Gauge("ocsp_cache_misses", "Responder cache misses since start", registry=rt.registry).set_function(
         lambda: cache.misses
@@ -73,15 +136,62 @@ async def start_responder(rt: Runtime) -> None:
     )
 
     async def health() -> dict[str, Any]:
-        last_change = await store.last_change()
         age = time.monotonic() - cache.last_sync if cache.last_sync else None
-        return {
+        report: dict[str, Any] = {
+            "responder_id": responder_id(rt),
             "cached_responses": len(cache),
             "applied_change": cache.position,
-            "lag_changes": last_change - cache.position,
             "seconds_since_sync": None if age is None else round(age, 3),
             "cache_hits": cache.hits,
             "cache_misses": cache.misses,
         }
+        try:
+            last_change = await store.last_change()
+        except PCAError as exc:
+            report["problem"] = f"response store unreachable: {exc}; answering from the cache"
+        else:
+            report["last_change"] = last_change
+            report["lag_changes"] = max(0, last_change - cache.position)
+        return report
 
     rt.health["responder"] = health
+
+
+async def _heartbeat(rt: Runtime, cache: CachingSource, rid: str) -> None:
+    """Report progress (each poll that applied changes, with its time) and a heartbeat to the store.
+
+    Progress is written as soon as it happens, so the tracker sees when each change reached
+    this responder; reports made while the store is unreachable are kept (bounded) and sent later.
+    """
+    url = rt.shared.get("responder_url") or os.environ.get("PCA_RESPONDER_URL") or rt.config.ocsp_url
+    started = time.time()
+    backlog: collections.deque[tuple[int, float]] = collections.deque(maxlen=PROGRESS_BACKLOG)
+    wake = asyncio.Event()
+
+    def applied(position: int, at: float) -> None:
+        backlog.append((position, at))
+        wake.set()
+
+    cache.on_applied = applied
+    interval = rt.config.scale.heartbeat_seconds
+    # A responder counts (heartbeats, and has applied a change) only once it answers requests: a
+    # restarted one loads its cache before its listener is up, and a client cannot see that yet.
+    serving: asyncio.Event | None = rt.shared.get("serving")
+    if serving is not None:
+        await serving.wait()
+    since = time.time()
+    backlog = collections.deque(((pos, max(at, since)) for pos, at in backlog), maxlen=PROGRESS_BACKLOG)
+    while True:
+        wake.clear()
+        try:
+            while backlog:
+                position, at = backlog[0]
+                await rt.coord.record_applied(rid, position, at)
+                backlog.popleft()
+            await rt.coord.heartbeat(rid, url, cache.position, started, time.time())
+        except PCAError as exc:
+            log.warning("cannot report to the store (%s); retrying", exc)
+        try:
+            await asyncio.wait_for(wake.wait(), interval)
+        except TimeoutError:
+            pass

@@ -131,6 +131,9 @@ class CachingSource:
         self._wake = asyncio.Event()
         self.position = 0
         self.last_sync = 0.0  # monotonic time of the last successful poll
+        self.reachable = True  # whether the last poll of the store succeeded
+        # Told (position, wall time) after each poll that applied changes: the responder's progress report.
+        self.on_applied: Callable[[int, float], None] | None = None
         self.hits = 0
         self.misses = 0
 
@@ -182,7 +185,10 @@ class CachingSource:
             self._put(key, Entry(stored))
         if changes:
             self.position = changes[-1].change_id
+            if self.on_applied is not None:
+                self.on_applied(self.position, time.time())
         self.last_sync = time.monotonic()
+        self.reachable = True
         return len(changes)
 
     async def follow(self) -> None:
@@ -196,8 +202,9 @@ class CachingSource:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the store is down: serve what we hold
+                self.reachable = False
                 log.warning("change feed unavailable (%s); retrying in %.1fs", exc, backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, 5.0)
             try:
                 await asyncio.wait_for(self._wake.wait(), backoff)
             except TimeoutError:

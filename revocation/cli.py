@@ -25,7 +25,7 @@ from revocation.errors import IntegrityError, PCAError
 from revocation.eventlog import NewEvent
 from revocation.events import REVOCATION_REASONS
 from revocation.keys import BACKENDS, KEY_ALGORITHMS, KeyRef, SigningKey, generate_key
-from revocation.runtime import open_runtime
+from revocation.runtime import connect_runtime
 from revocation.tokens import ROLES, add_token, write_secret_file
 
 ROOT_ID = "root-ca"
@@ -112,13 +112,18 @@ def cmd_init(args: argparse.Namespace) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     config_path.write_text(
-        render_config(public_url=args.public_url, admin_listen=args.admin_listen, key_algorithm=args.key_algorithm)
+        render_config(
+            public_url=args.public_url,
+            admin_listen=args.admin_listen,
+            key_algorithm=args.key_algorithm,
+            database_url=args.database_url or "",
+        )
     )
-    cfg = load_config(config_path)
     try:
+        cfg = load_config(config_path)
         asyncio.run(_init_hierarchy(cfg, args.root_cn, args.issuing_cn, args.key_algorithm, templates))
     except PCAError:
-        if not cfg.database.exists():  # nothing was recorded: let the same command be run again
+        if args.database_url or not (directory / "pca.db").exists():  # nothing recorded here: may run again
             config_path.unlink()
         raise
     token = add_token(cfg.tokens_db, "admin", "admin")
@@ -155,8 +160,10 @@ async def _init_hierarchy(
     finally:
         for key in keys.values():
             key.close()
-    rt = open_runtime(cfg, clock)
+    rt = await connect_runtime(cfg, clock)
     try:
+        if await rt.view.issuers():
+            raise PCAError(f"the database {cfg.database_label} already holds a CA; refusing to add another root")
         actor, rid = "system:init", "init"
         await rt.log.append(
             [
@@ -181,7 +188,7 @@ async def _init_hierarchy(
 
         await build_authority(rt).rotate_signers(Actor(actor, rid))
     finally:
-        rt.close()
+        await rt.aclose()
     pem = serialization.Encoding.PEM
     (cfg.data_dir / "root-ca.pem").write_bytes(root_cert.public_bytes(pem))
     (cfg.data_dir / "issuing-ca.pem").write_bytes(issuing_cert.public_bytes(pem))
@@ -192,28 +199,48 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from revocation.serve import ALL_ROLES, serve
 
     cfg = load_config(args.config)
+    if args.public_listen:
+        cfg = dataclasses.replace(cfg, public_listen=parse_listen(args.public_listen, "--public-listen"))
+    if args.admin_listen:
+        cfg = dataclasses.replace(cfg, admin_listen=parse_listen(args.admin_listen, "--admin-listen"))
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip()) if args.roles else ALL_ROLES
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(cfg, roles, server=args.server, workers=args.workers))
+    asyncio.run(
+        serve(
+            cfg,
+            roles,
+            server=args.server,
+            workers=args.workers,
+            responder_id=args.responder_id,
+            responder_url=args.responder_url,
+        )
+    )
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
-    from revocation.sqlite_db import SQLiteDatabase
-
     cfg = load_config(args.config)
-    applied = SQLiteDatabase(cfg.database).migrate_sync()
-    print(f"applied migrations {applied}" if applied else "schema is up to date")
+    if cfg.database_url:
+        from revocation.pg_log import migrate_url
+
+        applied = asyncio.run(migrate_url(cfg.database_url))
+    else:
+        from revocation.sqlite_db import SQLiteDatabase
+
+        applied = SQLiteDatabase(cfg.database).migrate_sync()
+    where = cfg.database_label
+    print(f"applied migrations {applied} to {where}" if applied else f"schema of {where} is up to date")
 
 
 def cmd_rebuild(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
 
     async def run() -> int:
-        rt = open_runtime(cfg, SystemClock())
+        rt = await connect_runtime(cfg, SystemClock())
         try:
-            return await rt.log.rebuild_projection()
+            count: int = await rt.log.rebuild_projection()
+            return count
         finally:
-            rt.close()
+            await rt.aclose()
 
     count = asyncio.run(run())
     print(f"rebuilt the certificate-status projection from {count} events")
@@ -436,11 +463,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> None:
         cfg = load_config(args.config) if args.config else _fail("--local needs --config")
 
         async def run() -> int:
-            rt = open_runtime(cfg, SystemClock())
+            rt = await connect_runtime(cfg, SystemClock())
             try:
-                return await rt.log.verify_chain()
+                count: int = await rt.log.verify_chain()
+                return count
             finally:
-                rt.close()
+                await rt.aclose()
 
         try:
             count = asyncio.run(run())
@@ -479,6 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", required=True, help="directory for configuration, keys, database and CRLs")
     p.add_argument("--public-url", default="http://127.0.0.1:8080", help="base URL of OCSP and CRLs (in certificates)")
     p.add_argument("--admin-listen", default="127.0.0.1:8081", help="HOST:PORT of the admin API")
+    p.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL (postgresql://user@host:port/db; no password: use PGPASSWORD or ~/.pgpass) "
+        "instead of the embedded SQLite file",
+    )
     p.add_argument("--key-algorithm", default="ec-p256", choices=KEY_ALGORITHMS, help="algorithm of every CA key")
     p.add_argument("--root-cn", default="PCA Root CA", help="common name of the root CA")
     p.add_argument("--issuing-cn", default="PCA Issuing CA", help="common name of the issuing CA")
@@ -505,7 +539,13 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run the server (all roles by default)", description="Run the server (all roles by default)."
     )
     p.add_argument("--config", required=True)
-    p.add_argument("--roles", help="comma-separated subset of api,presigner,responder,publisher")
+    p.add_argument("--roles", help="comma-separated subset of api,presigner,responder,publisher,tracker (default: all)")
+    p.add_argument("--public-listen", metavar="HOST:PORT", help="override public.listen (e.g. one per responder)")
+    p.add_argument("--admin-listen", metavar="HOST:PORT", help="override admin.listen")
+    p.add_argument(
+        "--responder-id", help="this responder's name in heartbeats and propagation timelines (default: host:pid)"
+    )
+    p.add_argument("--responder-url", help="the OCSP URL this responder answers on, shown in timelines")
     p.add_argument(
         "--server",
         default="uvicorn",

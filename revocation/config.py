@@ -7,7 +7,9 @@ references (paths, environment variable names), never secrets.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,6 +59,19 @@ class CRLConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ScaleConfig:
+    """``[scale]``: how roles in separate processes coordinate through the database."""
+
+    lease_seconds: float = 10.0  # a pre-signer or publisher that stops renewing is replaced after this
+    heartbeat_seconds: float = 1.0  # responders report their applied position this often
+    responder_gone_seconds: float = 30.0  # a responder silent this long no longer counts as live
+    slo_seconds: float = 5.0  # OCSP propagation SLO: revocation committed -> every live responder
+
+
+DATABASE_URL_ENV = "PCA_DATABASE_URL"
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     path: Path
     data_dir: Path
@@ -74,6 +89,17 @@ class Config:
     max_body_bytes: int
     ocsp: OCSPConfig
     crl: CRLConfig
+    database_url: str = ""  # postgresql://... ; empty: the SQLite file ``database``
+    scale: ScaleConfig = dataclasses.field(default_factory=ScaleConfig)
+
+    @property
+    def backend(self) -> str:
+        return "postgres" if self.database_url else "sqlite"
+
+    @property
+    def database_label(self) -> str:
+        """The database for messages: the SQLite path, or the PostgreSQL URL without its password."""
+        return redact_url(self.database_url) if self.database_url else str(self.database)
 
     @property
     def ocsp_url(self) -> str:
@@ -86,6 +112,30 @@ class Config:
 
     def crl_url(self, issuer_id: str, shard: int = 0) -> str:
         return self.crl_layout.full_url(issuer_id, shard)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs and errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = (parts.username or "") + ":***"
+    return parts._replace(netloc=f"{user}@{netloc[2]}").geturl()
+
+
+def _database_url(section: dict[str, Any], env: Mapping[str, str]) -> str:
+    url: str = env.get(DATABASE_URL_ENV) or _typed(section, "database", "url", str, "")
+    if not url:
+        return ""
+    if urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"database.url {redact_url(url)!r} must be a postgresql:// URL (or empty for SQLite)")
+    if urlsplit(url).password is not None and DATABASE_URL_ENV not in env:
+        raise ConfigError(
+            "database.url must not hold a password: configuration files are not secret. "
+            f"Give it in PGPASSWORD, a ~/.pgpass file, or the whole URL in {DATABASE_URL_ENV}"
+        )
+    return url
 
 
 def parse_listen(value: str, what: str) -> tuple[str, int]:
@@ -153,7 +203,10 @@ def _crl_store(section: dict[str, Any]) -> CRLStoreConfig:
     return store
 
 
-def load_config(path: Path | str) -> Config:
+def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Config:
+    """Load and check ``path``; ``PCA_DATABASE_URL`` in ``env`` (default: the process environment)
+    overrides ``database.url``."""
+    env = os.environ if env is None else env
     path = Path(path).resolve()
     try:
         data = tomllib.loads(path.read_text())
@@ -173,6 +226,7 @@ def load_config(path: Path | str) -> Config:
     ca = _section(data, "ca")
     o = _section(data, "ocsp")
     c = _section(data, "crl")
+    sc = _section(data, "scale")
 
     data_dir = rel(_typed(paths, "paths", "data_dir", str, "."))
     public_url = _typed(public, "public", "url", str, "http://127.0.0.1:8080")
@@ -233,6 +287,19 @@ def load_config(path: Path | str) -> Config:
     if crl.base_url and (not crl.base_url.startswith(("http://", "https://")) or crl.base_url.endswith("/")):
         raise ConfigError(f"crl.base_url {crl.base_url!r} must be an http:// or https:// URL without a final /")
 
+    scale = ScaleConfig(
+        lease_seconds=_typed(sc, "scale", "lease_seconds", float, ScaleConfig.lease_seconds),
+        heartbeat_seconds=_typed(sc, "scale", "heartbeat_seconds", float, ScaleConfig.heartbeat_seconds),
+        responder_gone_seconds=_typed(sc, "scale", "responder_gone_seconds", float, ScaleConfig.responder_gone_seconds),
+        slo_seconds=_typed(sc, "scale", "slo_seconds", float, ScaleConfig.slo_seconds),
+    )
+    for key in ("lease_seconds", "heartbeat_seconds", "responder_gone_seconds", "slo_seconds"):
+        _positive(getattr(scale, key), f"scale.{key}")
+    if scale.lease_seconds < 3 * scale.heartbeat_seconds:
+        raise ConfigError("scale.lease_seconds must be at least 3 times scale.heartbeat_seconds")
+    if scale.responder_gone_seconds < 2 * scale.heartbeat_seconds:
+        raise ConfigError("scale.responder_gone_seconds must be at least twice scale.heartbeat_seconds")
+
     cfg = Config(
         path=path,
         data_dir=data_dir,
@@ -250,13 +317,22 @@ def load_config(path: Path | str) -> Config:
         max_body_bytes=_typed(admin, "admin", "max_body_bytes", int, 64 * 1024),
         ocsp=ocsp,
         crl=crl,
+        database_url=_database_url(_section(data, "database"), env),
+        scale=scale,
     )
     listen_from_url(cfg.public_url)
     _positive(cfg.leaf_validity_days, "ca.leaf_validity_days")
     return cfg
 
 
-def render_config(*, public_url: str, admin_listen: str, key_algorithm: str, default_issuer: str = "issuing-ca") -> str:
+def render_config(
+    *,
+    public_url: str,
+    admin_listen: str,
+    key_algorithm: str,
+    default_issuer: str = "issuing-ca",
+    database_url: str = "",
+) -> str:
     """The pca.toml written by ``pca init``: every setting with its default, commented."""
     host, port = listen_from_url(public_url)
     return f"""# pca configuration. Relative paths are relative to this file's directory.
@@ -265,6 +341,16 @@ def render_config(*, public_url: str, admin_listen: str, key_algorithm: str, def
 data_dir = "."
 database = "pca.db"          # SQLite event log, projection and OCSP response store
 crl_dir = "crl"              # directory object store for CRLs
+
+[database]
+url = "{database_url}"  # postgresql://user@host:port/db for the scaled shape; empty: SQLite (paths.database).
+# No password here: use PGPASSWORD or ~/.pgpass, or give the whole URL in PCA_DATABASE_URL.
+
+[scale]
+lease_seconds = 10           # a pre-signer or publisher that stops renewing its lease is replaced after this
+heartbeat_seconds = 1        # responders report their applied position this often
+responder_gone_seconds = 30  # a responder silent this long is marked gone (no longer holds propagation open)
+slo_seconds = 5              # OCSP propagation SLO: revocation committed -> answered by every live responder
 
 [public]
 url = "{public_url}"      # base of the OCSP URL (AIA) and CRL URLs put into certificates

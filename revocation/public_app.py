@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from revocation.clock import SystemClock
 from revocation.config import load_config
-from revocation.runtime import PrefixDispatcher, Runtime, open_runtime, start_role
+from revocation.runtime import HealthApp, PrefixDispatcher, Runtime, connect_runtime, start_role
 
 log = logging.getLogger("pca.public")
 
@@ -34,11 +34,13 @@ class PublicApp:
         self._lock = asyncio.Lock()
 
     async def _startup(self) -> None:
-        rt = open_runtime(load_config(self._config_path), SystemClock(), migrate=False)
+        rt = await connect_runtime(load_config(self._config_path), SystemClock(), migrate=False, listen=True)
+        rt.shared["serving"] = serving = asyncio.Event()
         for role in PUBLIC_ROLES:
             await start_role(role, rt)
         self._tasks = [asyncio.create_task(c) for c in rt.tasks]
-        self._dispatch = PrefixDispatcher(rt.public_apps)
+        self._dispatch = PrefixDispatcher([*rt.public_apps, ("/healthz", HealthApp(rt.health))])
+        serving.set()  # granian serves once the lifespan startup completes, right after this
         self._runtime = rt
 
     async def _shutdown(self) -> None:
@@ -46,7 +48,7 @@ class PublicApp:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._runtime is not None:
-            self._runtime.close()
+            await self._runtime.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

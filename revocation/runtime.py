@@ -2,6 +2,10 @@
 
 Roles live in other packages (``responders``, ``publishers``) and are loaded by
 name (``ROLE_ENTRY_POINTS``), so this package never imports them.
+
+Two backends: SQLite (embedded: one file, in-process notifications, polling across
+processes) and PostgreSQL (scaled: roles in separate processes or hosts against
+one URL, notified through LISTEN/NOTIFY, polling as the fallback).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -18,8 +23,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from revocation.clock import Clock
 from revocation.config import Config
+from revocation.coordination import Coordination, SQLiteCoordination
 from revocation.eventlog import RecordedEvent
-from revocation.projection import SQLiteStatusView
+from revocation.projection import SQLiteStatusView, StatusView
 from revocation.sqlite_db import SQLiteDatabase
 from revocation.sqlite_log import SQLiteEventLog
 
@@ -36,21 +42,47 @@ ROLE_ENTRY_POINTS = {
 }
 
 
+EVENTS_CHANNEL = "pca_events"  # NOTIFY payload: the last seq of a committed append
+RESPONSES_CHANNEL = "pca_responses"  # NOTIFY payload: the last change_id of a response-store write
+
+
 @dataclasses.dataclass
 class Runtime:
     config: Config
     clock: Clock
     registry: CollectorRegistry
-    db: SQLiteDatabase
-    log: SQLiteEventLog
-    view: SQLiteStatusView
+    log: Any  # SQLiteEventLog | PostgresEventLog: the EventLog protocol plus listeners and rebuild_projection
+    view: StatusView
+    coord: Coordination
+    db: SQLiteDatabase | None = None  # the SQLite backend
+    pool: Any = None  # the PostgreSQL backend: an asyncpg pool
+    listener: Any = None  # the PostgreSQL backend: a PostgresListener (LISTEN/NOTIFY connection)
     tasks: list[Coroutine[Any, Any, None]] = dataclasses.field(default_factory=list)
     public_apps: list[tuple[str, ASGIApp]] = dataclasses.field(default_factory=list)
     health: dict[str, HealthReport] = dataclasses.field(default_factory=dict)
     closers: list[Callable[[], None]] = dataclasses.field(default_factory=list)
+    async_closers: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
+    shared: dict[str, Any] = dataclasses.field(default_factory=dict)  # objects roles in one process share
+
+    @property
+    def backend(self) -> str:
+        return "sqlite" if self.db is not None else "postgres"
 
     def on_commit(self, callback: Callable[[list[RecordedEvent]], None]) -> None:
+        """Called after each append made by this process (not by others: see ``on_log_change``)."""
         self.log.listeners.append(callback)
+
+    def on_log_change(self, callback: Callable[[], None]) -> None:
+        """Called soon after any process appends to the log: in-process at once, from other
+        processes through NOTIFY on PostgreSQL. On SQLite other processes' appends are only
+        found by polling, so every follower also polls."""
+        self.log.listeners.append(lambda _events: callback())
+        self.subscribe(EVENTS_CHANNEL, callback)
+
+    def subscribe(self, channel: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on each NOTIFY on ``channel`` (PostgreSQL); nothing on SQLite."""
+        if self.listener is not None:
+            self.listener.subscribe(channel, callback)
 
     def close(self) -> None:
         for closer in reversed(self.closers):
@@ -58,12 +90,24 @@ class Runtime:
                 closer()
             except Exception:
                 log.exception("error while shutting down")
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
+
+    async def aclose(self) -> None:
+        for aclose in reversed(self.async_closers):
+            try:
+                await aclose()
+            except Exception:
+                log.exception("error while shutting down")
+        self.close()
 
 
 def open_runtime(
     config: Config, clock: Clock, registry: CollectorRegistry | None = None, *, migrate: bool = True
 ) -> Runtime:
+    """The embedded runtime on SQLite (synchronous: tests and local commands use it directly)."""
+    if config.database_url:
+        raise ValueError("open_runtime is for SQLite; use connect_runtime for PostgreSQL")
     db = SQLiteDatabase(config.database)
     if migrate:
         db.migrate_sync()
@@ -71,10 +115,46 @@ def open_runtime(
         config=config,
         clock=clock,
         registry=registry or CollectorRegistry(),
-        db=db,
         log=SQLiteEventLog(db, clock),
         view=SQLiteStatusView(db),
+        coord=SQLiteCoordination(db),
+        db=db,
     )
+
+
+async def connect_runtime(
+    config: Config,
+    clock: Clock,
+    registry: CollectorRegistry | None = None,
+    *,
+    migrate: bool = True,
+    listen: bool = False,
+) -> Runtime:
+    """The runtime on the configured backend. ``listen`` opens the LISTEN connection (PostgreSQL)
+    that roles in separate processes use to hear of new events and responses at once."""
+    if not config.database_url:
+        return open_runtime(config, clock, registry, migrate=migrate)
+    from revocation.pg_coordination import PostgresCoordination
+    from revocation.pg_log import PostgresEventLog, open_pg_pool
+    from revocation.pg_notify import PostgresListener
+    from revocation.pg_projection import PostgresStatusView
+
+    pool = await open_pg_pool(config.database_url, migrate=migrate)
+    rt = Runtime(
+        config=config,
+        clock=clock,
+        registry=registry or CollectorRegistry(),
+        log=PostgresEventLog(pool, clock),
+        view=PostgresStatusView(pool),
+        coord=PostgresCoordination(pool),
+        pool=pool,
+    )
+    rt.async_closers.append(pool.close)
+    if listen:
+        rt.listener = PostgresListener(config.database_url, [EVENTS_CHANNEL, RESPONSES_CHANNEL])
+        rt.tasks.append(rt.listener.run())
+        rt.async_closers.append(rt.listener.close)
+    return rt
 
 
 async def start_role(name: str, runtime: Runtime) -> None:
@@ -116,6 +196,36 @@ class PrefixDispatcher:
                 "headers": [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))],
             }
         )
+        await send({"type": "http.response.body", "body": body})
+
+
+class HealthApp:
+    """``GET /healthz`` on the public listener: each role's report; 503 when one names a problem.
+
+    A responder running alone has no admin API, so its lag and store reachability are here.
+    """
+
+    def __init__(self, health: dict[str, HealthReport]) -> None:
+        self._health = health
+
+    async def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": "ok"}
+        for name, check in self._health.items():
+            try:
+                part = await check()
+            except Exception as exc:  # noqa: BLE001 - a health check must answer, not fail
+                part = {"problem": f"{type(exc).__name__}: {exc}"}
+            out[name] = part
+            if "problem" in part:
+                out["status"] = "degraded"
+        return out
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        report = await self.report()
+        body = json.dumps(report).encode()
+        status = 200 if report["status"] == "ok" else 503
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 

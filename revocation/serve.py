@@ -1,4 +1,10 @@
-"""``pca serve``: start the chosen roles in one process on the embedded backend."""
+"""``pca serve``: start the chosen roles in one process, on SQLite or PostgreSQL.
+
+Embedded: every role in one process on SQLite. Scaled: each role (or any subset)
+in its own process or host against one PostgreSQL URL; the pre-signer and the
+publisher hold leases so a second copy stands by, and any number of responders
+follow the response store.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +19,29 @@ from collections.abc import Generator
 from typing import Any
 
 import uvicorn
+from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.types import ASGIApp
 
 from revocation.api import AdminAPI
 from revocation.authority import Actor, Authority
 from revocation.clock import SystemClock
-from revocation.config import Config
+from revocation.config import DATABASE_URL_ENV, Config
 from revocation.errors import ConfigError
 from revocation.keys import check_key_for_certificate
-from revocation.runtime import PrefixDispatcher, Runtime, open_runtime, run_forever, start_role
+from revocation.runtime import (
+    HealthApp,
+    PrefixDispatcher,
+    Runtime,
+    connect_runtime,
+    run_forever,
+    start_role,
+)
 from revocation.tokens import TokenFile
+from revocation.tracker import PropagationTracker
 
 log = logging.getLogger("pca.serve")
 
-ALL_ROLES = ("api", "presigner", "responder", "publisher")
+ALL_ROLES = ("api", "presigner", "responder", "publisher", "tracker")
 SERVERS = ("uvicorn", "granian")
 SIGNER_CHECK_SECONDS = 3600
 
@@ -93,7 +108,7 @@ def _uvicorn(app: ASGIApp, host: str, port: int) -> _Server:
     return _Server(config)
 
 
-def _granian(cfg: Config, workers: int) -> subprocess.Popen[bytes]:
+def _granian(cfg: Config, workers: int, identity: dict[str, str]) -> subprocess.Popen[bytes]:
     """The public listener (OCSP and CRLs) under granian, in its own worker processes."""
     host, port = cfg.public_listen
     cmd = [
@@ -101,7 +116,10 @@ def _granian(cfg: Config, workers: int) -> subprocess.Popen[bytes]:
         "--workers", str(workers), "--no-ws", "--log-level", "warning", "--backlog", "2048",
         "revocation.public_app:create_app",
     ]  # fmt: skip
-    return subprocess.Popen(cmd, env=public_listener_env(cfg))
+    env = public_listener_env(cfg)
+    env.update(identity)
+    env["PCA_RESPONDER_WORKERS"] = str(workers)
+    return subprocess.Popen(cmd, env=env)
 
 
 def public_listener_env(cfg: Config) -> dict[str, str]:
@@ -113,10 +131,22 @@ def public_listener_env(cfg: Config) -> dict[str, str]:
     """
     keep = ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR")
     env = {k: v for k, v in os.environ.items() if k in keep or k.startswith(("LC_", "PYTHON", "GRANIAN_"))}
+    if cfg.database_url:
+        # Responders read the response store: the database URL and libpq's settings, no key material.
+        env.update({k: v for k, v in os.environ.items() if k == DATABASE_URL_ENV or k.startswith("PG")})
     if cfg.crl.store.type == "s3":
         env.update({k: v for k, v in os.environ.items() if k.startswith("AWS_")})
     env["PCA_CONFIG"] = str(cfg.path)
     return env
+
+
+async def _when_started(servers: list[_Server], serving: asyncio.Event) -> None:
+    """Set ``serving`` once every listener accepts connections (uvicorn has no event for it)."""
+    for server in servers:
+        while not server.started:  # noqa: ASYNC110 - uvicorn sets a flag, not an event
+            await asyncio.sleep(0.02)
+    serving.set()
+    await asyncio.Event().wait()  # run_forever stops everything when one coroutine ends
 
 
 async def _watch(proc: subprocess.Popen[bytes]) -> None:
@@ -124,60 +154,92 @@ async def _watch(proc: subprocess.Popen[bytes]) -> None:
     raise ConfigError(f"the public listener (granian) exited with status {proc.returncode}")
 
 
-async def serve(cfg: Config, roles: tuple[str, ...] = ALL_ROLES, *, server: str = "uvicorn", workers: int = 1) -> None:
+async def serve(
+    cfg: Config,
+    roles: tuple[str, ...] = ALL_ROLES,
+    *,
+    server: str = "uvicorn",
+    workers: int = 1,
+    responder_id: str | None = None,
+    responder_url: str | None = None,
+) -> None:
     unknown = set(roles) - set(ALL_ROLES)
     if unknown:
         raise ConfigError(f"unknown roles {sorted(unknown)}; choose from {', '.join(ALL_ROLES)}")
+    if not roles:
+        raise ConfigError(f"no roles given; choose from {', '.join(ALL_ROLES)}")
     if server not in SERVERS:
         raise ConfigError(f"unknown server {server!r}; choose from {', '.join(SERVERS)}")
     if workers < 1 or (server == "uvicorn" and workers != 1):
         raise ConfigError(f"--workers {workers}: uvicorn runs the public listener in this process (1); use granian")
-    rt = open_runtime(cfg, SystemClock())
+    rt = await connect_runtime(cfg, SystemClock(), listen=True)
+    if responder_id:
+        rt.shared["responder_id"] = responder_id
+    if responder_url:
+        rt.shared["responder_url"] = responder_url
     granian: subprocess.Popen[bytes] | None = None
     try:
         if not await rt.view.issuers():
-            raise ConfigError(f"the database {cfg.database} holds no issuers: run 'pca init' first")
+            raise ConfigError(f"the database {cfg.database_label} holds no issuers: run 'pca init' first")
         if set(roles) & {"api", "presigner", "publisher"}:
             await check_keys(rt)  # a responder alone never opens a key
         servers: list[_Server] = []
         coros: list[Any] = []
+        health = HealthApp(rt.health)
+        tracker: PropagationTracker | None = None
+        if "tracker" in roles or "api" in roles:
+            # The API answers timelines from stored data; only the tracker role exports the histograms.
+            tracker = PropagationTracker(
+                rt.log,
+                rt.view,
+                rt.coord,
+                rt.registry if "tracker" in roles else CollectorRegistry(),
+                slo_seconds=cfg.scale.slo_seconds,
+                gone_after=cfg.scale.responder_gone_seconds,
+            )
+        if "tracker" in roles and tracker is not None:
+            rt.on_log_change(tracker.wake)
+            coros.append(tracker.run())
         if "api" in roles:
             authority = build_authority(rt)
             await authority.rotate_signers(Actor("system:signer-rotation", "startup"))
             coros.append(_rotate_signers(authority, rt))
-
-            async def health() -> dict[str, Any]:
-                report: dict[str, Any] = {"status": "ok"}
-                for name, check in rt.health.items():
-                    part = await check()
-                    report[name] = part
-                    if "problem" in part:
-                        report["status"] = "degraded"
-                return report
-
             api = AdminAPI(
                 authority,
                 rt.log,
                 TokenFile(cfg.tokens_db),
                 rt.registry,
                 max_body_bytes=cfg.max_body_bytes,
-                health=health,
+                health=health.report,
+                tracker=tracker,
+                coordination=rt.coord,
             )
             servers.append(_uvicorn(api.app(), *cfg.admin_listen))
         public = "responder" in roles or "publisher" in roles
         for role in roles:
             if role == "responder" and server == "granian":
                 continue  # the granian workers run it
-            if role != "api":
+            if role not in ("api", "tracker"):
                 await start_role(role, rt)
-        if public and server == "granian":
-            granian = _granian(cfg, workers)
+        granian_public = public and server == "granian"
+        if granian_public:
+            given = (("PCA_RESPONDER_ID", responder_id), ("PCA_RESPONDER_URL", responder_url))
+            identity = {k: v for k, v in given if v}
+            granian = _granian(cfg, workers, identity)
             coros.append(_watch(granian))
         elif public:
             await start_role("crlserver", rt)
-            servers.append(_uvicorn(PrefixDispatcher(rt.public_apps), *cfg.public_listen))
+        if not granian_public and (public or "api" not in roles):
+            # A process without the admin API (a pre-signer, a responder) still answers /healthz and
+            # /metrics, on the public listener; the admin API has its own.
+            apps: list[tuple[str, ASGIApp]] = [*rt.public_apps, ("/healthz", health)]
+            if "api" not in roles:
+                apps.append(("/metrics", make_asgi_app(rt.registry)))
+            servers.append(_uvicorn(PrefixDispatcher(apps), *cfg.public_listen))
+        serving = rt.shared["serving"] = asyncio.Event()  # the listeners are up (responders wait for it)
         coros.extend(rt.tasks)
         coros.extend(s.serve() for s in servers)
+        coros.append(_when_started(servers, serving))
 
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -193,8 +255,9 @@ async def serve(cfg: Config, roles: tuple[str, ...] = ALL_ROLES, *, server: str 
             await asyncio.sleep(0.3)
 
         log.info(
-            "serving roles %s; public %s:%d, admin %s:%d",
+            "serving roles %s on %s; public %s:%d, admin %s:%d",
             ",".join(roles),
+            cfg.database_label,
             *cfg.public_listen,
             *cfg.admin_listen,
         )
@@ -207,4 +270,4 @@ async def serve(cfg: Config, roles: tuple[str, ...] = ALL_ROLES, *, server: str 
                 granian.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 granian.kill()
-        rt.close()
+        await rt.aclose()

@@ -1,0 +1,160 @@
+"""Exactly one active pre-signer (and one publisher) however many are started.
+
+A role that must run once takes a lease in the database (``Coordination.try_lease``)
+and renews it every third of its time to live. A second copy started by mistake,
+or a standby on another host, waits and retries; when the holder dies, its lease
+runs out and the standby takes over within ``ttl`` seconds. A holder that stops
+cleanly releases the lease, so the standby takes over at once.
+
+A holder that cannot renew (the database is unreachable) stops its work when its
+lease has run out by its own clock, before anyone else can have taken it over.
+The work also checks ``valid()`` before each write; the stores add their own guard
+(a response is never replaced by one reflecting an older log position; a CRL number
+never goes down), so a holder paused past its lease cannot undo a successor's work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from revocation.coordination import Coordination
+from revocation.errors import PCAError
+
+log = logging.getLogger("pca.lease")
+
+
+class LeaseLost(PCAError):
+    """This process no longer holds the lease its work needs."""
+
+
+_GAUGES: weakref.WeakKeyDictionary[CollectorRegistry, Gauge] = weakref.WeakKeyDictionary()
+
+
+def _lease_gauge(registry: CollectorRegistry) -> Gauge:
+    """One gauge per registry, with a label per lease (a process may hold several)."""
+    gauge = _GAUGES.get(registry)
+    if gauge is None:
+        gauge = _GAUGES[registry] = Gauge(
+            "role_lease_active", "1 while this process holds the role's lease and works", ["role"], registry=registry
+        )
+    return gauge
+
+
+def default_holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class LeaseKeeper:
+    def __init__(
+        self,
+        coord: Coordination,
+        name: str,
+        *,
+        ttl: float,
+        holder: str | None = None,
+        registry: CollectorRegistry | None = None,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ttl <= 0:
+            raise ValueError(f"lease time to live must be positive, got {ttl}")
+        self.name = name
+        self.holder = holder or default_holder()
+        self._coord = coord
+        self._ttl = ttl
+        self._wall = wall
+        self._monotonic = monotonic
+        self._valid_until = 0.0  # monotonic; a margin below the database's expiry
+        self.active = False
+        self.takeovers = 0
+        if registry is not None:
+            _lease_gauge(registry).labels(name).set_function(lambda: 1.0 if self.active else 0.0)
+
+    @property
+    def renew_every(self) -> float:
+        return self._ttl / 3
+
+    def valid(self) -> bool:
+        """Whether this process may still act on the lease (by its own clock)."""
+        return self.active and self._monotonic() < self._valid_until
+
+    def check(self) -> None:
+        """Raise LeaseLost unless ``valid()``: call before each write the lease protects."""
+        if not self.valid():
+            raise LeaseLost(f"the {self.name} lease is no longer held by {self.holder}")
+
+    async def _try(self) -> bool | None:
+        """True: held (acquired or renewed); False: someone else holds it; None: the database is unreachable."""
+        started = self._monotonic()
+        try:
+            got = await self._coord.try_lease(self.name, self.holder, self._ttl, self._wall())
+        except PCAError as exc:
+            log.warning("cannot reach the lease table for %s: %s", self.name, exc)
+            return None
+        if got:
+            # Count from before the request: the database's expiry is at least this late.
+            self._valid_until = started + self._ttl * 0.9
+        return got
+
+    async def run(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Wait for the lease, run ``work`` while it is held, and start over when it is lost.
+
+        ``work`` normally runs forever; if it ends or fails, the lease is released and
+        the error (if any) propagates.
+        """
+        while True:
+            await self._acquire()
+            self.active = True
+            self.takeovers += 1
+            log.info("%s lease acquired by %s: active", self.name, self.holder)
+            task = asyncio.ensure_future(work())
+            try:
+                lost = await self._keep(task)
+            except BaseException:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                self.active = False
+                await self._release()
+                raise
+            self.active = False
+            if not lost:  # the work ended by itself
+                await self._release()
+                task.result()
+                return
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            log.warning("%s lease lost by %s: standing by", self.name, self.holder)
+
+    async def _acquire(self) -> None:
+        """Poll the database until the lease is ours (another holder's lease must expire first)."""
+        while True:
+            if await self._try():
+                return
+            await asyncio.sleep(self.renew_every)
+
+    async def _keep(self, task: asyncio.Future[None]) -> bool:
+        """Renew until the work ends (False) or the lease is lost (True)."""
+        while True:
+            done, _ = await asyncio.wait([task], timeout=self.renew_every)
+            if done:
+                return False
+            held = await self._try()
+            if held is False or (held is None and self._monotonic() >= self._valid_until):
+                return True
+
+    async def _release(self) -> None:
+        try:
+            await self._coord.release_lease(self.name, self.holder)
+        except PCAError as exc:
+            log.warning("could not release the %s lease (it will expire): %s", self.name, exc)
