@@ -194,40 +194,74 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         env.undo()
 
 
-@pytest.fixture(scope="session")
-def postgres_dsn() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on a free port (trust auth, loopback only); yields a DSN to its
-    ``postgres`` database. Fails, never skips, when PostgreSQL is not installed: CI installs it."""
-    import glob
-    import shutil
-    import tempfile
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster (initdb into a temporary directory, run as ``postgres`` since
+    the machine runs as root) on a free loopback port, with trust authentication.
 
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not bins:
-        pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): apt-get install postgresql")
-    bindir = Path(bins[-1]).parent
-    base = Path(tempfile.mkdtemp(prefix="pca-pg-"))
-    shutil.chown(base, "postgres", "postgres")
-    data = base / "data"
-    log_path = base / "postgres.log"
-    port = free_port()
+    Fails, never skips, when PostgreSQL is not installed: CI installs it.
+    """
 
-    def as_postgres(*args: str) -> None:
+    def __init__(self) -> None:
+        import glob
+        import tempfile
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not bins:
+            pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): apt-get install postgresql")
+        self.bindir = Path(bins[-1]).parent
+        self.base = Path(tempfile.mkdtemp(prefix="pca-pg-"))
+        import shutil
+
+        shutil.chown(self.base, "postgres", "postgres")
+        self.data = self.base / "data"
+        self.log_path = self.base / "postgres.log"
+        self.port = free_port()
+        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, *args: str) -> None:
         result = subprocess.run(["runuser", "-u", "postgres", "--", *args], capture_output=True, text=True)
         if result.returncode != 0:
-            log = log_path.read_text() if log_path.exists() else ""
+            log = self.log_path.read_text() if self.log_path.exists() else ""
             pytest.fail(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}\n{log}")
 
+    def init(self) -> None:
+        initdb = str(self.bindir / "initdb")
+        self._as_postgres(initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        pg_ctl = str(self.bindir / "pg_ctl")
+        self._as_postgres(pg_ctl, "-D", str(self.data), "-l", str(self.log_path), "-w", "-t", "60", "-o", opts, "start")
+
+    def stop(self) -> None:
+        self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster()
     try:
-        as_postgres(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
-        opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-        as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log_path), "-w", "-t", "60", "-o", opts, "start")
+        cluster.init()
+        cluster.start()
         try:
-            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            yield cluster
         finally:
-            as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+            with contextlib.suppress(BaseException):
+                cluster.stop()
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        cluster.remove()
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster for the session; yields a DSN to its ``postgres`` database."""
+    with postgres_cluster() as cluster:
+        yield cluster.dsn
 
 
 async def create_database(server_dsn: str) -> str:

@@ -483,5 +483,5 @@ def test_pca_migrate_on_an_initialised_ca_changes_nothing(
 
     pca_main(["migrate", "--config", str(ca_config.path)])
 
-    assert "schema is up to date" in capsys.readouterr().out
+    assert "is up to date" in capsys.readouterr().out
     assert raw_rows(ca_config.database, "SELECT seq, hash FROM events ORDER BY seq") == before
