@@ -1,4 +1,8 @@
-"""Shared fixtures: an initialised CA directory, an in-process runtime, a real server process."""
+"""Shared fixtures: an initialised CA directory, an in-process runtime, a real server process.
+
+The throwaway PostgreSQL cluster lives in ``loadtests.pgcluster`` (the load tests use it too);
+``PostgresCluster`` and ``postgres_cluster`` are re-exported here for the tests.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.pgcluster import PostgresCluster, postgres_cluster
 from revocation.cli import main as pca_main
 from revocation.clock import FakeClock
 from revocation.config import Config, load_config
 from revocation.runtime import Runtime, open_runtime
+
+__all__ = ["PostgresCluster", "postgres_cluster"]
 
 
 def free_port() -> int:
@@ -192,69 +199,6 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             proc.kill()
             proc.wait()
         env.undo()
-
-
-class PostgresCluster:
-    """A throwaway PostgreSQL cluster (initdb into a temporary directory, run as ``postgres`` since
-    the machine runs as root) on a free loopback port, with trust authentication.
-
-    Fails, never skips, when PostgreSQL is not installed: CI installs it.
-    """
-
-    def __init__(self) -> None:
-        import glob
-        import tempfile
-
-        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-        if not bins:
-            pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): apt-get install postgresql")
-        self.bindir = Path(bins[-1]).parent
-        self.base = Path(tempfile.mkdtemp(prefix="pca-pg-"))
-        import shutil
-
-        shutil.chown(self.base, "postgres", "postgres")
-        self.data = self.base / "data"
-        self.log_path = self.base / "postgres.log"
-        self.port = free_port()
-        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _as_postgres(self, *args: str) -> None:
-        result = subprocess.run(["runuser", "-u", "postgres", "--", *args], capture_output=True, text=True)
-        if result.returncode != 0:
-            log = self.log_path.read_text() if self.log_path.exists() else ""
-            pytest.fail(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}\n{log}")
-
-    def init(self) -> None:
-        initdb = str(self.bindir / "initdb")
-        self._as_postgres(initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
-
-    def start(self) -> None:
-        opts = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-        pg_ctl = str(self.bindir / "pg_ctl")
-        self._as_postgres(pg_ctl, "-D", str(self.data), "-l", str(self.log_path), "-w", "-t", "60", "-o", opts, "start")
-
-    def stop(self) -> None:
-        self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
-
-    def remove(self) -> None:
-        import shutil
-
-        shutil.rmtree(self.base, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster()
-    try:
-        cluster.init()
-        cluster.start()
-        try:
-            yield cluster
-        finally:
-            with contextlib.suppress(BaseException):
-                cluster.stop()
-    finally:
-        cluster.remove()
 
 
 @pytest.fixture(scope="session")
