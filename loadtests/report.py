@@ -174,6 +174,7 @@ def render(data: Result, commands: dict[str, str], notes: str | None) -> str:
     lines += _crl_section(r.get("crl_build"))
     lines += _revocations_section(r.get("revocations"))
     lines += _propagation_section(r.get("propagation"))
+    lines += _scaled_propagation_section(r.get("scaled_propagation"))
     lines += _memory_section(r.get("memory"))
     failed = data.get("failed", {})
     if failed:
@@ -479,6 +480,76 @@ def _propagation_section(res: Result | None) -> list[str]:
             ],
             rows,
         ),
+        "",
+    ]
+
+
+def _quartet(q: dict[str, Any], keys: Sequence[str]) -> str:
+    return " / ".join(_fmt(q.get(k)) for k in keys)
+
+
+def _scaled_propagation_section(res: Result | None) -> list[str]:
+    if not res:
+        return []
+    p = res["params"]
+    rows = [
+        [
+            str(n + 1),
+            f"{r['seen_by_all']} / {r['timelines_complete']} / {r['revocations']}",
+            _quartet(r["tracker_ocsp_all"], ("p50", "p90", "p99", "max")),
+            _quartet(r["blackbox_all"], ("p50", "p90", "p99", "max")),
+            _quartet(r["tracker_crl"], ("p50", "p99")),
+            _fmt(r["slo_breaches"]),
+            f"{_fmt(r['load_requests_per_s'])} / {_fmt(r['load_p99_ms'], 1)} / {_fmt(r['load_errors'])}",
+            f"{_fmt(r['revoke_p50_ms'])} / {_fmt(r['revoke_p99_ms'])}",
+            f"{_fmt(r['client_cpu_fraction'], 2)} / {_fmt(r['client_loop_lag_p99_ms'], 1)}",
+        ]
+        for n, r in enumerate(res["runs"])
+    ]
+    agreement = [
+        [str(n + 1), rid, _fmt(a["pairs"]), _fmt(a["p50"], 1), _fmt(a["p99"], 1)]
+        for n, r in enumerate(res["runs"])
+        for rid, a in r["agreement"].items()
+    ]
+    t, b, c = res["tracker_ocsp_all"], res["blackbox_all"], res["tracker_crl"]
+    return [
+        "## Propagation in the scaled shape",
+        "",
+        f"A throwaway PostgreSQL cluster and every role in a `pca serve --roles R` process of its own: api, "
+        f"tracker, presigner, publisher and {p['responders']} responders (uvicorn, `--responder-id rN`, each on its "
+        f"own port). Set in `pca.toml`: {p['settings']} (the rest as `pca init` writes it; SLO "
+        f"{_fmt(p['slo_seconds'])} s). {p['certificates']:,} certificates issued through the admin API "
+        f"({_fmt(p['issue_s'], 1)} s); then, under {p['load']}, {p['revocations_per_run']} others are revoked per "
+        f"run at {p['rate_per_s']:.0f}/s. Tracker: each revocation's timeline read afterwards through "
+        "`GET /v1/certificates/{serial}/propagation` (`ocsp_all_responders`, `crl`), and the SLO breaches its "
+        "`/metrics` counted during the run. Black-box: from the revocation's 2xx, a client polls every responder "
+        f'every {p["poll_ms"]:.0f} ms (a keep-alive connection each, nice -20) until it says revoked; "all" is '
+        "the last responder's. Both count from the commit (the timeline's `committed_at`), so the black-box times "
+        "run late by up to one poll interval. Times in ms; median over runs: "
+        f"tracker `ocsp_all_responders` p50 {_fmt(t['p50'])}, p90 {_fmt(t['p90'])}, p99 {_fmt(t['p99'])}, "
+        f"max {_fmt(t['max'])}; black-box all responders p50 {_fmt(b['p50'])}, p90 {_fmt(b['p90'])}, "
+        f"p99 {_fmt(b['p99'])}, max {_fmt(b['max'])}; `crl` p50 {_fmt(c['p50'])}, p99 {_fmt(c['p99'])}; "
+        f"SLO breaches over all runs: {res['slo_breaches']}.",
+        "",
+        *_table(
+            [
+                "run",
+                "seen by all / timelines complete / revoked",
+                "tracker ocsp_all_responders p50 / p90 / p99 / max",
+                "black-box all responders p50 / p90 / p99 / max",
+                "tracker crl p50 / p99",
+                "SLO breaches",
+                "load req/s / p99 ms / errors",
+                "revoke API p50 / p99",
+                "client CPU / loop lag p99",
+            ],
+            rows,
+        ),
+        "",
+        "Agreement, per (revocation, responder) pair: the black-box time minus the time the tracker's timeline "
+        "gives for that responder (ms; positive: the client saw it later than the responder reported it).",
+        "",
+        *_table(["run", "responder", "pairs", "difference p50", "difference p99"], agreement),
         "",
     ]
 

@@ -28,7 +28,7 @@ from typing import IO, Any
 from loadtests.facts import load_average, machine, product_digest
 from loadtests.report import goals, render
 
-SCENARIOS = ("ocsp_serve", "presign", "crl_build", "revocations", "propagation", "memory")
+SCENARIOS = ("ocsp_serve", "presign", "crl_build", "revocations", "propagation", "scaled_propagation", "memory")
 ROOT = Path(__file__).resolve().parent.parent
 PY = ".venv/bin/python"
 
@@ -39,6 +39,7 @@ COMMANDS = {
     "crl_build": f"{PY} -m loadtests.crl_build          # --sizes 100000 1000000 --publish-count 100000",
     "revocations": f"{PY} -m loadtests.revocations        # --count 100000 --clients 16 --duration 10",
     "propagation": f"{PY} -m loadtests.propagation        # --count 100000 --revocations 500 --rate 50 --poll-ms 20",
+    "scaled_propagation": f"{PY} -m loadtests.scaled_propagation # --certs 2000 --revocations 500 --responders 3",
     "memory": f"{PY} -m loadtests.memory             # --sizes 100000 1000000",
 }
 TIMEOUT = {"smoke": 300, "full": 3600}
@@ -69,6 +70,13 @@ def headline(name: str, r: dict[str, Any]) -> str:
     if name == "propagation":
         return (
             f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, max {r['max_ms']:.0f} ms, all: {r['all_propagated']}"
+        )
+    if name == "scaled_propagation":
+        t, b, c = r["tracker_ocsp_all"], r["blackbox_all"], r["tracker_crl"]
+        return (
+            f"tracker ocsp_all_responders p50 {t['p50']:.0f} ms, p99 {t['p99']:.0f} ms, max {t['max']:.0f} ms; "
+            f"black-box all responders p50 {b['p50']:.0f} ms, p99 {b['p99']:.0f} ms; crl p50 {c['p50']:.0f} ms; "
+            f"SLO breaches {r['slo_breaches']}; all seen: {r['all_seen']}"
         )
     if name == "memory":
         return "; ".join(

@@ -1,7 +1,7 @@
 """The load-test harness works: every scenario runs at smoke sizes and prints a figure.
 
-Runs ``python -m loadtests.run_all --smoke`` (about 40 s on 2 cores). Needs the Debian
-packages ``wrk`` and ``nginx`` (and ``openssl``, which the other tests need too).
+Runs ``python -m loadtests.run_all --smoke`` (about 50 s on 2 cores). Needs the Debian
+packages ``wrk`` and ``nginx`` (and ``openssl`` and PostgreSQL, which the other tests need too).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("ocsp_serve", "presign", "crl_build", "revocations", "propagation", "memory")
+SCENARIOS = ("ocsp_serve", "presign", "crl_build", "revocations", "propagation", "scaled_propagation", "memory")
 
 
 def test_every_scenario_runs_at_smoke_sizes(tmp_path: Path) -> None:
@@ -39,7 +39,8 @@ def test_every_scenario_runs_at_smoke_sizes(tmp_path: Path) -> None:
         assert line is not None, f"no figure for {name}:\n{proc.stdout}"
         assert re.search(r"\d", line.group(1)), line.group(0)
     report = (tmp_path / "benchmarks.md").read_text()
-    for heading in ("## Goals", "## OCSP serving", "## Pre-signing", "## CRL building", "## Responder memory"):
+    headings = ("## Goals", "## OCSP serving", "## Pre-signing", "## CRL building", "## Responder memory")
+    for heading in (*headings, "## Propagation in the scaled shape"):
         assert heading in report
     # A smoke run never touches the committed report.
     assert (docs.read_bytes() if docs.exists() else None) == before
