@@ -149,6 +149,9 @@ async def start_publisher(rt: Runtime) -> None:
                 await asyncio.wait_for(wake.wait(), FOLLOW_SECONDS)
 
     async def work() -> None:
+        # Revocations committed while this publisher was not the active one (before a takeover, or
+        # while its lease had lapsed) are not in the log it follows from here: publish once anyway.
+        publisher.revocation_happened()
         follower = asyncio.create_task(follow_log())
         try:
             await publisher.run()
