@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from asn1crypto import keys as asn1_keys
 from conftest import PostgresCluster, free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -168,6 +169,23 @@ class Deployment:
 
 def ocsp_get_url(responder_url: str, cert: x509.Certificate, issuer: x509.Certificate) -> str:
     req = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build()
+    der = req.public_bytes(serialization.Encoding.DER)
+    return f"{responder_url}/" + quote(base64.b64encode(der).decode(), safe="")
+
+
+def ocsp_get_url_for_serial(responder_url: str, issuer: x509.Certificate, serial: int) -> str:
+    """A GET URL asking about ``serial`` under ``issuer``, whether or not such a certificate exists."""
+    name_hash = hashes.Hash(hashes.SHA1())
+    name_hash.update(issuer.subject.public_bytes())
+    spki = issuer.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    bits = asn1_keys.PublicKeyInfo.load(spki)["public_key"].contents[1:]  # the key's bits, without the unused-bits byte
+    key_hash = hashes.Hash(hashes.SHA1())
+    key_hash.update(bits)
+    req = (
+        ocsp.OCSPRequestBuilder()
+        .add_certificate_by_hash(name_hash.finalize(), key_hash.finalize(), serial, hashes.SHA1())
+        .build()
+    )
     der = req.public_bytes(serialization.Encoding.DER)
     return f"{responder_url}/" + quote(base64.b64encode(der).decode(), safe="")
 

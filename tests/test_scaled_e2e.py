@@ -22,7 +22,16 @@ import httpx
 import pytest
 from conftest import postgres_cluster
 from cryptography import x509
-from scaled_support import Deployment, metric, ocsp_answer, ocsp_get_url, pca, percentile, set_options
+from scaled_support import (
+    Deployment,
+    metric,
+    ocsp_answer,
+    ocsp_get_url,
+    ocsp_get_url_for_serial,
+    pca,
+    percentile,
+    set_options,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -228,6 +237,10 @@ def test_three_responders_on_postgresql_with_a_responder_killed_and_the_database
                 for url in urls:
                     health = httpx.get(url.replace("/ocsp", "/healthz"), timeout=5)
                     assert health.status_code == 503 and "unreachable" in health.text, health.text
+                # What a responder does not hold it cannot vouch for: tryLater, not unauthorized.
+                with httpx.Client(timeout=5) as client:
+                    unknown = ocsp_get_url_for_serial(urls[0], dep.issuer, 0x5EED_0000_0000_0001)
+                    assert ocsp_answer(client, unknown) == (200, "TRY_LATER")
                 time.sleep(18)
             finally:
                 pg.start()
@@ -262,6 +275,20 @@ def test_three_responders_on_postgresql_with_a_responder_killed_and_the_database
                         f"{url} to answer revoked after the outage",
                         lambda url=url: ocsp_answer(client, ocsp_get_url(url, late, dep.issuer)) == (200, "revoked"),
                     )
+            # The publisher and the tracker recovered too: the timeline is complete.
+            path = f"/v1/certificates/{late.serial_number:x}/propagation"
+            seen: dict[str, Any] = {}
+
+            def late_timeline() -> dict[str, Any] | None:
+                assert admin is not None
+                seen.update(admin.get(path).json())
+                return seen if seen.get("ocsp_all_responders") and seen.get("crl") else None
+
+            try:
+                timeline = wait_for("the late revocation's timeline to complete", late_timeline)
+            except AssertionError:
+                raise AssertionError(f"late timeline incomplete: {seen}") from None
+            assert timeline["crl"]["number"] > max(t["crl"]["number"] for t in timelines)
             load.stop_event.set()
             load.join(10)
             assert not [k for k in load.answers if k[0] >= 500], load.answers
