@@ -119,12 +119,19 @@ def cmd_init(args: argparse.Namespace) -> None:
             database_url=args.database_url or "",
         )
     )
+    recorded: list[bool] = []
     try:
         cfg = load_config(config_path)
-        asyncio.run(_init_hierarchy(cfg, args.root_cn, args.issuing_cn, args.key_algorithm, templates))
+        asyncio.run(_init_hierarchy(cfg, args.root_cn, args.issuing_cn, args.key_algorithm, templates, recorded))
     except PCAError:
-        if args.database_url or not (directory / "pca.db").exists():  # nothing recorded here: may run again
+        if not recorded:  # nothing was recorded: let the same command be run again
             config_path.unlink()
+            if not args.database_url:
+                for leftover in (
+                    cfg.database,
+                    *(cfg.database.with_name(cfg.database.name + s) for s in ("-wal", "-shm")),
+                ):
+                    leftover.unlink(missing_ok=True)
         raise
     token = add_token(cfg.tokens_db, "admin", "admin")
     write_secret_file(cfg.token_file, token)
@@ -137,13 +144,27 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 
 async def _init_hierarchy(
-    cfg: Config, root_cn: str, issuing_cn: str, algorithm: str, templates: dict[str, KeyRef] | None = None
+    cfg: Config,
+    root_cn: str,
+    issuing_cn: str,
+    algorithm: str,
+    templates: dict[str, KeyRef] | None = None,
+    recorded: list[bool] | None = None,
 ) -> None:
+    """Create the CA hierarchy and record it; ``recorded`` gets True once the log holds it."""
     clock = SystemClock()
     now = clock.now()
     key_dir = cfg.data_dir / "keys"
     templates = templates or {ROOT_ID: KeyRef("file"), ISSUING_ID: KeyRef("file")}
     keys: dict[str, SigningKey] = {}
+    rt = await connect_runtime(cfg, clock)
+    try:
+        # Before any key is made: a database shared by the scaled shape may hold a CA already.
+        if await rt.view.issuers():
+            raise PCAError(f"the database {cfg.database_label} already holds a CA; refusing to add another root")
+    except BaseException:
+        await rt.aclose()
+        raise
     try:
         for name in (ROOT_ID, ISSUING_ID):
             keys[name] = generate_key(templates[name], name, algorithm, key_dir)
@@ -157,13 +178,13 @@ async def _init_hierarchy(
             1825,
             cfg.crl_url(ROOT_ID),
         )
+    except BaseException:
+        await rt.aclose()
+        raise
     finally:
         for key in keys.values():
             key.close()
-    rt = await connect_runtime(cfg, clock)
     try:
-        if await rt.view.issuers():
-            raise PCAError(f"the database {cfg.database_label} already holds a CA; refusing to add another root")
         actor, rid = "system:init", "init"
         await rt.log.append(
             [
@@ -184,6 +205,8 @@ async def _init_hierarchy(
                 NewEvent(certificate_issued(ROOT_ID, issuing_cert, "ca"), 0, actor, rid),
             ]
         )
+        if recorded is not None:
+            recorded.append(True)
         from revocation.serve import build_authority
 
         await build_authority(rt).rotate_signers(Actor(actor, rid))
