@@ -1,0 +1,379 @@
+"""LeaseKeeper on the real SQLite lease table: exactly one holder works, and it stops in time.
+
+Each keeper gets its own handle on one SQLite file, as separate processes would. The
+lease's time to live is short (renewals every 0.1 s) so that the tests run quickly;
+where the outcome must not depend on the machine's speed, the wall clock is frozen
+(a lease then never expires in the table by itself) or the keeper's own monotonic
+clock is a fake that only the test moves. Waits are bounded with generous deadlines;
+nothing asserts how long something took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from revocation.coordination import SQLiteCoordination
+from revocation.errors import StorageError
+from revocation.leases import LeaseKeeper, LeaseLost
+from revocation.sqlite_db import SQLiteDatabase
+
+TTL = 0.3
+NAME = "presigner"
+WALL = 1_000_000.0  # a frozen wall clock: a lease taken at WALL never expires by itself
+DEADLINE = 20.0  # seconds a bounded wait gives up after (never reached when things work)
+
+
+class ManualClock:
+    """A clock that moves only when the test says so."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FlakyCoordination(SQLiteCoordination):
+    """The real lease table behind a switch: ``broken`` makes every lease call fail as an
+    unreachable database does; ``hold()`` makes the next attempts to take or renew it hang
+    until ``let_go()``."""
+
+    def __init__(self, db: SQLiteDatabase) -> None:
+        super().__init__(db)
+        self.broken = False
+        self.attempts = 0
+        self.refused = 0  # attempts that reached the table and were told someone else holds the lease
+        self.failed = 0
+        self.hanging = asyncio.Event()  # a lease call is waiting on the gate
+        self._gate: asyncio.Event | None = None
+
+    def hold(self) -> None:
+        self._gate = asyncio.Event()
+        self.hanging.clear()
+
+    def let_go(self) -> None:
+        if self._gate is not None:
+            self._gate.set()
+        self._gate = None
+
+    def _pass(self) -> None:
+        if self.broken:
+            self.failed += 1
+            raise StorageError("writing to the lease table: database is unreachable")
+
+    async def try_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
+        self.attempts += 1
+        gate = self._gate
+        if gate is not None:
+            self.hanging.set()
+            await gate.wait()
+        self._pass()
+        got = await super().try_lease(name, holder, ttl, now)
+        if not got:
+            self.refused += 1
+        return got
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        self._pass()
+        await super().release_lease(name, holder)
+
+
+class Work:
+    """The work a lease protects: runs until ``finish`` is set (or it is cancelled)."""
+
+    def __init__(self, fail: Exception | None = None, name: str = "", events: list[str] | None = None) -> None:
+        self.name = name
+        self.events = events if events is not None else []
+        self.starts = 0
+        self.stops = 0
+        self.running = False
+        self.finish = asyncio.Event()
+        self._fail = fail
+
+    async def __call__(self) -> None:
+        self.starts += 1
+        self.running = True
+        self.events.append(f"{self.name} started")
+        try:
+            await self.finish.wait()
+            if self._fail is not None:
+                raise self._fail
+        finally:
+            self.running = False
+            self.stops += 1
+            self.events.append(f"{self.name} stopped")
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    path = tmp_path / "leases.db"
+    db = SQLiteDatabase(path)
+    db.migrate_sync()
+    db.close()
+    return path
+
+
+@pytest.fixture
+def handles(db_path: Path) -> Iterator[Callable[[], FlakyCoordination]]:
+    """A new handle on the lease table for each process being simulated."""
+    opened: list[SQLiteDatabase] = []
+
+    def handle() -> FlakyCoordination:
+        db = SQLiteDatabase(db_path)
+        opened.append(db)
+        return FlakyCoordination(db)
+
+    try:
+        yield handle
+    finally:
+        for db in opened:
+            db.close()
+
+
+def table(db_path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+    """Read or change the lease table behind the keepers' backs."""
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        rows = conn.execute(sql, params).fetchall()
+        conn.commit()
+        return rows
+
+
+def holder_in_table(db_path: Path) -> object:
+    rows = table(db_path, "SELECT holder FROM leases WHERE name = ?", NAME)
+    return rows[0][0] if rows else None
+
+
+async def wait_until(what: str, check: Callable[[], bool]) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def running(*pairs: tuple[LeaseKeeper, Callable[[], Awaitable[None]]]) -> AsyncIterator[list[asyncio.Task[None]]]:
+    """Run ``keeper.run(work)`` for each pair; cancel whatever is still running on the way out."""
+    tasks = [asyncio.create_task(keeper.run(work)) for keeper, work in pairs]
+    try:
+        yield tasks
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def gauge(registry: CollectorRegistry, role: str = NAME) -> float | None:
+    return registry.get_sample_value("role_lease_active", {"role": role})
+
+
+def keeper(
+    coord: FlakyCoordination,
+    holder: str,
+    *,
+    monotonic: Callable[[], float] = time.monotonic,
+    registry: CollectorRegistry | None = None,
+) -> LeaseKeeper:
+    """A keeper of the NAME lease whose wall clock is frozen at WALL."""
+    return LeaseKeeper(
+        coord, NAME, ttl=TTL, holder=holder, wall=ManualClock(WALL), monotonic=monotonic, registry=registry
+    )
+
+
+# --- tests ------------------------------------------------------------------------------------------------------
+
+
+def test_a_lease_needs_a_positive_time_to_live(handles: Callable[[], FlakyCoordination]) -> None:
+    for ttl in (0.0, -1.0):
+        with pytest.raises(ValueError, match="positive"):
+            LeaseKeeper(handles(), NAME, ttl=ttl)
+
+
+async def test_of_two_keepers_on_one_lease_exactly_one_runs_its_work(
+    handles: Callable[[], FlakyCoordination], db_path: Path
+) -> None:
+    coords = [handles(), handles()]
+    registries = [CollectorRegistry(), CollectorRegistry()]
+    keepers = [keeper(c, f"host:{i}", registry=r) for i, (c, r) in enumerate(zip(coords, registries, strict=True))]
+    works = [Work(), Work()]
+    async with running(*zip(keepers, works, strict=True)):
+        await wait_until("one keeper to take the lease", lambda: any(k.active for k in keepers))
+        winner = 0 if keepers[0].active else 1
+        loser = 1 - winner
+        # The standby keeps asking and keeps being refused while the holder renews.
+        refused = coords[loser].refused
+        await wait_until("five more refusals", lambda: coords[loser].refused >= refused + 5)
+        assert [w.starts for w in works] == [1 if i == winner else 0 for i in range(2)]
+        assert [k.active for k in keepers] == [i == winner for i in range(2)]
+        assert [gauge(r) for r in registries] == [1.0 if i == winner else 0.0 for i in range(2)]
+        assert holder_in_table(db_path) == keepers[winner].holder
+        keepers[winner].check()
+        with pytest.raises(LeaseLost, match="host:"):
+            keepers[loser].check()
+
+
+async def test_when_the_holders_work_ends_it_releases_and_the_standby_takes_over_at_once(
+    handles: Callable[[], FlakyCoordination], db_path: Path
+) -> None:
+    # The wall clock is frozen: the first lease can never expire, so only a release lets the standby in.
+    first, second = keeper(handles(), "host:1"), keeper(handles(), "host:2")
+    first_work, second_work = Work(), Work()
+    async with running((first, first_work)) as (first_run,):
+        await wait_until("the first keeper to work", lambda: first_work.running)
+        async with running((second, second_work)):
+            first_work.finish.set()
+            await first_run  # run() returns when the work ends by itself
+            assert not first.active
+            await wait_until("the standby to work", lambda: second_work.running)
+            assert holder_in_table(db_path) == "host:2"
+            assert first_work.starts == 1
+
+
+async def test_work_that_fails_releases_the_lease_and_the_error_propagates(
+    handles: Callable[[], FlakyCoordination], db_path: Path
+) -> None:
+    holder = keeper(handles(), "host:1")
+    work = Work(fail=RuntimeError("the work broke"))
+    async with running((holder, work)) as (task,):
+        await wait_until("the work to start", lambda: work.running)
+        assert holder_in_table(db_path) == "host:1"
+        work.finish.set()
+        with pytest.raises(RuntimeError, match="the work broke"):
+            await task
+    assert not holder.active
+    assert holder_in_table(db_path) is None
+
+
+async def test_a_keeper_stopped_from_outside_releases_the_lease(
+    handles: Callable[[], FlakyCoordination], db_path: Path
+) -> None:
+    """A graceful stop (SIGTERM cancels the role's task) hands the lease over at once."""
+    holder = keeper(handles(), "host:1")
+    work = Work()
+    async with running((holder, work)) as (task,):
+        await wait_until("the work to start", lambda: work.running)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert (work.running, work.stops, holder.active) == (False, 1, False)
+    assert holder_in_table(db_path) is None
+
+
+async def test_a_holder_that_cannot_renew_stops_when_its_lease_runs_out_by_its_own_clock_and_not_before(
+    handles: Callable[[], FlakyCoordination], db_path: Path
+) -> None:
+    coord = handles()
+    mono = ManualClock(100.0)
+    registry = CollectorRegistry()
+    holder = keeper(coord, "host:1", monotonic=mono, registry=registry)
+    work = Work()
+    async with running((holder, work)):
+        await wait_until("the work to start", lambda: work.running)
+        renewed = coord.attempts
+        await wait_until("a renewal", lambda: coord.attempts > renewed)
+        # Every renewal started at monotonic 100.0: by its own clock the lease is good until just before 100.3.
+        coord.broken = True
+        mono.now = 100.0 + TTL * 0.5
+        failed = coord.failed
+        await wait_until("three failed renewals", lambda: coord.failed >= failed + 3)
+        assert work.running and holder.active and gauge(registry) == 1.0
+        holder.check()  # still its lease by its own clock: it may write
+
+        mono.now = 100.0 + TTL
+        with pytest.raises(LeaseLost):
+            holder.check()  # no write from here on, whether or not the work has stopped yet
+        await wait_until("the work to stop", lambda: not work.running)
+        assert (work.starts, work.stops, holder.active, gauge(registry)) == (1, 1, False, 0.0)
+
+        # It never released (it could not), and when the database is back it carries on.
+        assert holder_in_table(db_path) == "host:1"
+        coord.broken = False
+        await wait_until("the work to start again", lambda: work.running)
+        assert work.starts == 2 and gauge(registry) == 1.0
+
+
+async def test_a_holder_whose_lease_was_taken_over_stops_at_its_next_renewal(
+    handles: Callable[[], FlakyCoordination], db_path: Path
+) -> None:
+    """The holder was paused (its renewal held up) past its lease; meanwhile the lease expired in
+    the table and a standby took it. By its own clock the holder still had time, so it learns of
+    the loss at its next renewal, and stops then."""
+    first_coord, second_coord = handles(), handles()
+    first_registry, second_registry = CollectorRegistry(), CollectorRegistry()
+    first = keeper(first_coord, "host:1", monotonic=ManualClock(100.0), registry=first_registry)
+    second = keeper(second_coord, "host:2", registry=second_registry)
+    first_work, second_work = Work(), Work()
+    async with running((first, first_work)):
+        await wait_until("the first keeper to work", lambda: first_work.running)
+        first_coord.hold()
+        await wait_until("its renewal to be held up", first_coord.hanging.is_set)
+        table(db_path, "UPDATE leases SET expires_at = ? WHERE name = ?", WALL - 1, NAME)
+        async with running((second, second_work)):
+            await wait_until("the standby to take the expired lease", lambda: second_work.running)
+            assert holder_in_table(db_path) == "host:2"
+
+            first_coord.let_go()
+            await wait_until("the first keeper to stop", lambda: not first_work.running)
+            assert not first.active
+            with pytest.raises(LeaseLost, match="host:1"):
+                first.check()
+            assert (gauge(first_registry), gauge(second_registry)) == (0.0, 1.0)
+
+            # It stands by: asks again, is refused, and the new holder keeps working.
+            refused = first_coord.refused
+            await wait_until("the old holder to be refused twice", lambda: first_coord.refused >= refused + 2)
+            assert (first_work.starts, second_work.starts) == (1, 1)
+            assert second_work.running and second.active
+            second.check()
+
+
+async def test_a_standby_takes_over_only_once_a_dead_holders_lease_has_expired(
+    handles: Callable[[], FlakyCoordination], db_path: Path
+) -> None:
+    """Real clocks: the holder stops answering (as a killed process would: no renewal, no release)."""
+    dead_coord = handles()
+    dead = LeaseKeeper(dead_coord, NAME, ttl=2.0, holder="host:1")
+    standby = LeaseKeeper(handles(), NAME, ttl=2.0, holder="host:2")
+    events: list[str] = []
+    dead_work, standby_work = Work(name="holder", events=events), Work(name="standby", events=events)
+    async with running((dead, dead_work)):
+        await wait_until("the holder to work", lambda: dead_work.running)
+        async with running((standby, standby_work)):
+            dead_coord.broken = True
+            rows = table(db_path, "SELECT expires_at FROM leases WHERE name = ?", NAME)
+            expires_at = float(str(rows[0][0]))  # that of the last renewal that reached the table
+            await wait_until("the standby to work", lambda: standby_work.running)
+            acquired = table(db_path, "SELECT holder, acquired_at FROM leases WHERE name = ?", NAME)
+            assert acquired[0][0] == "host:2"
+            assert float(str(acquired[0][1])) >= expires_at
+            # The holder stopped by its own clock before its lease could expire in the table.
+            assert events == ["holder started", "holder stopped", "standby started"]
+
+
+async def test_two_leases_in_one_registry_do_not_clash(handles: Callable[[], FlakyCoordination], db_path: Path) -> None:
+    registry = CollectorRegistry()
+    coord = handles()
+    presigner = LeaseKeeper(coord, "presigner", ttl=TTL, holder="host:1", wall=ManualClock(WALL), registry=registry)
+    publisher = LeaseKeeper(coord, "publisher", ttl=TTL, holder="host:1", wall=ManualClock(WALL), registry=registry)
+    presign_work, publish_work = Work(), Work()
+    async with running((presigner, presign_work), (publisher, publish_work)):
+        await wait_until("both to work", lambda: presign_work.running and publish_work.running)
+        assert (gauge(registry, "presigner"), gauge(registry, "publisher")) == (1.0, 1.0)
+        rows = table(db_path, "SELECT name, holder FROM leases ORDER BY name")
+        assert rows == [("presigner", "host:1"), ("publisher", "host:1")]
+
+        publish_work.finish.set()
+        await wait_until("the publisher to stand down", lambda: not publisher.active)
+        assert (gauge(registry, "presigner"), gauge(registry, "publisher")) == (1.0, 0.0)
+        assert presign_work.running
+        presigner.check()
+        assert table(db_path, "SELECT name FROM leases") == [("presigner",)]
