@@ -144,14 +144,29 @@ class LeaseKeeper:
             await asyncio.sleep(self.renew_every)
 
     async def _keep(self, task: asyncio.Future[None]) -> bool:
-        """Renew until the work ends (False) or the lease is lost (True)."""
+        """Renew until the work ends (False) or the lease is lost (True).
+
+        Neither the wait between renewals nor a renewal that hangs (a database that does not
+        answer) keeps the work going past the lease's end by this process's clock.
+        """
         while True:
-            done, _ = await asyncio.wait([task], timeout=self.renew_every)
+            done, _ = await asyncio.wait([task], timeout=max(0.0, min(self.renew_every, self._left())))
             if done:
                 return False
-            held = await self._try()
-            if held is False or (held is None and self._monotonic() >= self._valid_until):
+            left = self._left()
+            if left <= 0:
                 return True
+            try:
+                held = await asyncio.wait_for(self._try(), left)
+            except TimeoutError:
+                log.warning("renewing the %s lease took too long: it runs out", self.name)
+                held = None
+            if held is False or (held is None and self._left() <= 0):
+                return True
+
+    def _left(self) -> float:
+        """Seconds until the lease runs out by this process's clock."""
+        return self._valid_until - self._monotonic()
 
     async def _release(self) -> None:
         try:

@@ -301,6 +301,30 @@ async def test_a_holder_that_cannot_renew_stops_when_its_lease_runs_out_by_its_o
         assert work.starts == 2 and gauge(registry) == 1.0
 
 
+async def test_a_holder_whose_renewal_hangs_stops_when_its_lease_runs_out_by_its_own_clock(
+    handles: Callable[[], FlakyCoordination],
+) -> None:
+    """A database that does not answer (a network partition, a pool with no free connection)
+    must not keep the holder working past its lease while it waits for the renewal."""
+    coord = handles()
+    mono = ManualClock(100.0)
+    holder = keeper(coord, "host:1", monotonic=mono)
+    work = Work()
+    async with running((holder, work)):
+        await wait_until("the work to start", lambda: work.running)
+        coord.hold()
+        await wait_until("a renewal to hang", coord.hanging.is_set)
+        mono.now = 100.0 + TTL * 0.5
+        await asyncio.sleep(TTL)  # a while, by the real clock, with the renewal hanging
+        assert work.running and holder.active
+        mono.now = 100.0 + TTL
+        await wait_until("the work to stop", lambda: not work.running)
+        assert not holder.active
+        with pytest.raises(LeaseLost):
+            holder.check()
+        coord.let_go()
+
+
 async def test_a_holder_whose_lease_was_taken_over_stops_at_its_next_renewal(
     handles: Callable[[], FlakyCoordination], db_path: Path
 ) -> None:
