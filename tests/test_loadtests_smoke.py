@@ -1,6 +1,6 @@
 """The load-test harness works: every scenario runs at smoke sizes and prints a figure.
 
-Runs ``python -m loadtests.run_all --smoke`` (about 50 s on 2 cores). Needs the Debian
+Runs ``python -m loadtests.run_all --smoke`` (about 55 s on 2 cores). Needs the Debian
 packages ``wrk`` and ``nginx`` (and ``openssl`` and PostgreSQL, which the other tests need too).
 """
 
