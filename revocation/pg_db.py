@@ -27,6 +27,11 @@ PG_ERRORS: tuple[type[BaseException], ...] = (
 
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection: a server that is down is reported quickly
 COMMAND_TIMEOUT = 60.0  # the pool's default bound on one statement (a full CRL read of a million rows fits)
+# The server ends a session left idle inside a transaction this long: a client frozen or cut off while
+# it holds a lock (the log's append lock, the response store's change lock) would otherwise keep every
+# other writer out, and a standby that took over its lease from writing, until TCP noticed, hours later.
+# Our transactions send their statements back to back.
+IDLE_IN_TRANSACTION_TIMEOUT = 5.0
 
 
 # The password of a libpq keyword DSN: password=secret or password='a secret'.

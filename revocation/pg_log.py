@@ -31,7 +31,7 @@ import asyncpg
 from revocation.clock import Clock, parse_iso
 from revocation.errors import ConcurrencyError, IntegrityError
 from revocation.eventlog import GENESIS_HASH, Listener, NewEvent, RecordedEvent, call_listeners, chain_events, row_hash
-from revocation.pg_db import COMMAND_TIMEOUT, CONNECT_TIMEOUT, PG_ERRORS, storage_error
+from revocation.pg_db import COMMAND_TIMEOUT, CONNECT_TIMEOUT, IDLE_IN_TRANSACTION_TIMEOUT, PG_ERRORS, storage_error
 from revocation.pg_projection import apply_pg
 
 _COLUMNS = "seq, stream, version, type, payload, actor, request_id, recorded_at, prev_hash, hash"
@@ -229,6 +229,7 @@ async def open_pg_pool(
     max_size: int = 10,
     connect_timeout: float = CONNECT_TIMEOUT,
     command_timeout: float = COMMAND_TIMEOUT,
+    idle_in_transaction_timeout: float = IDLE_IN_TRANSACTION_TIMEOUT,
     migrate: bool = True,
 ) -> asyncpg.Pool:
     """The one way to open PostgreSQL: a pool on ``dsn``, its schema migrated unless told not to.
@@ -238,9 +239,18 @@ async def open_pg_pool(
     """
     if not 0 <= min_size <= max_size or max_size < 1:
         raise ValueError(f"pool sizes must satisfy 0 <= min_size <= max_size >= 1, got {min_size}, {max_size}")
+    if idle_in_transaction_timeout <= 0:
+        raise ValueError(f"idle_in_transaction_timeout must be positive, got {idle_in_transaction_timeout}")
+    # A startup setting, so that the pool's RESET ALL on each release keeps it.
+    idle_ms = str(max(1, round(idle_in_transaction_timeout * 1000)))
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, timeout=connect_timeout, command_timeout=command_timeout
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=connect_timeout,
+            command_timeout=command_timeout,
+            server_settings={"idle_in_transaction_session_timeout": idle_ms},
         )
     except PG_ERRORS as exc:
         raise storage_error("connecting to PostgreSQL", exc, dsn) from exc

@@ -612,6 +612,37 @@ async def test_a_put_that_times_out_writes_nothing_and_leaves_the_store_usable(p
         await pool.close()
 
 
+async def test_a_writer_paused_inside_a_transaction_does_not_block_the_others_for_long(postgres_database: str) -> None:
+    """A writer that stops while it holds the change lock (a process frozen by SIGSTOP or a paused VM, a
+    host cut off) must not keep every other writer out until TCP notices, which takes hours: the server
+    ends a session that has been idle inside a transaction for ``idle_in_transaction_timeout``. (A
+    pre-signer that took over the lease of a frozen one could otherwise not store a response.)"""
+    frozen_pool = await open_pg_pool(postgres_database, min_size=1, max_size=1, idle_in_transaction_timeout=0.5)
+    pool = await open_pg_pool(postgres_database, migrate=False)
+    store = PostgresResponseStore(pool, write_timeout=30)
+    try:
+        frozen = await frozen_pool.acquire()
+        await frozen.execute("BEGIN")
+        await frozen.execute("SELECT pg_advisory_xact_lock($1)", CHANGE_LOCK_KEY)
+        # ... and sends nothing more.
+        assert await store.put([response(1)], "p", 1, "t") == 1
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            await frozen.execute("COMMIT")  # when it wakes, its session is gone: it writes nothing
+        await frozen_pool.release(frozen)
+        for _ in range(2):  # the pool resets each connection it takes back (RESET ALL): the setting stays
+            async with pool.acquire() as conn:
+                await conn.execute("SET idle_in_transaction_session_timeout = 0")
+                assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "0"
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "5s"
+    finally:
+        frozen_pool.terminate()
+        await pool.close()
+
+    with pytest.raises(ValueError, match="idle_in_transaction_timeout"):
+        await open_pg_pool(postgres_database, idle_in_transaction_timeout=0)
+
+
 async def test_pg_migrations_are_idempotent(postgres_database: str) -> None:
     conn = await asyncpg.connect(postgres_database)
     try:
