@@ -53,6 +53,17 @@ def default_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+async def _stop(task: asyncio.Future[None]) -> None:
+    """Cancel the work and wait for it to end.
+
+    Unlike awaiting the task under ``suppress``, this lets a cancellation of the caller itself through
+    (the process is stopping): swallowing it would send the keeper back to take the lease again.
+    """
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its end is of no interest
+    task.cancel()
+    await asyncio.wait([task])
+
+
 class LeaseKeeper:
     def __init__(
         self,
@@ -131,9 +142,7 @@ class LeaseKeeper:
                 await self._release()
                 task.result()
                 return
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            await _stop(task)
             log.warning("%s lease lost by %s: standing by", self.name, self.holder)
 
     async def _acquire(self) -> None:

@@ -383,6 +383,36 @@ async def test_a_standby_takes_over_only_once_a_dead_holders_lease_has_expired(
             assert events == ["holder started", "holder stopped", "standby started"]
 
 
+async def test_a_keeper_stopped_while_it_stands_its_work_down_stops(
+    handles: Callable[[], FlakyCoordination], db_path: Path
+) -> None:
+    """The process is told to stop (its task is cancelled) just as the keeper, having lost the lease,
+    waits for its work to wind down: the keeper ends there. It must not swallow the cancellation and
+    go on to take the lease again, which would leave the process unable to exit while it holds the lease."""
+    coord = handles()
+    mono = ManualClock(100.0)
+    holder = keeper(coord, "host:1", monotonic=mono)
+    winding_down = asyncio.Event()
+
+    async def work() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            winding_down.set()
+            await asyncio.sleep(0.2)  # closing what it had open
+
+    async with running((holder, work)) as (task,):
+        await wait_until("the holder to work", lambda: holder.active)
+        coord.broken = True
+        mono.now = 100.0 + TTL  # its lease has run out by its own clock: it stands its work down
+        await asyncio.wait_for(winding_down.wait(), DEADLINE)
+        task.cancel()
+        coord.broken = False  # the lease could be taken again at once: it must not be
+        await wait_until("the keeper to end", task.done)
+        assert task.cancelled()
+        assert not holder.active and holder.takeovers == 1
+
+
 async def test_two_leases_in_one_registry_do_not_clash(handles: Callable[[], FlakyCoordination], db_path: Path) -> None:
     registry = CollectorRegistry()
     coord = handles()
