@@ -212,7 +212,7 @@ def crl_view(base_url: str, issuer: x509.Certificate) -> CRLView:
 
 def test_a_second_presigner_and_publisher_stand_by_and_take_over(tmp_path: Path, cluster: PostgresCluster) -> None:
     """Both started twice; the active pair is killed, then (restarted as standbys) the new active pair
-    is stopped cleanly. Revocations go on throughout."""
+    is stopped cleanly, then frozen past its lease. Revocations go on throughout."""
     dep = deployment(tmp_path, cluster)
     dsn = database_url(dep)
     api = dep.role("api", "api")
@@ -232,7 +232,7 @@ def test_a_second_presigner_and_publisher_stand_by_and_take_over(tmp_path: Path,
         for proc in (api, responder, *presigners, *publishers):
             proc.wait_ready()
         certs = []
-        for i in range(20):
+        for i in range(28):
             resp = admin.post("/v1/certificates", json={"subject": f"CN=ha-{i}", "dns": [f"ha-{i}.internal"]})
             assert resp.status_code == 201, resp.text
             certs.append(x509.load_pem_x509_certificate(resp.json()["certificate"].encode()))
@@ -341,17 +341,54 @@ def test_a_second_presigner_and_publisher_stand_by_and_take_over(tmp_path: Path,
         revoke_next_batch()
         propagated(publisher, "after the clean handover", takeover=True)
 
+        # --- the active ones freeze (SIGSTOP) past their lease with work to do; the standbys take
+        # over; when the frozen ones wake, they stand by and undo nothing ---
+        for proc in spares.values():
+            proc.start()
+        assert the_active("presigner", presigners) is presigner
+        assert the_active("publisher", publishers) is publisher
+        before = {role: fresh_renewal(dsn, role) for role in ("presigner", "publisher")}
+        revoke_next_batch()
+        for proc in (presigner, publisher):
+            assert proc.proc is not None
+            proc.proc.send_signal(signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        for role, spare in spares.items():
+            took = took_over(role, spare, before[role], frozen_at)
+            print(f"\n{role}: the standby took over {took:.2f}s after the holder froze")
+            assert took < TAKEOVER_BOUND, f"the standby {role} took {took:.1f}s to take over"
+            assert lease_row(dsn, role)[2] >= before[role][1]  # type: ignore[index]
+        propagated(spares["publisher"], "while the old holders are frozen", takeover=True)
+        revoke_next_batch()
+        for proc in (presigner, publisher):
+            assert proc.proc is not None
+            proc.proc.send_signal(signal.SIGCONT)
+        assert the_active("presigner", presigners) is spares["presigner"]
+        assert the_active("publisher", publishers) is spares["publisher"]
+        propagated(spares["publisher"], "after the frozen ones woke")
+        propagated(publisher, "as the woken publisher serves them")
+
         watch.finish()
         numbers = [(v.full, v.delta) for v in views]
         print(f"\nCRL numbers (full, delta) {numbers}; {sum(map(len, watch.seen.values()))} OCSP answers checked")
         watch.check(revoked, never_revoked)
         assert next(batches, None) is None and revoked == {c.serial_number for c in certs[:-4]}
-        for proc in (api, responder, presigner, publisher):
+        for proc in (api, responder, *presigners, *publishers):
             assert proc.proc is not None and proc.proc.poll() is None, f"{proc.name} exited:\n{proc.log_text()}"
+        # All stop cleanly at once, the woken ones too (a stopping standby must not take the lease back).
+        for proc in (*presigners, *publishers):
+            assert proc.proc is not None
+            proc.proc.send_signal(signal.SIGTERM)
+        for proc in (*presigners, *publishers):
+            assert proc.proc is not None
+            assert proc.proc.wait(15) == 0, f"{proc.name}:\n{proc.log_text()[-3000:]}"
     finally:
         admin.close()
         if watch is not None:
             watch.finish()
+        for proc in dep.procs:  # a frozen process would not hear SIGTERM
+            if proc.proc is not None and proc.proc.poll() is None:
+                proc.proc.send_signal(signal.SIGCONT)
         dep.stop_all()
 
 
