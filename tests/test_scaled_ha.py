@@ -1,5 +1,5 @@
 """High availability on PostgreSQL, as real processes: the pre-signer and the publisher started
-twice, the active one killed or stopped; and the responder under granian with two workers.
+twice, the active one killed, stopped or frozen; and the responder under granian with two workers.
 
 The issue asks: exactly one pre-signer and one publisher are active at a time; the other
 takes over within seconds when the first dies (at once when it stops cleanly); nothing is
@@ -212,7 +212,8 @@ def crl_view(base_url: str, issuer: x509.Certificate) -> CRLView:
 
 def test_a_second_presigner_and_publisher_stand_by_and_take_over(tmp_path: Path, cluster: PostgresCluster) -> None:
     """Both started twice; the active pair is killed, then (restarted as standbys) the new active pair
-    is stopped cleanly, then frozen past its lease. Revocations go on throughout."""
+    is stopped cleanly, then frozen past its lease and woken; last, a publisher gets its lease back.
+    Revocations go on throughout."""
     dep = deployment(tmp_path, cluster)
     dsn = database_url(dep)
     api = dep.role("api", "api")
@@ -232,7 +233,7 @@ def test_a_second_presigner_and_publisher_stand_by_and_take_over(tmp_path: Path,
         for proc in (api, responder, *presigners, *publishers):
             proc.wait_ready()
         certs = []
-        for i in range(28):
+        for i in range(32):
             resp = admin.post("/v1/certificates", json={"subject": f"CN=ha-{i}", "dns": [f"ha-{i}.internal"]})
             assert resp.status_code == 201, resp.text
             certs.append(x509.load_pem_x509_certificate(resp.json()["certificate"].encode()))
@@ -242,11 +243,14 @@ def test_a_second_presigner_and_publisher_stand_by_and_take_over(tmp_path: Path,
         views: list[CRLView] = []  # the CRLs at each check, in order
         last_revoked: set[int] = set()  # the revocations at the last check
 
-        def revoke_next_batch() -> None:
-            for cert in next(batches):
+        def revoke(batch: list[x509.Certificate]) -> None:
+            for cert in batch:
                 resp = admin.post(f"/v1/certificates/{cert.serial_number:x}/revoke", json={"reason": "keyCompromise"})
                 assert resp.status_code == 201, resp.text
                 revoked.add(cert.serial_number)
+
+        def revoke_next_batch() -> None:
+            revoke(next(batches))
 
         def propagated(publisher: RoleProcess, what: str, *, takeover: bool = False) -> None:
             """Every revocation so far is answered revoked by the responder and listed by the CRLs
@@ -368,18 +372,44 @@ def test_a_second_presigner_and_publisher_stand_by_and_take_over(tmp_path: Path,
         propagated(spares["publisher"], "after the frozen ones woke")
         propagated(publisher, "as the woken publisher serves them")
 
+        # --- a publisher that gets its lease back publishes what happened while it stood by. The
+        # active one freezes while idle; the other (which was active before) takes over; once the frozen
+        # one is awake and standing by, revocations begin and the active one is killed before it can
+        # publish them. Standing by, the woken one did not follow the log, yet it publishes them. ---
+        woken, other = spares["publisher"], publisher
+        before = {"publisher": fresh_renewal(dsn, "publisher")}
+        assert woken.proc is not None
+        woken.proc.send_signal(signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        took = took_over("publisher", other, before["publisher"], frozen_at)
+        assert took < TAKEOVER_BOUND, f"the publisher took {took:.1f}s to take over"
+        woken.proc.send_signal(signal.SIGCONT)
+        assert the_active("publisher", publishers) is other
+        before = {"publisher": fresh_renewal(dsn, "publisher")}
+        batch = next(batches)
+        revoke(batch[:1])
+        other.kill()  # within the debounce (crl.after_revocation_seconds) of the revocation
+        killed_at = time.monotonic()
+        revoke(batch[1:])
+        took = took_over("publisher", woken, before["publisher"], killed_at)
+        print(f"\npublisher: the woken one took its lease back {took:.2f}s after the kill")
+        assert took < TAKEOVER_BOUND, f"the publisher took {took:.1f}s to take its lease back"
+        assert lease_row(dsn, "publisher")[2] >= before["publisher"][1]  # type: ignore[index]
+        propagated(woken, "after the woken publisher got its lease back")
+        running = [api, responder, *presigners, woken]
+
         watch.finish()
         numbers = [(v.full, v.delta) for v in views]
         print(f"\nCRL numbers (full, delta) {numbers}; {sum(map(len, watch.seen.values()))} OCSP answers checked")
         watch.check(revoked, never_revoked)
         assert next(batches, None) is None and revoked == {c.serial_number for c in certs[:-4]}
-        for proc in (api, responder, *presigners, *publishers):
+        for proc in running:
             assert proc.proc is not None and proc.proc.poll() is None, f"{proc.name} exited:\n{proc.log_text()}"
         # All stop cleanly at once, the woken ones too (a stopping standby must not take the lease back).
-        for proc in (*presigners, *publishers):
+        for proc in running:
             assert proc.proc is not None
             proc.proc.send_signal(signal.SIGTERM)
-        for proc in (*presigners, *publishers):
+        for proc in running:
             assert proc.proc is not None
             assert proc.proc.wait(15) == 0, f"{proc.name}:\n{proc.log_text()[-3000:]}"
     finally:
