@@ -25,6 +25,7 @@ log = logging.getLogger("pca.responder")
 
 ISSUER_REFRESH_SECONDS = 10.0  # a responder in its own process learns of new issuers this often
 PROGRESS_BACKLOG = 10_000  # progress reports kept while the store is unreachable
+REPORT_GATHER_SECONDS = 0.05
 
 
 def response_store(rt: Runtime) -> ResponseStore:
@@ -183,14 +184,19 @@ async def _heartbeat(rt: Runtime, cache: CachingSource, rid: str) -> None:
     backlog = collections.deque(((pos, max(at, since)) for pos, at in backlog), maxlen=PROGRESS_BACKLOG)
     while True:
         wake.clear()
+        progress = list(backlog)
         try:
-            while backlog:
-                position, at = backlog[0]
-                await rt.coord.record_applied(rid, position, at)
-                backlog.popleft()
-            await rt.coord.heartbeat(rid, url, cache.position, started, time.time())
+            # Every report keeps its own time, so batching them costs the tracker no precision.
+            await rt.coord.report(rid, url, progress, cache.position, started, time.time())
         except PCAError as exc:
             log.warning("cannot report to the store (%s); retrying", exc)
+        else:
+            sent = progress[-1][0] if progress else -1
+            while backlog and backlog[0][0] <= sent:  # positions only grow
+                backlog.popleft()
+        # A short pause gathers a burst of polls into one write (on SQLite, a turn of the writer
+        # that revocations wait for).
+        await asyncio.sleep(REPORT_GATHER_SECONDS)
         try:
             await asyncio.wait_for(wake.wait(), interval)
         except TimeoutError:

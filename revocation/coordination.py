@@ -109,6 +109,19 @@ class Coordination(Protocol):
         """Upsert the responder's row (last_seen = now)."""
         ...
 
+    async def report(
+        self,
+        responder_id: str,
+        url: str,
+        progress: Sequence[tuple[int, float]],
+        applied_change: int,
+        started_at: float,
+        now: float,
+    ) -> None:
+        """``record_applied`` for each (applied_change, applied_at) of ``progress``, then ``heartbeat``,
+        in one transaction: what a responder sends after each poll that applied changes."""
+        ...
+
     async def record_applied(self, responder_id: str, applied_change: int, applied_at: float) -> None:
         """Append one progress row: by ``applied_at`` the responder had applied every change up to ``applied_change``.
 
@@ -237,6 +250,21 @@ def _presigned(row: tuple[Any, ...]) -> PresignedState:
 _PUBLICATION_COLUMNS = "issuer_id, shard, kind, number, position, published_at"
 
 
+# Shared by both backends (PostgreSQL through pg_sql, which numbers the ? placeholders).
+SQL_HEARTBEAT = (
+    "INSERT INTO responders (responder_id, url, applied_change, started_at, last_seen) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (responder_id) DO UPDATE SET url = excluded.url, "
+    "applied_change = excluded.applied_change, started_at = excluded.started_at, "
+    "last_seen = excluded.last_seen"
+)
+# A row that an existing one makes redundant (as far, or further, no later) is not stored.
+SQL_RECORD_APPLIED = (
+    "INSERT INTO responder_progress (responder_id, applied_change, applied_at) "
+    "SELECT ?1, ?2, ?3 WHERE NOT EXISTS (SELECT 1 FROM responder_progress "
+    "WHERE responder_id = ?1 AND applied_change >= ?2 AND applied_at <= ?3)"
+)
+
+
 class SQLiteCoordination:
     def __init__(self, db: SQLiteDatabase) -> None:
         self._db = db
@@ -279,26 +307,31 @@ class SQLiteCoordination:
 
     async def heartbeat(self, responder_id: str, url: str, applied_change: int, started_at: float, now: float) -> None:
         await self._db.write(
-            lambda conn: conn.execute(
-                "INSERT INTO responders (responder_id, url, applied_change, started_at, last_seen) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (responder_id) DO UPDATE SET url = excluded.url, "
-                "applied_change = excluded.applied_change, started_at = excluded.started_at, "
-                "last_seen = excluded.last_seen",
-                (responder_id, url, applied_change, started_at, now),
-            ),
+            lambda conn: conn.execute(SQL_HEARTBEAT, (responder_id, url, applied_change, started_at, now)),
             durable=False,
         )
 
     async def record_applied(self, responder_id: str, applied_change: int, applied_at: float) -> None:
         await self._db.write(
-            lambda conn: conn.execute(
-                "INSERT INTO responder_progress (responder_id, applied_change, applied_at) "
-                "SELECT ?1, ?2, ?3 WHERE NOT EXISTS (SELECT 1 FROM responder_progress "
-                "WHERE responder_id = ?1 AND applied_change >= ?2 AND applied_at <= ?3)",
-                (responder_id, applied_change, applied_at),
-            ),
+            lambda conn: conn.execute(SQL_RECORD_APPLIED, (responder_id, applied_change, applied_at)),
             durable=False,
         )
+
+    async def report(
+        self,
+        responder_id: str,
+        url: str,
+        progress: Sequence[tuple[int, float]],
+        applied_change: int,
+        started_at: float,
+        now: float,
+    ) -> None:
+        def w(conn: sqlite3.Connection) -> None:
+            # One write for the lot: each is a turn of the single writer that revocations wait for.
+            conn.executemany(SQL_RECORD_APPLIED, [(responder_id, change, at) for change, at in progress])
+            conn.execute(SQL_HEARTBEAT, (responder_id, url, applied_change, started_at, now))
+
+        await self._db.write(w, durable=False)
 
     async def responders(self) -> list[ResponderState]:
         def q(conn: sqlite3.Connection) -> list[ResponderState]:

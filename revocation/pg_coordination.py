@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from revocation.coordination import (
+    SQL_HEARTBEAT,
     CRLPublication,
     LeaseState,
     PresignedState,
@@ -21,9 +22,17 @@ from revocation.coordination import (
     earliest_applied,
     stored_time,
 )
-from revocation.pg_db import PG_ERRORS, affected, storage_error
+from revocation.pg_db import PG_ERRORS, affected, pg_sql, storage_error
 
 _PUBLICATION_COLUMNS = "issuer_id, shard, kind, number, position, published_at"
+
+
+_HEARTBEAT = pg_sql(SQL_HEARTBEAT)
+_RECORD_APPLIED = (
+    "INSERT INTO responder_progress (responder_id, applied_change, applied_at) "
+    "SELECT $1::text, $2::bigint, $3::double precision WHERE NOT EXISTS (SELECT 1 FROM responder_progress "
+    "WHERE responder_id = $1 AND applied_change >= $2 AND applied_at <= $3)"
+)
 
 
 def _publication(row: Any) -> CRLPublication:
@@ -92,10 +101,7 @@ class PostgresCoordination:
     async def heartbeat(self, responder_id: str, url: str, applied_change: int, started_at: float, now: float) -> None:
         await self._execute(
             f"recording the heartbeat of responder {responder_id}",
-            "INSERT INTO responders (responder_id, url, applied_change, started_at, last_seen) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (responder_id) DO UPDATE SET url = excluded.url, "
-            "applied_change = excluded.applied_change, started_at = excluded.started_at, "
-            "last_seen = excluded.last_seen",
+            _HEARTBEAT,
             responder_id,
             url,
             applied_change,
@@ -106,13 +112,28 @@ class PostgresCoordination:
     async def record_applied(self, responder_id: str, applied_change: int, applied_at: float) -> None:
         await self._execute(
             f"recording the progress of responder {responder_id}",
-            "INSERT INTO responder_progress (responder_id, applied_change, applied_at) "
-            "SELECT $1::text, $2::bigint, $3::double precision WHERE NOT EXISTS (SELECT 1 FROM responder_progress "
-            "WHERE responder_id = $1 AND applied_change >= $2 AND applied_at <= $3)",
+            _RECORD_APPLIED,
             responder_id,
             applied_change,
             applied_at,
         )
+
+    async def report(
+        self,
+        responder_id: str,
+        url: str,
+        progress: Sequence[tuple[int, float]],
+        applied_change: int,
+        started_at: float,
+        now: float,
+    ) -> None:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                if progress:
+                    await conn.executemany(_RECORD_APPLIED, [(responder_id, c, at) for c, at in progress])
+                await conn.execute(_HEARTBEAT, responder_id, url, applied_change, started_at, now)
+        except PG_ERRORS as exc:
+            raise storage_error(f"recording the progress of responder {responder_id}", exc) from exc
 
     async def responders(self) -> list[ResponderState]:
         rows = await self._fetch(

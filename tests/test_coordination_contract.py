@@ -204,6 +204,16 @@ async def test_first_applied_is_the_earliest_report_at_or_past_the_change(subjec
     assert await coord.applied_times("nobody", [1]) == {}
 
 
+async def test_one_report_carries_every_poll_with_its_own_time_and_the_heartbeat(subject: Subject) -> None:
+    coord = subject.coord
+    await coord.report("r1", "http://r1/ocsp", [(5, 10.0), (9, 12.0), (12, 15.0)], 12, 1.0, 15.5)
+    await coord.report("r1", "http://r1/ocsp", [], 12, 1.0, 16.5)  # a heartbeat with nothing new
+
+    assert [await coord.first_applied("r1", c) for c in (5, 6, 12, 13)] == [10.0, 12.0, 15.0, None]
+    (state,) = await coord.responders()
+    assert (state.responder_id, state.url, state.applied_change, state.last_seen) == ("r1", "http://r1/ocsp", 12, 16.5)
+
+
 async def test_a_report_that_changes_no_answer_is_not_stored(subject: Subject) -> None:
     coord = subject.coord
     await coord.record_applied("r1", 9, 12.0)
