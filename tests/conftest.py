@@ -76,6 +76,17 @@ async def runtime(ca_config: Config) -> AsyncIterator[Runtime]:
         rt.close()
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class ServerProcess:
     """``pca serve`` as a real process on free ports."""
 
@@ -109,13 +120,7 @@ class ServerProcess:
         raise RuntimeError(f"pca serve did not become ready:\n{self.log_path.read_text()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def admin(self) -> httpx.Client:

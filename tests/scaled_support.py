@@ -6,18 +6,17 @@ import base64
 import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 from asn1crypto import keys as asn1_keys
-from conftest import PostgresCluster, free_port
+from conftest import PostgresCluster, free_port, stop_process
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
@@ -80,13 +79,7 @@ class RoleProcess:
             self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def log_text(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
@@ -201,6 +194,23 @@ def ocsp_answer(client: httpx.Client, url: str) -> tuple[int, str]:
     # Our responses carry two SingleResponses for the certificate (SHA-1 and SHA-256 CertIDs).
     statuses = {single.certificate_status.name.lower() for single in parsed.responses}
     return 200, statuses.pop() if len(statuses) == 1 else f"inconsistent {sorted(statuses)}"
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1) -> Any:
+    """Call ``check`` until it returns something true (and return that); fail naming ``what`` and
+    the last result after ``timeout`` seconds. HTTP and parsing errors count as "not yet"."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (httpx.HTTPError, ValueError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def percentile(values: list[float], fraction: float) -> float:

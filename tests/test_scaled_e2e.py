@@ -31,6 +31,7 @@ from scaled_support import (
     pca,
     percentile,
     set_options,
+    wait_for,
 )
 
 pytestmark = pytest.mark.e2e
@@ -40,21 +41,6 @@ RATE = 50.0  # revocations per second
 SLO_P99 = 2.0  # seconds, the bound for ocsp_all_responders
 GONE_AFTER = 3.0
 PROBE_SAMPLE = 0.3
-
-
-def wait_for(what: str, check: Any, timeout: float = 60.0, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (httpx.HTTPError, ValueError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 class OCSPLoad(threading.Thread):

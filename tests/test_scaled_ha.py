@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -31,7 +31,7 @@ from conftest import PostgresCluster, create_database, free_port, postgres_clust
 from crl_support import crl_number, delta_base
 from cryptography import x509
 from cryptography.x509 import ocsp
-from scaled_support import Deployment, RoleProcess, metric, ocsp_answer, ocsp_get_url, set_options
+from scaled_support import Deployment, RoleProcess, metric, ocsp_answer, ocsp_get_url, set_options, wait_for
 
 from revocation.coordination import ResponderState
 from revocation.pg_coordination import PostgresCoordination
@@ -65,21 +65,6 @@ def database_url(dep: Deployment) -> str:
     match = re.search(r'(?m)^url = "([^"]+)"', dep.config.read_text())
     assert match, "no database url in pca.toml"
     return match.group(1)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (httpx.HTTPError, ValueError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def lease_row(dsn: str, name: str) -> tuple[str, float, float] | None:
