@@ -260,8 +260,7 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
     async def run() -> int:
         rt = await connect_runtime(cfg, SystemClock())
         try:
-            count: int = await rt.log.rebuild_projection()
-            return count
+            return await rt.log.rebuild_projection()
         finally:
             await rt.aclose()
 
@@ -488,8 +487,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> None:
         async def run() -> int:
             rt = await connect_runtime(cfg, SystemClock())
             try:
-                count: int = await rt.log.verify_chain()
-                return count
+                return await rt.log.verify_chain()
             finally:
                 await rt.aclose()
 

@@ -178,3 +178,13 @@ class EventLog(Protocol):
     async def verify_chain(self) -> int:
         """Walk the whole chain; return the number of rows or raise IntegrityError."""
         ...
+
+
+class StoredEventLog(EventLog, Protocol):
+    """An event log on a database that also holds its projection: what a runtime runs on."""
+
+    listeners: list[Listener]  # called after each append made through this object commits
+
+    async def rebuild_projection(self) -> int:
+        """Recreate the status projection from the log alone; returns the number of events applied."""
+        ...

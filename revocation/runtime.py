@@ -24,7 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from revocation.clock import Clock
 from revocation.config import Config
 from revocation.coordination import Coordination, SQLiteCoordination
-from revocation.eventlog import RecordedEvent
+from revocation.eventlog import RecordedEvent, StoredEventLog
+from revocation.pg_db import EVENTS_CHANNEL, RESPONSES_CHANNEL
 from revocation.projection import SQLiteStatusView, StatusView
 from revocation.sqlite_db import SQLiteDatabase
 from revocation.sqlite_log import SQLiteEventLog
@@ -42,16 +43,12 @@ ROLE_ENTRY_POINTS = {
 }
 
 
-EVENTS_CHANNEL = "pca_events"  # NOTIFY payload: the last seq of a committed append
-RESPONSES_CHANNEL = "pca_responses"  # NOTIFY payload: the last change_id of a response-store write
-
-
 @dataclasses.dataclass
 class Runtime:
     config: Config
     clock: Clock
     registry: CollectorRegistry
-    log: Any  # SQLiteEventLog | PostgresEventLog: the EventLog protocol plus listeners and rebuild_projection
+    log: StoredEventLog
     view: StatusView
     coord: Coordination
     db: SQLiteDatabase | None = None  # the SQLite backend
