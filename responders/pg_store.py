@@ -37,13 +37,12 @@ from responders.store import (
     put_params,
     stored_row,
 )
-from revocation.pg_db import PG_ERRORS, pg_sql, storage_error
+from revocation.pg_db import PG_ERRORS, RESPONSES_CHANNEL, pg_sql, storage_error
 from revocation.pg_log import open_pg_pool
 
 # The key of the advisory lock every put holds until it commits ("pcarsp" in ASCII; pg_log's is "pcalog").
 CHANGE_LOCK_KEY = 0x706361727370
 # The channel a put notifies, with the last change_id it committed as the payload.
-RESPONSES_CHANNEL = "pca_responses"
 
 TIMEOUT = 5.0  # seconds for a read, connecting included
 WRITE_TIMEOUT = 30.0  # seconds for one put (a batch of thousands of responses), connecting included

@@ -19,7 +19,8 @@ from responders.store import ResponseStore, SQLiteResponseStore
 from revocation.errors import PCAError
 from revocation.eventlog import RecordedEvent
 from revocation.leases import LeaseKeeper, default_holder
-from revocation.runtime import RESPONSES_CHANNEL, Runtime
+from revocation.pg_db import RESPONSES_CHANNEL
+from revocation.runtime import Runtime
 
 log = logging.getLogger("pca.responder")
 

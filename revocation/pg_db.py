@@ -33,6 +33,10 @@ COMMAND_TIMEOUT = 60.0  # the pool's default bound on one statement (a full CRL 
 # Our transactions send their statements back to back.
 IDLE_IN_TRANSACTION_TIMEOUT = 5.0
 
+# The NOTIFY channels: every role that listens and every writer that notifies uses these names.
+EVENTS_CHANNEL = "pca_events"  # payload: the last seq of a committed append
+RESPONSES_CHANNEL = "pca_responses"  # payload: the last change_id of a response-store write
+
 
 # The password of a libpq keyword DSN: password=secret or password='a secret'.
 _KEYWORD_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")

@@ -31,7 +31,14 @@ import asyncpg
 from revocation.clock import Clock, parse_iso
 from revocation.errors import ConcurrencyError, IntegrityError
 from revocation.eventlog import GENESIS_HASH, Listener, NewEvent, RecordedEvent, call_listeners, chain_events, row_hash
-from revocation.pg_db import COMMAND_TIMEOUT, CONNECT_TIMEOUT, IDLE_IN_TRANSACTION_TIMEOUT, PG_ERRORS, storage_error
+from revocation.pg_db import (
+    COMMAND_TIMEOUT,
+    CONNECT_TIMEOUT,
+    EVENTS_CHANNEL,
+    IDLE_IN_TRANSACTION_TIMEOUT,
+    PG_ERRORS,
+    storage_error,
+)
 from revocation.pg_projection import apply_pg
 
 _COLUMNS = "seq, stream, version, type, payload, actor, request_id, recorded_at, prev_hash, hash"
@@ -42,7 +49,6 @@ APPEND_LOCK_KEY = 0x7063616C6F67
 MIGRATE_LOCK_KEY = APPEND_LOCK_KEY + 1
 
 # The channel every append notifies, with the last seq it committed as the payload.
-EVENTS_CHANNEL = "pca_events"
 _REBUILD_PAGE = 5000  # events read at a time by rebuild_projection
 
 MIGRATIONS: list[tuple[int, str]] = [

@@ -16,13 +16,14 @@ import asyncpg
 import pytest
 from conftest import free_port
 
-from responders.pg_store import RESPONSES_CHANNEL, PostgresResponseStore
+from responders.pg_store import PostgresResponseStore
 from responders.store import StoredResponse
 from revocation.clock import FakeClock
 from revocation.errors import IntegrityError
 from revocation.eventlog import NewEvent
 from revocation.events import CertificateIssued, CertificateRevoked
-from revocation.pg_log import EVENTS_CHANNEL, PostgresEventLog
+from revocation.pg_db import EVENTS_CHANNEL, RESPONSES_CHANNEL
+from revocation.pg_log import PostgresEventLog
 from revocation.pg_notify import PostgresListener
 
 T0 = datetime.datetime(2026, 3, 1, 12, tzinfo=datetime.UTC)
