@@ -295,8 +295,6 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
     )
     for key in ("lease_seconds", "heartbeat_seconds", "responder_gone_seconds", "slo_seconds"):
         _positive(getattr(scale, key), f"scale.{key}")
-    if scale.lease_seconds < 3 * scale.heartbeat_seconds:
-        raise ConfigError("scale.lease_seconds must be at least 3 times scale.heartbeat_seconds")
     if scale.responder_gone_seconds < 2 * scale.heartbeat_seconds:
         raise ConfigError("scale.responder_gone_seconds must be at least twice scale.heartbeat_seconds")
 

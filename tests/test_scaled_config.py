@@ -57,7 +57,6 @@ def test_a_database_url_that_is_not_postgresql_is_refused(tmp_path: Path, url: s
     ("section", "message"),
     [
         ("lease_seconds = 0", "scale.lease_seconds must be positive"),
-        ("lease_seconds = 2\nheartbeat_seconds = 1", "at least 3 times"),
         ("responder_gone_seconds = 1\nheartbeat_seconds = 1", "at least twice"),
         ('slo_seconds = "fast"', "scale.slo_seconds must be float"),
     ],
