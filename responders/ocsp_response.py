@@ -185,10 +185,10 @@ def _check_signer(issuer_cert: x509.Certificate, signer_cert: x509.Certificate) 
             f"the OCSP signer {signer_cert.subject.rfc4514_string()} is not issued by the CA: {exc}"
         ) from exc
     try:
-        eku = signer_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        usages = list(signer_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
     except x509.ExtensionNotFound:
-        eku = x509.ExtendedKeyUsage([])
-    if ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
+        usages = []  # cryptography 51 refuses an empty ExtendedKeyUsage, so no placeholder object
+    if ExtendedKeyUsageOID.OCSP_SIGNING not in usages:
         raise ValueError(f"the OCSP signer {signer_cert.subject.rfc4514_string()} lacks the OCSPSigning EKU")
 
 
