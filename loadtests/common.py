@@ -32,12 +32,12 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
+from pca.config import Config, load_config
+from pca.runtime import Runtime, open_runtime
 from revocation.clock import SystemClock
-from revocation.config import Config, load_config
 from revocation.eventlog import NewEvent
 from revocation.events import CertificateIssued, CertificateRevoked
 from revocation.projection import IssuerRecord
-from revocation.runtime import Runtime, open_runtime
 
 ISSUER = "issuing-ca"
 BASE_SERIAL = 1 << 120
@@ -220,7 +220,7 @@ def workdir(prefix: str) -> Path:
 
 def make_ca(base: Path) -> Config:
     """``pca init`` into ``base/ca`` on free loopback ports (its chatter suppressed)."""
-    from revocation.cli import main as pca_main
+    from pca.cli import main as pca_main
 
     directory = base / "ca"
     with contextlib.redirect_stdout(io.StringIO()):
@@ -279,8 +279,8 @@ async def populate(rt: Runtime, count: int, revoked_every: int = 100, batch: int
     Signing and serving never read a certificate's DER, so one issued certificate
     stands in for all. Every ``revoked_every``-th one is revoked (keyCompromise).
     """
+    from pca.serve import build_authority
     from revocation.authority import Actor, IssueRequest
-    from revocation.serve import build_authority
 
     authority = build_authority(rt)
     sample = await authority.issue(IssueRequest(subject="CN=bench", dns=["bench.test"]), Actor("bench", "populate"))

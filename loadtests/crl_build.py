@@ -37,10 +37,10 @@ from loadtests.common import (
     runs_of,
     scratch,
 )
+from pca.config import Config
 from publishers.crl_der import CRLEntry, build_crl
 from publishers.objectstore import DirectoryStore
 from publishers.publisher import Publisher
-from revocation.config import Config
 from revocation.keys import open_key
 from revocation.projection import IssuerRecord
 

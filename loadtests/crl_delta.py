@@ -27,13 +27,13 @@ from prometheus_client import CollectorRegistry
 
 from loadtests.common import BASE_SERIAL, ISSUER, emit, log, make_ca, median, open_bench_runtime, parser, scratch
 from loadtests.common import populate as record_certificates
+from pca.config import Config
+from pca.runtime import Runtime
 from publishers.objectstore import DirectoryStore
 from publishers.publisher import Published, Publisher
-from revocation.config import Config
 from revocation.eventlog import NewEvent
 from revocation.events import CertificateRevoked
 from revocation.projection import IssuerRecord
-from revocation.runtime import Runtime
 
 BATCH = 5000
 

@@ -28,11 +28,11 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from loadtests.common import BASE_SERIAL, ISSUER, emit, issuer_record, log, make_ca, median, parser, runs_of, scratch
+from pca.config import Config, OCSPConfig
 from responders.presigner import sign_batch, signing_pool
 from responders.store import SQLiteResponseStore, StoredResponse
-from revocation.config import Config, OCSPConfig
 from revocation.projection import IssuerRecord
-from revocation.sqlite_db import SQLiteDatabase
+from revocation.storage.sqlite.db import SQLiteDatabase
 
 BATCH = 1000
 

@@ -48,8 +48,8 @@ from loadtests.common import (
 )
 from loadtests.pcaserver import PcaServer
 from loadtests.wrkrun import run_wrk, write_script
+from pca.config import Config
 from responders.store import SQLiteResponseStore
-from revocation.config import Config
 
 PCA_GET_PREFIX = "/ocsp"
 PCA_POST_PATH = "/ocsp"

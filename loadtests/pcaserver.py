@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from loadtests.common import Service, wait_until
-from revocation.config import Config
+from pca.config import Config
 
 
 class PcaServer:
@@ -20,7 +20,7 @@ class PcaServer:
         self.cfg = cfg
         self.server = server
         self.workers = workers
-        cmd = [sys.executable, "-m", "revocation.cli", "serve", "--config", str(cfg.path), "--log-level", "warning"]
+        cmd = [sys.executable, "-m", "pca.cli", "serve", "--config", str(cfg.path), "--log-level", "warning"]
         cmd += ["--server", server]
         if server == "granian":
             cmd += ["--workers", str(workers)]

@@ -35,8 +35,8 @@ from loadtests.common import (
     runs_of,
     scratch,
 )
+from pca.config import Config
 from responders.store import SQLiteResponseStore
-from revocation.config import Config
 
 
 def presign_run(template: Config, base: Path, count: int, workers: int) -> dict[str, Any]:

@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.common import emit, free_port, log, median, parser, populate, presign_all, runs_of, scratch
+from pca.config import Config, load_config
+from pca.runtime import open_runtime
 from responders.store import SQLiteResponseStore
 from revocation.clock import SystemClock
-from revocation.config import Config, load_config
 from revocation.keys import open_key
-from revocation.runtime import open_runtime
 
 PIN_ENV = "PCA_BENCH_HSM_PIN"
 SOFTHSM_PATHS = (
@@ -98,7 +98,7 @@ def moto_kms(base: Path) -> Iterator[list[str]]:
 
 
 def init(base: Path, backend: str, flags: list[str]) -> Config:
-    from revocation.cli import main as pca_main
+    from pca.cli import main as pca_main
 
     directory = base / "ca"
     with contextlib.redirect_stdout(io.StringIO()):

@@ -46,7 +46,7 @@ from loadtests.pgcluster import PostgresCluster, postgres_cluster
 from loadtests.propagation import loop_lag, raised_priority
 from loadtests.rawhttp import HTTPConnection
 from loadtests.wrkrun import LUA_DONE, parse
-from revocation.config import load_config
+from pca.config import load_config
 
 TIMEOUT_S = 30.0  # per revocation, for the black-box client
 TIMELINES_TIMEOUT_S = 90.0
@@ -145,7 +145,7 @@ class Shape:
 
 @contextlib.contextmanager
 def deployment(work: Path, pg: PostgresCluster, responders: int) -> Iterator[Shape]:
-    from revocation.cli import main as pca_main
+    from pca.cli import main as pca_main
 
     directory = work / "ca"
     crl_port, admin_port = free_port(), free_port()
@@ -171,7 +171,7 @@ def deployment(work: Path, pg: PostgresCluster, responders: int) -> Iterator[Sha
     health: list[str] = []
 
     def role(name: str, roles: str, port: int | None, *extra: str) -> str:
-        cmd = [sys.executable, "-m", "revocation.cli", "serve", "--config", str(config), "--roles", roles]
+        cmd = [sys.executable, "-m", "pca.cli", "serve", "--config", str(config), "--roles", roles]
         cmd += ["--log-level", "warning", *extra]
         if port is None:
             url = admin_url

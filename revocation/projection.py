@@ -1,7 +1,7 @@
 """The certificate-status projection: issuers and certificates as the log says.
 
 It is derived state: each backend (SQLite here, PostgreSQL in
-``revocation.pg_projection``) updates it in the same transaction as the append
+``revocation.storage.postgres.projection``) updates it in the same transaction as the append
 (so a read after a 2xx sees the write) and ``rebuild_projection`` recreates it
 from the log alone. What an event does to it is decided once, by
 ``projection_step``, for both.
@@ -31,7 +31,7 @@ from revocation.events import (
     ResponderCertRotated,
 )
 from revocation.keys import KeyRef
-from revocation.sqlite_db import SQLiteDatabase
+from revocation.storage.sqlite.db import SQLiteDatabase
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +152,7 @@ class StatusView(Protocol):
 
 # --- shared by the SQLite and PostgreSQL backends ----------------------------------------------
 # Statements are in SQLite's dialect with ``?`` placeholders; PostgreSQL numbers them
-# (``revocation.pg_db.pg_sql``). Both store serials as lowercase hex TEXT and times as epoch seconds.
+# (``revocation.storage.postgres.db.pg_sql``). Both store serials as lowercase hex TEXT and times as epoch seconds.
 
 SIGNING_COLUMNS = "issuer_id, serial, status, revoked_at, reason, invalidity_date"
 CERT_COLUMNS = (
@@ -239,7 +239,7 @@ def issuer_row(row: Sequence[Any]) -> IssuerRecord:
 class ProjectionStep(NamedTuple):
     """One statement that applies an event to the projection, in the shared dialect (``?`` placeholders).
 
-    SQLite runs it as is; PostgreSQL numbers the placeholders (``revocation.pg_db.pg_sql``).
+    SQLite runs it as is; PostgreSQL numbers the placeholders (``revocation.storage.postgres.db.pg_sql``).
     """
 
     sql: str

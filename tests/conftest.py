@@ -21,10 +21,10 @@ import httpx
 import pytest
 
 from loadtests.pgcluster import PostgresCluster, postgres_cluster
-from revocation.cli import main as pca_main
+from pca.cli import main as pca_main
+from pca.config import Config, load_config
+from pca.runtime import Runtime, open_runtime
 from revocation.clock import FakeClock
-from revocation.config import Config, load_config
-from revocation.runtime import Runtime, open_runtime
 
 __all__ = ["PostgresCluster", "postgres_cluster"]
 
@@ -102,7 +102,7 @@ class ServerProcess:
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "revocation.cli", "serve", "--config", str(self.config_path)],
+                [sys.executable, "-m", "pca.cli", "serve", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -12,10 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID
 
+from pca.config import Config, load_config
+from pca.runtime import Runtime
 from revocation.authority import Actor, Authority, IssueRequest
-from revocation.config import Config, load_config
 from revocation.projection import IssuerRecord
-from revocation.runtime import Runtime
 
 ACTOR = Actor("tester", "r1")
 ROOT = "root-ca"

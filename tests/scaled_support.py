@@ -21,12 +21,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from revocation.cli import main as pca_main
+from pca.cli import main as pca_main
 
 
 def pca(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "revocation.cli", *map(str, args)],
+        [sys.executable, "-m", "pca.cli", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -48,7 +48,7 @@ class RoleProcess:
 
     def start(self, wait: bool = True) -> None:
         with open(self.log_path, "ab") as log:
-            command = [sys.executable, "-m", "revocation.cli", "serve", "--config", str(self.config)]
+            command = [sys.executable, "-m", "pca.cli", "serve", "--config", str(self.config)]
             self.proc = subprocess.Popen(
                 [*command, "--roles", self.roles, *self.extra],
                 stdout=log,

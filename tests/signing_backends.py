@@ -24,16 +24,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
+from pca.config import Config
+from pca.runtime import open_runtime
+from pca.serve import build_authority, check_keys
 from publishers.objectstore import DirectoryStore
 from publishers.publisher import Publisher
 from responders.presigner import PreSigner, signing_pool
 from responders.store import SQLiteResponseStore
 from revocation.authority import Actor, IssueRequest
 from revocation.clock import SystemClock
-from revocation.config import Config
 from revocation.keys import KeyRef
-from revocation.runtime import open_runtime
-from revocation.serve import build_authority, check_keys
 
 ACTOR = Actor("test", "backends")
 ISSUING = "issuing-ca"
@@ -143,13 +143,13 @@ def files_containing(directory: Path, secret: bytes) -> list[Path]:
 @contextlib.contextmanager
 def responder_alone(config_path: Path, env: Mapping[str, str]) -> Iterator[str]:
     """``pca serve --roles responder`` as a process with ``env``; yields its public URL once it answers."""
-    from revocation.config import load_config
+    from pca.config import load_config
 
     cfg = load_config(config_path)
     log_path = config_path.parent / "responder.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "revocation.cli", "serve", "--roles", "responder", "--config", str(config_path)],
+            [sys.executable, "-m", "pca.cli", "serve", "--roles", "responder", "--config", str(config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=dict(env),
@@ -187,7 +187,7 @@ def ask_responder(url: str, cfg: Config, cert: Path) -> str:
 
 def run_pca(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "revocation.cli", *args], capture_output=True, text=True, timeout=60, env=dict(env)
+        [sys.executable, "-m", "pca.cli", *args], capture_output=True, text=True, timeout=60, env=dict(env)
     )
 
 

@@ -1,7 +1,7 @@
 """Helpers of the storage contract suites, the same for SQLite and PostgreSQL.
 
 SQL behind a backend's back: statements use SQLite's ``?`` placeholders; on PostgreSQL they are numbered as the
-backends' shared statements are (``revocation.pg_db.pg_sql``). Each call opens its
+backends' shared statements are (``revocation.storage.postgres.db.pg_sql``). Each call opens its
 own connection and commits, as an intruder or an operator's manual edit would.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from revocation.pg_db import pg_sql
+from revocation.storage.postgres.db import pg_sql
 
 Raw = Callable[..., Awaitable[list[tuple[Any, ...]]]]
 

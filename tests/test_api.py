@@ -17,10 +17,10 @@ from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from revocation.api import AdminAPI
-from revocation.runtime import Runtime
-from revocation.serve import build_authority
-from revocation.tokens import Principal, TokenStore, add_token
+from pca.runtime import Runtime
+from pca.serve import build_authority
+from revocation.admin.api import AdminAPI
+from revocation.admin.tokens import Principal, TokenStore, add_token
 
 MAX_BODY = 8192
 

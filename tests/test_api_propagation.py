@@ -19,12 +19,12 @@ from cryptography import x509
 from prometheus_client import CollectorRegistry
 from test_api import assert_problem
 
-from revocation.api import AdminAPI
-from revocation.cli import main as pca_main
+from pca.cli import main as pca_main
+from pca.runtime import Runtime
+from pca.serve import build_authority
+from revocation.admin.api import AdminAPI
+from revocation.admin.tokens import Principal, TokenStore, add_token
 from revocation.coordination import ProbeResult
-from revocation.runtime import Runtime
-from revocation.serve import build_authority
-from revocation.tokens import Principal, TokenStore, add_token
 
 
 class FakeTracker:
@@ -311,7 +311,7 @@ async def test_a_reported_probe_shows_in_the_real_trackers_timeline(runtime: Run
     """The two endpoints against the real PropagationTracker and SQLiteCoordination: what a prober
     reports comes back in the certificate's timeline."""
     from revocation.coordination import SQLiteCoordination
-    from revocation.tracker import PropagationTracker
+    from revocation.propagation.tracker import PropagationTracker
 
     assert runtime.db is not None
     cfg = runtime.config

@@ -15,14 +15,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from pca.config import Config, load_config
+from pca.runtime import Runtime, open_runtime
+from pca.serve import build_authority
 from revocation.authority import Actor, Authority, IssueRequest, RevokeOutcome, parse_serial
 from revocation.clock import FakeClock
-from revocation.config import Config, load_config
 from revocation.errors import ConflictError, NotFoundError, ValidationError
 from revocation.events import REVOCATION_REASONS, CertificateRevoked, ResponderCertRotated, cert_stream
 from revocation.keys import KeyRef, open_key
-from revocation.runtime import Runtime, open_runtime
-from revocation.serve import build_authority
 
 UTC = datetime.UTC
 ACTOR = Actor("tester", "req-1")

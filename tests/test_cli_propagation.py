@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from revocation import cli
+from pca import cli
 
-# The shape revocation.tracker.build_timeline returns.
+# The shape revocation.propagation.tracker.build_timeline returns.
 TIMELINE: dict[str, Any] = {
     "issuer_id": "issuing-ca",
     "serial": "1f2e3d",

@@ -29,9 +29,9 @@ from revocation.coordination import (
     SavedTimeline,
     SQLiteCoordination,
 )
-from revocation.pg_coordination import PostgresCoordination
-from revocation.pg_log import open_pg_pool
-from revocation.sqlite_db import SQLiteDatabase
+from revocation.storage.postgres.coordination import PostgresCoordination
+from revocation.storage.postgres.log import open_pg_pool
+from revocation.storage.sqlite.db import SQLiteDatabase
 
 
 @dataclasses.dataclass

@@ -40,20 +40,20 @@ from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 from prometheus_client import CollectorRegistry
 
+from pca.config import Config
+from pca.roles.publisher import build_publisher, open_store
+from pca.runtime import Runtime, open_runtime
+from pca.serve import build_authority
 from publishers.crl_der import CRLEntry, build_crl, delta_crl_indicator, issuing_distribution_point
 from publishers.objectstore import DirectoryStore, ObjectHead, StoredObject
 from publishers.publisher import Published, Publisher, RefusedCRL
-from publishers.role import build_publisher, open_store
 from publishers.storer import Candidate, Storer
 from revocation import crl_layout
 from revocation.authority import Authority
 from revocation.clock import FakeClock
-from revocation.config import Config
 from revocation.errors import ConfigError, StorageError
 from revocation.keys import open_key
 from revocation.projection import CRLRecord, StatusView
-from revocation.runtime import Runtime, open_runtime
-from revocation.serve import build_authority
 
 DELTA_INTERVAL = 300
 DEBOUNCE = 2.0

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.e2e
 T = TypeVar("T")
 
 _SCRIPT = Path(sys.executable).with_name("pca")
-PCA = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "revocation.cli"]
+PCA = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "pca.cli"]
 
 # The product's promise: OCSP answers "revoked" within this long after `pca revoke` returns.
 OCSP_PROPAGATION_SECONDS = 1.0

@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 
+from pca.cli import main as pca_main
+from pca.config import Config
+from pca.runtime import Runtime
+from pca.serve import build_authority
 from revocation.authority import Actor, IssueRequest
-from revocation.cli import main as pca_main
 from revocation.clock import FakeClock
-from revocation.config import Config
 from revocation.errors import ConcurrencyError, IntegrityError
 from revocation.eventlog import GENESIS_HASH, NewEvent, RecordedEvent
 from revocation.events import (
@@ -33,10 +35,8 @@ from revocation.events import (
     ResponderCertRotated,
     decode,
 )
-from revocation.runtime import Runtime
-from revocation.serve import build_authority
-from revocation.sqlite_db import MIGRATIONS, SQLiteDatabase
-from revocation.sqlite_log import SQLiteEventLog
+from revocation.storage.sqlite.db import MIGRATIONS, SQLiteDatabase
+from revocation.storage.sqlite.log import SQLiteEventLog
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)

@@ -20,9 +20,9 @@ from revocation.clock import FakeClock
 from revocation.errors import ConcurrencyError, IntegrityError
 from revocation.eventlog import GENESIS_HASH, EventLog, NewEvent, RecordedEvent, row_hash
 from revocation.events import CertificateIssued, CertificateRevoked, DomainEvent
-from revocation.pg_log import PostgresEventLog
-from revocation.sqlite_db import SQLiteDatabase
-from revocation.sqlite_log import SQLiteEventLog
+from revocation.storage.postgres.log import PostgresEventLog
+from revocation.storage.sqlite.db import SQLiteDatabase
+from revocation.storage.sqlite.log import SQLiteEventLog
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)

@@ -8,12 +8,12 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from revocation.api import AdminAPI
+from pca.config import Config
+from pca.runtime import Runtime
+from pca.serve import build_authority, public_listener_env
+from revocation.admin.api import AdminAPI
+from revocation.admin.tokens import TokenFile
 from revocation.authority import Actor, IssueRequest
-from revocation.config import Config
-from revocation.runtime import Runtime
-from revocation.serve import build_authority, public_listener_env
-from revocation.tokens import TokenFile
 
 
 async def test_a_failing_listener_neither_stops_the_others_nor_later_appends(runtime: Runtime) -> None:

@@ -18,11 +18,11 @@ from signing_backends import (
     run_pca,
 )
 
+from pca.config import Config, load_config
+from pca.runtime import open_runtime
+from pca.serve import check_keys
 from revocation.clock import SystemClock
-from revocation.config import Config, load_config
 from revocation.errors import KeyBackendError
-from revocation.runtime import open_runtime
-from revocation.serve import check_keys
 
 PASSPHRASE = "correct horse 4417 battery"
 ENV = "PCA_TEST_KEY_PASSPHRASE"

@@ -29,12 +29,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from signing_backends import exercise, have_openssl
 
+from pca.config import Config, load_config
 from publishers.crl_der import CRLEntry, build_crl, verify_crl
 from revocation import ca
-from revocation.config import Config, load_config
 from revocation.errors import KeyBackendError
 from revocation.keys import KeyRef, check_key_for_certificate, open_key, verify_signature
-from revocation.keys_kms import RAW_LIMIT, KMSKey
+from revocation.keys.kms import RAW_LIMIT, KMSKey
 
 REGION = "us-east-1"
 AWS_ENV = {
@@ -139,8 +139,8 @@ async def test_a_wrong_or_missing_key_stops_start_naming_key_and_certificate(
     kms_endpoint: str, tmp_path: Path, wrong: str
 ) -> None:
     cfg = await init_kms_ca(tmp_path / "ca", kms_endpoint)
+    from pca.runtime import open_runtime
     from revocation.clock import SystemClock
-    from revocation.runtime import open_runtime
 
     rt = open_runtime(cfg, SystemClock())
     try:

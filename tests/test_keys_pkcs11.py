@@ -27,7 +27,7 @@ from signing_backends import (
     run_pca,
 )
 
-from revocation.config import Config, load_config
+from pca.config import Config, load_config
 from revocation.keys import open_key
 
 PIN = "hsm-pin-5309-x"
@@ -116,7 +116,7 @@ async def test_a_pkcs11_ca_signs_what_openssl_verifies_with_keys_that_never_leav
     from pkcs11.constants import Attribute
     from pkcs11.exceptions import AttributeSensitive
 
-    from revocation.keys_pkcs11 import Pkcs11Key
+    from revocation.keys.pkcs11 import Pkcs11Key
 
     cfg = await init_pkcs11_ca(tmp_path / "ca", softhsm)
     done = await exercise(cfg, tmp_path / "work")

@@ -21,9 +21,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from revocation.coordination import SQLiteCoordination
+from revocation.coordination.leases import LeaseKeeper, LeaseLost
 from revocation.errors import StorageError
-from revocation.leases import LeaseKeeper, LeaseLost
-from revocation.sqlite_db import SQLiteDatabase
+from revocation.storage.sqlite.db import SQLiteDatabase
 
 TTL = 0.3
 NAME = "presigner"

@@ -16,15 +16,15 @@ import asyncpg
 import pytest
 from conftest import free_port
 
-from responders.pg_store import PostgresResponseStore
 from responders.store import StoredResponse
+from responders.store.postgres import PostgresResponseStore
 from revocation.clock import FakeClock
 from revocation.errors import IntegrityError
 from revocation.eventlog import NewEvent
 from revocation.events import CertificateIssued, CertificateRevoked
-from revocation.pg_db import EVENTS_CHANNEL, RESPONSES_CHANNEL
-from revocation.pg_log import PostgresEventLog
-from revocation.pg_notify import PostgresListener
+from revocation.storage.postgres.db import EVENTS_CHANNEL, RESPONSES_CHANNEL
+from revocation.storage.postgres.log import PostgresEventLog
+from revocation.storage.postgres.notify import PostgresListener
 
 T0 = datetime.datetime(2026, 3, 1, 12, tzinfo=datetime.UTC)
 CA = "test-ca"

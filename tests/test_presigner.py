@@ -21,13 +21,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 from prometheus_client import CollectorRegistry
 
+from pca.config import Config
+from pca.runtime import Runtime, open_runtime
+from pca.serve import build_authority
 from responders.presigner import PreSigner, signing_pool
 from responders.store import SQLiteResponseStore
 from revocation.authority import Actor, Authority, IssueRequest
 from revocation.clock import FakeClock, to_epoch
-from revocation.config import Config
-from revocation.runtime import Runtime, open_runtime
-from revocation.serve import build_authority
 
 ACTOR = Actor("tester", "r1")
 VALIDITY = 3600

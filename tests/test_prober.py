@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from revocation import prober as prober_module
-from revocation.cli import main as pca_main
+from pca.cli import main as pca_main
 from revocation.errors import ConfigError
-from revocation.prober import (
+from revocation.propagation import prober as prober_module
+from revocation.propagation.prober import (
     Prober,
     ProberError,
     ProbeSummary,
@@ -447,7 +447,7 @@ async def test_an_unreachable_admin_api_is_a_clear_error() -> None:
 
 def pca(*args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "revocation.cli", *map(str, args)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "pca.cli", *map(str, args)], capture_output=True, text=True, timeout=60
     )
 
 
@@ -455,7 +455,7 @@ def test_pca_probe_prints_a_summary(served: ServerProcess, capsys: pytest.Captur
     token = prober_token(served, capsys)
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "revocation.cli", "probe", "--config", str(served.config_path), "--token", token,
+            sys.executable, "-m", "pca.cli", "probe", "--config", str(served.config_path), "--token", token,
             "--responder", f"{served.public_url}/ocsp", "--duration", "2.5", "--timeout", "5",
         ],
         stdout=subprocess.PIPE,

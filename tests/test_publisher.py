@@ -24,19 +24,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CollectorRegistry
 
+from pca.config import Config
+from pca.roles.publisher import CRLApp
+from pca.runtime import Runtime, open_runtime
+from pca.serve import build_authority
 from publishers.crl_der import MAX_CRL_NUMBER, CRLEntry, build_crl, issuing_distribution_point, verify_crl
 from publishers.objectstore import DirectoryStore, ObjectHead, StoredObject
 from publishers.publisher import CRL_TYPE, Publisher, RefusedCRL, numbered_key, stable_key
-from publishers.role import CRLApp
 from publishers.storer import Candidate, Storer
 from revocation.authority import Actor, Authority, IssueRequest
 from revocation.clock import FakeClock
-from revocation.config import Config
 from revocation.errors import StorageError
 from revocation.keys import FileKey, KeyRef, open_key
 from revocation.projection import IssuerRecord
-from revocation.runtime import Runtime, open_runtime
-from revocation.serve import build_authority
 
 ACTOR = Actor("tester", "r1")
 ROOT = "root-ca"

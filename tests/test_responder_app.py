@@ -31,6 +31,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from pca.config import Config
+from pca.runtime import Runtime, open_runtime
+from pca.serve import build_authority
 from responders.app import OCSPApp
 from responders.ocsp_response import INTERNAL_ERROR, MALFORMED_REQUEST, TRY_LATER, UNAUTHORIZED
 from responders.presigner import PreSigner
@@ -38,10 +41,7 @@ from responders.source import CachingSource, IssuerIndex, StoreSource
 from responders.store import ResponseStore, SQLiteResponseStore, StoredResponse
 from revocation.authority import Actor, Authority, IssueRequest
 from revocation.clock import FakeClock, to_epoch
-from revocation.config import Config
 from revocation.errors import StorageError
-from revocation.runtime import Runtime, open_runtime
-from revocation.serve import build_authority
 
 ACTOR = Actor("tester", "r1")
 VALIDITY = 7200

@@ -36,19 +36,19 @@ from crl_support import (
 from cryptography import x509
 from prometheus_client import CollectorRegistry
 
+from pca.config import Config, load_config
+from pca.roles.publisher import CRLApp, build_publisher, open_store
+from pca.runtime import open_runtime
+from pca.serve import build_authority
 from publishers.crl_der import build_crl, issuing_distribution_point
 from publishers.objectstore import DirectoryStore, ObjectHead, ObjectStore, PreconditionFailed, StoredObject
 from publishers.publisher import Publisher
-from publishers.role import CRLApp, build_publisher, open_store
 from publishers.s3store import S3Store
 from publishers.storer import CRL_TYPE
 from revocation import crl_layout
 from revocation.clock import FakeClock
-from revocation.config import Config, load_config
 from revocation.errors import StorageError
 from revocation.keys import open_key
-from revocation.runtime import open_runtime
-from revocation.serve import build_authority
 
 
 def s3_store(server: S3Server, bucket: str | None = None, **options: object) -> S3Store:

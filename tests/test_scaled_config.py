@@ -8,8 +8,8 @@ import asyncpg
 import pytest
 from conftest import free_port, init_ca
 
-from revocation.cli import main as pca_main
-from revocation.config import load_config, redact_url
+from pca.cli import main as pca_main
+from pca.config import load_config, redact_url
 from revocation.errors import ConfigError
 
 PG_URL = "postgresql://pca@db.internal:5432/pca"

@@ -111,7 +111,7 @@ def test_three_responders_on_postgresql_with_a_responder_killed_and_the_database
             # processes, and probing every one would measure the prober's own queue.
             with open(prober_log, "wb") as out:
                 prober = subprocess.Popen(
-                    [sys.executable, "-m", "revocation.cli", "probe", "--config", str(dep.config)]
+                    [sys.executable, "-m", "pca.cli", "probe", "--config", str(dep.config)]
                     + ["--token", token.stdout.strip(), "--duration", "16", "--timeout", "15", "--poll", "0.05"]
                     + ["--sample", str(PROBE_SAMPLE)]
                     + [arg for url in urls for arg in ("--responder", url)],

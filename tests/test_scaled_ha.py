@@ -34,8 +34,8 @@ from cryptography.x509 import ocsp
 from scaled_support import Deployment, RoleProcess, metric, ocsp_answer, ocsp_get_url, set_options, wait_for
 
 from revocation.coordination import ResponderState
-from revocation.pg_coordination import PostgresCoordination
-from revocation.pg_log import open_pg_pool
+from revocation.storage.postgres.coordination import PostgresCoordination
+from revocation.storage.postgres.log import open_pg_pool
 
 pytestmark = pytest.mark.e2e
 

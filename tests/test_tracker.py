@@ -28,13 +28,13 @@ from revocation.coordination import CRLPublication, ProbeResult, SQLiteCoordinat
 from revocation.errors import ConfigError, StorageError
 from revocation.eventlog import NewEvent, RecordedEvent
 from revocation.events import CertificateHoldReleased, CertificateIssued, CertificateRevoked, DomainEvent
-from revocation.pg_coordination import PostgresCoordination
-from revocation.pg_log import PostgresEventLog
-from revocation.pg_projection import PostgresStatusView
 from revocation.projection import SQLiteStatusView
-from revocation.sqlite_db import SQLiteDatabase
-from revocation.sqlite_log import SQLiteEventLog
-from revocation.tracker import PropagationTracker
+from revocation.propagation.tracker import PropagationTracker
+from revocation.storage.postgres.coordination import PostgresCoordination
+from revocation.storage.postgres.log import PostgresEventLog
+from revocation.storage.postgres.projection import PostgresStatusView
+from revocation.storage.sqlite.db import SQLiteDatabase
+from revocation.storage.sqlite.log import SQLiteEventLog
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -3,7 +3,7 @@
 The pre-signer writes signed responses here; responders read them and follow the
 change feed (``changes``) to replace what they cache. Every write gets a new,
 strictly increasing ``change_id``, and writes commit in change order (SQLite's
-single writer; a lock on PostgreSQL, ``responders.pg_store``), so a follower
+single writer; a lock on PostgreSQL, ``responders.store.postgres``), so a follower
 that has seen ``change_id = n`` needs only ``changes(after=n)``.
 
 A write never moves a response backwards: a response that reflects an older log
@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from revocation.sqlite_db import SQLiteDatabase, get_position
+from revocation.storage.sqlite.db import SQLiteDatabase, get_position
 
 log = logging.getLogger("pca.store")
 

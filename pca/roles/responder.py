@@ -12,15 +12,15 @@ from typing import Any
 from cryptography import x509
 from prometheus_client import Gauge
 
+from pca.runtime import Runtime
 from responders.app import OCSPApp
 from responders.presigner import CONSUMER, PreSigner, signing_pool
 from responders.source import CachingSource, IssuerIndex, StoreSource
 from responders.store import ResponseStore, SQLiteResponseStore
+from revocation.coordination.leases import LeaseKeeper, default_holder
 from revocation.errors import PCAError
 from revocation.eventlog import RecordedEvent
-from revocation.leases import LeaseKeeper, default_holder
-from revocation.pg_db import RESPONSES_CHANNEL
-from revocation.runtime import Runtime
+from revocation.storage.postgres.db import RESPONSES_CHANNEL
 
 log = logging.getLogger("pca.responder")
 
@@ -36,7 +36,7 @@ def response_store(rt: Runtime) -> ResponseStore:
         if rt.db is not None:
             store = SQLiteResponseStore(rt.db)
         else:
-            from responders.pg_store import PostgresResponseStore
+            from responders.store.postgres import PostgresResponseStore
 
             store = PostgresResponseStore(rt.pool)
         rt.shared["response_store"] = store

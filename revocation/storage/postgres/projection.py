@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 from revocation.errors import IntegrityError
 from revocation.eventlog import RecordedEvent
-from revocation.pg_db import PG_ERRORS, affected, pg_sql, storage_error
 from revocation.projection import (
     ANY_SEQ,
     CERT_COLUMNS,
@@ -42,6 +41,7 @@ from revocation.projection import (
     projection_step,
     signing_rows,
 )
+from revocation.storage.postgres.db import PG_ERRORS, affected, pg_sql, storage_error
 
 T = TypeVar("T")
 
@@ -93,7 +93,7 @@ def _key_arrays(keys: Sequence[tuple[str, int]]) -> tuple[list[str], list[str]]:
 
 
 class PostgresStatusView:
-    """The StatusView on PostgreSQL; ``pool`` is an asyncpg pool (``revocation.pg_log.open_pg_pool``)."""
+    """The StatusView on PostgreSQL; ``pool`` is an asyncpg pool (``revocation.storage.postgres.log.open_pg_pool``)."""
 
     def __init__(self, pool: Any) -> None:
         self._pool = pool

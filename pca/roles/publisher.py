@@ -10,14 +10,14 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
+from pca.config import Config
+from pca.runtime import Runtime
 from publishers.objectstore import DirectoryStore, ObjectStore
 from publishers.publisher import Published, Publisher
 from publishers.s3store import S3Store
-from revocation.config import Config
 from revocation.coordination import CRLPublication
+from revocation.coordination.leases import LeaseKeeper
 from revocation.errors import PCAError, StorageError
-from revocation.leases import LeaseKeeper
-from revocation.runtime import Runtime
 
 log = logging.getLogger("pca.crl")
 

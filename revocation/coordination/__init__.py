@@ -14,8 +14,8 @@ Times are epoch seconds as floats (wall clock; hosts are expected to run NTP).
 
 Everything here is derived or operational state, not the record: the SQLite backend
 commits it without waiting for the disk (``durable=False``). The tables are created
-by SQLite migration 4 (``revocation.sqlite_db``) and PostgreSQL migration 3
-(``revocation.pg_log``); ``PostgresCoordination`` is in ``revocation.pg_coordination``.
+by SQLite migration 4 (``revocation.storage.sqlite.db``) and PostgreSQL migration 3
+(``revocation.storage.postgres.log``); ``PostgresCoordination`` is in ``revocation.storage.postgres.coordination``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from revocation.sqlite_db import SQLiteDatabase
+from revocation.storage.sqlite.db import SQLiteDatabase
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ from revocation.clock import Clock, parse_iso
 from revocation.errors import IntegrityError
 from revocation.eventlog import GENESIS_HASH, Listener, NewEvent, RecordedEvent, call_listeners, chain_events, row_hash
 from revocation.projection import apply_sqlite
-from revocation.sqlite_db import SQLiteDatabase
+from revocation.storage.sqlite.db import SQLiteDatabase
 
 _COLUMNS = "seq, stream, version, type, payload, actor, request_id, recorded_at, prev_hash, hash"
 

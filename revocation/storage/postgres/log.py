@@ -1,7 +1,7 @@
 """The event log on PostgreSQL (asyncpg).
 
 Same rows, same hash chain and same promises as the SQLite log
-(``revocation.sqlite_log``): ``row_hash`` covers the very text stored in the
+(``revocation.storage.sqlite.log``): ``row_hash`` covers the very text stored in the
 row (the canonical payload JSON, ``recorded_at`` as ISO text), so a log can be
 verified, or moved, between the two.
 
@@ -13,11 +13,11 @@ new head; the lock is released only when the transaction has committed (and is
 visible). So seq values commit one transaction at a time, in order, without
 gaps: once a reader has seen ``seq = n``, nothing with ``seq <= n`` commits later.
 
-The status projection (``revocation.pg_projection``) is applied inside the append
+The status projection (``revocation.storage.postgres.projection``) is applied inside the append
 transaction, as on SQLite: once ``append`` returns, a read sees the write. The
 append also runs ``pg_notify('pca_events', <last seq>)``, delivered on commit, so
 followers in other processes can LISTEN instead of polling
-(``revocation.pg_notify``); in-process ``listeners`` are called after the commit.
+(``revocation.storage.postgres.notify``); in-process ``listeners`` are called after the commit.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import asyncpg
 from revocation.clock import Clock, parse_iso
 from revocation.errors import ConcurrencyError, IntegrityError
 from revocation.eventlog import GENESIS_HASH, Listener, NewEvent, RecordedEvent, call_listeners, chain_events, row_hash
-from revocation.pg_db import (
+from revocation.storage.postgres.db import (
     COMMAND_TIMEOUT,
     CONNECT_TIMEOUT,
     EVENTS_CHANNEL,
@@ -39,7 +39,7 @@ from revocation.pg_db import (
     PG_ERRORS,
     storage_error,
 )
-from revocation.pg_projection import apply_pg
+from revocation.storage.postgres.projection import apply_pg
 
 _COLUMNS = "seq, stream, version, type, payload, actor, request_id, recorded_at, prev_hash, hash"
 
@@ -79,7 +79,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (
         2,
         # The status projection, the consumers' positions and the OCSP response store: the tables
-        # of SQLite's migrations 1 to 3 (revocation.sqlite_db), with PostgreSQL types. Serials stay
+        # of SQLite's migrations 1 to 3 (revocation.storage.sqlite.db), with PostgreSQL types. Serials stay
         # lowercase hex TEXT, compared bytewise (COLLATE "C") as SQLite compares them.
         """
         CREATE TABLE issuers (
@@ -140,7 +140,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
     (
         3,
-        # Coordination between roles and the propagation tracker's inputs (revocation.pg_coordination).
+        # Coordination between roles and the propagation tracker's inputs (revocation.storage.postgres.coordination).
         # Times are epoch seconds (DOUBLE PRECISION), as in SQLite.
         """
         CREATE TABLE leases (

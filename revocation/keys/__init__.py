@@ -9,8 +9,8 @@ of an environment variable, the path of a file).
 Backends, chosen by ``KeyRef.backend``:
 
 - ``file``: a PEM file (mode 0600), optionally encrypted with a passphrase;
-- ``pkcs11``: a key generated inside a PKCS#11 token (``revocation.keys_pkcs11``);
-- ``kms``: an AWS KMS asymmetric key (``revocation.keys_kms``).
+- ``pkcs11``: a key generated inside a PKCS#11 token (``revocation.keys.pkcs11``);
+- ``kms``: an AWS KMS asymmetric key (``revocation.keys.kms``).
 
 The hardware and cloud modules are imported only when such a key is opened, so a
 process that never signs (a responder) never loads them.
@@ -320,11 +320,11 @@ def open_key(ref: KeyRef) -> SigningKey:
     if ref.backend == "file":
         return _open_file_key(ref)
     if ref.backend == "pkcs11":
-        from revocation import keys_pkcs11
+        from revocation.keys import pkcs11 as keys_pkcs11
 
         return keys_pkcs11.open_pkcs11_key(ref)
     if ref.backend == "kms":
-        from revocation import keys_kms
+        from revocation.keys import kms as keys_kms
 
         return keys_kms.open_kms_key(ref)
     raise ConfigError(f"key backend {ref.backend!r} is not available (supported: {', '.join(BACKENDS)})")
@@ -341,11 +341,11 @@ def generate_key(template: KeyRef, name: str, algorithm: str, key_dir: Path) -> 
     if template.backend == "file":
         return _generate_file_key(template, name, algorithm, key_dir)
     if template.backend == "pkcs11":
-        from revocation import keys_pkcs11
+        from revocation.keys import pkcs11 as keys_pkcs11
 
         return keys_pkcs11.generate_pkcs11_key(template, name, algorithm)
     if template.backend == "kms":
-        from revocation import keys_kms
+        from revocation.keys import kms as keys_kms
 
         return keys_kms.generate_kms_key(template, name, algorithm)
     raise ConfigError(f"key backend {template.backend!r} is not available (supported: {', '.join(BACKENDS)})")

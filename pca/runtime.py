@@ -21,14 +21,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pca.config import Config
 from revocation.clock import Clock
-from revocation.config import Config
 from revocation.coordination import Coordination, SQLiteCoordination
 from revocation.eventlog import RecordedEvent, StoredEventLog
-from revocation.pg_db import EVENTS_CHANNEL, RESPONSES_CHANNEL
 from revocation.projection import SQLiteStatusView, StatusView
-from revocation.sqlite_db import SQLiteDatabase
-from revocation.sqlite_log import SQLiteEventLog
+from revocation.storage.postgres.db import EVENTS_CHANNEL, RESPONSES_CHANNEL
+from revocation.storage.sqlite.db import SQLiteDatabase
+from revocation.storage.sqlite.log import SQLiteEventLog
 
 log = logging.getLogger("pca.runtime")
 
@@ -36,10 +36,10 @@ HealthReport = Callable[[], Awaitable[dict[str, Any]]]
 
 # role name -> "module:function"; the function takes a Runtime and registers tasks and apps.
 ROLE_ENTRY_POINTS = {
-    "presigner": "responders.role:start_presigner",
-    "responder": "responders.role:start_responder",
-    "publisher": "publishers.role:start_publisher",
-    "crlserver": "publishers.role:start_crl_server",
+    "presigner": "pca.roles.responder:start_presigner",
+    "responder": "pca.roles.responder:start_responder",
+    "publisher": "pca.roles.publisher:start_publisher",
+    "crlserver": "pca.roles.publisher:start_crl_server",
 }
 
 
@@ -131,10 +131,10 @@ async def connect_runtime(
     that roles in separate processes use to hear of new events and responses at once."""
     if not config.database_url:
         return open_runtime(config, clock, registry, migrate=migrate)
-    from revocation.pg_coordination import PostgresCoordination
-    from revocation.pg_log import PostgresEventLog, open_pg_pool
-    from revocation.pg_notify import PostgresListener
-    from revocation.pg_projection import PostgresStatusView
+    from revocation.storage.postgres.coordination import PostgresCoordination
+    from revocation.storage.postgres.log import PostgresEventLog, open_pg_pool
+    from revocation.storage.postgres.notify import PostgresListener
+    from revocation.storage.postgres.projection import PostgresStatusView
 
     pool = await open_pg_pool(config.database_url, migrate=migrate)
     rt = Runtime(

@@ -1,6 +1,6 @@
 """``Coordination`` on PostgreSQL (asyncpg): the same tables and answers as ``SQLiteCoordination``.
 
-The tables are created by migration 3 of ``revocation.pg_log``. A lease is taken or
+The tables are created by migration 3 of ``revocation.storage.postgres.log``. A lease is taken or
 renewed by one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE``: the row lock it takes
 makes concurrent claims wait and re-check the condition, so exactly one wins.
 """
@@ -22,7 +22,7 @@ from revocation.coordination import (
     earliest_applied,
     stored_time,
 )
-from revocation.pg_db import PG_ERRORS, affected, pg_sql, storage_error
+from revocation.storage.postgres.db import PG_ERRORS, affected, pg_sql, storage_error
 
 _PUBLICATION_COLUMNS = "issuer_id, shard, kind, number, position, published_at"
 
@@ -48,7 +48,7 @@ def _publication(row: Any) -> CRLPublication:
 
 class PostgresCoordination:
     def __init__(self, pool: Any) -> None:
-        """``pool`` is an ``asyncpg.Pool`` on a database migrated by ``revocation.pg_log``."""
+        """``pool`` is an ``asyncpg.Pool`` on a database migrated by ``revocation.storage.postgres.log``."""
         self._pool = pool
 
     async def _fetch(self, doing: str, sql: str, *args: Any) -> list[Any]:

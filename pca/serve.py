@@ -22,13 +22,8 @@ import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.types import ASGIApp
 
-from revocation.api import AdminAPI
-from revocation.authority import Actor, Authority
-from revocation.clock import SystemClock
-from revocation.config import DATABASE_URL_ENV, Config
-from revocation.errors import ConfigError
-from revocation.keys import check_key_for_certificate
-from revocation.runtime import (
+from pca.config import DATABASE_URL_ENV, Config
+from pca.runtime import (
     HealthApp,
     PrefixDispatcher,
     Runtime,
@@ -36,8 +31,13 @@ from revocation.runtime import (
     run_forever,
     start_role,
 )
-from revocation.tokens import TokenFile
-from revocation.tracker import PropagationTracker
+from revocation.admin.api import AdminAPI
+from revocation.admin.tokens import TokenFile
+from revocation.authority import Actor, Authority
+from revocation.clock import SystemClock
+from revocation.errors import ConfigError
+from revocation.keys import check_key_for_certificate
+from revocation.propagation.tracker import PropagationTracker
 
 log = logging.getLogger("pca.serve")
 
@@ -114,7 +114,7 @@ def _granian(cfg: Config, workers: int, identity: dict[str, str]) -> subprocess.
     cmd = [
         sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--host", host, "--port", str(port),
         "--workers", str(workers), "--no-ws", "--log-level", "warning", "--backlog", "2048",
-        "revocation.public_app:create_app",
+        "pca.public_app:create_app",
     ]  # fmt: skip
     env = public_listener_env(cfg)
     env.update(identity)

@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from revocation.pg_db import CONNECT_TIMEOUT, PG_ERRORS, redact
+from revocation.storage.postgres.db import CONNECT_TIMEOUT, PG_ERRORS, redact
 
 log = logging.getLogger("pca.pg_notify")
 

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from revocation.admin.tokens import Principal, TokenStore
 from revocation.authority import Actor, Authority, IssueRequest, parse_serial
 from revocation.clock import iso, parse_iso
 from revocation.coordination import ProbeResult
@@ -36,7 +37,6 @@ from revocation.errors import ConflictError, IntegrityError, NotFoundError, PCAE
 from revocation.eventlog import EventLog, RecordedEvent
 from revocation.events import CertificateRevoked
 from revocation.projection import CertificateRecord, IssuerRecord
-from revocation.tokens import Principal, TokenStore
 
 log = logging.getLogger("pca.api")
 

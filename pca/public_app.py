@@ -1,6 +1,6 @@
 """The public listener as a stand-alone ASGI app, for servers that run it in their own processes.
 
-``granian --interface asgi --factory revocation.public_app:create_app`` with
+``granian --interface asgi --factory pca.public_app:create_app`` with
 ``PCA_CONFIG`` naming the configuration. Each worker process opens the store,
 starts the responder and CRL-serving roles at lifespan startup (loaded by name,
 like every role) and follows the response store's change feed on its own; it
@@ -16,9 +16,9 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
+from pca.config import load_config
+from pca.runtime import HealthApp, PrefixDispatcher, Runtime, connect_runtime, start_role
 from revocation.clock import SystemClock
-from revocation.config import load_config
-from revocation.runtime import HealthApp, PrefixDispatcher, Runtime, connect_runtime, start_role
 
 log = logging.getLogger("pca.public")
 

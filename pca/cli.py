@@ -17,16 +17,16 @@ from urllib.parse import quote
 import httpx
 from cryptography.hazmat.primitives import serialization
 
+from pca.config import Config, listen_from_url, load_config, parse_listen, render_config
+from pca.runtime import connect_runtime
 from revocation import __version__, ca
+from revocation.admin.tokens import ROLES, add_token, write_secret_file
 from revocation.authority import Actor, certificate_issued, issuer_added
 from revocation.clock import SystemClock
-from revocation.config import Config, listen_from_url, load_config, parse_listen, render_config
 from revocation.errors import IntegrityError, PCAError
 from revocation.eventlog import NewEvent
 from revocation.events import REVOCATION_REASONS
 from revocation.keys import BACKENDS, KEY_ALGORITHMS, KeyRef, SigningKey, generate_key
-from revocation.runtime import connect_runtime
-from revocation.tokens import ROLES, add_token, write_secret_file
 
 ROOT_ID = "root-ca"
 ISSUING_ID = "issuing-ca"
@@ -207,7 +207,7 @@ async def _init_hierarchy(
         )
         if recorded is not None:
             recorded.append(True)
-        from revocation.serve import build_authority
+        from pca.serve import build_authority
 
         await build_authority(rt).rotate_signers(Actor(actor, rid))
     finally:
@@ -219,7 +219,7 @@ async def _init_hierarchy(
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from revocation.serve import ALL_ROLES, serve
+    from pca.serve import ALL_ROLES, serve
 
     cfg = load_config(args.config)
     if args.public_listen:
@@ -243,11 +243,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_migrate(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     if cfg.database_url:
-        from revocation.pg_log import migrate_url
+        from revocation.storage.postgres.log import migrate_url
 
         applied = asyncio.run(migrate_url(cfg.database_url))
     else:
-        from revocation.sqlite_db import SQLiteDatabase
+        from revocation.storage.sqlite.db import SQLiteDatabase
 
         applied = SQLiteDatabase(cfg.database).migrate_sync()
     where = cfg.database_label
@@ -440,7 +440,7 @@ def _stage(value: Any) -> str:
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
-    from revocation.prober import check_responder_url, probe
+    from revocation.propagation.prober import check_responder_url, probe
 
     responders = [check_responder_url(u) for u in args.responder]
     url, token = _admin_access(args)

@@ -10,7 +10,7 @@ nothing with ``change_id <= n`` commits later.
 
 A write that stored something notifies ``pca_responses`` with its last change_id
 (delivered on commit), so responders in other processes can LISTEN instead of
-polling (``revocation.pg_notify``).
+polling (``revocation.storage.postgres.notify``).
 
 Every statement has a short timeout: a responder whose database is down gets a
 StorageError within seconds (and answers ``tryLater``), never hangs.
@@ -37,8 +37,8 @@ from responders.store import (
     put_params,
     stored_row,
 )
-from revocation.pg_db import PG_ERRORS, RESPONSES_CHANNEL, pg_sql, storage_error
-from revocation.pg_log import open_pg_pool
+from revocation.storage.postgres.db import PG_ERRORS, RESPONSES_CHANNEL, pg_sql, storage_error
+from revocation.storage.postgres.log import open_pg_pool
 
 # The key of the advisory lock every put holds until it commits ("pcarsp" in ASCII; pg_log's is "pcalog").
 CHANGE_LOCK_KEY = 0x706361727370
@@ -49,7 +49,7 @@ WRITE_TIMEOUT = 30.0  # seconds for one put (a batch of thousands of responses),
 
 
 class PostgresResponseStore:
-    """The ResponseStore on PostgreSQL; ``pool`` is an asyncpg pool (``revocation.pg_log.open_pg_pool``).
+    """The ResponseStore on PostgreSQL; ``pool`` is an asyncpg pool (``revocation.storage.postgres.log.open_pg_pool``).
 
     ``wall`` gives the time recorded as ``stored_at`` (a fake one in tests).
     """
