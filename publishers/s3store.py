@@ -1,6 +1,7 @@
 """The ObjectStore on S3 or any S3-compatible endpoint (MinIO, Ceph RGW), through aioboto3.
 
-The only module that imports aioboto3. Credentials come from the standard AWS
+The only module of the object stores that imports aioboto3 (the KMS key backend,
+``revocation/keys/kms.py``, is the other one in the product). Credentials come from the standard AWS
 chain (environment, shared config and credentials files, container or instance
 role); the configuration names a bucket, never a secret.
 
