@@ -120,13 +120,15 @@ def cmd_init(args: argparse.Namespace) -> None:
         )
     )
     recorded: list[bool] = []
+    cfg: Config | None = None  # stays None when the written configuration does not load
     try:
         cfg = load_config(config_path)
         asyncio.run(_init_hierarchy(cfg, args.root_cn, args.issuing_cn, args.key_algorithm, templates, recorded))
     except PCAError:
         if not recorded:  # nothing was recorded: let the same command be run again
             config_path.unlink()
-            if not args.database_url:
+            # PCA_DATABASE_URL can name PostgreSQL without --database-url: ask the configuration.
+            if cfg is not None and not cfg.database_url:
                 for leftover in (
                     cfg.database,
                     *(cfg.database.with_name(cfg.database.name + s) for s in ("-wal", "-shm")),
