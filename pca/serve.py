@@ -23,13 +23,13 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.types import ASGIApp
 
 from pca.config import DATABASE_URL_ENV, Config
+from pca.roles import start_role
 from pca.runtime import (
     HealthApp,
     PrefixDispatcher,
     Runtime,
     connect_runtime,
     run_forever,
-    start_role,
 )
 from revocation.admin.api import AdminAPI
 from revocation.admin.tokens import TokenFile
@@ -173,10 +173,8 @@ async def serve(
     if workers < 1 or (server == "uvicorn" and workers != 1):
         raise ConfigError(f"--workers {workers}: uvicorn runs the public listener in this process (1); use granian")
     rt = await connect_runtime(cfg, SystemClock(), listen=True)
-    if responder_id:
-        rt.shared["responder_id"] = responder_id
-    if responder_url:
-        rt.shared["responder_url"] = responder_url
+    rt.responder_id = responder_id or None
+    rt.responder_url = responder_url or None
     granian: subprocess.Popen[bytes] | None = None
     try:
         if not await rt.view.issuers():
@@ -236,7 +234,7 @@ async def serve(
             if "api" not in roles:
                 apps.append(("/metrics", make_asgi_app(rt.registry)))
             servers.append(_uvicorn(PrefixDispatcher(apps), *cfg.public_listen))
-        serving = rt.shared["serving"] = asyncio.Event()  # the listeners are up (responders wait for it)
+        serving = rt.serving = asyncio.Event()  # the listeners are up (responders wait for it)
         coros.extend(rt.tasks)
         coros.extend(s.serve() for s in servers)
         coros.append(_when_started(servers, serving))

@@ -31,7 +31,7 @@ REPORT_GATHER_SECONDS = 0.05
 
 def response_store(rt: Runtime) -> ResponseStore:
     """The runtime's one response store (roles in a process share it, so in-process writes notify at once)."""
-    store: ResponseStore | None = rt.shared.get("response_store")
+    store = rt.response_store
     if store is None:
         if rt.db is not None:
             store = SQLiteResponseStore(rt.db)
@@ -39,7 +39,7 @@ def response_store(rt: Runtime) -> ResponseStore:
             from responders.store.postgres import PostgresResponseStore
 
             store = PostgresResponseStore(rt.pool)
-        rt.shared["response_store"] = store
+        rt.response_store = store
     return store
 
 
@@ -81,12 +81,12 @@ async def start_presigner(rt: Runtime) -> None:
 
 def responder_id(rt: Runtime) -> str:
     """This responder's name in heartbeats: ``PCA_RESPONDER_ID`` (made unique per worker process) or host:pid."""
-    given = rt.shared.get("responder_id") or os.environ.get("PCA_RESPONDER_ID")
+    given = rt.responder_id or os.environ.get("PCA_RESPONDER_ID")
     if not given:
         return default_holder()
     if os.environ.get("PCA_RESPONDER_WORKERS", "1") != "1":
         return f"{given}/{os.getpid()}"  # granian workers: each has its own cache, so each reports
-    return str(given)
+    return given
 
 
 async def start_responder(rt: Runtime) -> None:
@@ -165,7 +165,7 @@ async def _heartbeat(rt: Runtime, cache: CachingSource, rid: str) -> None:
     Progress is written as soon as it happens, so the tracker sees when each change reached
     this responder; reports made while the store is unreachable are kept (bounded) and sent later.
     """
-    url = rt.shared.get("responder_url") or os.environ.get("PCA_RESPONDER_URL") or rt.config.ocsp_url
+    url = rt.responder_url or os.environ.get("PCA_RESPONDER_URL") or rt.config.ocsp_url
     started = time.time()
     backlog: collections.deque[tuple[int, float]] = collections.deque(maxlen=PROGRESS_BACKLOG)
     wake = asyncio.Event()
@@ -178,9 +178,8 @@ async def _heartbeat(rt: Runtime, cache: CachingSource, rid: str) -> None:
     interval = rt.config.scale.heartbeat_seconds
     # A responder counts (heartbeats, and has applied a change) only once it answers requests: a
     # restarted one loads its cache before its listener is up, and a client cannot see that yet.
-    serving: asyncio.Event | None = rt.shared.get("serving")
-    if serving is not None:
-        await serving.wait()
+    if rt.serving is not None:
+        await rt.serving.wait()
     since = time.time()
     backlog = collections.deque(((pos, max(at, since)) for pos, at in backlog), maxlen=PROGRESS_BACKLOG)
     while True:
