@@ -119,7 +119,14 @@ FOLLOW_SECONDS = 0.5  # how often the publisher looks for revocations committed 
 
 async def start_publisher(rt: Runtime) -> None:
     store = open_store(rt.config)
-    lease = LeaseKeeper(rt.coord, "publisher", ttl=rt.config.scale.lease_seconds, registry=rt.registry)
+    lease = LeaseKeeper(
+        rt.coord,
+        "publisher",
+        ttl=rt.config.scale.lease_seconds,
+        registry=rt.registry,
+        wall=rt.clock.time,
+        monotonic=rt.clock.monotonic,
+    )
 
     async def record(done: list[Published]) -> None:
         for p in done:

@@ -6,7 +6,6 @@ import asyncio
 import collections
 import logging
 import os
-import time
 from typing import Any
 
 from cryptography import x509
@@ -34,11 +33,11 @@ def response_store(rt: Runtime) -> ResponseStore:
     store = rt.response_store
     if store is None:
         if rt.db is not None:
-            store = SQLiteResponseStore(rt.db)
+            store = SQLiteResponseStore(rt.db, wall=rt.clock.time)
         else:
             from responders.store.postgres import PostgresResponseStore
 
-            store = PostgresResponseStore(rt.pool)
+            store = PostgresResponseStore(rt.pool, wall=rt.clock.time)
         rt.response_store = store
     return store
 
@@ -49,7 +48,14 @@ async def start_presigner(rt: Runtime) -> None:
     pool = signing_pool(workers)
     rt.closers.append(lambda: pool.shutdown(wait=False, cancel_futures=True))
     store = response_store(rt)
-    lease = LeaseKeeper(rt.coord, "presigner", ttl=rt.config.scale.lease_seconds, registry=rt.registry)
+    lease = LeaseKeeper(
+        rt.coord,
+        "presigner",
+        ttl=rt.config.scale.lease_seconds,
+        registry=rt.registry,
+        wall=rt.clock.time,
+        monotonic=rt.clock.monotonic,
+    )
     presigner = PreSigner(
         rt.log,
         rt.view,
@@ -92,7 +98,14 @@ def responder_id(rt: Runtime) -> str:
 async def start_responder(rt: Runtime) -> None:
     cfg = rt.config.ocsp
     store = response_store(rt)
-    cache = CachingSource(StoreSource(store), store, cfg.cache_size, poll_interval=cfg.poll_interval)
+    cache = CachingSource(
+        StoreSource(store),
+        store,
+        cfg.cache_size,
+        poll_interval=cfg.poll_interval,
+        clock=rt.clock.time,
+        monotonic=rt.clock.monotonic,
+    )
     if isinstance(store, SQLiteResponseStore):
         store.listeners.append(cache.notify)  # in-process writes reach the cache at once
     rt.subscribe(RESPONSES_CHANNEL, cache.notify)  # other processes' writes, through NOTIFY (PostgreSQL)
@@ -124,7 +137,7 @@ async def start_responder(rt: Runtime) -> None:
             except PCAError as exc:
                 log.warning("cannot refresh issuers: %s", exc)
 
-    app = OCSPApp(cache, index, rt.registry, prefix="/ocsp")
+    app = OCSPApp(cache, index, rt.registry, prefix="/ocsp", clock=rt.clock.time)
     rt.public_apps.append(("/ocsp", app))
     rt.tasks.append(cache.follow())
     rt.tasks.append(refresh_issuers())
@@ -138,7 +151,7 @@ async def start_responder(rt: Runtime) -> None:
     )
 
     async def health() -> dict[str, Any]:
-        age = time.monotonic() - cache.last_sync if cache.last_sync else None
+        age = rt.clock.monotonic() - cache.last_sync if cache.last_sync else None
         report: dict[str, Any] = {
             "responder_id": responder_id(rt),
             "cached_responses": len(cache),
@@ -166,7 +179,7 @@ async def _heartbeat(rt: Runtime, cache: CachingSource, rid: str) -> None:
     this responder; reports made while the store is unreachable are kept (bounded) and sent later.
     """
     url = rt.responder_url or os.environ.get("PCA_RESPONDER_URL") or rt.config.ocsp_url
-    started = time.time()
+    started = rt.clock.time()
     backlog: collections.deque[tuple[int, float]] = collections.deque(maxlen=PROGRESS_BACKLOG)
     wake = asyncio.Event()
 
@@ -180,14 +193,14 @@ async def _heartbeat(rt: Runtime, cache: CachingSource, rid: str) -> None:
     # restarted one loads its cache before its listener is up, and a client cannot see that yet.
     if rt.serving is not None:
         await rt.serving.wait()
-    since = time.time()
+    since = rt.clock.time()
     backlog = collections.deque(((pos, max(at, since)) for pos, at in backlog), maxlen=PROGRESS_BACKLOG)
     while True:
         wake.clear()
         progress = list(backlog)
         try:
             # Every report keeps its own time, so batching them costs the tracker no precision.
-            await rt.coord.report(rid, url, progress, cache.position, started, time.time())
+            await rt.coord.report(rid, url, progress, cache.position, started, rt.clock.time())
         except PCAError as exc:
             log.warning("cannot report to the store (%s); retrying", exc)
         else:
