@@ -91,7 +91,7 @@ async def check_keys(rt: Runtime) -> None:
             )
 
 
-async def _rotate_signers(authority: Authority, rt: Runtime) -> None:
+async def _rotate_signers(authority: Authority) -> None:
     while True:
         try:
             for rec in await authority.rotate_signers(Actor("system:signer-rotation", "rotation")):
@@ -194,6 +194,7 @@ async def serve(
                 rt.registry if "tracker" in roles else CollectorRegistry(),
                 slo_seconds=cfg.scale.slo_seconds,
                 gone_after=cfg.scale.responder_gone_seconds,
+                now=rt.clock.time,
             )
         if "tracker" in roles and tracker is not None:
             rt.on_log_change(tracker.wake)
@@ -201,7 +202,7 @@ async def serve(
         if "api" in roles:
             authority = build_authority(rt)
             await authority.rotate_signers(Actor("system:signer-rotation", "startup"))
-            coros.append(_rotate_signers(authority, rt))
+            coros.append(_rotate_signers(authority))
             api = AdminAPI(
                 authority,
                 rt.log,
