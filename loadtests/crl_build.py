@@ -41,6 +41,7 @@ from pca.config import Config
 from publishers.crl_der import CRLEntry, build_crl
 from publishers.objectstore import DirectoryStore
 from publishers.publisher import Publisher
+from publishers.storer import Storer
 from revocation.keys import open_key
 from revocation.projection import IssuerRecord
 
@@ -75,7 +76,7 @@ def publish_runs(cfg: Config, runs: int) -> list[dict[str, Any]]:
     try:
         publisher = Publisher(
             rt.view,
-            DirectoryStore(cfg.crl_dir),
+            Storer(DirectoryStore(cfg.crl_dir), rt.view),
             rt.clock,
             CollectorRegistry(),
             validity_seconds=cfg.crl.validity_seconds,

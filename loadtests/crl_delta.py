@@ -31,6 +31,7 @@ from pca.config import Config
 from pca.runtime import Runtime
 from publishers.objectstore import DirectoryStore
 from publishers.publisher import Published, Publisher
+from publishers.storer import Storer
 from revocation.eventlog import NewEvent
 from revocation.events import CertificateRevoked
 from revocation.projection import IssuerRecord
@@ -77,7 +78,7 @@ async def measure(cfg: Config, base: int, changes: int, runs: int) -> dict[str, 
         log(f"  recorded in {time.perf_counter() - started:.0f} s")
         publisher = Publisher(
             rt.view,
-            DirectoryStore(cfg.crl_dir),
+            Storer(DirectoryStore(cfg.crl_dir), rt.view, deltas=True),
             rt.clock,
             CollectorRegistry(),
             validity_seconds=86400,

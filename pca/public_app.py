@@ -2,9 +2,8 @@
 
 ``granian --interface asgi --factory pca.public_app:create_app`` with
 ``PCA_CONFIG`` naming the configuration. Each worker process opens the store,
-starts the responder and CRL-serving roles at lifespan startup (loaded by name,
-like every role) and follows the response store's change feed on its own; it
-holds no keys.
+starts the responder and CRL-serving roles at lifespan startup and follows the
+response store's change feed on its own; it holds no keys.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from pca.config import load_config
-from pca.runtime import HealthApp, PrefixDispatcher, Runtime, connect_runtime, start_role
+from pca.roles import start_role
+from pca.runtime import HealthApp, PrefixDispatcher, Runtime, connect_runtime
 from revocation.clock import SystemClock
 
 log = logging.getLogger("pca.public")
@@ -35,7 +35,7 @@ class PublicApp:
 
     async def _startup(self) -> None:
         rt = await connect_runtime(load_config(self._config_path), SystemClock(), migrate=False, listen=True)
-        rt.shared["serving"] = serving = asyncio.Event()
+        rt.serving = serving = asyncio.Event()
         for role in PUBLIC_ROLES:
             await start_role(role, rt)
         self._tasks = [asyncio.create_task(c) for c in rt.tasks]

@@ -1,7 +1,7 @@
 """What a running process shares between its roles, and the small pieces that wire them.
 
-Roles live in other packages (``responders``, ``publishers``) and are loaded by
-name (``ROLE_ENTRY_POINTS``), so this package never imports them.
+The roles that fill a runtime are in ``pca.roles``, which imports this module; this
+module imports none of them.
 
 Two backends: SQLite (embedded: one file, in-process notifications, polling across
 processes) and PostgreSQL (scaled: roles in separate processes or hosts against
@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -30,17 +29,15 @@ from revocation.storage.postgres.db import EVENTS_CHANNEL, RESPONSES_CHANNEL
 from revocation.storage.sqlite.db import SQLiteDatabase
 from revocation.storage.sqlite.log import SQLiteEventLog
 
+if TYPE_CHECKING:  # the PostgreSQL driver is loaded only when a database URL is configured
+    import asyncpg
+
+    from responders.store import ResponseStore
+    from revocation.storage.postgres.notify import PostgresListener
+
 log = logging.getLogger("pca.runtime")
 
 HealthReport = Callable[[], Awaitable[dict[str, Any]]]
-
-# role name -> "module:function"; the function takes a Runtime and registers tasks and apps.
-ROLE_ENTRY_POINTS = {
-    "presigner": "pca.roles.responder:start_presigner",
-    "responder": "pca.roles.responder:start_responder",
-    "publisher": "pca.roles.publisher:start_publisher",
-    "crlserver": "pca.roles.publisher:start_crl_server",
-}
 
 
 @dataclasses.dataclass
@@ -52,14 +49,20 @@ class Runtime:
     view: StatusView
     coord: Coordination
     db: SQLiteDatabase | None = None  # the SQLite backend
-    pool: Any = None  # the PostgreSQL backend: an asyncpg pool
-    listener: Any = None  # the PostgreSQL backend: a PostgresListener (LISTEN/NOTIFY connection)
+    pool: asyncpg.Pool | None = None  # the PostgreSQL backend
+    listener: PostgresListener | None = None  # the PostgreSQL backend's LISTEN/NOTIFY connection, when asked for
     tasks: list[Coroutine[Any, Any, None]] = dataclasses.field(default_factory=list)
     public_apps: list[tuple[str, ASGIApp]] = dataclasses.field(default_factory=list)
     health: dict[str, HealthReport] = dataclasses.field(default_factory=dict)
     closers: list[Callable[[], None]] = dataclasses.field(default_factory=list)
     async_closers: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
-    shared: dict[str, Any] = dataclasses.field(default_factory=dict)  # objects roles in one process share
+    # What the roles of one process share:
+    responder_id: str | None = None  # `pca serve --responder-id`; else PCA_RESPONDER_ID, else host:pid
+    responder_url: str | None = None  # `pca serve --responder-url`; else PCA_RESPONDER_URL, else ocsp_url
+    # Set once the public listener accepts connections: a responder counts in propagation only from then.
+    serving: asyncio.Event | None = None
+    # One response store per process, so the pre-signer's writes reach this process's responder at once.
+    response_store: ResponseStore | None = None
 
     @property
     def backend(self) -> str:
@@ -148,19 +151,10 @@ async def connect_runtime(
     )
     rt.async_closers.append(pool.close)
     if listen:
-        rt.listener = PostgresListener(config.database_url, [EVENTS_CHANNEL, RESPONSES_CHANNEL])
-        rt.tasks.append(rt.listener.run())
-        rt.async_closers.append(rt.listener.close)
+        listener = rt.listener = PostgresListener(config.database_url, [EVENTS_CHANNEL, RESPONSES_CHANNEL])
+        rt.tasks.append(listener.run())
+        rt.async_closers.append(listener.close)
     return rt
-
-
-async def start_role(name: str, runtime: Runtime) -> None:
-    target = ROLE_ENTRY_POINTS.get(name)
-    if target is None:
-        raise ValueError(f"unknown role {name!r}; roles are {', '.join(ROLE_ENTRY_POINTS)}")
-    module_name, _, func = target.partition(":")
-    start: Callable[[Runtime], Awaitable[None]] = getattr(importlib.import_module(module_name), func)
-    await start(runtime)
 
 
 class PrefixDispatcher:

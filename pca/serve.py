@@ -23,13 +23,13 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.types import ASGIApp
 
 from pca.config import DATABASE_URL_ENV, Config
+from pca.roles import start_role
 from pca.runtime import (
     HealthApp,
     PrefixDispatcher,
     Runtime,
     connect_runtime,
     run_forever,
-    start_role,
 )
 from revocation.admin.api import AdminAPI
 from revocation.admin.tokens import TokenFile
@@ -91,7 +91,7 @@ async def check_keys(rt: Runtime) -> None:
             )
 
 
-async def _rotate_signers(authority: Authority, rt: Runtime) -> None:
+async def _rotate_signers(authority: Authority) -> None:
     while True:
         try:
             for rec in await authority.rotate_signers(Actor("system:signer-rotation", "rotation")):
@@ -173,10 +173,8 @@ async def serve(
     if workers < 1 or (server == "uvicorn" and workers != 1):
         raise ConfigError(f"--workers {workers}: uvicorn runs the public listener in this process (1); use granian")
     rt = await connect_runtime(cfg, SystemClock(), listen=True)
-    if responder_id:
-        rt.shared["responder_id"] = responder_id
-    if responder_url:
-        rt.shared["responder_url"] = responder_url
+    rt.responder_id = responder_id or None
+    rt.responder_url = responder_url or None
     granian: subprocess.Popen[bytes] | None = None
     try:
         if not await rt.view.issuers():
@@ -196,6 +194,7 @@ async def serve(
                 rt.registry if "tracker" in roles else CollectorRegistry(),
                 slo_seconds=cfg.scale.slo_seconds,
                 gone_after=cfg.scale.responder_gone_seconds,
+                now=rt.clock.time,
             )
         if "tracker" in roles and tracker is not None:
             rt.on_log_change(tracker.wake)
@@ -203,7 +202,7 @@ async def serve(
         if "api" in roles:
             authority = build_authority(rt)
             await authority.rotate_signers(Actor("system:signer-rotation", "startup"))
-            coros.append(_rotate_signers(authority, rt))
+            coros.append(_rotate_signers(authority))
             api = AdminAPI(
                 authority,
                 rt.log,
@@ -236,7 +235,7 @@ async def serve(
             if "api" not in roles:
                 apps.append(("/metrics", make_asgi_app(rt.registry)))
             servers.append(_uvicorn(PrefixDispatcher(apps), *cfg.public_listen))
-        serving = rt.shared["serving"] = asyncio.Event()  # the listeners are up (responders wait for it)
+        serving = rt.serving = asyncio.Event()  # the listeners are up (responders wait for it)
         coros.extend(rt.tasks)
         coros.extend(s.serve() for s in servers)
         coros.append(_when_started(servers, serving))

@@ -26,115 +26,35 @@ was unreachable for a while still move forward.
 
 Scheduling is driven by ``tick()``, which publishes whatever is due by the
 clock passed in; ``run()`` calls it and sleeps until the next thing is due.
+Each CRL is made by a ``CRLWriter`` (``publishers.crl_writer``) and checked and
+written by the ``Storer`` the publisher is given.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import datetime
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
-from publishers.crl_der import (
-    MAX_CRL_NUMBER,
-    REMOVE_FROM_CRL,
-    CRLEntry,
-    build_crl,
-    delta_crl_indicator,
-    freshest_crl,
-    issuing_distribution_point,
-)
-from publishers.objectstore import ObjectStore, PreconditionFailed
-from publishers.storer import (
-    CRL_TYPE,
-    BaseNotPublished,
-    Candidate,
-    RefusedCRL,
-    Storer,
-    layout_for,
-    listed,
-    reason_code,
-    scoped,
-)
+from publishers.crl_writer import DELTA, FULL, CRLWriter, Published, numbered_key, stable_key
+from publishers.storer import CRL_TYPE, RefusedCRL, Storer
 from revocation import crl_layout
-from revocation.clock import Clock, from_epoch, to_epoch
-from revocation.crl_layout import CRLLayout
-from revocation.errors import PCAError, StorageError
-from revocation.keys import SigningKey, open_key
-from revocation.projection import CRLRecord, IssuerRecord, StatusView
+from revocation.clock import Clock, to_epoch
+from revocation.errors import PCAError
+from revocation.projection import IssuerRecord, StatusView
 
 log = logging.getLogger("pca.publisher")
 
 __all__ = ["CRL_TYPE", "Published", "Publisher", "RefusedCRL", "Storer", "numbered_key", "stable_key"]
-
-FULL = "full"
-DELTA = "delta"
-
-
-def stable_key(issuer_id: str, shard: int = 0) -> str:
-    return crl_layout.full_key(issuer_id, shard)
-
-
-def numbered_key(issuer_id: str, number: int, shard: int = 0) -> str:
-    return crl_layout.numbered_key(issuer_id, shard, number)
-
-
-@dataclasses.dataclass(frozen=True)
-class Published:
-    issuer_id: str
-    number: int
-    entries: int
-    size: int
-    log_position: int
-    seconds: float
-    shard: int = 0
-    kind: str = FULL
-    base_number: int | None = None  # delta CRLs: the number of their base
-    published_at: float = dataclasses.field(default_factory=time.time)  # wall clock, when it was stored
-
-    @property
-    def label(self) -> str:
-        return crl_layout.label(self.issuer_id, self.shard)
-
-
-@dataclasses.dataclass
-class _ShardState:
-    """What this publisher knows of one shard; rebuilt by a full CRL after a restart."""
-
-    last_number: int = 0
-    base_number: int | None = None  # the last full CRL published, the base of the next deltas
-    base_position: int = 0
-    delta_newest_change: int = -1  # seq of the newest change in the last delta on this base; -1: none yet
-    published_position: int = 0
-
-
-def _entries(records: list[CRLRecord], cutoff: int, now: datetime.datetime, *, delta: bool) -> list[CRLEntry]:
-    """CRL entries for the records: revoked and not expired past the cutoff; in a delta, releases too."""
-    out = []
-    times: dict[int, datetime.datetime] = {}  # revocations come in bursts: share the datetimes
-    for rec in records:
-        if listed(rec, cutoff):
-            assert rec.revoked_at is not None
-            revoked_at = times.get(rec.revoked_at)
-            if revoked_at is None:
-                revoked_at = times[rec.revoked_at] = from_epoch(rec.revoked_at)
-            invalidity = None if rec.invalidity_date is None else from_epoch(rec.invalidity_date)
-            out.append(CRLEntry(rec.serial, revoked_at, reason_code(rec.reason), invalidity))
-        elif delta and rec.status == "good":
-            # Released from hold since the base: the relying party takes it off its copy of the base.
-            out.append(CRLEntry(rec.serial, now, REMOVE_FROM_CRL))
-    return out
 
 
 class Publisher:
     def __init__(
         self,
         view: StatusView,
-        store: ObjectStore,
+        storer: Storer,
         clock: Clock,
         registry: CollectorRegistry,
         *,
@@ -142,14 +62,14 @@ class Publisher:
         interval_seconds: int,
         after_revocation_seconds: float,
         delta_interval_seconds: int = 0,
-        layout: CRLLayout | None = None,
-        expired_grace_seconds: int = 0,
         retry_seconds: float = 30.0,
         guard: Callable[[], None] | None = None,
         on_published: Callable[[list[Published]], Awaitable[None]] | None = None,
     ) -> None:
-        """``guard`` is called before every store and raises if this publisher may no longer publish
-        (it lost its lease); ``on_published`` hears of every CRL ``run`` published."""
+        """``storer`` checks and writes each CRL, and says the layout, whether deltas are on and how
+        long expired revocations stay listed. ``guard`` is called before every store and raises if
+        this publisher may no longer publish (it lost its lease); ``on_published`` hears of every
+        CRL ``run`` published."""
         if validity_seconds <= 0 or interval_seconds <= 0 or interval_seconds >= validity_seconds:
             raise ValueError(
                 f"need 0 < interval ({interval_seconds}) < validity ({validity_seconds}) for CRLs to stay valid"
@@ -160,29 +80,23 @@ class Publisher:
                 f"interval {interval_seconds}"
             )
         deltas = delta_interval_seconds > 0
-        if layout is not None and layout.deltas != deltas:
-            raise ValueError(f"layout.deltas is {layout.deltas} but delta_interval_seconds is {delta_interval_seconds}")
-        for name, value in (
-            ("after_revocation_seconds", after_revocation_seconds),
-            ("expired_grace_seconds", expired_grace_seconds),
-        ):
-            if value < 0:
-                raise ValueError(f"{name} must not be negative, got {value}")
+        if storer.deltas != deltas:
+            raise ValueError(
+                f"the storer's deltas is {storer.deltas} but delta_interval_seconds is {delta_interval_seconds}"
+            )
+        if after_revocation_seconds < 0:
+            raise ValueError(f"after_revocation_seconds must not be negative, got {after_revocation_seconds}")
         if retry_seconds <= 0:
             raise ValueError(f"retry_seconds must be positive, got {retry_seconds}")
         self._view = view
-        self._layout = layout
         self._deltas = deltas
-        self._storer = Storer(store, view, layout=layout, deltas=deltas, expired_grace_seconds=expired_grace_seconds)
+        self._storer = storer
+        self._writer = CRLWriter(view, storer, clock, registry, validity_seconds=validity_seconds, guard=guard)
         self._clock = clock
-        self._validity = datetime.timedelta(seconds=validity_seconds)
         self._interval = interval_seconds
         self._delta_interval = delta_interval_seconds
         self._debounce = after_revocation_seconds
-        self._grace = expired_grace_seconds
         self._retry = retry_seconds
-        self._keys: dict[str, SigningKey] = {}
-        self._shards: dict[tuple[str, int], _ShardState] = {}
         self._targets: dict[str, list[int]] = {}  # issuer -> shards, refreshed by every full cycle
         self._errors: dict[tuple[str, int, str], str] = {}
         self._next_full: float | None = None
@@ -190,20 +104,9 @@ class Publisher:
         self._next_retry = 0.0
         self._dirty_since: float | None = None
         self._wake = asyncio.Event()
-        self._guard = guard
         self._on_published = on_published
         self.published_position = 0
         self.last_error: str | None = None
-        self._count = Counter(
-            "crl_publishes_total", "CRL publish attempts", ["issuer", "kind", "result"], registry=registry
-        )
-        self._seconds = Histogram(
-            "crl_publish_seconds", "Time to build, check and store a CRL", ["kind"], registry=registry
-        )
-        labels = ["issuer", "shard", "kind"]
-        self._bytes = Gauge("crl_size_bytes", "Size of the last published CRL", labels, registry=registry)
-        self._entries = Gauge("crl_entries", "Entries in the last published CRL", labels, registry=registry)
-        self._number = Gauge("crl_number", "Number of the last published CRL", labels, registry=registry)
 
     # --- events from outside ------------------------------------------------------------------
 
@@ -215,138 +118,13 @@ class Publisher:
 
     # --- one CRL --------------------------------------------------------------------------------
 
-    def _key(self, issuer: IssuerRecord) -> SigningKey:
-        if issuer.key_ref is None:
-            raise RefusedCRL(f"no key for issuer {issuer.issuer_id}")
-        key = self._keys.get(issuer.issuer_id)
-        if key is None or key.ref != issuer.key_ref:
-            key = self._keys[issuer.issuer_id] = open_key(issuer.key_ref)
-        return key
-
-    def _state(self, issuer_id: str, shard: int) -> _ShardState:
-        return self._shards.setdefault((issuer_id, shard), _ShardState())
-
-    async def _next_number(self, issuer: IssuerRecord, shard: int, now: datetime.datetime, *, delta: bool) -> int:
-        stored = await self._storer.highest_number(issuer.issuer_id, shard, delta=delta)
-        last = self._state(issuer.issuer_id, shard).last_number
-        number = max(stored + 1, last + 1, int(now.timestamp() * 1000))
-        if number > MAX_CRL_NUMBER:
-            raise RefusedCRL(f"CRL number {number} for {issuer.issuer_id} exceeds the 20-octet limit")
-        return number
-
-    def _extensions(self, issuer: IssuerRecord, shard: int, base_number: int | None) -> list[bytes]:
-        layout = layout_for(issuer, self._layout, deltas=self._deltas)
-        out = []
-        if scoped(issuer):
-            url = layout.full_url(issuer.issuer_id, shard)
-            out.append(issuing_distribution_point(url, only_user_certs=True, only_ca_certs=False))
-        if base_number is not None:
-            out.append(delta_crl_indicator(base_number))
-        elif layout.deltas:
-            out.append(freshest_crl(layout.delta_url(issuer.issuer_id, shard)))
-        return out
-
     async def publish(self, issuer: IssuerRecord, shard: int = 0) -> Published:
         """Build, check and store the full CRL of one shard."""
-        started = time.perf_counter()
-        position, records = await self._view.crl_revoked(issuer.issuer_id, shard)
-        now = self._clock.now().replace(microsecond=0)
-        entries = await asyncio.to_thread(_entries, records, to_epoch(now) - self._grace, now, delta=False)
-        crl_der, number = await self._sign_and_store(issuer, shard, now, entries, position, None)
-        state = self._state(issuer.issuer_id, shard)
-        state.base_number, state.base_position, state.delta_newest_change = number, position, -1
-        return self._published(issuer, shard, FULL, number, None, entries, crl_der, position, started)
+        return await self._writer.publish(issuer, shard)
 
     async def publish_delta(self, issuer: IssuerRecord, shard: int = 0, *, force: bool = True) -> Published | None:
-        """Build, check and store the delta CRL of one shard against its base.
-
-        None when there is no base yet (a full CRL comes first), or, unless
-        ``force``, when nothing changed since the last delta.
-        """
-        started = time.perf_counter()
-        state = self._state(issuer.issuer_id, shard)
-        base_number = state.base_number
-        if base_number is None:
-            return None
-        position, records = await self._view.crl_changes(issuer.issuer_id, shard, state.base_position)
-        newest = max((r.updated_seq for r in records), default=state.base_position)
-        if not force and newest <= state.delta_newest_change:
-            # Nothing new for this shard: the published delta is the log's view at this position too.
-            state.published_position = max(state.published_position, position)
-            return None
-        now = self._clock.now().replace(microsecond=0)
-        entries = _entries(records, to_epoch(now) - self._grace, now, delta=True)
-        base = (base_number, state.base_position)
-        crl_der, number = await self._sign_and_store(issuer, shard, now, entries, position, base)
-        state.delta_newest_change = newest
-        return self._published(issuer, shard, DELTA, number, base_number, entries, crl_der, position, started)
-
-    async def _sign_and_store(
-        self,
-        issuer: IssuerRecord,
-        shard: int,
-        now: datetime.datetime,
-        entries: list[CRLEntry],
-        position: int,
-        base: tuple[int, int] | None,
-    ) -> tuple[bytes, int]:
-        """Number, build and sign a CRL (a delta on ``base``: its number and log position), then store it."""
-        kind = FULL if base is None else DELTA
-        state = self._state(issuer.issuer_id, shard)
-        try:
-            number = await self._next_number(issuer, shard, now, delta=base is not None)
-            extensions = self._extensions(issuer, shard, None if base is None else base[0])
-            try:
-                # Off the event loop: a million entries take a second or two, and OCSP may share the loop.
-                crl_der = await asyncio.to_thread(
-                    build_crl,
-                    issuer.cert,
-                    self._key(issuer),
-                    entries,
-                    number=number,
-                    this_update=now,
-                    next_update=now + self._validity,
-                    extra_extensions=extensions,
-                )
-            except ValueError as exc:
-                raise RefusedCRL(f"CRL for {issuer.issuer_id} cannot be built: {exc}") from exc
-            if self._guard is not None:
-                self._guard()
-            await self._storer.store(Candidate(issuer, shard, crl_der, position, None if base is None else base[1]))
-        except (RefusedCRL, PreconditionFailed) as exc:
-            self._count.labels(issuer.issuer_id, kind, "refused").inc()
-            if isinstance(exc, BaseNotPublished):
-                state.base_number = None  # deltas wait for a new full CRL, which the retry publishes
-            raise RefusedCRL(str(exc)) from exc
-        except StorageError:
-            self._count.labels(issuer.issuer_id, kind, "error").inc()
-            raise
-        state.last_number = number
-        state.published_position = max(state.published_position, position)
-        return crl_der, number
-
-    def _published(
-        self,
-        issuer: IssuerRecord,
-        shard: int,
-        kind: str,
-        number: int,
-        base_number: int | None,
-        entries: list[CRLEntry],
-        crl_der: bytes,
-        position: int,
-        started: float,
-    ) -> Published:
-        seconds = time.perf_counter() - started
-        self._count.labels(issuer.issuer_id, kind, "published").inc()
-        self._seconds.labels(kind).observe(seconds)
-        labels = (issuer.issuer_id, str(shard), kind)
-        self._bytes.labels(*labels).set(len(crl_der))
-        self._entries.labels(*labels).set(len(entries))
-        self._number.labels(*labels).set(number)
-        return Published(
-            issuer.issuer_id, number, len(entries), len(crl_der), position, seconds, shard, kind, base_number
-        )
+        """Build, check and store the delta CRL of one shard against its base (see ``CRLWriter``)."""
+        return await self._writer.publish_delta(issuer, shard, force=force)
 
     # --- cycles ---------------------------------------------------------------------------------
 
@@ -355,8 +133,8 @@ class Publisher:
 
     async def shards(self, issuer: IssuerRecord) -> list[int]:
         """The configured shards and every shard still holding an unexpired certificate."""
-        layout = layout_for(issuer, self._layout, deltas=self._deltas)
-        cutoff = to_epoch(self._clock.now()) - self._grace
+        layout = self._storer.layout(issuer)
+        cutoff = to_epoch(self._clock.now()) - self._storer.expired_grace_seconds
         live = {
             shard for shard, not_after in (await self._view.crl_shards(issuer.issuer_id)).items() if not_after >= cutoff
         }
@@ -389,10 +167,10 @@ class Publisher:
     def _report(self) -> None:
         self.last_error = "; ".join(self._errors[k] for k in sorted(self._errors)) or None
         positions = [
-            self._shards[(issuer_id, shard)].published_position
+            state.published_position
             for issuer_id, shards in self._targets.items()
             for shard in shards
-            if (issuer_id, shard) in self._shards
+            if (state := self._writer.known(issuer_id, shard)) is not None
         ]
         if positions:
             self.published_position = min(positions)
@@ -419,7 +197,7 @@ class Publisher:
         done: list[Published] = []
         for issuer in await self._issuers():
             for shard in self._targets.get(issuer.issuer_id, []):
-                if self._state(issuer.issuer_id, shard).base_number is None:
+                if self._writer.state(issuer.issuer_id, shard).base_number is None:
                     await self._full_and_delta(issuer, shard, done)
                 else:
                     await self._attempt(issuer, shard, done, delta=True, force=force)
@@ -434,7 +212,7 @@ class Publisher:
             issuer = issuers.get(issuer_id)
             if issuer is None:
                 continue
-            if (issuer_id, shard, FULL) in self._errors or self._state(issuer_id, shard).base_number is None:
+            if (issuer_id, shard, FULL) in self._errors or self._writer.state(issuer_id, shard).base_number is None:
                 await self._full_and_delta(issuer, shard, done)
             else:
                 await self._attempt(issuer, shard, done, delta=True)

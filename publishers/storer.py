@@ -160,6 +160,16 @@ class Storer:
     def layout(self, issuer: IssuerRecord) -> CRLLayout:
         return layout_for(issuer, self._layout, deltas=self._deltas)
 
+    @property
+    def deltas(self) -> bool:
+        """Whether delta CRLs are published next to the full ones."""
+        return self._deltas
+
+    @property
+    def expired_grace_seconds(self) -> int:
+        """How long an expired certificate's revocation stays listed."""
+        return self._grace
+
     # --- what is stored now ------------------------------------------------------------------
 
     async def stored(self, key: str) -> StoredCRL:

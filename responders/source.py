@@ -115,7 +115,9 @@ class CachingSource:
         poll_interval: float = 0.2,
         negative_ttl: float = 5.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` gives the wall time (epoch seconds), ``monotonic`` times the polls."""
         if maxsize < 1:
             raise ValueError(f"cache size must be positive, got {maxsize}")
         self._inner = inner
@@ -128,6 +130,7 @@ class CachingSource:
         self._missing: TTLCache[int, bool] = TTLCache(maxsize=100_000, ttl=negative_ttl)
         self._poll = poll_interval
         self._clock = clock
+        self._monotonic = monotonic
         self._wake = asyncio.Event()
         self.position = 0
         self.last_sync = 0.0  # monotonic time of the last successful poll
@@ -186,8 +189,8 @@ class CachingSource:
         if changes:
             self.position = changes[-1].change_id
             if self.on_applied is not None:
-                self.on_applied(self.position, time.time())
-        self.last_sync = time.monotonic()
+                self.on_applied(self.position, self._clock())
+        self.last_sync = self._monotonic()
         self.reachable = True
         return len(changes)
 

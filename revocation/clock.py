@@ -12,12 +12,21 @@ class Clock(Protocol):
         """The current time, timezone-aware UTC."""
         ...
 
-    def monotonic(self) -> float: ...
+    def time(self) -> float:
+        """The current wall time in epoch seconds: the same moment as ``now()``, as a number."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds for measuring intervals: never steps back, unrelated to the wall time."""
+        ...
 
 
 class SystemClock:
     def now(self) -> datetime.datetime:
         return datetime.datetime.now(datetime.UTC)
+
+    def time(self) -> float:
+        return time.time()
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -32,6 +41,9 @@ class FakeClock:
 
     def now(self) -> datetime.datetime:
         return self._now
+
+    def time(self) -> float:
+        return self._now.timestamp()  # derived from now(), so advance() moves both alike
 
     def monotonic(self) -> float:
         return self._mono

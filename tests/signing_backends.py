@@ -29,6 +29,7 @@ from pca.runtime import open_runtime
 from pca.serve import build_authority, check_keys
 from publishers.objectstore import DirectoryStore
 from publishers.publisher import Publisher
+from publishers.storer import Storer
 from responders.presigner import PreSigner, signing_pool
 from responders.store import SQLiteResponseStore
 from revocation.authority import Actor, IssueRequest
@@ -96,7 +97,7 @@ async def exercise(cfg: Config, workdir: Path) -> Exercised:
 
         publisher = Publisher(
             rt.view,
-            DirectoryStore(cfg.crl_dir),
+            Storer(DirectoryStore(cfg.crl_dir), rt.view),
             rt.clock,
             CollectorRegistry(),
             validity_seconds=86400,

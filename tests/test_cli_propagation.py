@@ -83,7 +83,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Callable[[Handler], list[httpx.Reque
         def client(**kwargs: Any) -> httpx.Client:
             return real_client(transport=httpx.MockTransport(record), **kwargs)
 
-        monkeypatch.setattr(cli.httpx, "Client", client)
+        monkeypatch.setattr(httpx, "Client", client)
         return seen
 
     return install

@@ -88,17 +88,16 @@ def publisher_for(
 ) -> Publisher:
     """The publisher as ``pca serve`` builds it from the configuration (deltas every 300 s, 2 s debounce)."""
     cfg = rt.config.crl
+    view = view or rt.view
     return Publisher(
-        view or rt.view,
-        store,
+        view,
+        Storer(store, view, layout=rt.config.crl_layout, expired_grace_seconds=cfg.expired_grace_seconds),
         rt.clock,
         registry or CollectorRegistry(),
         validity_seconds=cfg.validity_seconds,
         interval_seconds=cfg.interval_seconds,
         after_revocation_seconds=cfg.after_revocation_seconds,
         delta_interval_seconds=cfg.delta_interval_seconds,
-        layout=rt.config.crl_layout,
-        expired_grace_seconds=cfg.expired_grace_seconds,
     )
 
 

@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CollectorRegistry
 
 from pca.config import Config
-from pca.roles.publisher import CRLApp
 from pca.runtime import Runtime, open_runtime
 from pca.serve import build_authority
 from publishers.crl_der import MAX_CRL_NUMBER, CRLEntry, build_crl, issuing_distribution_point, verify_crl
+from publishers.http import CRLApp
 from publishers.objectstore import DirectoryStore, ObjectHead, StoredObject
 from publishers.publisher import CRL_TYPE, Publisher, RefusedCRL, numbered_key, stable_key
 from publishers.storer import Candidate, Storer
@@ -74,7 +74,7 @@ def crl_store(tmp_path: Path) -> DirectoryStore:
 def make_publisher(rt: Runtime, store: Any, clock: FakeClock, registry: CollectorRegistry | None = None) -> Publisher:
     return Publisher(
         rt.view,
-        store,
+        Storer(store, rt.view),
         clock,
         registry or CollectorRegistry(),
         validity_seconds=CRL_VALIDITY,
@@ -691,7 +691,7 @@ async def test_a_publisher_whose_crls_would_expire_before_renewal_is_refused(
     with pytest.raises(ValueError, match="interval"):
         Publisher(
             rt.view,
-            crl_store,
+            Storer(crl_store, rt.view),
             fake_clock,
             CollectorRegistry(),
             validity_seconds=validity,

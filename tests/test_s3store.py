@@ -37,14 +37,15 @@ from cryptography import x509
 from prometheus_client import CollectorRegistry
 
 from pca.config import Config, load_config
-from pca.roles.publisher import CRLApp, build_publisher, open_store
+from pca.roles.publisher import build_publisher, open_store
 from pca.runtime import open_runtime
 from pca.serve import build_authority
 from publishers.crl_der import build_crl, issuing_distribution_point
+from publishers.http import CRLApp
 from publishers.objectstore import DirectoryStore, ObjectHead, ObjectStore, PreconditionFailed, StoredObject
 from publishers.publisher import Publisher
 from publishers.s3store import S3Store
-from publishers.storer import CRL_TYPE
+from publishers.storer import CRL_TYPE, Storer
 from revocation import crl_layout
 from revocation.clock import FakeClock
 from revocation.errors import StorageError
@@ -459,8 +460,8 @@ async def test_on_s3_the_conditional_write_keeps_a_racing_higher_number_and_an_o
 
                 def publisher(on: ObjectStore, registry: CollectorRegistry | None = None) -> Publisher:
                     return Publisher(
-                        rt.view, on, fake_clock, registry or CollectorRegistry(), validity_seconds=86400,
-                        interval_seconds=3600, after_revocation_seconds=1.0,
+                        rt.view, Storer(on, rt.view), fake_clock, registry or CollectorRegistry(),
+                        validity_seconds=86400, interval_seconds=3600, after_revocation_seconds=1.0,
                     )  # fmt: skip
 
                 steady = publisher(store)

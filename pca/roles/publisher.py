@@ -1,4 +1,4 @@
-"""Entry point of the publisher role, the CRL object store it writes to, and the HTTP app serving CRLs."""
+"""Entry points of the publisher and CRL-serving roles, and the CRL object store they share."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.types import Receive, Scope, Send
-
 from pca.config import Config
 from pca.runtime import Runtime
+from publishers.http import CRLApp
 from publishers.objectstore import DirectoryStore, ObjectStore
 from publishers.publisher import Published, Publisher
 from publishers.s3store import S3Store
+from publishers.storer import Storer
 from revocation.coordination import CRLPublication
 from revocation.coordination.leases import LeaseKeeper
-from revocation.errors import PCAError, StorageError
+from revocation.errors import PCAError
 
 log = logging.getLogger("pca.crl")
 
@@ -37,58 +37,6 @@ def open_store(config: Config) -> ObjectStore:
     )
 
 
-class CRLApp:
-    """``GET /crl/{key}``: every CRL object (``{issuer}.crl``, shards, deltas, numbered) from the store.
-
-    With S3, CRL URLs in certificates normally point at a CDN in front of the
-    bucket (``crl.base_url``); this app still answers from the bucket.
-    """
-
-    def __init__(self, store: ObjectStore, prefix: str = "/crl") -> None:
-        self._store = store
-        self._prefix = prefix.rstrip("/") + "/"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] not in ("GET", "HEAD"):
-            return await _plain(send, 405, b"method not allowed\n", [(b"allow", b"GET, HEAD")])
-        key = scope["path"][len(self._prefix) :]
-        try:
-            obj = await self._store.get(key) if key.endswith(".crl") else None
-        except ValueError:  # a key with "..", an absolute path, an empty or overlong segment
-            obj = None
-        except StorageError as exc:
-            log.error("cannot read CRL %r: %s", key[:100], exc)
-            return await _plain(send, 503, b"CRL store unavailable\n")
-        if obj is None:
-            return await _plain(send, 404, b"no such CRL\n")
-        headers = [
-            (b"content-type", obj.content_type.encode()),
-            (b"etag", obj.etag.encode()),
-            (b"last-modified", obj.last_modified.encode()),
-        ]
-        if obj.cache_control:
-            headers.append((b"cache-control", obj.cache_control.encode()))
-        if obj.expires:
-            headers.append((b"expires", obj.expires.encode()))
-        for name, value in scope["headers"]:
-            if name == b"if-none-match" and value == obj.etag.encode():
-                # A 304 repeats the validators and caching headers only, not the CRL's type or length.
-                validators = [h for h in headers if h[0] != b"content-type"]
-                await send({"type": "http.response.start", "status": 304, "headers": validators})
-                await send({"type": "http.response.body", "body": b""})
-                return
-        body = b"" if scope["method"] == "HEAD" else obj.data
-        headers.append((b"content-length", b"%d" % len(obj.data)))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-async def _plain(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body)), *(extra or [])]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 def build_publisher(
     rt: Runtime,
     store: ObjectStore,
@@ -97,17 +45,16 @@ def build_publisher(
     on_published: Callable[[list[Published]], Awaitable[None]] | None = None,
 ) -> Publisher:
     cfg = rt.config.crl
+    storer = Storer(store, rt.view, layout=rt.config.crl_layout, expired_grace_seconds=cfg.expired_grace_seconds)
     return Publisher(
         rt.view,
-        store,
+        storer,
         rt.clock,
         rt.registry,
         validity_seconds=cfg.validity_seconds,
         interval_seconds=cfg.interval_seconds,
         after_revocation_seconds=cfg.after_revocation_seconds,
         delta_interval_seconds=cfg.delta_interval_seconds,
-        layout=rt.config.crl_layout,
-        expired_grace_seconds=cfg.expired_grace_seconds,
         guard=guard,
         on_published=on_published,
     )
@@ -119,7 +66,14 @@ FOLLOW_SECONDS = 0.5  # how often the publisher looks for revocations committed 
 
 async def start_publisher(rt: Runtime) -> None:
     store = open_store(rt.config)
-    lease = LeaseKeeper(rt.coord, "publisher", ttl=rt.config.scale.lease_seconds, registry=rt.registry)
+    lease = LeaseKeeper(
+        rt.coord,
+        "publisher",
+        ttl=rt.config.scale.lease_seconds,
+        registry=rt.registry,
+        wall=rt.clock.time,
+        monotonic=rt.clock.monotonic,
+    )
 
     async def record(done: list[Published]) -> None:
         for p in done:

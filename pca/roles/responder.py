@@ -6,7 +6,6 @@ import asyncio
 import collections
 import logging
 import os
-import time
 from typing import Any
 
 from cryptography import x509
@@ -31,15 +30,15 @@ REPORT_GATHER_SECONDS = 0.05
 
 def response_store(rt: Runtime) -> ResponseStore:
     """The runtime's one response store (roles in a process share it, so in-process writes notify at once)."""
-    store: ResponseStore | None = rt.shared.get("response_store")
+    store = rt.response_store
     if store is None:
         if rt.db is not None:
-            store = SQLiteResponseStore(rt.db)
+            store = SQLiteResponseStore(rt.db, wall=rt.clock.time)
         else:
             from responders.store.postgres import PostgresResponseStore
 
-            store = PostgresResponseStore(rt.pool)
-        rt.shared["response_store"] = store
+            store = PostgresResponseStore(rt.pool, wall=rt.clock.time)
+        rt.response_store = store
     return store
 
 
@@ -49,7 +48,14 @@ async def start_presigner(rt: Runtime) -> None:
     pool = signing_pool(workers)
     rt.closers.append(lambda: pool.shutdown(wait=False, cancel_futures=True))
     store = response_store(rt)
-    lease = LeaseKeeper(rt.coord, "presigner", ttl=rt.config.scale.lease_seconds, registry=rt.registry)
+    lease = LeaseKeeper(
+        rt.coord,
+        "presigner",
+        ttl=rt.config.scale.lease_seconds,
+        registry=rt.registry,
+        wall=rt.clock.time,
+        monotonic=rt.clock.monotonic,
+    )
     presigner = PreSigner(
         rt.log,
         rt.view,
@@ -81,18 +87,25 @@ async def start_presigner(rt: Runtime) -> None:
 
 def responder_id(rt: Runtime) -> str:
     """This responder's name in heartbeats: ``PCA_RESPONDER_ID`` (made unique per worker process) or host:pid."""
-    given = rt.shared.get("responder_id") or os.environ.get("PCA_RESPONDER_ID")
+    given = rt.responder_id or os.environ.get("PCA_RESPONDER_ID")
     if not given:
         return default_holder()
     if os.environ.get("PCA_RESPONDER_WORKERS", "1") != "1":
         return f"{given}/{os.getpid()}"  # granian workers: each has its own cache, so each reports
-    return str(given)
+    return given
 
 
 async def start_responder(rt: Runtime) -> None:
     cfg = rt.config.ocsp
     store = response_store(rt)
-    cache = CachingSource(StoreSource(store), store, cfg.cache_size, poll_interval=cfg.poll_interval)
+    cache = CachingSource(
+        StoreSource(store),
+        store,
+        cfg.cache_size,
+        poll_interval=cfg.poll_interval,
+        clock=rt.clock.time,
+        monotonic=rt.clock.monotonic,
+    )
     if isinstance(store, SQLiteResponseStore):
         store.listeners.append(cache.notify)  # in-process writes reach the cache at once
     rt.subscribe(RESPONSES_CHANNEL, cache.notify)  # other processes' writes, through NOTIFY (PostgreSQL)
@@ -124,7 +137,7 @@ async def start_responder(rt: Runtime) -> None:
             except PCAError as exc:
                 log.warning("cannot refresh issuers: %s", exc)
 
-    app = OCSPApp(cache, index, rt.registry, prefix="/ocsp")
+    app = OCSPApp(cache, index, rt.registry, prefix="/ocsp", clock=rt.clock.time)
     rt.public_apps.append(("/ocsp", app))
     rt.tasks.append(cache.follow())
     rt.tasks.append(refresh_issuers())
@@ -138,7 +151,7 @@ async def start_responder(rt: Runtime) -> None:
     )
 
     async def health() -> dict[str, Any]:
-        age = time.monotonic() - cache.last_sync if cache.last_sync else None
+        age = rt.clock.monotonic() - cache.last_sync if cache.last_sync else None
         report: dict[str, Any] = {
             "responder_id": responder_id(rt),
             "cached_responses": len(cache),
@@ -165,8 +178,8 @@ async def _heartbeat(rt: Runtime, cache: CachingSource, rid: str) -> None:
     Progress is written as soon as it happens, so the tracker sees when each change reached
     this responder; reports made while the store is unreachable are kept (bounded) and sent later.
     """
-    url = rt.shared.get("responder_url") or os.environ.get("PCA_RESPONDER_URL") or rt.config.ocsp_url
-    started = time.time()
+    url = rt.responder_url or os.environ.get("PCA_RESPONDER_URL") or rt.config.ocsp_url
+    started = rt.clock.time()
     backlog: collections.deque[tuple[int, float]] = collections.deque(maxlen=PROGRESS_BACKLOG)
     wake = asyncio.Event()
 
@@ -178,17 +191,16 @@ async def _heartbeat(rt: Runtime, cache: CachingSource, rid: str) -> None:
     interval = rt.config.scale.heartbeat_seconds
     # A responder counts (heartbeats, and has applied a change) only once it answers requests: a
     # restarted one loads its cache before its listener is up, and a client cannot see that yet.
-    serving: asyncio.Event | None = rt.shared.get("serving")
-    if serving is not None:
-        await serving.wait()
-    since = time.time()
+    if rt.serving is not None:
+        await rt.serving.wait()
+    since = rt.clock.time()
     backlog = collections.deque(((pos, max(at, since)) for pos, at in backlog), maxlen=PROGRESS_BACKLOG)
     while True:
         wake.clear()
         progress = list(backlog)
         try:
             # Every report keeps its own time, so batching them costs the tracker no precision.
-            await rt.coord.report(rid, url, progress, cache.position, started, time.time())
+            await rt.coord.report(rid, url, progress, cache.position, started, rt.clock.time())
         except PCAError as exc:
             log.warning("cannot report to the store (%s); retrying", exc)
         else:

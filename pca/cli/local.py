@@ -1,0 +1,280 @@
+"""The commands that work on this host's files and database: init, serve, migrate, rebuild, token, audit --local."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from pca.cli.common import fail
+from pca.config import Config, listen_from_url, load_config, parse_listen, render_config
+from pca.runtime import connect_runtime
+from revocation import ca
+from revocation.admin.tokens import add_token, write_secret_file
+from revocation.authority import Actor, certificate_issued, issuer_added
+from revocation.clock import SystemClock
+from revocation.errors import IntegrityError, PCAError
+from revocation.eventlog import NewEvent
+from revocation.keys import KeyRef, SigningKey, generate_key
+
+ROOT_ID = "root-ca"
+ISSUING_ID = "issuing-ca"
+
+
+def _given(args: argparse.Namespace, *names: str) -> list[str]:
+    return ["--" + n.replace("_", "-") for n in names if getattr(args, n) is not None]
+
+
+def _absolute(path: str | None) -> str:
+    return str(Path(path).resolve()) if path else ""
+
+
+def _key_templates(args: argparse.Namespace) -> dict[str, KeyRef]:
+    """Where ``pca init`` creates each CA's key: a KeyRef holding the location and secret references."""
+    backend = args.key_backend
+    file_flags = ("key_passphrase_env", "key_passphrase_file")
+    pkcs11_flags = (
+        "pkcs11_module",
+        "pkcs11_token_label",
+        "pkcs11_pin_env",
+        "pkcs11_pin_file",
+        "pkcs11_root_token_label",
+        "pkcs11_root_pin_env",
+        "pkcs11_root_pin_file",
+    )
+    kms_flags = ("kms_region", "kms_endpoint_url")
+    own = {"file": file_flags, "pkcs11": pkcs11_flags, "kms": kms_flags}[backend]
+    foreign = _given(args, *(f for f in (*file_flags, *pkcs11_flags, *kms_flags) if f not in own))
+    if foreign:
+        fail(f"{', '.join(foreign)} do not apply to --key-backend {backend}")
+    for pair in (file_flags, ("pkcs11_pin_env", "pkcs11_pin_file"), ("pkcs11_root_pin_env", "pkcs11_root_pin_file")):
+        if len(_given(args, *pair)) > 1:
+            fail(f"give one of {' and '.join(_given(args, *pair))}, not both")
+    if backend == "file":
+        template = KeyRef("file", passphrase_env=args.key_passphrase_env or "")
+        template = dataclasses.replace(template, passphrase_file=_absolute(args.key_passphrase_file))
+        return {ROOT_ID: template, ISSUING_ID: template}
+    if backend == "pkcs11":
+        missing = [f"--{f.replace('_', '-')}" for f in ("pkcs11_module", "pkcs11_token_label") if not getattr(args, f)]
+        if not args.pkcs11_pin_env and not args.pkcs11_pin_file:
+            missing.append("--pkcs11-pin-env or --pkcs11-pin-file")
+        if missing:
+            fail(f"--key-backend pkcs11 needs {', '.join(missing)}")
+        template = KeyRef(
+            "pkcs11",
+            module=_absolute(args.pkcs11_module),
+            token_label=args.pkcs11_token_label,
+            pin_env=args.pkcs11_pin_env or "",
+            pin_file=_absolute(args.pkcs11_pin_file),
+        )
+        root = template
+        if args.pkcs11_root_token_label:
+            root = dataclasses.replace(template, token_label=args.pkcs11_root_token_label)
+        if args.pkcs11_root_pin_env or args.pkcs11_root_pin_file:
+            root = dataclasses.replace(
+                root, pin_env=args.pkcs11_root_pin_env or "", pin_file=_absolute(args.pkcs11_root_pin_file)
+            )
+        return {ROOT_ID: root, ISSUING_ID: template}
+    region = args.kms_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        fail("--key-backend kms needs --kms-region (or AWS_REGION)")
+    template = KeyRef("kms", region=region, endpoint_url=args.kms_endpoint_url or "")
+    return {ROOT_ID: template, ISSUING_ID: template}
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    directory = Path(args.dir).resolve()
+    config_path = directory / "pca.toml"
+    if config_path.exists():
+        fail(f"{config_path} exists already; refusing to overwrite an initialised CA")
+    listen_from_url(args.public_url)
+    parse_listen(args.admin_listen, "--admin-listen")
+    templates = _key_templates(args)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    config_path.write_text(
+        render_config(
+            public_url=args.public_url,
+            admin_listen=args.admin_listen,
+            key_algorithm=args.key_algorithm,
+            database_url=args.database_url or "",
+        )
+    )
+    recorded: list[bool] = []
+    cfg: Config | None = None  # stays None when the written configuration does not load
+    try:
+        cfg = load_config(config_path)
+        asyncio.run(_init_hierarchy(cfg, args.root_cn, args.issuing_cn, args.key_algorithm, templates, recorded))
+    except PCAError:
+        if not recorded:  # nothing was recorded: let the same command be run again
+            config_path.unlink()
+            # PCA_DATABASE_URL can name PostgreSQL without --database-url: ask the configuration.
+            if cfg is not None and not cfg.database_url:
+                for leftover in (
+                    cfg.database,
+                    *(cfg.database.with_name(cfg.database.name + s) for s in ("-wal", "-shm")),
+                ):
+                    leftover.unlink(missing_ok=True)
+        raise
+    token = add_token(cfg.tokens_db, "admin", "admin")
+    write_secret_file(cfg.token_file, token)
+    print(f"initialised {directory}")
+    print(f"  configuration   {config_path}")
+    print(f"  root CA         {directory / 'root-ca.pem'}  (key {templates[ROOT_ID].backend})")
+    print(f"  issuing CA      {directory / 'issuing-ca.pem'}  (chain: {directory / 'ca-chain.pem'})")
+    print(f"  admin token     {cfg.token_file}  (mode 0600)")
+    print(f"next: pca serve --config {config_path}")
+
+
+async def _init_hierarchy(
+    cfg: Config,
+    root_cn: str,
+    issuing_cn: str,
+    algorithm: str,
+    templates: dict[str, KeyRef] | None = None,
+    recorded: list[bool] | None = None,
+) -> None:
+    """Create the CA hierarchy and record it; ``recorded`` gets True once the log holds it."""
+    clock = SystemClock()
+    now = clock.now()
+    key_dir = cfg.data_dir / "keys"
+    templates = templates or {ROOT_ID: KeyRef("file"), ISSUING_ID: KeyRef("file")}
+    keys: dict[str, SigningKey] = {}
+    rt = await connect_runtime(cfg, clock)
+    try:
+        # Before any key is made: a database shared by the scaled shape may hold a CA already.
+        if await rt.view.issuers():
+            raise PCAError(f"the database {cfg.database_label} already holds a CA; refusing to add another root")
+    except BaseException:
+        await rt.aclose()
+        raise
+    try:
+        for name in (ROOT_ID, ISSUING_ID):
+            keys[name] = generate_key(templates[name], name, algorithm, key_dir)
+        root_cert = ca.create_root(keys[ROOT_ID], ca.parse_subject(f"CN={root_cn}"), now, 3650)
+        issuing_cert = ca.create_intermediate(
+            root_cert,
+            keys[ROOT_ID],
+            keys[ISSUING_ID].public_key(),
+            ca.parse_subject(f"CN={issuing_cn}"),
+            now,
+            1825,
+            cfg.crl_url(ROOT_ID),
+        )
+    except BaseException:
+        await rt.aclose()
+        raise
+    finally:
+        for key in keys.values():
+            key.close()
+    try:
+        actor, rid = "system:init", "init"
+        await rt.log.append(
+            [
+                NewEvent(
+                    issuer_added(ROOT_ID, "root", None, root_cert, keys[ROOT_ID].ref, cfg.crl_url(ROOT_ID)),
+                    0,
+                    actor,
+                    rid,
+                ),
+                NewEvent(
+                    issuer_added(
+                        ISSUING_ID, "intermediate", ROOT_ID, issuing_cert, keys[ISSUING_ID].ref, cfg.crl_url(ISSUING_ID)
+                    ),
+                    0,
+                    actor,
+                    rid,
+                ),
+                NewEvent(certificate_issued(ROOT_ID, issuing_cert, "ca"), 0, actor, rid),
+            ]
+        )
+        if recorded is not None:
+            recorded.append(True)
+        from pca.serve import build_authority
+
+        await build_authority(rt).rotate_signers(Actor(actor, rid))
+    finally:
+        await rt.aclose()
+    pem = serialization.Encoding.PEM
+    (cfg.data_dir / "root-ca.pem").write_bytes(root_cert.public_bytes(pem))
+    (cfg.data_dir / "issuing-ca.pem").write_bytes(issuing_cert.public_bytes(pem))
+    (cfg.data_dir / "ca-chain.pem").write_bytes(issuing_cert.public_bytes(pem) + root_cert.public_bytes(pem))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from pca.serve import ALL_ROLES, serve
+
+    cfg = load_config(args.config)
+    if args.public_listen:
+        cfg = dataclasses.replace(cfg, public_listen=parse_listen(args.public_listen, "--public-listen"))
+    if args.admin_listen:
+        cfg = dataclasses.replace(cfg, admin_listen=parse_listen(args.admin_listen, "--admin-listen"))
+    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip()) if args.roles else ALL_ROLES
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(
+        serve(
+            cfg,
+            roles,
+            server=args.server,
+            workers=args.workers,
+            responder_id=args.responder_id,
+            responder_url=args.responder_url,
+        )
+    )
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config)
+    if cfg.database_url:
+        from revocation.storage.postgres.log import migrate_url
+
+        applied = asyncio.run(migrate_url(cfg.database_url))
+    else:
+        from revocation.storage.sqlite.db import SQLiteDatabase
+
+        applied = SQLiteDatabase(cfg.database).migrate_sync()
+    where = cfg.database_label
+    print(f"applied migrations {applied} to {where}" if applied else f"schema of {where} is up to date")
+
+
+def cmd_rebuild(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config)
+
+    async def run() -> int:
+        rt = await connect_runtime(cfg, SystemClock())
+        try:
+            return await rt.log.rebuild_projection()
+        finally:
+            await rt.aclose()
+
+    count = asyncio.run(run())
+    print(f"rebuilt the certificate-status projection from {count} events")
+
+
+def cmd_token_create(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config)
+    token = add_token(cfg.tokens_db, args.name, args.role)
+    print(token)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> None:
+    """``pca audit verify --local``: walk the hash chain in the database itself."""
+    cfg = load_config(args.config) if args.config else fail("--local needs --config")
+
+    async def run() -> int:
+        rt = await connect_runtime(cfg, SystemClock())
+        try:
+            return await rt.log.verify_chain()
+        finally:
+            await rt.aclose()
+
+    try:
+        count = asyncio.run(run())
+    except IntegrityError as exc:
+        fail(f"AUDIT FAILED: {exc}")
+    print(f"audit OK: {count} events, hash chain intact")

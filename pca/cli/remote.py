@@ -1,0 +1,231 @@
+"""The commands that operate the CA through the admin API over HTTP: issue, revoke, status and the rest."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from pca.cli.common import fail
+from pca.config import load_config
+from revocation.admin.tokens import write_secret_file
+
+
+def _admin_access(args: argparse.Namespace) -> tuple[str, str]:
+    """The admin API's URL and the bearer token: from the flags, PCA_TOKEN, then the configuration."""
+    url = args.admin_url
+    token = args.token or os.environ.get("PCA_TOKEN")
+    if url is None or token is None:
+        if args.config is None:
+            fail("give --config, or --admin-url and --token (or PCA_TOKEN)")
+        cfg = load_config(args.config)
+        url = url or cfg.admin_url
+        if token is None:
+            try:
+                token = cfg.token_file.read_text().strip()
+            except OSError as exc:
+                fail(f"cannot read the admin token from {cfg.token_file}: {exc.strerror}")
+    return url, token
+
+
+class _Client:
+    def __init__(self, args: argparse.Namespace) -> None:
+        url, token = _admin_access(args)
+        self._http = httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=30.0)
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, ok: tuple[int, ...] = (200, 201)) -> Any:
+        try:
+            resp = self._http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach the admin API at {self._http.base_url}: {exc}")
+        if resp.status_code not in ok:
+            try:
+                problem = resp.json()
+                fail(f"{problem.get('title', resp.status_code)}: {problem.get('detail', resp.text)}")
+            except ValueError:
+                fail(f"HTTP {resp.status_code}: {resp.text[:200]}")
+        return resp.json()
+
+
+def cmd_issue(args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {
+        "profile": args.profile,
+        "dns": args.dns,
+        "ips": args.ip,
+        "emails": args.email,
+        "uris": args.uri,
+    }
+    if args.subject:
+        body["subject"] = args.subject
+    if args.validity_days:
+        body["validity_days"] = args.validity_days
+    if args.issuer:
+        body["issuer"] = args.issuer
+    if args.key_algorithm:
+        body["key_algorithm"] = args.key_algorithm
+    if args.csr:
+        try:
+            body["csr"] = Path(args.csr).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"cannot read CSR {args.csr}: {exc}")
+    elif args.key_out is None:
+        fail("without --csr the key is generated: give --key-out FILE to receive it")
+    result = _Client(args).call("POST", "/v1/certificates", body)
+    print(result["serial"])
+    if args.out:
+        Path(args.out).write_text(result["certificate"])
+    else:
+        print(result["certificate"], end="")
+    if "private_key" in result and args.key_out:
+        write_secret_file(Path(args.key_out), result["private_key"].rstrip("\n"))
+    print(f"issued {result['subject']} by {result['issuer']}, valid until {result['not_after']}", file=sys.stderr)
+
+
+def cmd_revoke(args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {"reason": args.reason}
+    if args.invalidity_date:
+        body["invalidity_date"] = args.invalidity_date
+    if args.issuer:
+        body["issuer"] = args.issuer
+    result = _Client(args).call("POST", f"/v1/certificates/{args.serial}/revoke", body)
+    print(
+        f"{result['serial']} revoked ({result['reason']}) at {result['revoked_at']}, event seq {result['event']['seq']}"
+    )
+
+
+def cmd_release_hold(args: argparse.Namespace) -> None:
+    result = _Client(args).call("POST", f"/v1/certificates/{args.serial}/release-hold", {})
+    print(f"{result['serial']} released from hold, event seq {result['event']['seq']}")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    path = f"/v1/certificates/{args.serial}" + (f"?issuer={args.issuer}" if args.issuer else "")
+    result = _Client(args).call("GET", path)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    line = f"{result['serial']} {result['status']}"
+    if result["status"] == "revoked":
+        line += f" reason={result['reason']} revoked_at={result['revoked_at']}"
+        if result["invalidity_date"]:
+            line += f" invalidity_date={result['invalidity_date']}"
+    print(line)
+    print(f"  issuer {result['issuer']}, subject {result['subject']}, valid until {result['not_after']}")
+
+
+def cmd_propagation(args: argparse.Namespace) -> None:
+    path = f"/v1/certificates/{quote(args.serial, safe='')}/propagation"
+    if args.issuer:
+        path += f"?issuer={quote(args.issuer, safe='')}"
+    result = _Client(args).call("GET", path)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(format_timeline(result))
+
+
+def format_timeline(t: dict[str, Any]) -> str:
+    """The propagation tracker's timeline for a person: each stage with its time and delay from the commit."""
+    lines = [f"{t.get('serial')} from {t.get('issuer_id')}: revoked by event seq {t.get('seq')}"]
+    if t.get("superseded"):
+        lines.append("  superseded: the hold was released since; nothing is waited for any more")
+    lines.append(f"  committed          {t.get('committed_at') or '?'}")
+    lines.append(f"  pre-signed         {_stage(t.get('presigned'))}")
+    responders = [r for r in t.get("responders") or [] if isinstance(r, dict)]
+    for r in responders:
+        name = r.get("responder_id") or "?"
+        url = f" {r['url']}" if r.get("url") else ""
+        state = r.get("state") or "?"
+        when = f" {_stage(r)}" if r.get("applied_at") or r.get("seconds") is not None else ""
+        uncounted = "" if r.get("counted", True) else " (not counted)"
+        lines.append(f"  responder {name}{url}: {state}{when}{uncounted}")
+    if not responders:
+        lines.append("  responders         none known")
+    all_line = f"  all responders     {_stage(t.get('ocsp_all_responders'))}"
+    pending = t.get("pending")
+    if isinstance(pending, list) and pending:
+        all_line += f" (not caught up: {', '.join(map(str, pending))})"
+    lines.append(all_line)
+    crl = t.get("crl")
+    if isinstance(crl, dict):
+        label = f"{crl.get('kind', '')} CRL number {crl.get('number', '?')}".strip()
+        if crl.get("shard"):
+            label += f" (shard {crl['shard']})"
+        lines.append(f"  CRL                {label} {_stage(crl)}")
+    else:
+        lines.append("  CRL                pending")
+    for probe in t.get("probes") or []:
+        if isinstance(probe, dict):
+            lines.append(f"  probe {probe.get('responder_url', '?')}: saw revoked {_stage(probe)}")
+    slo, met = t.get("slo_seconds"), t.get("slo_met")
+    verdict = "not decided yet" if met is None else ("met" if met else "NOT met")
+    lines.append(f"  SLO{'' if slo is None else f' {slo:g}s'}: {verdict}")
+    return "\n".join(lines)
+
+
+def _stage(value: Any) -> str:
+    """One stage of a timeline, ``{"at": ..., "seconds": ...}``: its time and delay, or pending."""
+    if not isinstance(value, dict):
+        return "pending"
+    at = value.get("at") or value.get("applied_at") or value.get("seen_at")
+    seconds = value.get("seconds")
+    delay = f"(+{seconds:.3f}s)" if isinstance(seconds, int | float) and not isinstance(seconds, bool) else ""
+    return " ".join(part for part in (str(at) if at else "", delay) if part) or "done (time not known)"
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    from revocation.propagation.prober import check_responder_url, probe
+
+    responders = [check_responder_url(u) for u in args.responder]
+    url, token = _admin_access(args)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def run() -> str:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, stop.set)  # Ctrl-C: stop and print what was seen so far
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        summary = await probe(
+            url,
+            token,
+            responders,
+            duration=args.duration,
+            sample=args.sample,
+            timeout=args.timeout,
+            poll=args.poll,
+            from_seq=1 if args.from_start else None,
+            stop=stop,
+            concurrency=args.concurrency,
+        )
+        return summary.render()
+
+    print(
+        f"probing {', '.join(responders)} "
+        + (f"for {args.duration:g}s" if args.duration else "until Ctrl-C")
+        + f" (sample {args.sample:g}, timeout {args.timeout:g}s)",
+        file=sys.stderr,
+    )
+    print(asyncio.run(run()))
+
+
+def cmd_events(args: argparse.Namespace) -> None:
+    result = _Client(args).call("GET", f"/v1/events?after={args.after}&limit={args.limit}")
+    for event in result["events"]:
+        print(json.dumps(event, sort_keys=True))
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> None:
+    """``pca audit verify``: the admin API walks the hash chain."""
+    result = _Client(args).call("GET", "/v1/audit/verify", ok=(200, 409))
+    if not result["ok"]:
+        fail(f"AUDIT FAILED: {result['detail']}")
+    print(f"audit OK: {result['events']} events, hash chain intact")
