@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from revocation.certid import certid_hashes
 from revocation.clock import Clock, SystemClock, iso, parse_iso
 from revocation.errors import ConfigError, PCAError
 from revocation.keys import PublicKey, verify_signature
@@ -150,17 +151,14 @@ class _Issuer:
         return _request_der(self.name_hash, self.key_hash, serial)
 
 
-def cert_id_hashes(issuer_cert: x509.Certificate) -> tuple[bytes, bytes]:
-    """SHA-1 issuerNameHash and issuerKeyHash of a CertID (RFC 6960 4.1.1); no leaf needed."""
-    name_hash = hashes.Hash(hashes.SHA1())  # noqa: S303 - the CertID hash RFC 5019 clients use
-    name_hash.update(issuer_cert.subject.public_bytes())
-    # Method 1 of the subject key identifier is the SHA-1 of the subjectPublicKey bits: the key hash.
-    return name_hash.finalize(), x509.SubjectKeyIdentifier.from_public_key(issuer_cert.public_key()).digest
+def sha1_cert_id_hashes(issuer_cert: x509.Certificate) -> tuple[bytes, bytes]:
+    """SHA-1 issuerNameHash and issuerKeyHash, the CertID RFC 5019 clients send; no leaf needed."""
+    return certid_hashes(issuer_cert, ("sha1",))["sha1"]
 
 
 def ocsp_request_der(issuer_cert: x509.Certificate, serial: int) -> bytes:
     """A one-CertID OCSP request for ``serial``: SHA-1 and no nonce, what RFC 5019 clients send."""
-    return _request_der(*cert_id_hashes(issuer_cert), serial)
+    return _request_der(*sha1_cert_id_hashes(issuer_cert), serial)
 
 
 def _request_der(name_hash: bytes, key_hash: bytes, serial: int) -> bytes:
@@ -172,7 +170,7 @@ def _request_der(name_hash: bytes, key_hash: bytes, serial: int) -> bytes:
 def says_revoked(data: bytes, issuer_cert: x509.Certificate, serial: int) -> bool:
     """True when ``data`` is a successful OCSP response, signed for the issuer, saying "revoked" for the
     SHA-1 CertID of ``serial`` (the one we ask about; a response may carry other CertIDs beside it)."""
-    wanted = (*cert_id_hashes(issuer_cert), serial)
+    wanted = (*sha1_cert_id_hashes(issuer_cert), serial)
     try:
         response = ocsp.load_der_ocsp_response(data)
         if response.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
@@ -290,7 +288,7 @@ class Prober:
         issuers: dict[str, _Issuer] = {}
         for item in (await self._get("/v1/issuers"))["issuers"]:
             cert = x509.load_pem_x509_certificate(item["certificate_pem"].encode())
-            issuers[item["issuer_id"]] = _Issuer(cert, *cert_id_hashes(cert), bool(item.get("ocsp_url")))
+            issuers[item["issuer_id"]] = _Issuer(cert, *sha1_cert_id_hashes(cert), bool(item.get("ocsp_url")))
         self._issuers = issuers
 
     async def _post(self, rev: Revocation, url: str, seen_at: float) -> None:
