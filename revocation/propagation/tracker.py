@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
 from revocation.coordination import (
     Coordination,
@@ -50,9 +50,9 @@ from revocation.errors import ConfigError
 from revocation.eventlog import EventLog, RecordedEvent
 from revocation.events import CertificateHoldReleased, CertificateRevoked, cert_stream
 from revocation.projection import StatusView
+from revocation.propagation.metrics import PropagationMetrics
 from revocation.propagation.timeline import (
     CRLSighting,
-    Moment,
     Timeline,
     build_timeline,
     counts,
@@ -62,9 +62,6 @@ from revocation.propagation.timeline import (
 
 log = logging.getLogger("pca.tracker")
 
-CHANNELS = ("presigned", "ocsp_all_responders", "crl", "probe")
-# From a fast in-process path (tens of ms) to a CRL published every few minutes.
-BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 READ_BATCH = 1000
 MAX_BACKOFF = 5.0  # seconds between attempts while the database is unreachable
 PRUNE_EVERY = 60.0  # seconds between prunings of responder progress
@@ -138,49 +135,7 @@ class PropagationTracker:
         self._last_prune: float | None = None
         self._gauged: set[str] = set()  # responder ids with gauge samples
 
-        self._seconds = Histogram(
-            "revocation_propagation_seconds",
-            "Seconds from a revocation's commit to its arrival on each channel",
-            ["channel"],
-            buckets=BUCKETS,
-            registry=registry,
-        )
-        self._breaches = Counter(
-            "revocation_propagation_slo_breaches",
-            "Revocations that reached every live responder later than the SLO (or never, when given up on)",
-            ["channel"],
-            registry=registry,
-        )
-        self._incomplete = Counter(
-            "revocation_propagation_incomplete",
-            "Revocations given up on before reaching the channel",
-            ["channel"],
-            registry=registry,
-        )
-        self._untracked = Counter(
-            "revocation_propagation_untracked",
-            "Revocations not followed because too many were pending at once",
-            registry=registry,
-        )
-        self._pending_gauge = Gauge(
-            "revocation_propagation_pending", "Revocations still being followed", registry=registry
-        )
-        self._lag = Gauge(
-            "ocsp_responder_lag_changes",
-            "Response-store changes a responder has not applied yet",
-            ["responder_id"],
-            registry=registry,
-        )
-        self._up = Gauge(
-            "ocsp_responder_up",
-            "1 while the responder heartbeats, 0 once it is gone",
-            ["responder_id"],
-            registry=registry,
-        )
-        for channel in CHANNELS:
-            self._seconds.labels(channel)
-            self._incomplete.labels(channel)
-        self._breaches.labels("ocsp_all_responders")
+        self._metrics = PropagationMetrics(registry, slo_seconds)
 
     def wake(self) -> None:
         """Look at the log now rather than at the next poll (call from the event loop's thread)."""
@@ -292,7 +247,7 @@ class PropagationTracker:
         if self._tracked:
             await self._advance(responders)
             await self._finish(responders, now)
-        self._pending_gauge.set(len(self._tracked))
+        self._metrics.pending.set(len(self._tracked))
         await self._gauge_responders(responders, now)
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
             pruned = await self._coord.prune_progress(now - self._keep_progress)
@@ -335,7 +290,7 @@ class PropagationTracker:
         elif isinstance(event, CertificateRevoked):
             key = (event.issuer_id, int(event.serial, 16))
             if key not in self._tracked and len(self._tracked) >= self._max_pending:
-                self._untracked.inc()
+                self._metrics.untracked.inc()
                 return
             # A newer revocation of the same certificate (a hold made permanent) replaces the older.
             self._tracked[key] = _Tracked(key[0], key[1], record.seq, record.recorded_at.timestamp())
@@ -402,7 +357,7 @@ class PropagationTracker:
         )
         for t, timeline, complete in done:
             del self._tracked[t.key]
-            self._observe(timeline)
+            self._metrics.observe(timeline)
             if not complete:
                 log.warning(
                     "revocation of %s/%x (seq %d) gave up after %.0f s; still missing: %s",
@@ -439,29 +394,6 @@ class PropagationTracker:
             slo_seconds=self.slo_seconds,
         )
 
-    def _observe(self, timeline: Timeline) -> None:
-        presigned = timeline.presigned
-        if isinstance(presigned, Moment):
-            self._seconds.labels("presigned").observe(max(0.0, presigned.seconds))
-        elif presigned is None:
-            self._incomplete.labels("presigned").inc()
-        ocsp = timeline.ocsp_all_responders
-        if ocsp is not None:
-            self._seconds.labels("ocsp_all_responders").observe(max(0.0, ocsp.seconds))
-            if ocsp.seconds > self.slo_seconds:
-                self._breaches.labels("ocsp_all_responders").inc()
-        else:
-            self._incomplete.labels("ocsp_all_responders").inc()
-            if timeline.pending:  # live responders never got it: a breach however long the SLO
-                self._breaches.labels("ocsp_all_responders").inc()
-        crl = timeline.crl
-        if crl is not None:
-            self._seconds.labels("crl").observe(max(0.0, crl.seconds))
-        else:
-            self._incomplete.labels("crl").inc()
-        for probe in timeline.probes:
-            self._seconds.labels("probe").observe(max(0.0, probe.seconds))
-
     async def _gauge_responders(self, responders: Sequence[ResponderState], now: float) -> None:
         last = await self._coord.last_change() if responders else 0
         present: set[str] = set()
@@ -472,9 +404,7 @@ class PropagationTracker:
                 await self._coord.forget_responder(r.responder_id)
                 continue
             present.add(r.responder_id)
-            self._up.labels(r.responder_id).set(1.0 if silent <= self.gone_after else 0.0)
-            self._lag.labels(r.responder_id).set(max(0, last - r.applied_change))
+            self._metrics.gauge_responder(r.responder_id, silent <= self.gone_after, max(0, last - r.applied_change))
         for rid in self._gauged - present:
-            self._up.remove(rid)
-            self._lag.remove(rid)
+            self._metrics.forget_responder(rid)
         self._gauged = present
