@@ -25,7 +25,7 @@ from responders.source import IssuerIndex
 from revocation import der
 from revocation.certid import certid_hashes, subject_name_and_key
 from revocation.keys import FileKey, KeyRef
-from revocation.propagation.prober import ocsp_request_der, says_revoked
+from revocation.propagation.ocsp_check import ocsp_request_der, says_revoked
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 SERIAL = 0x5EED_0001
