@@ -4,7 +4,13 @@ The issuer built here is encoded the way another CA might have done it: a
 TeletexString and a BMPString in its subject, a multi-valued RDN, and its EC key
 as a compressed point. Hashing re-encoded objects instead of those bytes gives
 another issuerKeyHash (cryptography writes EC points uncompressed), so a prober
-doing that asks about an issuer the responder does not know.
+doing that asks about an issuer the responder does not know: the prober's former
+``cert_id_hashes`` failed the last two tests here.
+
+cryptography 51 re-encodes every subject its strict DER parser accepts to the same
+bytes (string types and RDN order survive), so no loadable name can show the name
+half diverging today; the first test pins that the name hashed is the subject's
+own bytes, whatever a later parser or encoder does.
 """
 
 from __future__ import annotations
