@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from responders.ocsp_response import certid_hashes
+from revocation.certid import certid_hashes
 
 OCSP_REQUEST = "application/ocsp-request"
 

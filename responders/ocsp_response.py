@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from revocation import der
+from revocation.certid import subject_name_and_key
 from revocation.events import REASONS
 from revocation.keys import SigningKey, check_key_matches
 
@@ -69,8 +70,7 @@ class ResponseTemplate:
         if not isinstance(signer_public, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
             raise TypeError(f"the OCSP signer has an unsupported key type {type(signer_public).__name__}")
         check_key_matches(signer_key, signer_public, "the OCSP signer")
-        issuer_name, issuer_spki = _subject_and_spki(issuer_cert)
-        issuer_key = _subject_public_key(issuer_spki)
+        issuer_name, issuer_key = subject_name_and_key(issuer_cert)
         self._name_hashes: dict[str, bytes] = {}
         self._key_hashes: dict[str, bytes] = {}
         prefixes: dict[str, bytes] = {}
@@ -80,9 +80,7 @@ class ResponseTemplate:
             prefixes[alg] = alg_id + der.octet_string(name_hash) + der.octet_string(key_hash)
         self._sha1_prefix = prefixes["sha1"]
         self._sha256_prefix = prefixes["sha256"]
-        signer_key_hash = hashlib.sha1(
-            _subject_public_key(_subject_and_spki(signer_cert)[1]), usedforsecurity=False
-        ).digest()
+        signer_key_hash = hashlib.sha1(subject_name_and_key(signer_cert)[1], usedforsecurity=False).digest()
         self._responder_id = der.explicit(2, der.octet_string(signer_key_hash))
         self._signature_algorithm = signer_key.signature_algorithm_der()
         self._certs = der.explicit(0, der.sequence(signer_cert.public_bytes(serialization.Encoding.DER)))
@@ -190,37 +188,3 @@ def _check_signer(issuer_cert: x509.Certificate, signer_cert: x509.Certificate) 
         usages = []  # cryptography 51 refuses an empty ExtendedKeyUsage, so no placeholder object
     if ExtendedKeyUsageOID.OCSP_SIGNING not in usages:
         raise ValueError(f"the OCSP signer {signer_cert.subject.rfc4514_string()} lacks the OCSPSigning EKU")
-
-
-def certid_hashes(
-    cert: x509.Certificate, algorithms: tuple[str, ...] = ("sha1", "sha256", "sha384", "sha512")
-) -> dict[str, tuple[bytes, bytes]]:
-    """(issuerNameHash, issuerKeyHash) per hash algorithm for CertIDs naming ``cert`` as issuer."""
-    name, spki = _subject_and_spki(cert)
-    key = _subject_public_key(spki)
-    return {alg: (hashlib.new(alg, name).digest(), hashlib.new(alg, key).digest()) for alg in algorithms}
-
-
-def _subject_and_spki(cert: x509.Certificate) -> tuple[bytes, bytes]:
-    """The subject Name and SubjectPublicKeyInfo exactly as encoded in ``cert``.
-
-    Taken from the TBSCertificate rather than re-encoded, so the CertID hashes
-    match what clients compute from the same certificate byte for byte.
-    """
-    tbs = cert.tbs_certificate_bytes
-    _, pos, _ = der.split_tlv(tbs)
-    if tbs[pos] == 0xA0:  # version
-        pos = der.split_tlv(tbs, pos)[2]
-    for _ in range(4):  # serialNumber, signature, issuer, validity
-        pos = der.split_tlv(tbs, pos)[2]
-    _, _, subject_end = der.split_tlv(tbs, pos)
-    _, _, spki_end = der.split_tlv(tbs, subject_end)
-    return tbs[pos:subject_end], tbs[subject_end:spki_end]
-
-
-def _subject_public_key(spki: bytes) -> bytes:
-    """The subjectPublicKey BIT STRING contents (without the unused-bits byte), as RFC 6960 hashes them."""
-    _, pos, _ = der.split_tlv(spki)
-    _, _, alg_end = der.split_tlv(spki, pos)
-    _, start, end = der.split_tlv(spki, alg_end)
-    return spki[start + 1 : end]

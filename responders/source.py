@@ -18,8 +18,8 @@ from cachetools import LRUCache, TTLCache
 from cryptography import x509
 
 from responders.ocsp_request import CertIDRequest
-from responders.ocsp_response import certid_hashes
 from responders.store import ResponseStore, StoredResponse
+from revocation.certid import certid_hashes
 from revocation.errors import PCAError, StorageError
 
 log = logging.getLogger("pca.responder")

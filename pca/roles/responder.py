@@ -13,6 +13,7 @@ from prometheus_client import Gauge
 
 from pca.runtime import Runtime
 from responders.app import OCSPApp
+from responders.cache_metrics import CacheCounters
 from responders.presigner import CONSUMER, PreSigner, signing_pool
 from responders.source import CachingSource, IssuerIndex, StoreSource
 from responders.store import ResponseStore, SQLiteResponseStore
@@ -142,10 +143,7 @@ async def start_responder(rt: Runtime) -> None:
     rt.tasks.append(cache.follow())
     rt.tasks.append(refresh_issuers())
     rt.tasks.append(_heartbeat(rt, cache, responder_id(rt)))
-    Gauge("ocsp_cache_hits", "Responder cache hits since start", registry=rt.registry).set_function(lambda: cache.hits)
-    Gauge("ocsp_cache_misses", "Responder cache misses since start", registry=rt.registry).set_function(
-        lambda: cache.misses
-    )
+    rt.registry.register(CacheCounters(cache))
     Gauge("ocsp_cache_entries", "Responses held in the responder cache", registry=rt.registry).set_function(
         lambda: len(cache)
     )

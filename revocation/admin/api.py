@@ -13,13 +13,11 @@ revocation has got to (the tracker's timeline); a black-box prober reads
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -27,8 +25,22 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
+from revocation.admin.http import (
+    MAX_URL_LENGTH,
+    BodyLimit,
+    Problem,
+    TooLarge,
+    int_param,
+    is_http_url,
+    json_body,
+    not_allowed,
+    not_found,
+    opt_str,
+    problem_response,
+    str_list,
+)
 from revocation.admin.tokens import Principal, TokenStore
 from revocation.authority import Actor, Authority, IssueRequest, parse_serial
 from revocation.clock import iso, parse_iso
@@ -41,20 +53,20 @@ from revocation.projection import CertificateRecord, IssuerRecord
 log = logging.getLogger("pca.api")
 
 # Permission -> the token roles holding it. A prober reads (events, issuers) and reports probes, nothing more.
-WRITE_ROLES = {
+ROLES_BY_PERMISSION: dict[str, tuple[str, ...]] = {
     "issue": ("admin",),
     "revoke": ("admin", "revoker"),
     "read": ("admin", "revoker", "auditor", "prober"),
     "probe": ("admin", "prober"),
 }
-MAX_URL_LENGTH = 2048
 
 
 class Tracker(Protocol):
     """What the API needs of the propagation tracker."""
 
     async def timeline(self, issuer_id: str, serial: int) -> dict[str, Any] | None:
-        """The JSON-able timeline of the certificate's latest revocation, or None if it was never revoked."""
+        """The timeline of the certificate's latest revocation as JSON (``Timeline.to_json``), or None if it was
+        never revoked. Served as it is, so the API adds nothing to what the tracker found."""
         ...
 
 
@@ -62,20 +74,6 @@ class ProbeRecorder(Protocol):
     """What the API needs of the coordination store (a ``Coordination`` is one)."""
 
     async def record_probe(self, result: ProbeResult) -> None: ...
-
-
-class Problem(Exception):
-    def __init__(self, status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.title = title
-        self.detail = detail
-        self.headers = headers or {}
-
-
-def problem_response(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})
-    return Response(body, status_code=status, media_type="application/problem+json", headers=headers)
 
 
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
@@ -119,8 +117,8 @@ class AdminAPI:
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
         ]
-        app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
-        return _BodyLimit(app, self._max_body)
+        app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+        return BodyLimit(app, self._max_body)
 
     def _wrap(
         self, permission: str, handler: Callable[[Request, Actor], Awaitable[Response]]
@@ -132,7 +130,7 @@ class AdminAPI:
             request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
             try:
                 principal = self._authenticate(request)
-                if principal.role not in WRITE_ROLES[permission]:
+                if principal.role not in ROLES_BY_PERMISSION[permission]:
                     raise Problem(403, "Forbidden", f"role {principal.role!r} may not {permission}")
                 response = await handler(request, Actor(principal.name, request_id[:128]))
             except Problem as p:
@@ -143,7 +141,7 @@ class AdminAPI:
                 response = problem_response(404, "Not Found", str(exc))
             except ConflictError as exc:
                 response = problem_response(409, "Conflict", str(exc))
-            except _TooLarge:
+            except TooLarge:
                 response = problem_response(
                     413, "Payload Too Large", f"request bodies are limited to {self._max_body} bytes"
                 )
@@ -182,7 +180,7 @@ class AdminAPI:
     # --- handlers -----------------------------------------------------------------
 
     async def issue(self, request: Request, actor: Actor) -> Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         csr = body.get("csr")
         if csr is not None and not isinstance(csr, str):
             raise ValidationError("csr must be a PEM string")
@@ -190,16 +188,16 @@ class AdminAPI:
         if validity is not None and (not isinstance(validity, int) or isinstance(validity, bool)):
             raise ValidationError(f"validity_days must be an integer, got {validity!r}")
         req = IssueRequest(
-            subject=_opt_str(body, "subject"),
-            dns=_str_list(body, "dns"),
-            ips=_str_list(body, "ips"),
-            emails=_str_list(body, "emails"),
-            uris=_str_list(body, "uris"),
-            profile=_opt_str(body, "profile") or "server",
+            subject=opt_str(body, "subject"),
+            dns=str_list(body, "dns"),
+            ips=str_list(body, "ips"),
+            emails=str_list(body, "emails"),
+            uris=str_list(body, "uris"),
+            profile=opt_str(body, "profile") or "server",
             validity_days=validity,
             csr=csr.encode() if csr else None,
-            key_algorithm=_opt_str(body, "key_algorithm"),
-            issuer_id=_opt_str(body, "issuer"),
+            key_algorithm=opt_str(body, "key_algorithm"),
+            issuer_id=opt_str(body, "issuer"),
         )
         issued = await self._authority.issue(req, actor)
         cert = issued.certificate
@@ -223,7 +221,7 @@ class AdminAPI:
 
     async def revoke(self, request: Request, actor: Actor) -> Response:
         serial = parse_serial(request.path_params["serial"])
-        body = await _json_body(request)
+        body = await json_body(request)
         reason = body.get("reason")
         if not isinstance(reason, str):
             raise ValidationError("reason is required (a string such as keyCompromise)")
@@ -237,19 +235,19 @@ class AdminAPI:
             except ValueError as exc:
                 raise ValidationError(f"invalidity_date {invalidity!r} is not an ISO 8601 time: {exc}") from exc
         outcome = await self._authority.revoke(
-            serial, reason, actor, invalidity_date=inv, issuer_id=_opt_str(body, "issuer")
+            serial, reason, actor, invalidity_date=inv, issuer_id=opt_str(body, "issuer")
         )
         return JSONResponse(_revocation_json(outcome.event), status_code=201 if outcome.created else 200)
 
     async def release_hold(self, request: Request, actor: Actor) -> Response:
         serial = parse_serial(request.path_params["serial"])
-        body = await _json_body(request, allow_empty=True)
-        rec = await self._authority.release_hold(serial, actor, _opt_str(body, "issuer"))
+        body = await json_body(request, allow_empty=True)
+        rec = await self._authority.release_hold(serial, actor, opt_str(body, "issuer"))
         return JSONResponse({"serial": f"{serial:x}", "status": "good", "event": rec.to_json()})
 
     async def events(self, request: Request, actor: Actor) -> Response:
-        after = _int_param(request, "after", 0, 0, 2**62)
-        limit = _int_param(request, "limit", 100, 1, 1000)
+        after = int_param(request, "after", 0, 0, 2**62)
+        limit = int_param(request, "limit", 100, 1, 1000)
         events = await self._log.read(after, limit)
         return JSONResponse({"events": [e.to_json() for e in events], "head": await self._log.head()})
 
@@ -275,7 +273,7 @@ class AdminAPI:
         """
         if self._coordination is None:
             raise Problem(503, "Service Unavailable", "probe results cannot be stored: no coordination store")
-        body = await _json_body(request)
+        body = await json_body(request)
         issuer_id = body.get("issuer_id")
         if not isinstance(issuer_id, str) or not issuer_id:
             raise ValidationError(f"issuer_id must be a non-empty string, got {issuer_id!r}")
@@ -287,7 +285,7 @@ class AdminAPI:
         if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= 2**62:
             raise ValidationError(f"seq must be a positive integer, got {seq!r}")
         url = body.get("responder_url")
-        if not isinstance(url, str) or not _is_http_url(url):
+        if not isinstance(url, str) or not is_http_url(url):
             raise ValidationError(f"responder_url must be an http(s) URL of at most {MAX_URL_LENGTH} characters")
         raw_seen = body.get("seen_at")
         if not isinstance(raw_seen, str):
@@ -381,95 +379,3 @@ def _revocation_json(event: RecordedEvent) -> dict[str, Any]:
         "invalidity_date": p.get("invalidity_date"),
         "event": event.to_json(),
     }
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _json_body(request: Request, allow_empty: bool = False) -> dict[str, Any]:
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > request.scope.get("pca.max_body", 64 * 1024):
-            raise _TooLarge()
-    if not raw.strip():
-        if allow_empty:
-            return {}
-        raise ValidationError("a JSON object body is required")
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise ValidationError(f"body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise ValidationError("body is not valid JSON: nested too deeply") from exc
-    if not isinstance(data, dict):
-        raise ValidationError("body must be a JSON object")
-    return data
-
-
-def _opt_str(body: dict[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ValidationError(f"{key} must be a string, got {value!r}")
-    return value
-
-
-def _str_list(body: dict[str, Any], key: str) -> list[str]:
-    value = body.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValidationError(f"{key} must be a list of strings")
-    return value
-
-
-def _is_http_url(text: str) -> bool:
-    if len(text) > MAX_URL_LENGTH:
-        return False
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
-
-
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ValidationError(f"query parameter {name}={raw!r} must be an integer from {low} to {high}")
-    return int(raw)
-
-
-async def _not_found(request: Request, exc: Exception) -> Response:
-    return problem_response(404, "Not Found", f"no such endpoint: {request.method} {request.url.path}")
-
-
-async def _not_allowed(request: Request, exc: Exception) -> Response:
-    headers = getattr(exc, "headers", None)
-    detail = f"{request.method} is not allowed on {request.url.path}"
-    return problem_response(405, "Method Not Allowed", detail, dict(headers) if headers else None)
-
-
-class _BodyLimit:
-    """Refuse bodies over the limit early, when Content-Length announces them."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope["pca.max_body"] = self.limit
-            for key, value in scope["headers"]:
-                if key != b"content-length":
-                    continue
-                if not value.isdigit():
-                    detail = f"Content-Length {value.decode('latin-1')!r} is not a number"
-                    await problem_response(400, "Bad Request", detail)(scope, receive, send)
-                    return
-                if int(value) > self.limit:
-                    detail = f"request bodies are limited to {self.limit} bytes"
-                    await problem_response(413, "Payload Too Large", detail)(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)

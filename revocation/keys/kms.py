@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from revocation.errors import ConfigError, KeyBackendError
-from revocation.keys import ExternalKey, KeyRef, PublicKey, signature_parameters
+from revocation.keys.base import ExternalKey, KeyRef, PublicKey, signature_parameters
 
 RAW_LIMIT = 4096  # bytes: the largest message KMS accepts with MessageType=RAW
 DEFAULT_CONCURRENCY = 16

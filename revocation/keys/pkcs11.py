@@ -39,7 +39,7 @@ from pkcs11.types import Object, Session, SignMixin
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from revocation.errors import ConfigError, KeyBackendError
-from revocation.keys import ExternalKey, KeyRef, PublicKey, read_secret
+from revocation.keys.base import ExternalKey, KeyRef, PublicKey, read_secret
 
 log = logging.getLogger("pca.keys")
 

@@ -31,14 +31,11 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509 import ocsp
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from revocation.clock import Clock, SystemClock, iso, parse_iso
 from revocation.errors import ConfigError, PCAError
-from revocation.keys import PublicKey, verify_signature
+from revocation.propagation.ocsp_check import ProbedIssuer, says_revoked
+from revocation.propagation.ocsp_check import ocsp_request_der as ocsp_request_der  # re-exported for callers
 
 log = logging.getLogger("pca.prober")
 
@@ -139,82 +136,6 @@ class ProbeSummary:
         return "\n".join(lines)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Issuer:
-    cert: x509.Certificate
-    name_hash: bytes
-    key_hash: bytes
-    ocsp: bool  # has an OCSP signer, so its certificates are answered by the responders
-
-    def request(self, serial: int) -> bytes:
-        return _request_der(self.name_hash, self.key_hash, serial)
-
-
-def cert_id_hashes(issuer_cert: x509.Certificate) -> tuple[bytes, bytes]:
-    """SHA-1 issuerNameHash and issuerKeyHash of a CertID (RFC 6960 4.1.1); no leaf needed."""
-    name_hash = hashes.Hash(hashes.SHA1())  # noqa: S303 - the CertID hash RFC 5019 clients use
-    name_hash.update(issuer_cert.subject.public_bytes())
-    # Method 1 of the subject key identifier is the SHA-1 of the subjectPublicKey bits: the key hash.
-    return name_hash.finalize(), x509.SubjectKeyIdentifier.from_public_key(issuer_cert.public_key()).digest
-
-
-def ocsp_request_der(issuer_cert: x509.Certificate, serial: int) -> bytes:
-    """A one-CertID OCSP request for ``serial``: SHA-1 and no nonce, what RFC 5019 clients send."""
-    return _request_der(*cert_id_hashes(issuer_cert), serial)
-
-
-def _request_der(name_hash: bytes, key_hash: bytes, serial: int) -> bytes:
-    sha1 = hashes.SHA1()  # noqa: S303 - the CertID hash RFC 5019 clients use
-    builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(name_hash, key_hash, serial, sha1)
-    return builder.build().public_bytes(serialization.Encoding.DER)
-
-
-def says_revoked(data: bytes, issuer_cert: x509.Certificate, serial: int) -> bool:
-    """True when ``data`` is a successful OCSP response, signed for the issuer, saying "revoked" for the
-    SHA-1 CertID of ``serial`` (the one we ask about; a response may carry other CertIDs beside it)."""
-    wanted = (*cert_id_hashes(issuer_cert), serial)
-    try:
-        response = ocsp.load_der_ocsp_response(data)
-        if response.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
-            return False
-        answer = next(
-            (
-                single.certificate_status
-                for single in response.responses
-                if single.hash_algorithm.name == "sha1"
-                and (single.issuer_name_hash, single.issuer_key_hash, single.serial_number) == wanted
-            ),
-            None,
-        )
-        if answer != ocsp.OCSPCertStatus.REVOKED:
-            return False
-        return _signed_for(response, issuer_cert)
-    except Exception:  # noqa: BLE001 - whatever a responder sends is "not revoked yet", never a crash
-        return False
-
-
-def _signed_for(response: ocsp.OCSPResponse, issuer_cert: x509.Certificate) -> bool:
-    """Signed by the issuer itself or by a delegated OCSP signer it issued (RFC 6960 4.2.2.2)."""
-    algorithm = response.signature_hash_algorithm
-    if algorithm is None:
-        return False
-    signers = [issuer_cert]
-    for cert in response.certificates:
-        try:
-            cert.verify_directly_issued_by(issuer_cert)
-            usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
-            continue
-        if ExtendedKeyUsageOID.OCSP_SIGNING in usage:
-            signers.append(cert)
-    for signer in signers:
-        public: PublicKey = signer.public_key()  # type: ignore[assignment]
-        with contextlib.suppress(InvalidSignature, TypeError, ValueError):
-            verify_signature(public, response.signature, response.tbs_response_bytes, algorithm)
-            return True
-    return False
-
-
 def check_responder_url(url: str) -> str:
     """The URL without a trailing slash; ConfigError naming it unless it is http(s) with a host."""
     try:
@@ -262,7 +183,7 @@ class Prober:
         self._limit = asyncio.Semaphore(concurrency)
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()
-        self._issuers: dict[str, _Issuer] = {}
+        self._issuers: dict[str, ProbedIssuer] = {}
         self._down: dict[str, asyncio.Event] = {}  # responders not answering -> set when one answers again
         self._scouts: dict[str, object] = {}  # down responder -> the probe that keeps asking it
         self.summary = ProbeSummary(tuple(urls))
@@ -287,10 +208,10 @@ class Prober:
 
     async def load_issuers(self) -> None:
         """The issuers' certificates, to build OCSP requests and check the answers' signatures."""
-        issuers: dict[str, _Issuer] = {}
+        issuers: dict[str, ProbedIssuer] = {}
         for item in (await self._get("/v1/issuers"))["issuers"]:
             cert = x509.load_pem_x509_certificate(item["certificate_pem"].encode())
-            issuers[item["issuer_id"]] = _Issuer(cert, *cert_id_hashes(cert), bool(item.get("ocsp_url")))
+            issuers[item["issuer_id"]] = ProbedIssuer.of(cert, ocsp=bool(item.get("ocsp_url")))
         self._issuers = issuers
 
     async def _post(self, rev: Revocation, url: str, seen_at: float) -> None:
@@ -410,7 +331,9 @@ class Prober:
             log.info("%s did not answer revoked for %x (seq %d) within %ss", url, rev.serial, rev.seq, self._timeout)
         self.summary.results.append(RevocationProbe(rev, seen, timed_out))
 
-    async def _watch(self, rev: Revocation, issuer: _Issuer, base: str, path: str, deadline: float) -> float | None:
+    async def _watch(
+        self, rev: Revocation, issuer: ProbedIssuer, base: str, path: str, deadline: float
+    ) -> float | None:
         """Ask until the answer is "revoked", report when it arrived (epoch seconds) and return that;
         None if the deadline passes first."""
         seen = await self._ask_until_revoked(rev, issuer, base, f"{base}/{path}", deadline)
@@ -419,7 +342,7 @@ class Prober:
         return seen
 
     async def _ask_until_revoked(
-        self, rev: Revocation, issuer: _Issuer, base: str, url: str, deadline: float
+        self, rev: Revocation, issuer: ProbedIssuer, base: str, url: str, deadline: float
     ) -> float | None:
         me = object()
         try:

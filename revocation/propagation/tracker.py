@@ -31,15 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
-from revocation.clock import iso
 from revocation.coordination import (
     Coordination,
     CRLPublication,
@@ -52,134 +50,21 @@ from revocation.errors import ConfigError
 from revocation.eventlog import EventLog, RecordedEvent
 from revocation.events import CertificateHoldReleased, CertificateRevoked, cert_stream
 from revocation.projection import StatusView
+from revocation.propagation.metrics import PropagationMetrics
+from revocation.propagation.timeline import (
+    CRLSighting,
+    Timeline,
+    build_timeline,
+    counts,
+    probe_sightings,
+    valid_presigned,
+)
 
 log = logging.getLogger("pca.tracker")
 
-CHANNELS = ("presigned", "ocsp_all_responders", "crl", "probe")
-# From a fast in-process path (tens of ms) to a CRL published every few minutes.
-BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 READ_BATCH = 1000
 MAX_BACKOFF = 5.0  # seconds between attempts while the database is unreachable
 PRUNE_EVERY = 60.0  # seconds between prunings of responder progress
-
-
-def epoch_iso(seconds: float) -> str:
-    return iso(datetime.datetime.fromtimestamp(seconds, datetime.UTC))
-
-
-def valid_presigned(state: PresignedState | None, seq: int) -> PresignedState | None:
-    """The store's row if it is a "revoked" response reflecting the revocation at ``seq``."""
-    if state is None or state.status != "revoked" or state.source_seq < seq:
-        return None
-    return state
-
-
-def is_live(responder: ResponderState, now: float, gone_after: float) -> bool:
-    return now - responder.last_seen <= gone_after
-
-
-def counts(responder: ResponderState, presigned: PresignedState | None, now: float, gone_after: float) -> bool:
-    """Whether the responder must have the revocation before ``ocsp_all_responders`` is complete:
-    it is live, and it was running when the response was stored (one started later loaded it at
-    start and never answered "good")."""
-    stored_at = None if presigned is None else presigned.stored_at
-    return is_live(responder, now, gone_after) and (stored_at is None or responder.started_at <= stored_at)
-
-
-def probes_json(probes: Sequence[ProbeResult], seq: int, committed_at: float) -> list[dict[str, Any]]:
-    return [
-        {
-            "responder_url": p.responder_url,
-            "seen_at": epoch_iso(p.seen_at),
-            "seconds": round(p.seen_at - committed_at, 6),
-        }
-        for p in probes
-        if p.seq == seq
-    ]
-
-
-def build_timeline(
-    *,
-    issuer_id: str,
-    serial: int,
-    seq: int,
-    committed_at: float,
-    superseded: bool,
-    presigned: PresignedState | None,
-    responders: Sequence[ResponderState],
-    applied: dict[str, float],
-    crl: CRLPublication | None,
-    probes: Sequence[ProbeResult],
-    now: float,
-    gone_after: float,
-    slo_seconds: float,
-) -> dict[str, Any]:
-    """The JSON timeline from what was found; ``presigned`` must already be ``valid_presigned``."""
-
-    def moment(at: float) -> dict[str, Any]:
-        return {"at": epoch_iso(at), "seconds": round(at - committed_at, 6)}
-
-    stored_at = None if presigned is None else presigned.stored_at
-    entries: list[dict[str, Any]] = []
-    counted_times: list[float] = []
-    pending: list[str] = []
-    for r in responders:
-        live = is_live(r, now, gone_after)
-        at = applied.get(r.responder_id)
-        counted = counts(r, presigned, now, gone_after)
-        entries.append(
-            {
-                "responder_id": r.responder_id,
-                "url": r.url,
-                "state": "gone" if not live else ("applied" if at is not None else "pending"),
-                "applied_at": None if at is None else epoch_iso(at),
-                "seconds": None if at is None else round(at - committed_at, 6),
-                "applied_change": r.applied_change,
-                "last_seen": epoch_iso(r.last_seen),
-                "counted": counted,
-            }
-        )
-        if counted:
-            if at is None:
-                pending.append(r.responder_id)
-            else:
-                counted_times.append(at)
-    ocsp = moment(max(counted_times)) if counted_times and not pending else None
-    if superseded and ocsp is None:
-        pending = []  # the certificate is good again: nothing is waited for any more
-    if ocsp is not None:
-        slo_met: bool | None = ocsp["seconds"] <= slo_seconds
-    elif pending and now - committed_at > slo_seconds:
-        slo_met = False  # already missed, however it ends
-    else:
-        slo_met = None
-    return {
-        "issuer_id": issuer_id,
-        "serial": f"{serial:x}",
-        "seq": seq,
-        "committed_at": epoch_iso(committed_at),
-        "superseded": superseded,
-        "presigned": None
-        if presigned is None
-        else (moment(stored_at) if stored_at is not None else {"at": None, "seconds": None}),
-        "responders": entries,
-        "ocsp_all_responders": ocsp,
-        "crl": None if crl is None else crl_json(crl, committed_at),
-        "probes": probes_json(probes, seq, committed_at),
-        "pending": pending,
-        "slo_seconds": slo_seconds,
-        "slo_met": slo_met,
-    }
-
-
-def crl_json(crl: CRLPublication, committed_at: float) -> dict[str, Any]:
-    return {
-        "at": epoch_iso(crl.published_at),
-        "seconds": round(crl.published_at - committed_at, 6),
-        "kind": crl.kind,
-        "number": crl.number,
-        "shard": crl.shard,
-    }
 
 
 @dataclasses.dataclass
@@ -250,49 +135,7 @@ class PropagationTracker:
         self._last_prune: float | None = None
         self._gauged: set[str] = set()  # responder ids with gauge samples
 
-        self._seconds = Histogram(
-            "revocation_propagation_seconds",
-            "Seconds from a revocation's commit to its arrival on each channel",
-            ["channel"],
-            buckets=BUCKETS,
-            registry=registry,
-        )
-        self._breaches = Counter(
-            "revocation_propagation_slo_breaches",
-            "Revocations that reached every live responder later than the SLO (or never, when given up on)",
-            ["channel"],
-            registry=registry,
-        )
-        self._incomplete = Counter(
-            "revocation_propagation_incomplete",
-            "Revocations given up on before reaching the channel",
-            ["channel"],
-            registry=registry,
-        )
-        self._untracked = Counter(
-            "revocation_propagation_untracked",
-            "Revocations not followed because too many were pending at once",
-            registry=registry,
-        )
-        self._pending_gauge = Gauge(
-            "revocation_propagation_pending", "Revocations still being followed", registry=registry
-        )
-        self._lag = Gauge(
-            "ocsp_responder_lag_changes",
-            "Response-store changes a responder has not applied yet",
-            ["responder_id"],
-            registry=registry,
-        )
-        self._up = Gauge(
-            "ocsp_responder_up",
-            "1 while the responder heartbeats, 0 once it is gone",
-            ["responder_id"],
-            registry=registry,
-        )
-        for channel in CHANNELS:
-            self._seconds.labels(channel)
-            self._incomplete.labels(channel)
-        self._breaches.labels("ocsp_all_responders")
+        self._metrics = PropagationMetrics(registry, slo_seconds)
 
     def wake(self) -> None:
         """Look at the log now rather than at the next poll (call from the event loop's thread)."""
@@ -301,6 +144,11 @@ class PropagationTracker:
     # --- on demand ----------------------------------------------------------------------------
 
     async def timeline(self, issuer_id: str, serial: int) -> dict[str, Any] | None:
+        """The JSON of :meth:`find_timeline`, as the admin API serves it."""
+        found = await self.find_timeline(issuer_id, serial)
+        return None if found is None else found.to_json()
+
+    async def find_timeline(self, issuer_id: str, serial: int) -> Timeline | None:
         """The timeline of the certificate's latest revocation; None if it was never revoked."""
         events = await self._log.read_stream(cert_stream(issuer_id, serial))
         revocation = next((e for e in reversed(events) if e.type == CertificateRevoked.TYPE), None)
@@ -309,15 +157,20 @@ class PropagationTracker:
         seq = revocation.seq
         committed_at = revocation.recorded_at.timestamp()
         superseded = any(e.type == CertificateHoldReleased.TYPE and e.seq > seq for e in events)
-        saved = await self._coord.timeline(issuer_id, serial, seq)
-        if saved is not None and saved.get("ocsp_all_responders") is not None:
-            saved["superseded"] = superseded
-            # Probers report on their own schedule, often after the timeline was saved.
-            saved["probes"] = probes_json(await self._coord.probes(issuer_id, serial), seq, committed_at)
-            if saved.get("crl") is None:  # given up on before a CRL came out: look again
-                crl = await self._first_crl(issuer_id, serial, seq)
-                saved["crl"] = None if crl is None else crl_json(crl, committed_at)
-            return saved
+        stored = await self._coord.timeline(issuer_id, serial, seq)
+        saved = None if stored is None else Timeline.from_json(stored)
+        if saved is not None and saved.ocsp_all_responders is not None:
+            crl = saved.crl
+            if crl is None:  # given up on before a CRL came out: look again
+                publication = await self._first_crl(issuer_id, serial, seq)
+                crl = None if publication is None else CRLSighting.of(publication, committed_at)
+            return dataclasses.replace(
+                saved,
+                superseded=superseded,
+                # Probers report on their own schedule, often after the timeline was saved.
+                probes=probe_sightings(await self._coord.probes(issuer_id, serial), seq, committed_at),
+                crl=crl,
+            )
         key = (issuer_id, serial)
         presigned = valid_presigned((await self._coord.presigned([key])).get(key), seq)
         responders = await self._coord.responders()
@@ -394,7 +247,7 @@ class PropagationTracker:
         if self._tracked:
             await self._advance(responders)
             await self._finish(responders, now)
-        self._pending_gauge.set(len(self._tracked))
+        self._metrics.pending.set(len(self._tracked))
         await self._gauge_responders(responders, now)
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
             pruned = await self._coord.prune_progress(now - self._keep_progress)
@@ -437,7 +290,7 @@ class PropagationTracker:
         elif isinstance(event, CertificateRevoked):
             key = (event.issuer_id, int(event.serial, 16))
             if key not in self._tracked and len(self._tracked) >= self._max_pending:
-                self._untracked.inc()
+                self._metrics.untracked.inc()
                 return
             # A newer revocation of the same certificate (a hold made permanent) replaces the older.
             self._tracked[key] = _Tracked(key[0], key[1], record.seq, record.recorded_at.timestamp())
@@ -489,7 +342,7 @@ class PropagationTracker:
                 t.crl = next((p for p in publications if p.position >= t.seq), None)
 
     async def _finish(self, responders: Sequence[ResponderState], now: float) -> None:
-        done: list[tuple[_Tracked, dict[str, Any], bool]] = []
+        done: list[tuple[_Tracked, Timeline, bool]] = []
         for t in list(self._tracked.values()):
             complete = self._complete(t, responders, now)
             gave_up = now - t.committed_at > self._give_up_after
@@ -499,10 +352,12 @@ class PropagationTracker:
         if not done:
             return
         # Saved first: if saving fails, they stay pending and nothing is counted twice.
-        await self._coord.save_timelines([SavedTimeline(t.issuer_id, t.serial, t.seq, tl) for t, tl, _ in done])
+        await self._coord.save_timelines(
+            [SavedTimeline(t.issuer_id, t.serial, t.seq, tl.to_json()) for t, tl, _ in done]
+        )
         for t, timeline, complete in done:
             del self._tracked[t.key]
-            self._observe(timeline)
+            self._metrics.observe(timeline)
             if not complete:
                 log.warning(
                     "revocation of %s/%x (seq %d) gave up after %.0f s; still missing: %s",
@@ -510,7 +365,7 @@ class PropagationTracker:
                     t.serial,
                     t.seq,
                     self._give_up_after,
-                    ", ".join(c for c in ("ocsp_all_responders", "crl") if timeline[c] is None),
+                    ", ".join(timeline.missing()),
                 )
 
     def _complete(self, t: _Tracked, responders: Sequence[ResponderState], now: float) -> bool:
@@ -522,7 +377,7 @@ class PropagationTracker:
 
     def _timeline_of(
         self, t: _Tracked, responders: Sequence[ResponderState], probes: Sequence[ProbeResult], now: float
-    ) -> dict[str, Any]:
+    ) -> Timeline:
         return build_timeline(
             issuer_id=t.issuer_id,
             serial=t.serial,
@@ -539,29 +394,6 @@ class PropagationTracker:
             slo_seconds=self.slo_seconds,
         )
 
-    def _observe(self, timeline: dict[str, Any]) -> None:
-        presigned = timeline["presigned"]
-        if presigned is not None and presigned["seconds"] is not None:
-            self._seconds.labels("presigned").observe(max(0.0, presigned["seconds"]))
-        elif presigned is None:
-            self._incomplete.labels("presigned").inc()
-        ocsp = timeline["ocsp_all_responders"]
-        if ocsp is not None:
-            self._seconds.labels("ocsp_all_responders").observe(max(0.0, ocsp["seconds"]))
-            if ocsp["seconds"] > self.slo_seconds:
-                self._breaches.labels("ocsp_all_responders").inc()
-        else:
-            self._incomplete.labels("ocsp_all_responders").inc()
-            if timeline["pending"]:  # live responders never got it: a breach however long the SLO
-                self._breaches.labels("ocsp_all_responders").inc()
-        crl = timeline["crl"]
-        if crl is not None:
-            self._seconds.labels("crl").observe(max(0.0, crl["seconds"]))
-        else:
-            self._incomplete.labels("crl").inc()
-        for probe in timeline["probes"]:
-            self._seconds.labels("probe").observe(max(0.0, probe["seconds"]))
-
     async def _gauge_responders(self, responders: Sequence[ResponderState], now: float) -> None:
         last = await self._coord.last_change() if responders else 0
         present: set[str] = set()
@@ -572,9 +404,7 @@ class PropagationTracker:
                 await self._coord.forget_responder(r.responder_id)
                 continue
             present.add(r.responder_id)
-            self._up.labels(r.responder_id).set(1.0 if silent <= self.gone_after else 0.0)
-            self._lag.labels(r.responder_id).set(max(0, last - r.applied_change))
+            self._metrics.gauge_responder(r.responder_id, silent <= self.gone_after, max(0, last - r.applied_change))
         for rid in self._gauged - present:
-            self._up.remove(rid)
-            self._lag.remove(rid)
+            self._metrics.forget_responder(rid)
         self._gauged = present

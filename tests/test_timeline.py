@@ -1,0 +1,103 @@
+"""The typed propagation timeline: the JSON it gives, and a saved one read back unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from revocation.coordination import CRLPublication, PresignedState, ProbeResult, ResponderState
+from revocation.propagation.timeline import Moment, Timeline, Unrecorded, build_timeline
+
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+SEQ = 42
+
+
+def _timeline(stored_at: float | None, *, superseded: bool = False, now: float = T0 + 10) -> Timeline:
+    return build_timeline(
+        issuer_id="issuing-ca",
+        serial=0x1F2E3D,
+        seq=SEQ,
+        committed_at=T0,
+        superseded=superseded,
+        presigned=PresignedState("issuing-ca", 0x1F2E3D, "revoked", SEQ, 9, stored_at),
+        responders=[
+            ResponderState("r1", "http://r1/ocsp", 9, T0 - 100, T0 + 5),
+            ResponderState("r2", "http://r2/ocsp", 8, T0 - 100, T0 + 5),
+            ResponderState("r3", "", 2, T0 - 100, T0 - 86_400),
+        ],
+        applied={"r1": T0 + 0.3},
+        crl=CRLPublication("issuing-ca", 0, "delta", 7, SEQ, T0 + 2.5),
+        probes=[
+            ProbeResult("issuing-ca", 0x1F2E3D, SEQ, "http://r1/ocsp", T0 + 0.4),
+            ProbeResult("issuing-ca", 0x1F2E3D, SEQ - 5, "http://r1/ocsp", T0 - 50),  # an earlier revocation
+        ],
+        now=now,
+        gone_after=30.0,
+        slo_seconds=5.0,
+    )
+
+
+def test_the_json_is_what_the_admin_api_serves() -> None:
+    assert _timeline(T0 + 0.12).to_json() == {
+        "issuer_id": "issuing-ca",
+        "serial": "1f2e3d",
+        "seq": SEQ,
+        "committed_at": "2026-01-01T00:00:00Z",
+        "superseded": False,
+        "presigned": {"at": "2026-01-01T00:00:00.120000Z", "seconds": 0.12},
+        "responders": [
+            {
+                "responder_id": "r1",
+                "url": "http://r1/ocsp",
+                "state": "applied",
+                "applied_at": "2026-01-01T00:00:00.300000Z",
+                "seconds": 0.3,
+                "applied_change": 9,
+                "last_seen": "2026-01-01T00:00:05Z",
+                "counted": True,
+            },
+            {
+                "responder_id": "r2",
+                "url": "http://r2/ocsp",
+                "state": "pending",
+                "applied_at": None,
+                "seconds": None,
+                "applied_change": 8,
+                "last_seen": "2026-01-01T00:00:05Z",
+                "counted": True,
+            },
+            {
+                "responder_id": "r3",
+                "url": "",
+                "state": "gone",
+                "applied_at": None,
+                "seconds": None,
+                "applied_change": 2,
+                "last_seen": "2025-12-31T00:00:00Z",
+                "counted": False,
+            },
+        ],
+        "ocsp_all_responders": None,
+        "crl": {"at": "2026-01-01T00:00:02.500000Z", "seconds": 2.5, "kind": "delta", "number": 7, "shard": 0},
+        "probes": [{"responder_url": "http://r1/ocsp", "seen_at": "2026-01-01T00:00:00.400000Z", "seconds": 0.4}],
+        "pending": ["r2"],
+        "slo_seconds": 5.0,
+        "slo_met": False,
+    }
+
+
+@pytest.mark.parametrize("stored_at", [T0 + 0.12, None], ids=["stored-at-known", "stored-at-unrecorded"])
+def test_a_saved_timeline_reads_back_to_the_same_value(stored_at: float | None) -> None:
+    timeline = _timeline(stored_at)
+    assert isinstance(timeline.presigned, Moment if stored_at is not None else Unrecorded)
+    # Through JSON text, as the coordination store keeps it.
+    saved = json.loads(json.dumps(timeline.to_json(), sort_keys=True))
+    assert Timeline.from_json(saved) == timeline
+    assert Timeline.from_json(saved).to_json() == timeline.to_json()
+
+
+def test_missing_names_the_channels_not_reached() -> None:
+    assert _timeline(T0).missing() == ["ocsp_all_responders"]
+    superseded = _timeline(T0, superseded=True)
+    assert (superseded.pending, superseded.slo_met) == ((), None)
