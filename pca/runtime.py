@@ -23,12 +23,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pca.config import Config
 from revocation.clock import Clock
-from revocation.coordination import Coordination, SQLiteCoordination
+from revocation.coordination import Coordination
 from revocation.eventlog import RecordedEvent, StoredEventLog
-from revocation.projection import SQLiteStatusView, StatusView
+from revocation.projection import StatusView
 from revocation.storage.postgres.db import EVENTS_CHANNEL, RESPONSES_CHANNEL
+from revocation.storage.sqlite.coordination import SQLiteCoordination
 from revocation.storage.sqlite.db import SQLiteDatabase
 from revocation.storage.sqlite.log import SQLiteEventLog
+from revocation.storage.sqlite.projection import SQLiteStatusView
 
 log = logging.getLogger("pca.runtime")
 

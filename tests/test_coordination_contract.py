@@ -27,10 +27,10 @@ from revocation.coordination import (
     ProbeResult,
     ResponderState,
     SavedTimeline,
-    SQLiteCoordination,
 )
 from revocation.storage.postgres.coordination import PostgresCoordination
 from revocation.storage.postgres.log import open_pg_pool
+from revocation.storage.sqlite.coordination import SQLiteCoordination
 from revocation.storage.sqlite.db import SQLiteDatabase
 
 

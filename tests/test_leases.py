@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from revocation.coordination import SQLiteCoordination
 from revocation.coordination.leases import LeaseKeeper, LeaseLost
 from revocation.errors import StorageError
+from revocation.storage.sqlite.coordination import SQLiteCoordination
 from revocation.storage.sqlite.db import SQLiteDatabase
 
 TTL = 0.3

@@ -28,8 +28,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from storage_support import Raw, follow_while_writing, pg_raw, sqlite_raw
 
-from responders.store import ResponseStore, SQLiteResponseStore, StoredResponse
+from responders.store import ResponseStore, StoredResponse
 from responders.store.postgres import CHANGE_LOCK_KEY, PostgresResponseStore
+from responders.store.sqlite import SQLiteResponseStore
 from revocation.clock import FakeClock, to_epoch
 from revocation.errors import IntegrityError, StorageError
 from revocation.eventlog import NewEvent, RecordedEvent
@@ -42,12 +43,13 @@ from revocation.events import (
     ResponderCertRotated,
 )
 from revocation.keys import KeyRef
-from revocation.projection import CRLRecord, SigningState, SQLiteStatusView, StatusView
+from revocation.projection import CRLRecord, SigningState, StatusView
 from revocation.storage.postgres.db import storage_error
 from revocation.storage.postgres.log import PostgresEventLog, migrate_schema, open_pg_pool
 from revocation.storage.postgres.projection import PostgresStatusView
 from revocation.storage.sqlite.db import SQLiteDatabase
 from revocation.storage.sqlite.log import SQLiteEventLog
+from revocation.storage.sqlite.projection import SQLiteStatusView
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -24,17 +24,18 @@ from conftest import create_database, drop_database
 from prometheus_client import CollectorRegistry
 
 from revocation.clock import FakeClock
-from revocation.coordination import CRLPublication, ProbeResult, SQLiteCoordination
+from revocation.coordination import CRLPublication, ProbeResult
 from revocation.errors import ConfigError, StorageError
 from revocation.eventlog import NewEvent, RecordedEvent
 from revocation.events import CertificateHoldReleased, CertificateIssued, CertificateRevoked, DomainEvent
-from revocation.projection import SQLiteStatusView
 from revocation.propagation.tracker import PropagationTracker
 from revocation.storage.postgres.coordination import PostgresCoordination
 from revocation.storage.postgres.log import PostgresEventLog
 from revocation.storage.postgres.projection import PostgresStatusView
+from revocation.storage.sqlite.coordination import SQLiteCoordination
 from revocation.storage.sqlite.db import SQLiteDatabase
 from revocation.storage.sqlite.log import SQLiteEventLog
+from revocation.storage.sqlite.projection import SQLiteStatusView
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -288,16 +288,3 @@ class SQLiteDatabase:
             for conn in self._conns:
                 conn.close()
             self._conns.clear()
-
-
-def get_position(conn: sqlite3.Connection, consumer: str) -> int:
-    row = conn.execute("SELECT position FROM consumers WHERE name = ?", (consumer,)).fetchone()
-    return int(row[0]) if row else 0
-
-
-def set_position(conn: sqlite3.Connection, consumer: str, position: int, now_iso: str) -> None:
-    conn.execute(
-        "INSERT INTO consumers (name, position, updated_at) VALUES (?, ?, ?) "
-        "ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
-        (consumer, position, now_iso),
-    )

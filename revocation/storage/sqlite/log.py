@@ -20,8 +20,8 @@ from typing import Any
 from revocation.clock import Clock, parse_iso
 from revocation.errors import IntegrityError
 from revocation.eventlog import GENESIS_HASH, Listener, NewEvent, RecordedEvent, call_listeners, chain_events, row_hash
-from revocation.projection import apply_sqlite
 from revocation.storage.sqlite.db import SQLiteDatabase
+from revocation.storage.sqlite.projection import apply_sqlite
 
 _COLUMNS = "seq, stream, version, type, payload, actor, request_id, recorded_at, prev_hash, hash"
 
