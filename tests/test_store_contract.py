@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from storage_support import Raw, follow_while_writing, pg_raw, sqlite_raw
 
+from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
 from responders.store import ResponseStore, StoredResponse
 from responders.store.postgres import CHANGE_LOCK_KEY, PostgresResponseStore
 from responders.store.sqlite import SQLiteResponseStore
@@ -44,12 +45,12 @@ from revocation.events import (
 )
 from revocation.keys import KeyRef
 from revocation.projection import CRLRecord, SigningState, StatusView
-from revocation.storage.postgres.db import storage_error
-from revocation.storage.postgres.log import PostgresEventLog, migrate_schema, open_pg_pool
-from revocation.storage.postgres.projection import PostgresStatusView
+from revocation.storage.postgres.db import migrate_schema, open_pg_pool, storage_error
+from revocation.storage.postgres.log import PostgresEventLog
+from revocation.storage.postgres.projection import PostgresStatusView, apply_pg, clear_pg
 from revocation.storage.sqlite.db import SQLiteDatabase
 from revocation.storage.sqlite.log import SQLiteEventLog
-from revocation.storage.sqlite.projection import SQLiteStatusView
+from revocation.storage.sqlite.projection import SQLiteStatusView, apply_sqlite, clear_sqlite
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -132,16 +133,22 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     wall = [1_700_000_000.25]
     if request.param == "sqlite":
         db = SQLiteDatabase(tmp_path / "pca.db")
-        db.migrate_sync()
+        db.migrate_sync(SQLITE_SCHEMAS)
         store = SQLiteResponseStore(db, wall=lambda: wall[0])
         try:
-            yield Subject(SQLiteEventLog(db, clock), SQLiteStatusView(db), store, wall, sqlite_raw(db.path))
+            yield Subject(
+                SQLiteEventLog(db, clock, project=apply_sqlite, clear=clear_sqlite),
+                SQLiteStatusView(db),
+                store,
+                wall,
+                sqlite_raw(db.path),
+            )
         finally:
             db.close()
     else:
         server_dsn: str = request.getfixturevalue("postgres_dsn")
         dsn = await create_database(server_dsn)
-        log = await PostgresEventLog.open(dsn, clock)
+        log = await PostgresEventLog.open(dsn, clock, project=apply_pg, clear=clear_pg, schemas=PG_SCHEMAS)
         store = PostgresResponseStore(log.pool, wall=lambda: wall[0])
         try:
             yield Subject(log, PostgresStatusView(log.pool), store, wall, pg_raw(dsn))
@@ -596,7 +603,7 @@ async def test_a_server_that_never_answers_is_a_storage_error_after_the_timeout(
 
 async def test_a_put_that_times_out_writes_nothing_and_leaves_the_store_usable(postgres_database: str) -> None:
     """A writer stuck behind another (here: one holding the change lock) gives up after write_timeout."""
-    pool = await open_pg_pool(postgres_database)
+    pool = await open_pg_pool(postgres_database, schemas=PG_SCHEMAS)
     store = PostgresResponseStore(pool, write_timeout=0.3)
     blocker = await asyncpg.connect(postgres_database)
     try:
@@ -648,9 +655,9 @@ async def test_a_writer_paused_inside_a_transaction_does_not_block_the_others_fo
 async def test_pg_migrations_are_idempotent(postgres_database: str) -> None:
     conn = await asyncpg.connect(postgres_database)
     try:
-        first = await migrate_schema(conn)
-        assert first[:2] == [1, 2]
-        assert await migrate_schema(conn) == []
+        first = await migrate_schema(conn, PG_SCHEMAS)
+        assert first[:2] == ["log 1", "projection 1"]
+        assert await migrate_schema(conn, PG_SCHEMAS) == []
         columns = {
             r["column_name"]: r["data_type"]
             for r in await conn.fetch(

@@ -21,7 +21,46 @@ from responders.store import (
     put_params,
     stored_row,
 )
-from revocation.storage.sqlite.db import SQLiteDatabase
+from revocation.storage.sqlite.db import Schema, SQLiteDatabase
+
+# The response store's tables, and the writers' log positions (``consumers``) that ``put`` records with them.
+STORE_SCHEMA = Schema(
+    "response_store",
+    (
+        (
+            1,
+            """
+            CREATE TABLE consumers (
+                name TEXT PRIMARY KEY,
+                position INTEGER NOT NULL,
+                updated_at TEXT NOT NULL
+            );
+            CREATE TABLE ocsp_responses (
+                issuer_id TEXT NOT NULL,
+                serial TEXT NOT NULL,
+                der BLOB NOT NULL,
+                status TEXT NOT NULL,
+                this_update INTEGER NOT NULL,
+                next_update INTEGER NOT NULL,
+                refresh_at INTEGER NOT NULL,
+                source_seq INTEGER NOT NULL,
+                change_id INTEGER NOT NULL,
+                PRIMARY KEY (issuer_id, serial)
+            );
+            CREATE INDEX ocsp_responses_refresh ON ocsp_responses (refresh_at);
+            CREATE UNIQUE INDEX ocsp_responses_change ON ocsp_responses (change_id);
+            """,
+        ),
+        (
+            2,
+            # When each stored OCSP response was written (epoch seconds): how long a response took to
+            # reach the store, and from there the responders. Rows written before this say 0.
+            "ALTER TABLE ocsp_responses ADD COLUMN stored_at REAL NOT NULL DEFAULT 0",
+        ),
+    ),
+    # Migrations 1 and 3 of the single schema of old made these tables.
+    legacy={1: 1, 3: 2},
+)
 
 
 class SQLiteResponseStore:

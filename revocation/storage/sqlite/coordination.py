@@ -23,7 +23,67 @@ from revocation.coordination import (
     in_chunks,
     stored_time,
 )
-from revocation.storage.sqlite.db import SQLiteDatabase
+from revocation.storage.sqlite.db import Schema, SQLiteDatabase
+
+# Times are epoch seconds (REAL).
+COORDINATION_SCHEMA = Schema(
+    "coordination",
+    (
+        (
+            1,
+            """
+            CREATE TABLE leases (
+                name TEXT PRIMARY KEY,
+                holder TEXT NOT NULL,
+                expires_at REAL NOT NULL,
+                acquired_at REAL NOT NULL
+            );
+            CREATE TABLE responders (
+                responder_id TEXT PRIMARY KEY,
+                url TEXT NOT NULL,
+                applied_change INTEGER NOT NULL,
+                started_at REAL NOT NULL,
+                last_seen REAL NOT NULL
+            );
+            CREATE TABLE responder_progress (
+                id INTEGER PRIMARY KEY,
+                responder_id TEXT NOT NULL,
+                applied_change INTEGER NOT NULL,
+                applied_at REAL NOT NULL
+            );
+            CREATE INDEX responder_progress_change ON responder_progress (responder_id, applied_change);
+            CREATE INDEX responder_progress_time ON responder_progress (applied_at);
+            CREATE TABLE crl_publications (
+                issuer_id TEXT NOT NULL,
+                shard INTEGER NOT NULL,
+                kind TEXT NOT NULL,
+                number INTEGER NOT NULL,
+                position INTEGER NOT NULL,
+                published_at REAL NOT NULL,
+                PRIMARY KEY (issuer_id, shard, kind, number)
+            );
+            CREATE INDEX crl_publications_position ON crl_publications (issuer_id, shard, position);
+            CREATE TABLE probes (
+                issuer_id TEXT NOT NULL,
+                serial TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                responder_url TEXT NOT NULL,
+                seen_at REAL NOT NULL,
+                PRIMARY KEY (issuer_id, serial, seq, responder_url)
+            );
+            CREATE TABLE propagation_timelines (
+                issuer_id TEXT NOT NULL,
+                serial TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                timeline TEXT NOT NULL,
+                PRIMARY KEY (issuer_id, serial, seq)
+            );
+            """,
+        ),
+    ),
+    # Migration 4 of the single schema of old made these tables.
+    legacy={4: 1},
+)
 
 
 def _responder(row: tuple[Any, ...]) -> ResponderState:

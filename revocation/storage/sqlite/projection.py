@@ -39,7 +39,68 @@ from revocation.projection import (
     projection_step,
     signing_rows,
 )
-from revocation.storage.sqlite.db import SQLiteDatabase
+from revocation.storage.sqlite.db import Schema, SQLiteDatabase
+
+PROJECTION_SCHEMA = Schema(
+    "projection",
+    (
+        (
+            1,
+            """
+            CREATE TABLE issuers (
+                issuer_id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                parent_id TEXT,
+                cert_der BLOB NOT NULL,
+                key_ref TEXT,
+                crl_url TEXT NOT NULL,
+                signer_cert_der BLOB,
+                signer_key_ref TEXT,
+                signer_not_after INTEGER,
+                version INTEGER NOT NULL,
+                updated_seq INTEGER NOT NULL
+            );
+            CREATE TABLE certificates (
+                issuer_id TEXT NOT NULL,
+                serial TEXT NOT NULL,
+                status TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                profile TEXT NOT NULL,
+                not_before INTEGER NOT NULL,
+                not_after INTEGER NOT NULL,
+                cert_der BLOB NOT NULL,
+                revoked_at INTEGER,
+                reason TEXT,
+                invalidity_date INTEGER,
+                version INTEGER NOT NULL,
+                updated_seq INTEGER NOT NULL,
+                PRIMARY KEY (issuer_id, serial)
+            );
+            CREATE INDEX certificates_serial ON certificates (serial);
+            CREATE INDEX certificates_status ON certificates (issuer_id, status);
+            """,
+        ),
+        (
+            2,
+            # CRL shards and delta CRLs. crl_shard is the shard named by the CRL distribution point the
+            # certificate carries (revocation.crl_layout); every certificate recorded before this was in
+            # its issuer's unsharded CRL, shard 0. The partial indexes hold only certificates that were
+            # ever revoked, so issuance pays nothing for them and a delta reads only what changed.
+            """
+            ALTER TABLE certificates ADD COLUMN crl_shard INTEGER NOT NULL DEFAULT 0;
+            CREATE INDEX certificates_crl_revoked ON certificates (issuer_id, crl_shard) WHERE status = 'revoked';
+            CREATE INDEX certificates_crl_changes ON certificates (issuer_id, crl_shard, updated_seq) WHERE version > 1;
+            """,
+        ),
+        (
+            3,
+            # The single schema of old also made crl_state, which nothing ever read or wrote.
+            "DROP TABLE IF EXISTS crl_state",
+        ),
+    ),
+    # Migrations 1 and 2 of the single schema of old made these tables.
+    legacy={1: 1, 2: 2},
+)
 
 _IN_CHUNK = 500  # bound parameters per IN (...) query
 
@@ -52,6 +113,12 @@ def apply_sqlite(conn: sqlite3.Connection, rec: RecordedEvent, event: DomainEven
     cur = conn.execute(step.sql, step.params)
     if step.unless_one_row is not None and cur.rowcount != 1:
         raise IntegrityError(step.unless_one_row, rec.seq)
+
+
+def clear_sqlite(conn: sqlite3.Connection) -> None:
+    """Empty the projection tables (inside the rebuild transaction, before the log is replayed)."""
+    conn.execute("DELETE FROM certificates")
+    conn.execute("DELETE FROM issuers")
 
 
 def _in_chunks(conn: sqlite3.Connection, columns: str, keys: Sequence[tuple[str, int]]) -> Iterator[tuple[Any, ...]]:
