@@ -626,7 +626,9 @@ async def test_a_writer_paused_inside_a_transaction_does_not_block_the_others_fo
     host cut off) must not keep every other writer out until TCP notices, which takes hours: the server
     ends a session that has been idle inside a transaction for ``idle_in_transaction_timeout``. (A
     pre-signer that took over the lease of a frozen one could otherwise not store a response.)"""
-    frozen_pool = await open_pg_pool(postgres_database, min_size=1, max_size=1, idle_in_transaction_timeout=0.5)
+    frozen_pool = await open_pg_pool(
+        postgres_database, schemas=PG_SCHEMAS, min_size=1, max_size=1, idle_in_transaction_timeout=0.5
+    )
     pool = await open_pg_pool(postgres_database, migrate=False)
     store = PostgresResponseStore(pool, write_timeout=30)
     try:
