@@ -310,7 +310,7 @@ async def presign_all(rt: Runtime, workers: int) -> float:
     The pool is started (processes forked, modules imported) before the clock starts.
     """
     from responders.presigner import PreSigner, signing_pool
-    from responders.store import SQLiteResponseStore
+    from responders.store.sqlite import SQLiteResponseStore
 
     pool = signing_pool(workers)
     try:

@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives import serialization
 from loadtests.common import BASE_SERIAL, ISSUER, emit, issuer_record, log, make_ca, median, parser, runs_of, scratch
 from pca.config import Config, OCSPConfig
 from responders.presigner import sign_batch, signing_pool
-from responders.store import SQLiteResponseStore, StoredResponse
+from responders.store import StoredResponse
+from responders.store.sqlite import SQLiteResponseStore
 from revocation.projection import IssuerRecord
 from revocation.storage.sqlite.db import SQLiteDatabase
 

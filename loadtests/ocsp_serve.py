@@ -49,7 +49,7 @@ from loadtests.common import (
 from loadtests.pcaserver import PcaServer
 from loadtests.wrkrun import run_wrk, write_script
 from pca.config import Config
-from responders.store import SQLiteResponseStore
+from responders.store.sqlite import SQLiteResponseStore
 
 PCA_GET_PREFIX = "/ocsp"
 PCA_POST_PATH = "/ocsp"

@@ -36,7 +36,7 @@ from loadtests.common import (
     scratch,
 )
 from pca.config import Config
-from responders.store import SQLiteResponseStore
+from responders.store.sqlite import SQLiteResponseStore
 
 
 def presign_run(template: Config, base: Path, count: int, workers: int) -> dict[str, Any]:

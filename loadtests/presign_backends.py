@@ -35,7 +35,7 @@ from typing import Any
 from loadtests.common import emit, free_port, log, median, parser, populate, presign_all, runs_of, scratch
 from pca.config import Config, load_config
 from pca.runtime import open_runtime
-from responders.store import SQLiteResponseStore
+from responders.store.sqlite import SQLiteResponseStore
 from revocation.clock import SystemClock
 from revocation.keys import open_key
 

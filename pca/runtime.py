@@ -21,13 +21,16 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pca.config import Config
+from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
 from revocation.clock import Clock
-from revocation.coordination import Coordination, SQLiteCoordination
+from revocation.coordination import Coordination
 from revocation.eventlog import RecordedEvent, StoredEventLog
-from revocation.projection import SQLiteStatusView, StatusView
+from revocation.projection import StatusView
 from revocation.storage.postgres.db import EVENTS_CHANNEL, RESPONSES_CHANNEL
+from revocation.storage.sqlite.coordination import SQLiteCoordination
 from revocation.storage.sqlite.db import SQLiteDatabase
 from revocation.storage.sqlite.log import SQLiteEventLog
+from revocation.storage.sqlite.projection import SQLiteStatusView, apply_sqlite, clear_sqlite
 
 if TYPE_CHECKING:  # the PostgreSQL driver is loaded only when a database URL is configured
     import asyncpg
@@ -110,12 +113,12 @@ def open_runtime(
         raise ValueError("open_runtime is for SQLite; use connect_runtime for PostgreSQL")
     db = SQLiteDatabase(config.database)
     if migrate:
-        db.migrate_sync()
+        db.migrate_sync(SQLITE_SCHEMAS)
     return Runtime(
         config=config,
         clock=clock,
         registry=registry or CollectorRegistry(),
-        log=SQLiteEventLog(db, clock),
+        log=SQLiteEventLog(db, clock, project=apply_sqlite, clear=clear_sqlite),
         view=SQLiteStatusView(db),
         coord=SQLiteCoordination(db),
         db=db,
@@ -135,16 +138,17 @@ async def connect_runtime(
     if not config.database_url:
         return open_runtime(config, clock, registry, migrate=migrate)
     from revocation.storage.postgres.coordination import PostgresCoordination
-    from revocation.storage.postgres.log import PostgresEventLog, open_pg_pool
+    from revocation.storage.postgres.db import open_pg_pool
+    from revocation.storage.postgres.log import PostgresEventLog
     from revocation.storage.postgres.notify import PostgresListener
-    from revocation.storage.postgres.projection import PostgresStatusView
+    from revocation.storage.postgres.projection import PostgresStatusView, apply_pg, clear_pg
 
-    pool = await open_pg_pool(config.database_url, migrate=migrate)
+    pool = await open_pg_pool(config.database_url, schemas=PG_SCHEMAS, migrate=migrate)
     rt = Runtime(
         config=config,
         clock=clock,
         registry=registry or CollectorRegistry(),
-        log=PostgresEventLog(pool, clock),
+        log=PostgresEventLog(pool, clock, project=apply_pg, clear=clear_pg),
         view=PostgresStatusView(pool),
         coord=PostgresCoordination(pool),
         pool=pool,

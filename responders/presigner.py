@@ -395,7 +395,7 @@ class PreSigner:
         return stored
 
     async def catch_up(self) -> None:
-        """Run steps until the log is applied and nothing is due (for tests and `pca rebuild`)."""
+        """Run steps until the log is applied and nothing is due (tests and the load tests drive the presigner so)."""
         self.position = max(self.position, await self._store.position(CONSUMER))
         await self.follow_log()
         while await self.step():

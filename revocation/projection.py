@@ -1,6 +1,6 @@
 """The certificate-status projection: issuers and certificates as the log says.
 
-It is derived state: each backend (SQLite here, PostgreSQL in
+It is derived state: each backend (``revocation.storage.sqlite.projection``,
 ``revocation.storage.postgres.projection``) updates it in the same transaction as the append
 (so a read after a 2xx sees the write) and ``rebuild_projection`` recreates it
 from the log alone. What an event does to it is decided once, by
@@ -12,15 +12,13 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from cryptography import x509
 
 from revocation.clock import from_epoch, to_epoch
 from revocation.crl_layout import shard_from_certificate
-from revocation.errors import IntegrityError
 from revocation.eventlog import RecordedEvent
 from revocation.events import (
     CertificateHoldReleased,
@@ -31,7 +29,6 @@ from revocation.events import (
     ResponderCertRotated,
 )
 from revocation.keys import KeyRef
-from revocation.storage.sqlite.db import SQLiteDatabase
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,108 +337,3 @@ def _cert_status_step(
         (status, revoked_at, reason, invalidity, rec.version, rec.seq, issuer_id, serial, rec.version - 1),
         f"{rec.type} out of order for {issuer_id}/{serial} (version {rec.version})",
     )
-
-
-# --- SQLite ---------------------------------------------------------------------------------------
-
-_IN_CHUNK = 500  # bound parameters per IN (...) query
-
-
-def apply_sqlite(conn: sqlite3.Connection, rec: RecordedEvent, event: DomainEvent) -> None:
-    """Apply one recorded event to the projection tables (inside the append transaction)."""
-    step = projection_step(rec, event)
-    if step is None:
-        return
-    cur = conn.execute(step.sql, step.params)
-    if step.unless_one_row is not None and cur.rowcount != 1:
-        raise IntegrityError(step.unless_one_row, rec.seq)
-
-
-def _in_chunks(conn: sqlite3.Connection, columns: str, keys: Sequence[tuple[str, int]]) -> Iterator[tuple[Any, ...]]:
-    """Rows of ``columns`` of the certificates named by (issuer_id, serial) ``keys``, read by chunks."""
-    by_issuer: dict[str, list[str]] = {}
-    for issuer_id, serial in keys:
-        by_issuer.setdefault(issuer_id, []).append(f"{serial:x}")
-    for issuer_id, serials in by_issuer.items():
-        for first in range(0, len(serials), _IN_CHUNK):
-            chunk = serials[first : first + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            yield from conn.execute(
-                f"SELECT {columns} FROM certificates WHERE issuer_id = ? AND serial IN ({marks})", (issuer_id, *chunk)
-            )
-
-
-def _position(conn: sqlite3.Connection) -> int:
-    row = conn.execute(SQL_POSITION).fetchone()
-    return 0 if row is None else int(row[0])
-
-
-def _snapshot(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> tuple[int, list[tuple[Any, ...]]]:
-    # One read transaction, so the position and the rows agree.
-    conn.execute("BEGIN")
-    try:
-        position = _position(conn)
-        rows = conn.execute(sql, params).fetchall()
-    finally:
-        conn.execute("COMMIT")
-    return position, rows
-
-
-class SQLiteStatusView:
-    def __init__(self, db: SQLiteDatabase) -> None:
-        self._db = db
-
-    async def _rows(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
-        return await self._db.read(lambda conn: conn.execute(sql, params).fetchall())
-
-    async def issuers(self) -> list[IssuerRecord]:
-        return [issuer_row(r) for r in await self._rows(SQL_ISSUERS)]
-
-    async def certificates_by_serial(self, serial: int) -> list[CertificateRecord]:
-        return [cert_row(r) for r in await self._rows(SQL_CERTIFICATES_BY_SERIAL, f"{serial:x}")]
-
-    async def certificate(self, issuer_id: str, serial: int) -> CertificateRecord | None:
-        rows = await self._rows(SQL_CERTIFICATE, issuer_id, f"{serial:x}")
-        return cert_row(rows[0]) if rows else None
-
-    async def certificate_der(self, issuer_id: str, serial: int) -> bytes | None:
-        rows = await self._rows(SQL_CERTIFICATE_DER, issuer_id, f"{serial:x}")
-        return bytes(rows[0][0]) if rows else None
-
-    async def revoked(self, issuer_id: str) -> list[CertificateRecord]:
-        return [cert_row(r) for r in await self._rows(SQL_REVOKED, issuer_id)]
-
-    async def position(self) -> int:
-        return await self._db.read(_position)
-
-    async def certificates_many(self, keys: Sequence[tuple[str, int]]) -> list[CertificateRecord]:
-        return await self._db.read(lambda conn: [cert_row(r) for r in _in_chunks(conn, CERT_COLUMNS, keys)])
-
-    async def issuer_certificates(self, issuer_id: str, updated_before: int | None = None) -> list[CertificateRecord]:
-        before = ANY_SEQ if updated_before is None else updated_before
-        return [cert_row(r) for r in await self._rows(SQL_ISSUER_CERTIFICATES, issuer_id, before)]
-
-    async def revoked_snapshot(self, issuer_id: str) -> tuple[int, list[CertificateRecord]]:
-        position, rows = await self._db.read(lambda conn: _snapshot(conn, SQL_REVOKED, (issuer_id,)))
-        return position, [cert_row(r) for r in rows]
-
-    async def crl_shards(self, issuer_id: str) -> dict[int, int]:
-        return {int(shard): int(not_after) for shard, not_after in await self._rows(SQL_CRL_SHARDS, issuer_id)}
-
-    async def crl_revoked(self, issuer_id: str, shard: int) -> tuple[int, list[CRLRecord]]:
-        position, rows = await self._db.read(lambda conn: _snapshot(conn, SQL_CRL_REVOKED, (issuer_id, shard)))
-        return position, crl_rows(rows)
-
-    async def crl_changes(self, issuer_id: str, shard: int, after: int) -> tuple[int, list[CRLRecord]]:
-        position, rows = await self._db.read(lambda conn: _snapshot(conn, SQL_CRL_CHANGES, (issuer_id, shard, after)))
-        return position, crl_rows(rows)
-
-    async def crl_records(self, issuer_id: str, serials: Sequence[int]) -> list[CRLRecord]:
-        keys = [(issuer_id, serial) for serial in serials]
-        return await self._db.read(lambda conn: crl_rows(_in_chunks(conn, CRL_COLUMNS, keys)))
-
-    async def signing_states(self, keys: Sequence[tuple[str, int]]) -> list[SigningState]:
-        return await self._db.read(lambda conn: signing_rows(_in_chunks(conn, SIGNING_COLUMNS, keys)))
-
-    async def issuer_signing_states(self, issuer_id: str, updated_before: int) -> list[SigningState]:
-        return signing_rows(await self._rows(SQL_ISSUER_SIGNING_STATES, issuer_id, updated_before))

@@ -31,7 +31,7 @@ from publishers.objectstore import DirectoryStore
 from publishers.publisher import Publisher
 from publishers.storer import Storer
 from responders.presigner import PreSigner, signing_pool
-from responders.store import SQLiteResponseStore
+from responders.store.sqlite import SQLiteResponseStore
 from revocation.authority import Actor, IssueRequest
 from revocation.clock import SystemClock
 from revocation.keys import KeyRef

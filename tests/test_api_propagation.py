@@ -310,8 +310,8 @@ def test_token_create_accepts_the_prober_role(env: Env, capsys: pytest.CaptureFi
 async def test_a_reported_probe_shows_in_the_real_trackers_timeline(runtime: Runtime) -> None:
     """The two endpoints against the real PropagationTracker and SQLiteCoordination: what a prober
     reports comes back in the certificate's timeline."""
-    from revocation.coordination import SQLiteCoordination
     from revocation.propagation.tracker import PropagationTracker
+    from revocation.storage.sqlite.coordination import SQLiteCoordination
 
     assert runtime.db is not None
     cfg = runtime.config

@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 from conftest import create_database, drop_database
 
+from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
 from revocation.coordination import (
     Coordination,
     CRLPublication,
@@ -27,10 +28,10 @@ from revocation.coordination import (
     ProbeResult,
     ResponderState,
     SavedTimeline,
-    SQLiteCoordination,
 )
 from revocation.storage.postgres.coordination import PostgresCoordination
-from revocation.storage.postgres.log import open_pg_pool
+from revocation.storage.postgres.db import open_pg_pool
+from revocation.storage.sqlite.coordination import SQLiteCoordination
 from revocation.storage.sqlite.db import SQLiteDatabase
 
 
@@ -53,7 +54,7 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     if request.param == "sqlite":
         path = tmp_path / "coord.db"
         db = SQLiteDatabase(path)
-        db.migrate_sync()
+        db.migrate_sync(SQLITE_SCHEMAS)
         others: list[SQLiteDatabase] = []
 
         async def raw_sqlite(sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -84,7 +85,7 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         pools: list[Any] = []
 
         async def pool() -> Any:
-            made = await open_pg_pool(dsn, migrate=not pools)
+            made = await open_pg_pool(dsn, schemas=PG_SCHEMAS, migrate=not pools)
             pools.append(made)
             return made
 

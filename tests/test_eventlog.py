@@ -19,6 +19,7 @@ import pytest
 from pca.cli import main as pca_main
 from pca.config import Config
 from pca.runtime import Runtime
+from pca.schemas import SQLITE_SCHEMAS
 from pca.serve import build_authority
 from revocation.authority import Actor, IssueRequest
 from revocation.clock import FakeClock
@@ -35,8 +36,9 @@ from revocation.events import (
     ResponderCertRotated,
     decode,
 )
-from revocation.storage.sqlite.db import MIGRATIONS, SQLiteDatabase
+from revocation.storage.sqlite.db import SQLiteDatabase
 from revocation.storage.sqlite.log import SQLiteEventLog
+from revocation.storage.sqlite.projection import apply_sqlite, clear_sqlite
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -80,10 +82,10 @@ def raw_write(path: Path, sql: str, params: tuple[Any, ...] = ()) -> None:
 async def fresh(tmp_path: Path) -> AsyncIterator[tuple[SQLiteEventLog, SQLiteDatabase, FakeClock]]:
     """An event log on its own empty database file (no CA events in it)."""
     db = SQLiteDatabase(tmp_path / "log.db")
-    db.migrate_sync()
+    db.migrate_sync(SQLITE_SCHEMAS)
     clock = FakeClock(T0)
     try:
-        yield SQLiteEventLog(db, clock), db, clock
+        yield SQLiteEventLog(db, clock, project=apply_sqlite, clear=clear_sqlite), db, clock
     finally:
         db.close()
 
@@ -227,7 +229,9 @@ async def test_an_append_is_on_disk_when_it_returns(runtime: Runtime) -> None:
 
     other = SQLiteDatabase(runtime.config.database)
     try:
-        assert await SQLiteEventLog(other, FakeClock()).read(rec.seq - 1, 10) == [rec]
+        assert await SQLiteEventLog(other, FakeClock(), project=apply_sqlite, clear=clear_sqlite).read(
+            rec.seq - 1, 10
+        ) == [rec]
     finally:
         other.close()
 
@@ -468,11 +472,13 @@ def test_old_payload_is_upcast(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_migrate_is_idempotent(tmp_path: Path) -> None:
     db = SQLiteDatabase(tmp_path / "new.db")
     try:
-        assert db.migrate_sync() == [version for version, _ in MIGRATIONS]
-        assert db.migrate_sync() == []
+        assert db.migrate_sync(SQLITE_SCHEMAS) == [f"{s.owner} {v}" for s in SQLITE_SCHEMAS for v, _ in s.migrations]
+        assert db.migrate_sync(SQLITE_SCHEMAS) == []
     finally:
         db.close()
-    assert raw_rows(tmp_path / "new.db", "SELECT version FROM schema_migrations") == [(v,) for v, _ in MIGRATIONS]
+    assert raw_rows(tmp_path / "new.db", "SELECT owner, version FROM schema_versions ORDER BY rowid") == [
+        (s.owner, v) for s in SQLITE_SCHEMAS for v, _ in s.migrations
+    ]
 
 
 def test_pca_migrate_on_an_initialised_ca_changes_nothing(

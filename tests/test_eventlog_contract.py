@@ -16,13 +16,16 @@ import pytest
 from conftest import create_database, drop_database
 from storage_support import Raw, follow_while_writing, pg_raw, sqlite_raw
 
+from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
 from revocation.clock import FakeClock
 from revocation.errors import ConcurrencyError, IntegrityError
 from revocation.eventlog import GENESIS_HASH, EventLog, NewEvent, RecordedEvent, row_hash
 from revocation.events import CertificateIssued, CertificateRevoked, DomainEvent
 from revocation.storage.postgres.log import PostgresEventLog
+from revocation.storage.postgres.projection import apply_pg, clear_pg
 from revocation.storage.sqlite.db import SQLiteDatabase
 from revocation.storage.sqlite.log import SQLiteEventLog
+from revocation.storage.sqlite.projection import apply_sqlite, clear_sqlite
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -63,9 +66,11 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     clock = FakeClock(T0)
     if request.param == "sqlite":
         db = SQLiteDatabase(tmp_path / "log.db")
-        db.migrate_sync()
+        db.migrate_sync(SQLITE_SCHEMAS)
         try:
-            yield Subject(SQLiteEventLog(db, clock), clock, sqlite_raw(db.path))
+            yield Subject(
+                SQLiteEventLog(db, clock, project=apply_sqlite, clear=clear_sqlite), clock, sqlite_raw(db.path)
+            )
         finally:
             db.close()
     else:
@@ -73,7 +78,7 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         # async fixture cannot be requested dynamically from another one.
         server_dsn: str = request.getfixturevalue("postgres_dsn")
         dsn = await create_database(server_dsn)
-        log = await PostgresEventLog.open(dsn, clock)
+        log = await PostgresEventLog.open(dsn, clock, project=apply_pg, clear=clear_pg, schemas=PG_SCHEMAS)
         try:
             yield Subject(log, clock, pg_raw(dsn))
         finally:

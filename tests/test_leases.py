@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from revocation.coordination import SQLiteCoordination
+from pca.schemas import SQLITE_SCHEMAS
 from revocation.coordination.leases import LeaseKeeper, LeaseLost
 from revocation.errors import StorageError
+from revocation.storage.sqlite.coordination import SQLiteCoordination
 from revocation.storage.sqlite.db import SQLiteDatabase
 
 TTL = 0.3
@@ -116,7 +117,7 @@ class Work:
 def db_path(tmp_path: Path) -> Path:
     path = tmp_path / "leases.db"
     db = SQLiteDatabase(path)
-    db.migrate_sync()
+    db.migrate_sync(SQLITE_SCHEMAS)
     db.close()
     return path
 

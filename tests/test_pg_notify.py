@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 from conftest import free_port
 
+from pca.schemas import PG_SCHEMAS
 from responders.store import StoredResponse
 from responders.store.postgres import PostgresResponseStore
 from revocation.clock import FakeClock
@@ -25,6 +26,7 @@ from revocation.events import CertificateIssued, CertificateRevoked
 from revocation.storage.postgres.db import EVENTS_CHANNEL, RESPONSES_CHANNEL
 from revocation.storage.postgres.log import PostgresEventLog
 from revocation.storage.postgres.notify import PostgresListener
+from revocation.storage.postgres.projection import apply_pg, clear_pg
 
 T0 = datetime.datetime(2026, 3, 1, 12, tzinfo=datetime.UTC)
 CA = "test-ca"
@@ -63,7 +65,9 @@ class Heard:
 
 @pytest.fixture
 async def log(postgres_database: str) -> AsyncIterator[PostgresEventLog]:
-    log = await PostgresEventLog.open(postgres_database, FakeClock(T0))
+    log = await PostgresEventLog.open(
+        postgres_database, FakeClock(T0), project=apply_pg, clear=clear_pg, schemas=PG_SCHEMAS
+    )
     try:
         yield log
     finally:

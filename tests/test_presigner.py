@@ -25,7 +25,7 @@ from pca.config import Config
 from pca.runtime import Runtime, open_runtime
 from pca.serve import build_authority
 from responders.presigner import PreSigner, signing_pool
-from responders.store import SQLiteResponseStore
+from responders.store.sqlite import SQLiteResponseStore
 from revocation.authority import Actor, Authority, IssueRequest
 from revocation.clock import FakeClock, to_epoch
 

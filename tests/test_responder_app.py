@@ -38,7 +38,8 @@ from responders.app import OCSPApp
 from responders.ocsp_response import INTERNAL_ERROR, MALFORMED_REQUEST, TRY_LATER, UNAUTHORIZED
 from responders.presigner import PreSigner
 from responders.source import CachingSource, IssuerIndex, StoreSource
-from responders.store import ResponseStore, SQLiteResponseStore, StoredResponse
+from responders.store import ResponseStore, StoredResponse
+from responders.store.sqlite import SQLiteResponseStore
 from revocation.authority import Actor, Authority, IssueRequest
 from revocation.clock import FakeClock, to_epoch
 from revocation.errors import StorageError

@@ -35,7 +35,7 @@ from scaled_support import Deployment, RoleProcess, metric, ocsp_answer, ocsp_ge
 
 from revocation.coordination import ResponderState
 from revocation.storage.postgres.coordination import PostgresCoordination
-from revocation.storage.postgres.log import open_pg_pool
+from revocation.storage.postgres.db import open_pg_pool
 
 pytestmark = pytest.mark.e2e
 

@@ -28,8 +28,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from storage_support import Raw, follow_while_writing, pg_raw, sqlite_raw
 
-from responders.store import ResponseStore, SQLiteResponseStore, StoredResponse
+from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
+from responders.store import ResponseStore, StoredResponse
 from responders.store.postgres import CHANGE_LOCK_KEY, PostgresResponseStore
+from responders.store.sqlite import SQLiteResponseStore
 from revocation.clock import FakeClock, to_epoch
 from revocation.errors import IntegrityError, StorageError
 from revocation.eventlog import NewEvent, RecordedEvent
@@ -42,12 +44,13 @@ from revocation.events import (
     ResponderCertRotated,
 )
 from revocation.keys import KeyRef
-from revocation.projection import CRLRecord, SigningState, SQLiteStatusView, StatusView
-from revocation.storage.postgres.db import storage_error
-from revocation.storage.postgres.log import PostgresEventLog, migrate_schema, open_pg_pool
-from revocation.storage.postgres.projection import PostgresStatusView
+from revocation.projection import CRLRecord, SigningState, StatusView
+from revocation.storage.postgres.db import migrate_schema, open_pg_pool, storage_error
+from revocation.storage.postgres.log import PostgresEventLog
+from revocation.storage.postgres.projection import PostgresStatusView, apply_pg, clear_pg
 from revocation.storage.sqlite.db import SQLiteDatabase
 from revocation.storage.sqlite.log import SQLiteEventLog
+from revocation.storage.sqlite.projection import SQLiteStatusView, apply_sqlite, clear_sqlite
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -130,16 +133,22 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     wall = [1_700_000_000.25]
     if request.param == "sqlite":
         db = SQLiteDatabase(tmp_path / "pca.db")
-        db.migrate_sync()
+        db.migrate_sync(SQLITE_SCHEMAS)
         store = SQLiteResponseStore(db, wall=lambda: wall[0])
         try:
-            yield Subject(SQLiteEventLog(db, clock), SQLiteStatusView(db), store, wall, sqlite_raw(db.path))
+            yield Subject(
+                SQLiteEventLog(db, clock, project=apply_sqlite, clear=clear_sqlite),
+                SQLiteStatusView(db),
+                store,
+                wall,
+                sqlite_raw(db.path),
+            )
         finally:
             db.close()
     else:
         server_dsn: str = request.getfixturevalue("postgres_dsn")
         dsn = await create_database(server_dsn)
-        log = await PostgresEventLog.open(dsn, clock)
+        log = await PostgresEventLog.open(dsn, clock, project=apply_pg, clear=clear_pg, schemas=PG_SCHEMAS)
         store = PostgresResponseStore(log.pool, wall=lambda: wall[0])
         try:
             yield Subject(log, PostgresStatusView(log.pool), store, wall, pg_raw(dsn))
@@ -594,7 +603,7 @@ async def test_a_server_that_never_answers_is_a_storage_error_after_the_timeout(
 
 async def test_a_put_that_times_out_writes_nothing_and_leaves_the_store_usable(postgres_database: str) -> None:
     """A writer stuck behind another (here: one holding the change lock) gives up after write_timeout."""
-    pool = await open_pg_pool(postgres_database)
+    pool = await open_pg_pool(postgres_database, schemas=PG_SCHEMAS)
     store = PostgresResponseStore(pool, write_timeout=0.3)
     blocker = await asyncpg.connect(postgres_database)
     try:
@@ -617,7 +626,9 @@ async def test_a_writer_paused_inside_a_transaction_does_not_block_the_others_fo
     host cut off) must not keep every other writer out until TCP notices, which takes hours: the server
     ends a session that has been idle inside a transaction for ``idle_in_transaction_timeout``. (A
     pre-signer that took over the lease of a frozen one could otherwise not store a response.)"""
-    frozen_pool = await open_pg_pool(postgres_database, min_size=1, max_size=1, idle_in_transaction_timeout=0.5)
+    frozen_pool = await open_pg_pool(
+        postgres_database, schemas=PG_SCHEMAS, min_size=1, max_size=1, idle_in_transaction_timeout=0.5
+    )
     pool = await open_pg_pool(postgres_database, migrate=False)
     store = PostgresResponseStore(pool, write_timeout=30)
     try:
@@ -646,9 +657,9 @@ async def test_a_writer_paused_inside_a_transaction_does_not_block_the_others_fo
 async def test_pg_migrations_are_idempotent(postgres_database: str) -> None:
     conn = await asyncpg.connect(postgres_database)
     try:
-        first = await migrate_schema(conn)
-        assert first[:2] == [1, 2]
-        assert await migrate_schema(conn) == []
+        first = await migrate_schema(conn, PG_SCHEMAS)
+        assert first[:2] == ["log 1", "projection 1"]
+        assert await migrate_schema(conn, PG_SCHEMAS) == []
         columns = {
             r["column_name"]: r["data_type"]
             for r in await conn.fetch(

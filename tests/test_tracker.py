@@ -23,18 +23,20 @@ import pytest
 from conftest import create_database, drop_database
 from prometheus_client import CollectorRegistry
 
+from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
 from revocation.clock import FakeClock
-from revocation.coordination import CRLPublication, ProbeResult, SQLiteCoordination
+from revocation.coordination import CRLPublication, ProbeResult
 from revocation.errors import ConfigError, StorageError
 from revocation.eventlog import NewEvent, RecordedEvent
 from revocation.events import CertificateHoldReleased, CertificateIssued, CertificateRevoked, DomainEvent
-from revocation.projection import SQLiteStatusView
 from revocation.propagation.tracker import PropagationTracker
 from revocation.storage.postgres.coordination import PostgresCoordination
 from revocation.storage.postgres.log import PostgresEventLog
-from revocation.storage.postgres.projection import PostgresStatusView
+from revocation.storage.postgres.projection import PostgresStatusView, apply_pg, clear_pg
+from revocation.storage.sqlite.coordination import SQLiteCoordination
 from revocation.storage.sqlite.db import SQLiteDatabase
 from revocation.storage.sqlite.log import SQLiteEventLog
+from revocation.storage.sqlite.projection import SQLiteStatusView, apply_sqlite, clear_sqlite
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -120,9 +122,13 @@ class Env:
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     path = tmp_path / "pca.db"
     db = SQLiteDatabase(path)
-    db.migrate_sync()
+    db.migrate_sync(SQLITE_SCHEMAS)
     clock = FakeClock(T0)
-    log, view, coord = SQLiteEventLog(db, clock), SQLiteStatusView(db), SQLiteCoordination(db)
+    log, view, coord = (
+        SQLiteEventLog(db, clock, project=apply_sqlite, clear=clear_sqlite),
+        SQLiteStatusView(db),
+        SQLiteCoordination(db),
+    )
     wall = Wall(C)
     registry = CollectorRegistry()
 
@@ -694,7 +700,7 @@ async def test_the_loop_survives_an_unreachable_database_and_wakes_on_demand(
 async def test_a_revocation_followed_on_postgresql(postgres_dsn: str) -> None:
     dsn = await create_database(postgres_dsn)
     clock = FakeClock(T0)
-    log = await PostgresEventLog.open(dsn, clock)
+    log = await PostgresEventLog.open(dsn, clock, project=apply_pg, clear=clear_pg, schemas=PG_SCHEMAS)
     try:
         pool = log.pool
         coord, view = PostgresCoordination(pool), PostgresStatusView(pool)

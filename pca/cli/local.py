@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from pca.cli.common import fail
 from pca.config import Config, listen_from_url, load_config, parse_listen, render_config
 from pca.runtime import connect_runtime
+from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
 from revocation import ca
 from revocation.admin.tokens import add_token, write_secret_file
 from revocation.authority import Actor, certificate_issued, issuer_added
@@ -231,13 +232,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_migrate(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     if cfg.database_url:
-        from revocation.storage.postgres.log import migrate_url
+        from revocation.storage.postgres.db import migrate_url
 
-        applied = asyncio.run(migrate_url(cfg.database_url))
+        applied = asyncio.run(migrate_url(cfg.database_url, PG_SCHEMAS))
     else:
         from revocation.storage.sqlite.db import SQLiteDatabase
 
-        applied = SQLiteDatabase(cfg.database).migrate_sync()
+        applied = SQLiteDatabase(cfg.database).migrate_sync(SQLITE_SCHEMAS)
     where = cfg.database_label
     print(f"applied migrations {applied} to {where}" if applied else f"schema of {where} is up to date")
 

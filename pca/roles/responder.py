@@ -16,7 +16,8 @@ from responders.app import OCSPApp
 from responders.cache_metrics import CacheCounters
 from responders.presigner import CONSUMER, PreSigner, signing_pool
 from responders.source import CachingSource, IssuerIndex, StoreSource
-from responders.store import ResponseStore, SQLiteResponseStore
+from responders.store import ResponseStore
+from responders.store.sqlite import SQLiteResponseStore
 from revocation.coordination.leases import LeaseKeeper, default_holder
 from revocation.errors import PCAError
 from revocation.eventlog import RecordedEvent

@@ -37,19 +37,53 @@ from responders.store import (
     put_params,
     stored_row,
 )
-from revocation.storage.postgres.db import PG_ERRORS, RESPONSES_CHANNEL, pg_sql, storage_error
-from revocation.storage.postgres.log import open_pg_pool
+from revocation.storage.postgres.db import PG_ERRORS, RESPONSES_CHANNEL, open_pg_pool, pg_sql, storage_error
+from revocation.storage.schema import Schema
 
 # The key of the advisory lock every put holds until it commits ("pcarsp" in ASCII; pg_log's is "pcalog").
 CHANGE_LOCK_KEY = 0x706361727370
-# The channel a put notifies, with the last change_id it committed as the payload.
+
+# The response store's tables and the writers' log positions, SQLite's (responders.store.sqlite)
+# with PostgreSQL types.
+STORE_SCHEMA = Schema(
+    "response_store",
+    (
+        (
+            1,
+            """
+            CREATE TABLE consumers (
+                name TEXT PRIMARY KEY,
+                position BIGINT NOT NULL,
+                updated_at TEXT NOT NULL
+            );
+            CREATE TABLE ocsp_responses (
+                issuer_id TEXT COLLATE "C" NOT NULL,
+                serial TEXT COLLATE "C" NOT NULL,
+                der BYTEA NOT NULL,
+                status TEXT NOT NULL,
+                this_update BIGINT NOT NULL,
+                next_update BIGINT NOT NULL,
+                refresh_at BIGINT NOT NULL,
+                source_seq BIGINT NOT NULL,
+                change_id BIGINT NOT NULL,
+                stored_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+                PRIMARY KEY (issuer_id, serial)
+            );
+            CREATE INDEX ocsp_responses_refresh ON ocsp_responses (refresh_at);
+            CREATE UNIQUE INDEX ocsp_responses_change ON ocsp_responses (change_id);
+            """,
+        ),
+    ),
+    # Migration 2 of the single schema of old made these tables.
+    legacy={2: 1},
+)
 
 TIMEOUT = 5.0  # seconds for a read, connecting included
 WRITE_TIMEOUT = 30.0  # seconds for one put (a batch of thousands of responses), connecting included
 
 
 class PostgresResponseStore:
-    """The ResponseStore on PostgreSQL; ``pool`` is an asyncpg pool (``revocation.storage.postgres.log.open_pg_pool``).
+    """The ResponseStore on PostgreSQL; ``pool`` is an asyncpg pool (``revocation.storage.postgres.db.open_pg_pool``).
 
     ``wall`` gives the time recorded as ``stored_at`` (a fake one in tests).
     """
@@ -74,8 +108,8 @@ class PostgresResponseStore:
 
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> PostgresResponseStore:
-        """A store on its own pool (schema migrated); ``close`` closes the pool."""
-        store = cls(await open_pg_pool(dsn, min_size=min_size, max_size=max_size))
+        """A store on its own pool (its own tables migrated); ``close`` closes the pool."""
+        store = cls(await open_pg_pool(dsn, schemas=[STORE_SCHEMA], min_size=min_size, max_size=max_size))
         store._owns_pool = True
         return store
 

@@ -23,8 +23,70 @@ from revocation.coordination import (
     stored_time,
 )
 from revocation.storage.postgres.db import PG_ERRORS, affected, pg_sql, storage_error
+from revocation.storage.schema import Schema
 
 _PUBLICATION_COLUMNS = "issuer_id, shard, kind, number, position, published_at"
+
+
+# Times are epoch seconds (DOUBLE PRECISION), as in SQLite.
+COORDINATION_SCHEMA = Schema(
+    "coordination",
+    (
+        (
+            1,
+            """
+            CREATE TABLE leases (
+                name TEXT PRIMARY KEY,
+                holder TEXT NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL,
+                acquired_at DOUBLE PRECISION NOT NULL
+            );
+            CREATE TABLE responders (
+                responder_id TEXT PRIMARY KEY,
+                url TEXT NOT NULL,
+                applied_change BIGINT NOT NULL,
+                started_at DOUBLE PRECISION NOT NULL,
+                last_seen DOUBLE PRECISION NOT NULL
+            );
+            CREATE TABLE responder_progress (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                responder_id TEXT NOT NULL,
+                applied_change BIGINT NOT NULL,
+                applied_at DOUBLE PRECISION NOT NULL
+            );
+            CREATE INDEX responder_progress_change ON responder_progress (responder_id, applied_change);
+            CREATE INDEX responder_progress_time ON responder_progress (applied_at);
+            CREATE TABLE crl_publications (
+                issuer_id TEXT NOT NULL,
+                shard INTEGER NOT NULL,
+                kind TEXT NOT NULL,
+                number BIGINT NOT NULL,
+                position BIGINT NOT NULL,
+                published_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (issuer_id, shard, kind, number)
+            );
+            CREATE INDEX crl_publications_position ON crl_publications (issuer_id, shard, position);
+            CREATE TABLE probes (
+                issuer_id TEXT NOT NULL,
+                serial TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                responder_url TEXT NOT NULL,
+                seen_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (issuer_id, serial, seq, responder_url)
+            );
+            CREATE TABLE propagation_timelines (
+                issuer_id TEXT NOT NULL,
+                serial TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                timeline TEXT NOT NULL,
+                PRIMARY KEY (issuer_id, serial, seq)
+            );
+            """,
+        ),
+    ),
+    # Migration 3 of the single schema of old made these tables.
+    legacy={3: 1},
+)
 
 
 _HEARTBEAT = pg_sql(SQL_HEARTBEAT)

@@ -11,10 +11,13 @@ from __future__ import annotations
 import functools
 import re
 import urllib.parse
+from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
 from revocation.errors import StorageError
+from revocation.storage.schema import Schema
 
 # What a PostgreSQL call can raise when the server, the network or the statement fails.
 PG_ERRORS: tuple[type[BaseException], ...] = (
@@ -36,6 +39,9 @@ IDLE_IN_TRANSACTION_TIMEOUT = 5.0
 # The NOTIFY channels: every role that listens and every writer that notifies uses these names.
 EVENTS_CHANNEL = "pca_events"  # payload: the last seq of a committed append
 RESPONSES_CHANNEL = "pca_responses"  # payload: the last change_id of a response-store write
+
+# Held while migrating, so two processes starting at once do not both migrate (the log's append lock + 1).
+MIGRATE_LOCK_KEY = 0x7063616C6F67 + 1
 
 
 # The password of a libpq keyword DSN: password=secret or password='a secret'.
@@ -85,3 +91,90 @@ def affected(status: str) -> int:
         return int(status.rsplit(" ", 1)[-1])
     except ValueError:
         return 0
+
+
+async def migrate_schema(conn: Any, schemas: Sequence[Schema]) -> list[str]:
+    """Apply the pending migrations of each schema on ``conn``, in the order given; returns them as "owner version"."""
+    applied: list[str] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK_KEY)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_versions (owner TEXT NOT NULL, version INTEGER NOT NULL, "
+            "applied_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (owner, version))"
+        )
+        legacy: set[int] = set()
+        # A database made when every table shared one schema recorded its versions there.
+        if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+            legacy = {int(r["version"]) for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for schema in schemas:
+            rows = await conn.fetch("SELECT version FROM schema_versions WHERE owner = $1", schema.owner)
+            done = {int(r["version"]) for r in rows} | {schema.legacy[v] for v in legacy if v in schema.legacy}
+            for version, sql in schema.migrations:
+                if version in done:
+                    continue
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_versions (owner, version, applied_at) VALUES ($1, $2, now())",
+                    schema.owner,
+                    version,
+                )
+                applied.append(f"{schema.owner} {version}")
+    return applied
+
+
+async def open_pg_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    command_timeout: float = COMMAND_TIMEOUT,
+    idle_in_transaction_timeout: float = IDLE_IN_TRANSACTION_TIMEOUT,
+    schemas: Sequence[Schema] = (),
+    migrate: bool = True,
+) -> asyncpg.Pool:
+    """The one way to open PostgreSQL: a pool on ``dsn``, ``schemas`` migrated unless told not to.
+
+    With ``min_size`` > 0 it connects now. Raises StorageError, without the DSN in its message,
+    when the server cannot be reached within ``connect_timeout`` or the migration fails.
+    """
+    if not 0 <= min_size <= max_size or max_size < 1:
+        raise ValueError(f"pool sizes must satisfy 0 <= min_size <= max_size >= 1, got {min_size}, {max_size}")
+    if idle_in_transaction_timeout <= 0:
+        raise ValueError(f"idle_in_transaction_timeout must be positive, got {idle_in_transaction_timeout}")
+    # A startup setting, so that the pool's RESET ALL on each release keeps it.
+    idle_ms = str(max(1, round(idle_in_transaction_timeout * 1000)))
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=connect_timeout,
+            command_timeout=command_timeout,
+            server_settings={"idle_in_transaction_session_timeout": idle_ms},
+        )
+    except PG_ERRORS as exc:
+        raise storage_error("connecting to PostgreSQL", exc, dsn) from exc
+    if not migrate:
+        return pool
+    try:
+        async with pool.acquire(timeout=connect_timeout) as conn:
+            await migrate_schema(conn, schemas)
+    except BaseException as exc:
+        pool.terminate()
+        if isinstance(exc, PG_ERRORS):
+            raise storage_error("migrating the PostgreSQL schema", exc, dsn) from exc
+        raise
+    return pool
+
+
+async def migrate_url(dsn: str, schemas: Sequence[Schema], *, connect_timeout: float = CONNECT_TIMEOUT) -> list[str]:
+    """Apply the pending migrations of ``schemas`` to the database at ``dsn`` (``pca migrate``); returns them."""
+    pool = await open_pg_pool(dsn, min_size=1, max_size=1, connect_timeout=connect_timeout, migrate=False)
+    try:
+        async with pool.acquire(timeout=connect_timeout) as conn:
+            return await migrate_schema(conn, schemas)
+    except PG_ERRORS as exc:
+        raise storage_error("migrating the PostgreSQL schema", exc, dsn) from exc
+    finally:
+        await pool.close()

@@ -42,10 +42,67 @@ from revocation.projection import (
     signing_rows,
 )
 from revocation.storage.postgres.db import PG_ERRORS, affected, pg_sql, storage_error
+from revocation.storage.schema import Schema
 
 T = TypeVar("T")
 
 _FETCH_CHUNK = 50_000  # rows taken from a cursor at a time by the large CRL reads
+
+
+# The projection's tables, SQLite's (revocation.storage.sqlite.projection) with PostgreSQL types. Serials
+# stay lowercase hex TEXT, compared bytewise (COLLATE "C") as SQLite compares them.
+PROJECTION_SCHEMA = Schema(
+    "projection",
+    (
+        (
+            1,
+            """
+            CREATE TABLE issuers (
+                issuer_id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                parent_id TEXT,
+                cert_der BYTEA NOT NULL,
+                key_ref TEXT,
+                crl_url TEXT NOT NULL,
+                signer_cert_der BYTEA,
+                signer_key_ref TEXT,
+                signer_not_after BIGINT,
+                version BIGINT NOT NULL,
+                updated_seq BIGINT NOT NULL
+            );
+            CREATE TABLE certificates (
+                issuer_id TEXT COLLATE "C" NOT NULL,
+                serial TEXT COLLATE "C" NOT NULL,
+                status TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                profile TEXT NOT NULL,
+                not_before BIGINT NOT NULL,
+                not_after BIGINT NOT NULL,
+                cert_der BYTEA NOT NULL,
+                revoked_at BIGINT,
+                reason TEXT,
+                invalidity_date BIGINT,
+                version BIGINT NOT NULL,
+                updated_seq BIGINT NOT NULL,
+                crl_shard INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (issuer_id, serial)
+            );
+            CREATE INDEX certificates_serial ON certificates (serial);
+            CREATE INDEX certificates_status ON certificates (issuer_id, status);
+            CREATE INDEX certificates_crl_revoked ON certificates (issuer_id, crl_shard) WHERE status = 'revoked';
+            CREATE INDEX certificates_crl_changes ON certificates (issuer_id, crl_shard, updated_seq) WHERE version > 1;
+            """,
+        ),
+    ),
+    # Migration 2 of the single schema of old made these tables.
+    legacy={2: 1},
+)
+
+
+async def clear_pg(conn: Any) -> None:
+    """Empty the projection tables (inside the rebuild transaction, before the log is replayed)."""
+    await conn.execute("DELETE FROM certificates")
+    await conn.execute("DELETE FROM issuers")
 
 
 async def apply_pg(conn: Any, records: Iterable[RecordedEvent]) -> int:
@@ -93,7 +150,7 @@ def _key_arrays(keys: Sequence[tuple[str, int]]) -> tuple[list[str], list[str]]:
 
 
 class PostgresStatusView:
-    """The StatusView on PostgreSQL; ``pool`` is an asyncpg pool (``revocation.storage.postgres.log.open_pg_pool``)."""
+    """The StatusView on PostgreSQL; ``pool`` is an asyncpg pool (``revocation.storage.postgres.db.open_pg_pool``)."""
 
     def __init__(self, pool: Any) -> None:
         self._pool = pool

@@ -12,42 +12,62 @@ commits in order: the ordering promise holds trivially on SQLite.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
-from revocation.clock import Clock, parse_iso
-from revocation.errors import IntegrityError
-from revocation.eventlog import GENESIS_HASH, Listener, NewEvent, RecordedEvent, call_listeners, chain_events, row_hash
-from revocation.projection import apply_sqlite
-from revocation.storage.sqlite.db import SQLiteDatabase
+from revocation.chain import EVENT_COLUMNS, ChainCheck, recorded_event
+from revocation.clock import Clock
+from revocation.eventlog import GENESIS_HASH, Listener, NewEvent, RecordedEvent, call_listeners, chain_events
+from revocation.events import DomainEvent
+from revocation.storage.sqlite.db import Schema, SQLiteDatabase
 
-_COLUMNS = "seq, stream, version, type, payload, actor, request_id, recorded_at, prev_hash, hash"
+# The log's tables; before each owner migrated its own, they were made by migration 1 of the single schema.
+LOG_SCHEMA = Schema(
+    "log",
+    (
+        (
+            1,
+            """
+            CREATE TABLE events (
+                seq INTEGER PRIMARY KEY,
+                stream TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                type TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                request_id TEXT NOT NULL,
+                recorded_at TEXT NOT NULL,
+                prev_hash TEXT NOT NULL,
+                hash TEXT NOT NULL,
+                UNIQUE (stream, version)
+            );
+            CREATE TABLE log_head (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                seq INTEGER NOT NULL,
+                hash TEXT NOT NULL
+            );
+            """,
+        ),
+    ),
+    legacy={1: 1},
+)
+
+_COLUMNS = EVENT_COLUMNS
 
 Result = list[RecordedEvent] | BaseException
 
-
-def _row(row: tuple[Any, ...]) -> RecordedEvent:
-    seq, stream, version, type_, payload, actor, request_id, recorded_at, prev_hash, hash_ = row
-    return RecordedEvent(
-        seq=int(str(seq)),
-        stream=str(stream),
-        version=int(str(version)),
-        type=str(type_),
-        payload=json.loads(str(payload)),
-        actor=str(actor),
-        request_id=str(request_id),
-        recorded_at=parse_iso(str(recorded_at)),
-        prev_hash=str(prev_hash),
-        hash=str(hash_),
-    )
+# Applies one recorded event to the projection, inside the append transaction (``apply_sqlite``).
+Project = Callable[[sqlite3.Connection, RecordedEvent, DomainEvent], None]
+# Empties the projection before a rebuild replays the log into it (``clear_sqlite``).
+ClearProjection = Callable[[sqlite3.Connection], None]
 
 
 class SQLiteEventLog:
-    def __init__(self, db: SQLiteDatabase, clock: Clock) -> None:
+    def __init__(self, db: SQLiteDatabase, clock: Clock, *, project: Project, clear: ClearProjection) -> None:
         self._db = db
         self._clock = clock
+        self._project = project
+        self._clear = clear
         self._pending: list[tuple[Sequence[NewEvent], asyncio.Future[list[RecordedEvent]]]] = []
         self._drainer: asyncio.Task[None] | None = None
         # Called with every batch of committed events (the change feed for in-process consumers).
@@ -119,7 +139,7 @@ class SQLiteEventLog:
         rows = chain_events(events, seq, prev, self._clock.now(), versions)
         for row in rows:
             conn.execute(f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row.columns)
-            apply_sqlite(conn, row.record, row.event)
+            self._project(conn, row.record, row.event)
         last = rows[-1].record
         return [r.record for r in rows], last.seq, last.hash
 
@@ -128,7 +148,7 @@ class SQLiteEventLog:
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
             ).fetchall()
-            return [_row(r) for r in rows]
+            return [recorded_event(r) for r in rows]
 
         return await self._db.read(q)
 
@@ -144,7 +164,7 @@ class SQLiteEventLog:
     async def read_stream(self, stream: str) -> list[RecordedEvent]:
         def q(conn: sqlite3.Connection) -> list[RecordedEvent]:
             rows = conn.execute(f"SELECT {_COLUMNS} FROM events WHERE stream = ? ORDER BY version", (stream,))
-            return [_row(r) for r in rows.fetchall()]
+            return [recorded_event(r) for r in rows.fetchall()]
 
         return await self._db.read(q)
 
@@ -160,44 +180,21 @@ class SQLiteEventLog:
 
     async def rebuild_projection(self) -> int:
         """Drop the projection and replay the whole log into it; returns events applied."""
-        return await self._db.write(_rebuild)
+
+        def w(conn: sqlite3.Connection) -> int:
+            self._clear(conn)
+            count = 0
+            for row in conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq").fetchall():
+                rec = recorded_event(row)
+                self._project(conn, rec, rec.event)
+                count += 1
+            return count
+
+        return await self._db.write(w)
 
 
 def verify_chain_sqlite(conn: sqlite3.Connection) -> int:
-    prev = GENESIS_HASH
-    expected_seq = 1
-    count = 0
+    check = ChainCheck()
     for row in conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq"):
-        seq, stream, version, type_, payload, actor, request_id, recorded_at, prev_hash, hash_ = row
-        if seq != expected_seq:
-            raise IntegrityError(
-                f"event log broken at seq {expected_seq}: row missing (next row is {seq})", expected_seq
-            )
-        if prev_hash != prev:
-            raise IntegrityError(f"event log broken at seq {seq}: prev_hash does not match the previous row", seq)
-        digest = row_hash(prev, seq, stream, version, type_, payload, actor, request_id, recorded_at)
-        if digest != hash_:
-            raise IntegrityError(f"event log broken at seq {seq}: row content does not match its hash", seq)
-        prev = digest
-        expected_seq += 1
-        count += 1
-    head = conn.execute("SELECT seq, hash FROM log_head WHERE id = 1").fetchone()
-    head_seq, head_hash = (int(head[0]), str(head[1])) if head else (0, GENESIS_HASH)
-    if head_seq != count or head_hash != prev:
-        raise IntegrityError(
-            f"event log broken at seq {count + 1}: the log head records seq {head_seq}, "
-            f"but the chain ends at seq {count} (rows removed from the end?)",
-            count + 1,
-        )
-    return count
-
-
-def _rebuild(conn: sqlite3.Connection) -> int:
-    conn.execute("DELETE FROM certificates")
-    conn.execute("DELETE FROM issuers")
-    count = 0
-    for row in conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq").fetchall():
-        rec = _row(row)
-        apply_sqlite(conn, rec, rec.event)
-        count += 1
-    return count
+        check.add(row)
+    return check.finish(conn.execute("SELECT seq, hash FROM log_head WHERE id = 1").fetchone())

@@ -1,0 +1,211 @@
+"""The certificate-status projection on SQLite: applying events and reading it back.
+
+The statements and the decisions are shared with PostgreSQL (``revocation.projection``);
+``SQLiteEventLog`` calls ``apply_sqlite`` inside its append transaction, ``SQLiteStatusView`` reads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from revocation.errors import IntegrityError
+from revocation.eventlog import RecordedEvent
+from revocation.events import DomainEvent
+from revocation.projection import (
+    ANY_SEQ,
+    CERT_COLUMNS,
+    CRL_COLUMNS,
+    SIGNING_COLUMNS,
+    SQL_CERTIFICATE,
+    SQL_CERTIFICATE_DER,
+    SQL_CERTIFICATES_BY_SERIAL,
+    SQL_CRL_CHANGES,
+    SQL_CRL_REVOKED,
+    SQL_CRL_SHARDS,
+    SQL_ISSUER_CERTIFICATES,
+    SQL_ISSUER_SIGNING_STATES,
+    SQL_ISSUERS,
+    SQL_POSITION,
+    SQL_REVOKED,
+    CertificateRecord,
+    CRLRecord,
+    IssuerRecord,
+    SigningState,
+    cert_row,
+    crl_rows,
+    issuer_row,
+    projection_step,
+    signing_rows,
+)
+from revocation.storage.sqlite.db import Schema, SQLiteDatabase
+
+PROJECTION_SCHEMA = Schema(
+    "projection",
+    (
+        (
+            1,
+            """
+            CREATE TABLE issuers (
+                issuer_id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                parent_id TEXT,
+                cert_der BLOB NOT NULL,
+                key_ref TEXT,
+                crl_url TEXT NOT NULL,
+                signer_cert_der BLOB,
+                signer_key_ref TEXT,
+                signer_not_after INTEGER,
+                version INTEGER NOT NULL,
+                updated_seq INTEGER NOT NULL
+            );
+            CREATE TABLE certificates (
+                issuer_id TEXT NOT NULL,
+                serial TEXT NOT NULL,
+                status TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                profile TEXT NOT NULL,
+                not_before INTEGER NOT NULL,
+                not_after INTEGER NOT NULL,
+                cert_der BLOB NOT NULL,
+                revoked_at INTEGER,
+                reason TEXT,
+                invalidity_date INTEGER,
+                version INTEGER NOT NULL,
+                updated_seq INTEGER NOT NULL,
+                PRIMARY KEY (issuer_id, serial)
+            );
+            CREATE INDEX certificates_serial ON certificates (serial);
+            CREATE INDEX certificates_status ON certificates (issuer_id, status);
+            """,
+        ),
+        (
+            2,
+            # CRL shards and delta CRLs. crl_shard is the shard named by the CRL distribution point the
+            # certificate carries (revocation.crl_layout); every certificate recorded before this was in
+            # its issuer's unsharded CRL, shard 0. The partial indexes hold only certificates that were
+            # ever revoked, so issuance pays nothing for them and a delta reads only what changed.
+            """
+            ALTER TABLE certificates ADD COLUMN crl_shard INTEGER NOT NULL DEFAULT 0;
+            CREATE INDEX certificates_crl_revoked ON certificates (issuer_id, crl_shard) WHERE status = 'revoked';
+            CREATE INDEX certificates_crl_changes ON certificates (issuer_id, crl_shard, updated_seq) WHERE version > 1;
+            """,
+        ),
+        (
+            3,
+            # The single schema of old also made crl_state, which nothing ever read or wrote.
+            "DROP TABLE IF EXISTS crl_state",
+        ),
+    ),
+    # Migrations 1 and 2 of the single schema of old made these tables.
+    legacy={1: 1, 2: 2},
+)
+
+_IN_CHUNK = 500  # bound parameters per IN (...) query
+
+
+def apply_sqlite(conn: sqlite3.Connection, rec: RecordedEvent, event: DomainEvent) -> None:
+    """Apply one recorded event to the projection tables (inside the append transaction)."""
+    step = projection_step(rec, event)
+    if step is None:
+        return
+    cur = conn.execute(step.sql, step.params)
+    if step.unless_one_row is not None and cur.rowcount != 1:
+        raise IntegrityError(step.unless_one_row, rec.seq)
+
+
+def clear_sqlite(conn: sqlite3.Connection) -> None:
+    """Empty the projection tables (inside the rebuild transaction, before the log is replayed)."""
+    conn.execute("DELETE FROM certificates")
+    conn.execute("DELETE FROM issuers")
+
+
+def _in_chunks(conn: sqlite3.Connection, columns: str, keys: Sequence[tuple[str, int]]) -> Iterator[tuple[Any, ...]]:
+    """Rows of ``columns`` of the certificates named by (issuer_id, serial) ``keys``, read by chunks."""
+    by_issuer: dict[str, list[str]] = {}
+    for issuer_id, serial in keys:
+        by_issuer.setdefault(issuer_id, []).append(f"{serial:x}")
+    for issuer_id, serials in by_issuer.items():
+        for first in range(0, len(serials), _IN_CHUNK):
+            chunk = serials[first : first + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            yield from conn.execute(
+                f"SELECT {columns} FROM certificates WHERE issuer_id = ? AND serial IN ({marks})", (issuer_id, *chunk)
+            )
+
+
+def _position(conn: sqlite3.Connection) -> int:
+    row = conn.execute(SQL_POSITION).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _snapshot(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> tuple[int, list[tuple[Any, ...]]]:
+    # One read transaction, so the position and the rows agree.
+    conn.execute("BEGIN")
+    try:
+        position = _position(conn)
+        rows = conn.execute(sql, params).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    return position, rows
+
+
+class SQLiteStatusView:
+    def __init__(self, db: SQLiteDatabase) -> None:
+        self._db = db
+
+    async def _rows(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        return await self._db.read(lambda conn: conn.execute(sql, params).fetchall())
+
+    async def issuers(self) -> list[IssuerRecord]:
+        return [issuer_row(r) for r in await self._rows(SQL_ISSUERS)]
+
+    async def certificates_by_serial(self, serial: int) -> list[CertificateRecord]:
+        return [cert_row(r) for r in await self._rows(SQL_CERTIFICATES_BY_SERIAL, f"{serial:x}")]
+
+    async def certificate(self, issuer_id: str, serial: int) -> CertificateRecord | None:
+        rows = await self._rows(SQL_CERTIFICATE, issuer_id, f"{serial:x}")
+        return cert_row(rows[0]) if rows else None
+
+    async def certificate_der(self, issuer_id: str, serial: int) -> bytes | None:
+        rows = await self._rows(SQL_CERTIFICATE_DER, issuer_id, f"{serial:x}")
+        return bytes(rows[0][0]) if rows else None
+
+    async def revoked(self, issuer_id: str) -> list[CertificateRecord]:
+        return [cert_row(r) for r in await self._rows(SQL_REVOKED, issuer_id)]
+
+    async def position(self) -> int:
+        return await self._db.read(_position)
+
+    async def certificates_many(self, keys: Sequence[tuple[str, int]]) -> list[CertificateRecord]:
+        return await self._db.read(lambda conn: [cert_row(r) for r in _in_chunks(conn, CERT_COLUMNS, keys)])
+
+    async def issuer_certificates(self, issuer_id: str, updated_before: int | None = None) -> list[CertificateRecord]:
+        before = ANY_SEQ if updated_before is None else updated_before
+        return [cert_row(r) for r in await self._rows(SQL_ISSUER_CERTIFICATES, issuer_id, before)]
+
+    async def revoked_snapshot(self, issuer_id: str) -> tuple[int, list[CertificateRecord]]:
+        position, rows = await self._db.read(lambda conn: _snapshot(conn, SQL_REVOKED, (issuer_id,)))
+        return position, [cert_row(r) for r in rows]
+
+    async def crl_shards(self, issuer_id: str) -> dict[int, int]:
+        return {int(shard): int(not_after) for shard, not_after in await self._rows(SQL_CRL_SHARDS, issuer_id)}
+
+    async def crl_revoked(self, issuer_id: str, shard: int) -> tuple[int, list[CRLRecord]]:
+        position, rows = await self._db.read(lambda conn: _snapshot(conn, SQL_CRL_REVOKED, (issuer_id, shard)))
+        return position, crl_rows(rows)
+
+    async def crl_changes(self, issuer_id: str, shard: int, after: int) -> tuple[int, list[CRLRecord]]:
+        position, rows = await self._db.read(lambda conn: _snapshot(conn, SQL_CRL_CHANGES, (issuer_id, shard, after)))
+        return position, crl_rows(rows)
+
+    async def crl_records(self, issuer_id: str, serials: Sequence[int]) -> list[CRLRecord]:
+        keys = [(issuer_id, serial) for serial in serials]
+        return await self._db.read(lambda conn: crl_rows(_in_chunks(conn, CRL_COLUMNS, keys)))
+
+    async def signing_states(self, keys: Sequence[tuple[str, int]]) -> list[SigningState]:
+        return await self._db.read(lambda conn: signing_rows(_in_chunks(conn, SIGNING_COLUMNS, keys)))
+
+    async def issuer_signing_states(self, issuer_id: str, updated_before: int) -> list[SigningState]:
+        return signing_rows(await self._rows(SQL_ISSUER_SIGNING_STATES, issuer_id, updated_before))
