@@ -25,9 +25,10 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from conftest import ServerProcess, init_ca
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from tests.support.processes import ServerProcess, init_ca
 
 pytestmark = pytest.mark.e2e
 

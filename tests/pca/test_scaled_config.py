@@ -6,11 +6,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from conftest import free_port, init_ca
 
 from pca.cli import main as pca_main
 from pca.config import load_config, redact_url
 from revocation.errors import ConfigError
+from tests.support.ports import free_port
+from tests.support.processes import init_ca
 
 PG_URL = "postgresql://pca@db.internal:5432/pca"
 

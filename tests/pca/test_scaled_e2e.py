@@ -20,9 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import postgres_cluster
 from cryptography import x509
-from scaled_support import (
+
+from tests.support.postgres import postgres_cluster
+from tests.support.scaled import (
     Deployment,
     metric,
     ocsp_answer,

@@ -27,15 +27,16 @@ from typing import Any, NamedTuple
 import asyncpg
 import httpx
 import pytest
-from conftest import PostgresCluster, create_database, free_port, postgres_cluster
-from crl_support import crl_number, delta_base
 from cryptography import x509
 from cryptography.x509 import ocsp
-from scaled_support import Deployment, RoleProcess, metric, ocsp_answer, ocsp_get_url, set_options, wait_for
 
 from revocation.coordination import ResponderState
 from revocation.storage.postgres.coordination import PostgresCoordination
 from revocation.storage.postgres.log import open_pg_pool
+from tests.support.crl import crl_number, delta_base
+from tests.support.ports import free_port
+from tests.support.postgres import PostgresCluster, create_database, postgres_cluster
+from tests.support.scaled import Deployment, RoleProcess, metric, ocsp_answer, ocsp_get_url, set_options, wait_for
 
 pytestmark = pytest.mark.e2e
 

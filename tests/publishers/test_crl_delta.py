@@ -18,24 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crl_support import (
-    ACTOR,
-    ISSUING,
-    ROOT,
-    crl_number,
-    delta_base,
-    dp_urls,
-    extension,
-    idp_url,
-    issue,
-    issuer,
-    listed,
-    now_utc,
-    openssl,
-    openssl_crl_verifies,
-    pem_file,
-    with_crl_settings,
-)
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 from prometheus_client import CollectorRegistry
@@ -54,6 +36,24 @@ from revocation.clock import FakeClock
 from revocation.errors import ConfigError, StorageError
 from revocation.keys import open_key
 from revocation.projection import CRLRecord, StatusView
+from tests.support.crl import (
+    ACTOR,
+    ISSUING,
+    ROOT,
+    crl_number,
+    delta_base,
+    dp_urls,
+    extension,
+    idp_url,
+    issue,
+    issuer,
+    listed,
+    now_utc,
+    openssl,
+    openssl_crl_verifies,
+    pem_file,
+    with_crl_settings,
+)
 
 DELTA_INTERVAL = 300
 DEBOUNCE = 2.0
@@ -693,7 +693,7 @@ async def test_a_delta_whose_base_the_store_lost_is_refused_and_a_new_full_crl_f
 
 @pytest.mark.e2e
 def test_the_delta_benchmark_runs_at_smoke_size() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
         [sys.executable, "-m", "loadtests.crl_delta", "--smoke"], cwd=root, capture_output=True, text=True, timeout=300
     )

@@ -18,21 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import S3Server, free_port
-from crl_support import (
-    ACTOR,
-    ISSUING,
-    ROOT,
-    crl_number,
-    delta_base,
-    issue,
-    listed,
-    now_utc,
-    openssl,
-    openssl_crl_verifies,
-    pem_file,
-    with_crl_settings,
-)
 from cryptography import x509
 from prometheus_client import CollectorRegistry
 
@@ -49,6 +34,22 @@ from revocation import crl_layout
 from revocation.clock import FakeClock
 from revocation.errors import StorageError
 from revocation.keys import open_key
+from tests.support.crl import (
+    ACTOR,
+    ISSUING,
+    ROOT,
+    crl_number,
+    delta_base,
+    issue,
+    listed,
+    now_utc,
+    openssl,
+    openssl_crl_verifies,
+    pem_file,
+    with_crl_settings,
+)
+from tests.support.moto import S3Server
+from tests.support.ports import free_port
 
 
 def s3_store(server: S3Server, bucket: str | None = None, **options: object) -> S3Store:

@@ -20,13 +20,11 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import create_database, drop_database, free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
-from storage_support import Raw, follow_while_writing, pg_raw, sqlite_raw
 
 from responders.store import ResponseStore, SQLiteResponseStore, StoredResponse
 from responders.store.postgres import CHANGE_LOCK_KEY, PostgresResponseStore
@@ -48,6 +46,9 @@ from revocation.storage.postgres.log import PostgresEventLog, migrate_schema, op
 from revocation.storage.postgres.projection import PostgresStatusView
 from revocation.storage.sqlite.db import SQLiteDatabase
 from revocation.storage.sqlite.log import SQLiteEventLog
+from tests.support.ports import free_port
+from tests.support.postgres import create_database, drop_database
+from tests.support.storage import Raw, follow_while_writing, pg_raw, sqlite_raw
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import init_ca
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -23,6 +22,7 @@ from revocation.clock import FakeClock
 from revocation.errors import ConflictError, NotFoundError, ValidationError
 from revocation.events import REVOCATION_REASONS, CertificateRevoked, ResponderCertRotated, cert_stream
 from revocation.keys import KeyRef, open_key
+from tests.support.processes import init_ca
 
 UTC = datetime.UTC
 ACTOR = Actor("tester", "req-1")

@@ -16,12 +16,14 @@ from urllib.parse import quote
 
 import httpx
 from asn1crypto import keys as asn1_keys
-from conftest import PostgresCluster, free_port, stop_process
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from pca.cli import main as pca_main
+from tests.support.ports import free_port
+from tests.support.postgres import PostgresCluster
+from tests.support.processes import stop_process
 
 
 def pca(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

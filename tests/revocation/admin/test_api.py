@@ -21,6 +21,7 @@ from pca.runtime import Runtime
 from pca.serve import build_authority
 from revocation.admin.api import AdminAPI
 from revocation.admin.tokens import Principal, TokenStore, add_token
+from tests.support.admin import assert_problem
 
 MAX_BODY = 8192
 
@@ -67,16 +68,6 @@ async def admin(runtime: Runtime) -> AsyncIterator[Admin]:
     transport = httpx.ASGITransport(app=api.app())
     async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
         yield Admin(client, runtime, tokens)
-
-
-def assert_problem(resp: httpx.Response, status: int, detail: str) -> dict[str, Any]:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"] == "application/problem+json"
-    body = dict(resp.json())
-    assert body["status"] == status
-    assert body["title"]
-    assert detail in body["detail"]
-    return body
 
 
 def make_csr(common_name: str = "csr-svc", dns: str = "csr-svc.example") -> tuple[str, ec.EllipticCurvePrivateKey]:

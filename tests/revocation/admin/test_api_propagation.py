@@ -17,7 +17,6 @@ import httpx
 import pytest
 from cryptography import x509
 from prometheus_client import CollectorRegistry
-from test_api import assert_problem
 
 from pca.cli import main as pca_main
 from pca.runtime import Runtime
@@ -25,6 +24,7 @@ from pca.serve import build_authority
 from revocation.admin.api import AdminAPI
 from revocation.admin.tokens import Principal, TokenStore, add_token
 from revocation.coordination import ProbeResult
+from tests.support.admin import assert_problem
 
 
 class FakeTracker:

@@ -17,7 +17,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import create_database, drop_database
 
 from revocation.coordination import (
     Coordination,
@@ -32,6 +31,7 @@ from revocation.coordination import (
 from revocation.storage.postgres.coordination import PostgresCoordination
 from revocation.storage.postgres.log import open_pg_pool
 from revocation.storage.sqlite.db import SQLiteDatabase
+from tests.support.postgres import create_database, drop_database
 
 
 @dataclasses.dataclass

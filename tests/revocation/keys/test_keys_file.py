@@ -7,8 +7,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import init_ca
-from signing_backends import (
+
+from pca.config import Config, load_config
+from pca.runtime import open_runtime
+from pca.serve import check_keys
+from revocation.clock import SystemClock
+from revocation.errors import KeyBackendError
+from tests.support.processes import init_ca
+from tests.support.signing_backends import (
     ask_responder,
     clean_env,
     exercise,
@@ -17,12 +23,6 @@ from signing_backends import (
     responder_alone,
     run_pca,
 )
-
-from pca.config import Config, load_config
-from pca.runtime import open_runtime
-from pca.serve import check_keys
-from revocation.clock import SystemClock
-from revocation.errors import KeyBackendError
 
 PASSPHRASE = "correct horse 4417 battery"
 ENV = "PCA_TEST_KEY_PASSPHRASE"

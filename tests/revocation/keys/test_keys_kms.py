@@ -12,22 +12,15 @@ import asyncio
 import contextlib
 import datetime
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aioboto3
-import httpx
 import pytest
-from conftest import free_port, init_ca
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from signing_backends import exercise, have_openssl
 
 from pca.config import Config, load_config
 from publishers.crl_der import CRLEntry, build_crl, verify_crl
@@ -35,6 +28,10 @@ from revocation import ca
 from revocation.errors import KeyBackendError
 from revocation.keys import KeyRef, check_key_for_certificate, open_key, verify_signature
 from revocation.keys.kms import RAW_LIMIT, KMSKey
+from tests.support.moto import moto_server
+from tests.support.ports import free_port
+from tests.support.processes import init_ca
+from tests.support.signing_backends import exercise, have_openssl
 
 REGION = "us-east-1"
 AWS_ENV = {
@@ -52,34 +49,11 @@ def kms_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """moto's server on a free port, with dummy AWS credentials in the environment."""
     saved = {k: os.environ.get(k) for k in AWS_ENV}
     os.environ.update(AWS_ENV)
-    port = free_port()
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto exited with {proc.returncode}:\n{log_path.read_text()}")
-            with contextlib.suppress(httpx.HTTPError, socket.error):
-                httpx.get(url + "/moto-api/", timeout=1)
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"moto did not start:\n{log_path.read_text()}")
-            time.sleep(0.1)
-        yield url
+        with moto_server(log_path, timeout=30) as port:
+            yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

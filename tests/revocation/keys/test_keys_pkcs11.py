@@ -16,8 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import init_ca
-from signing_backends import (
+
+from pca.config import Config, load_config
+from revocation.keys import open_key
+from tests.support.processes import init_ca
+from tests.support.signing_backends import (
     ask_responder,
     clean_env,
     exercise,
@@ -26,9 +29,6 @@ from signing_backends import (
     responder_alone,
     run_pca,
 )
-
-from pca.config import Config, load_config
-from revocation.keys import open_key
 
 PIN = "hsm-pin-5309-x"
 ROOT_PIN = "root-pin-8817-y"

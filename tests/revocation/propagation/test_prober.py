@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ServerProcess, free_port, init_ca
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -37,6 +36,8 @@ from revocation.propagation.prober import (
     probe,
     says_revoked,
 )
+from tests.support.ports import free_port
+from tests.support.processes import ServerProcess, init_ca
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import create_database, drop_database
 from prometheus_client import CollectorRegistry
 
 from revocation.clock import FakeClock
@@ -35,6 +34,7 @@ from revocation.storage.postgres.log import PostgresEventLog
 from revocation.storage.postgres.projection import PostgresStatusView
 from revocation.storage.sqlite.db import SQLiteDatabase
 from revocation.storage.sqlite.log import SQLiteEventLog
+from tests.support.postgres import create_database, drop_database
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -13,8 +13,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import create_database, drop_database
-from storage_support import Raw, follow_while_writing, pg_raw, sqlite_raw
 
 from revocation.clock import FakeClock
 from revocation.errors import ConcurrencyError, IntegrityError
@@ -23,6 +21,8 @@ from revocation.events import CertificateIssued, CertificateRevoked, DomainEvent
 from revocation.storage.postgres.log import PostgresEventLog
 from revocation.storage.sqlite.db import SQLiteDatabase
 from revocation.storage.sqlite.log import SQLiteEventLog
+from tests.support.postgres import create_database, drop_database
+from tests.support.storage import Raw, follow_while_writing, pg_raw, sqlite_raw
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)

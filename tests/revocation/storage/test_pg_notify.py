@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from conftest import free_port
 
 from responders.store import StoredResponse
 from responders.store.postgres import PostgresResponseStore
@@ -25,6 +24,7 @@ from revocation.events import CertificateIssued, CertificateRevoked
 from revocation.storage.postgres.db import EVENTS_CHANNEL, RESPONSES_CHANNEL
 from revocation.storage.postgres.log import PostgresEventLog
 from revocation.storage.postgres.notify import PostgresListener
+from tests.support.ports import free_port
 
 T0 = datetime.datetime(2026, 3, 1, 12, tzinfo=datetime.UTC)
 CA = "test-ca"
