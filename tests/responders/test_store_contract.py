@@ -46,6 +46,7 @@ from revocation.storage.postgres.log import PostgresEventLog, migrate_schema, op
 from revocation.storage.postgres.projection import PostgresStatusView
 from revocation.storage.sqlite.db import SQLiteDatabase
 from revocation.storage.sqlite.log import SQLiteEventLog
+from tests.support import events
 from tests.support.ports import free_port
 from tests.support.postgres import create_database, drop_database
 from tests.support.storage import Raw, follow_while_writing, pg_raw, sqlite_raw
@@ -92,25 +93,21 @@ def shard_url(shard: int, issuer: str = CA) -> str:
 
 
 def issued(serial: int, shard: int, days: int, issuer: str = CA) -> CertificateIssued:
-    return CertificateIssued(
-        issuer_id=issuer,
-        serial=f"{serial:x}",
-        subject=f"CN=svc-{serial:x}",
+    return events.issued(
+        serial,
+        issuer,
         not_before=T0,
         not_after=T0 + datetime.timedelta(days=days),
         cert_der_hex=certificate_der(f"svc-{serial:x}", serial, shard_url(shard, issuer)).hex(),
-        profile="server",
     )
 
 
 def revoked(serial: int, reason: str, invalidity: datetime.datetime | None = None) -> CertificateRevoked:
-    return CertificateRevoked(
-        issuer_id=CA, serial=f"{serial:x}", reason=reason, revoked_at=T0, invalidity_date=invalidity
-    )
+    return events.revoked(serial, reason, CA, revoked_at=T0, invalidity=invalidity)
 
 
 def new(event: DomainEvent, expected_version: int = 0) -> NewEvent:
-    return NewEvent(event, expected_version, "tester", "req-1")
+    return events.new(event, expected_version)
 
 
 @dataclasses.dataclass

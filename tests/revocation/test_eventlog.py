@@ -28,7 +28,6 @@ from revocation.events import (
     EVENT_TYPES,
     UPCASTERS,
     CertificateHoldReleased,
-    CertificateIssued,
     CertificateRevoked,
     DomainEvent,
     IssuerAdded,
@@ -37,31 +36,9 @@ from revocation.events import (
 )
 from revocation.storage.sqlite.db import MIGRATIONS, SQLiteDatabase
 from revocation.storage.sqlite.log import SQLiteEventLog
+from tests.support.events import ISSUER, T0, issued, new, revoked
 
 UTC = datetime.UTC
-T0 = datetime.datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
-ISSUER = "test-ca"
-
-
-def issued(serial: int, issuer: str = ISSUER) -> CertificateIssued:
-    """A CertificateIssued event; the log and projection never parse the DER, so a stub will do."""
-    return CertificateIssued(
-        issuer_id=issuer,
-        serial=f"{serial:x}",
-        subject=f"CN=svc-{serial:x}",
-        not_before=T0,
-        not_after=T0 + datetime.timedelta(days=90),
-        cert_der_hex="3000",
-        profile="server",
-    )
-
-
-def revoked(serial: int, reason: str = "keyCompromise", issuer: str = ISSUER) -> CertificateRevoked:
-    return CertificateRevoked(issuer_id=issuer, serial=f"{serial:x}", reason=reason, revoked_at=T0)
-
-
-def new(event: DomainEvent, expected_version: int = 0, actor: str = "tester", request_id: str = "req-1") -> NewEvent:
-    return NewEvent(event, expected_version, actor, request_id)
 
 
 def raw_rows(path: Path, sql: str) -> list[tuple[Any, ...]]:

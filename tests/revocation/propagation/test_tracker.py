@@ -34,6 +34,7 @@ from revocation.storage.postgres.log import PostgresEventLog
 from revocation.storage.postgres.projection import PostgresStatusView
 from revocation.storage.sqlite.db import SQLiteDatabase
 from revocation.storage.sqlite.log import SQLiteEventLog
+from tests.support import events
 from tests.support.postgres import create_database, drop_database
 
 UTC = datetime.UTC
@@ -60,14 +61,8 @@ def iso_at(seconds_after_commit: float) -> str:
 
 def issued(serial: int) -> CertificateIssued:
     # The log and the projection never parse the DER: a stub lands in CRL shard 0.
-    return CertificateIssued(
-        issuer_id=ISSUER,
-        serial=f"{serial:x}",
-        subject=f"CN=svc-{serial:x}",
-        not_before=T0 - datetime.timedelta(days=1),
-        not_after=T0 + datetime.timedelta(days=90),
-        cert_der_hex="3000",
-        profile="server",
+    return events.issued(
+        serial, ISSUER, not_before=T0 - datetime.timedelta(days=1), not_after=T0 + datetime.timedelta(days=90)
     )
 
 
@@ -85,7 +80,7 @@ class Env:
     raw: Callable[..., Awaitable[list[tuple[Any, ...]]]]
 
     async def append(self, event: DomainEvent, expected_version: int) -> RecordedEvent:
-        [rec] = await self.log.append([NewEvent(event, expected_version, "tester", "req")])
+        [rec] = await self.log.append([events.new(event, expected_version, request_id="req")])
         return rec
 
     async def issue(self, serial: int = SERIAL) -> RecordedEvent:
@@ -94,7 +89,7 @@ class Env:
     async def revoke(
         self, serial: int = SERIAL, reason: str = "keyCompromise", expected_version: int = 1
     ) -> RecordedEvent:
-        event = CertificateRevoked(issuer_id=ISSUER, serial=f"{serial:x}", reason=reason, revoked_at=T0)
+        event = events.revoked(serial, reason, ISSUER, revoked_at=T0)
         return await self.append(event, expected_version)
 
     async def release(self, serial: int = SERIAL, expected_version: int = 2) -> RecordedEvent:

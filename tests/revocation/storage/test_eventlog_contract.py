@@ -16,37 +16,15 @@ import pytest
 
 from revocation.clock import FakeClock
 from revocation.errors import ConcurrencyError, IntegrityError
-from revocation.eventlog import GENESIS_HASH, EventLog, NewEvent, RecordedEvent, row_hash
-from revocation.events import CertificateIssued, CertificateRevoked, DomainEvent
+from revocation.eventlog import GENESIS_HASH, EventLog, RecordedEvent, row_hash
 from revocation.storage.postgres.log import PostgresEventLog
 from revocation.storage.sqlite.db import SQLiteDatabase
 from revocation.storage.sqlite.log import SQLiteEventLog
+from tests.support.events import T0, issued, new, revoked
 from tests.support.postgres import create_database, drop_database
 from tests.support.storage import Raw, follow_while_writing, pg_raw, sqlite_raw
 
 UTC = datetime.UTC
-T0 = datetime.datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
-ISSUER = "test-ca"
-
-
-def issued(serial: int, issuer: str = ISSUER) -> CertificateIssued:
-    return CertificateIssued(
-        issuer_id=issuer,
-        serial=f"{serial:x}",
-        subject=f"CN=svc-{serial:x}",
-        not_before=T0,
-        not_after=T0 + datetime.timedelta(days=90),
-        cert_der_hex="3000",
-        profile="server",
-    )
-
-
-def revoked(serial: int, reason: str = "keyCompromise", issuer: str = ISSUER) -> CertificateRevoked:
-    return CertificateRevoked(issuer_id=issuer, serial=f"{serial:x}", reason=reason, revoked_at=T0)
-
-
-def new(event: DomainEvent, expected_version: int = 0, actor: str = "tester", request_id: str = "req-1") -> NewEvent:
-    return NewEvent(event, expected_version, actor, request_id)
 
 
 @dataclasses.dataclass

@@ -20,10 +20,11 @@ from responders.store.postgres import PostgresResponseStore
 from revocation.clock import FakeClock
 from revocation.errors import IntegrityError
 from revocation.eventlog import NewEvent
-from revocation.events import CertificateIssued, CertificateRevoked
+from revocation.events import CertificateRevoked
 from revocation.storage.postgres.db import EVENTS_CHANNEL, RESPONSES_CHANNEL
 from revocation.storage.postgres.log import PostgresEventLog
 from revocation.storage.postgres.notify import PostgresListener
+from tests.support import events
 from tests.support.ports import free_port
 
 T0 = datetime.datetime(2026, 3, 1, 12, tzinfo=datetime.UTC)
@@ -31,8 +32,8 @@ CA = "test-ca"
 
 
 def issued(serial: int) -> NewEvent:
-    event = CertificateIssued(CA, f"{serial:x}", f"CN={serial:x}", T0, T0, "3000", "server")
-    return NewEvent(event, 0, "tester", "r")
+    event = events.issued(serial, CA, subject=f"CN={serial:x}", not_before=T0, not_after=T0)
+    return events.new(event, 0, "tester", "r")
 
 
 def response(serial: int, source_seq: int) -> StoredResponse:
