@@ -13,7 +13,10 @@ import pytest
 
 from pca.config import Config, load_config
 from pca.runtime import Runtime, open_runtime
+from pca.serve import build_authority
+from revocation.authority import Authority
 from revocation.clock import FakeClock
+from tests.support.ca import now_utc
 from tests.support.moto import S3Server, moto_server
 from tests.support.postgres import create_database, drop_database, postgres_cluster
 from tests.support.processes import ServerProcess, init_ca
@@ -28,6 +31,28 @@ def ca_config(tmp_path: Path) -> Config:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    """A FakeClock at the real time on a whole second: the CA certificates were made with the real time."""
+    return FakeClock(now_utc())
+
+
+@pytest.fixture
+async def rt(ca_config: Config, fake_clock: FakeClock) -> AsyncIterator[Runtime]:
+    """The embedded runtime on the initialised CA's database, on ``fake_clock``."""
+    runtime = open_runtime(ca_config, fake_clock)
+    try:
+        yield runtime
+    finally:
+        runtime.close()
+
+
+@pytest.fixture
+def authority(rt: Runtime) -> Authority:
+    """The CA's authority on ``rt`` (as ``pca serve`` builds it)."""
+    return build_authority(rt)
 
 
 @pytest.fixture

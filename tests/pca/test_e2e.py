@@ -28,6 +28,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tests.support.crl import crl_number
 from tests.support.processes import ServerProcess, init_ca
 
 pytestmark = pytest.mark.e2e
@@ -181,10 +182,6 @@ def fetch_crl(srv: ServerProcess, issuer: str = "issuing-ca") -> tuple[httpx.Res
     resp = httpx.get(f"{srv.public_url}/crl/{issuer}.crl", timeout=10)
     assert resp.status_code == 200, resp.text
     return resp, x509.load_der_x509_crl(resp.content)
-
-
-def crl_number(crl: x509.CertificateRevocationList) -> int:
-    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
 
 
 def wait_for_crl_listing(srv: ServerProcess, *certs: Cert) -> x509.CertificateRevocationList:

@@ -13,7 +13,7 @@ import itertools
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +36,14 @@ from revocation.clock import FakeClock
 from revocation.errors import ConfigError, StorageError
 from revocation.keys import open_key
 from revocation.projection import CRLRecord, StatusView
+from tests.support.ca import ACTOR, ISSUING, ROOT, issue, issuer, openssl
 from tests.support.crl import (
-    ACTOR,
-    ISSUING,
-    ROOT,
     crl_number,
     delta_base,
     dp_urls,
     extension,
     idp_url,
-    issue,
-    issuer,
     listed,
-    now_utc,
-    openssl,
     openssl_crl_verifies,
     pem_file,
     with_crl_settings,
@@ -57,25 +51,6 @@ from tests.support.crl import (
 
 DELTA_INTERVAL = 300
 DEBOUNCE = 2.0
-
-
-@pytest.fixture
-def fake_clock() -> FakeClock:
-    return FakeClock(now_utc())
-
-
-@pytest.fixture
-async def rt(ca_config: Config, fake_clock: FakeClock) -> AsyncIterator[Runtime]:
-    runtime = open_runtime(ca_config, fake_clock)
-    try:
-        yield runtime
-    finally:
-        runtime.close()
-
-
-@pytest.fixture
-def authority(rt: Runtime) -> Authority:
-    return build_authority(rt)
 
 
 @pytest.fixture

@@ -9,10 +9,8 @@ sharded CRLs are in test_crl_delta.py.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import itertools
-from collections.abc import AsyncIterator
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -26,44 +24,23 @@ from prometheus_client import CollectorRegistry
 
 from pca.config import Config
 from pca.roles.publisher import CRLApp
-from pca.runtime import Runtime, open_runtime
-from pca.serve import build_authority
+from pca.runtime import Runtime
 from publishers.crl_der import MAX_CRL_NUMBER, CRLEntry, build_crl, issuing_distribution_point, verify_crl
 from publishers.objectstore import DirectoryStore, ObjectHead, StoredObject
 from publishers.publisher import CRL_TYPE, Publisher, RefusedCRL, numbered_key, stable_key
 from publishers.storer import Candidate, Storer
-from revocation.authority import Actor, Authority, IssueRequest
+from revocation.authority import Authority
 from revocation.clock import FakeClock
 from revocation.errors import StorageError
 from revocation.keys import FileKey, KeyRef, open_key
 from revocation.projection import IssuerRecord
+from tests.support.ca import ACTOR, ISSUING, ROOT, issue, issuer, openssl
+from tests.support.crl import crl_number
 
-ACTOR = Actor("tester", "r1")
-ROOT = "root-ca"
-ISSUING = "issuing-ca"
 CRL_VALIDITY = 86400
 
 
 # --- fixtures and helpers -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fake_clock() -> FakeClock:
-    return FakeClock(datetime.datetime.now(datetime.UTC).replace(microsecond=0))
-
-
-@pytest.fixture
-async def rt(ca_config: Config, fake_clock: FakeClock) -> AsyncIterator[Runtime]:
-    runtime = open_runtime(ca_config, fake_clock)
-    try:
-        yield runtime
-    finally:
-        runtime.close()
-
-
-@pytest.fixture
-def authority(rt: Runtime) -> Authority:
-    return build_authority(rt)
 
 
 @pytest.fixture
@@ -83,18 +60,6 @@ def make_publisher(rt: Runtime, store: Any, clock: FakeClock, registry: Collecto
     )
 
 
-async def issue(authority: Authority, name: str, validity_days: int | None = None) -> x509.Certificate:
-    request = IssueRequest(subject=f"CN={name}", dns=[f"{name}.test"], validity_days=validity_days)
-    return (await authority.issue(request, ACTOR)).certificate
-
-
-async def issuer(rt: Runtime, issuer_id: str) -> IssuerRecord:
-    for rec in await rt.view.issuers():
-        if rec.issuer_id == issuer_id:
-            return rec
-    raise AssertionError(f"no issuer {issuer_id}")
-
-
 async def stored_data(store: DirectoryStore, key: str) -> bytes:
     obj = await store.get(key)
     assert obj is not None, f"nothing stored at {key}"
@@ -107,10 +72,6 @@ async def stored_crl(store: DirectoryStore, key: str) -> x509.CertificateRevocat
     return x509.load_der_x509_crl(obj.data)
 
 
-def crl_number(crl: x509.CertificateRevocationList) -> int:
-    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-
-
 def entries(crl: x509.CertificateRevocationList) -> dict[int, tuple[datetime.datetime, Any, Any]]:
     """serial -> (revocation date, reason or None, invalidity date or None)."""
     out = {}
@@ -120,14 +81,6 @@ def entries(crl: x509.CertificateRevocationList) -> dict[int, tuple[datetime.dat
         invalid = next((e.value.invalidity_date_utc for e in exts if isinstance(e.value, x509.InvalidityDate)), None)
         out[entry.serial_number] = (entry.revocation_date_utc, reason, invalid)
     return out
-
-
-async def openssl(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "openssl", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    out, _ = await proc.communicate()
-    return proc.returncode or 0, out.decode()
 
 
 def idp(rec: IssuerRecord) -> list[bytes]:

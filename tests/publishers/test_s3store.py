@@ -34,20 +34,8 @@ from revocation import crl_layout
 from revocation.clock import FakeClock
 from revocation.errors import StorageError
 from revocation.keys import open_key
-from tests.support.crl import (
-    ACTOR,
-    ISSUING,
-    ROOT,
-    crl_number,
-    delta_base,
-    issue,
-    listed,
-    now_utc,
-    openssl,
-    openssl_crl_verifies,
-    pem_file,
-    with_crl_settings,
-)
+from tests.support.ca import ACTOR, ISSUING, ROOT, issue, openssl
+from tests.support.crl import crl_number, delta_base, listed, openssl_crl_verifies, pem_file, with_crl_settings
 from tests.support.moto import S3Server
 from tests.support.ports import free_port
 
@@ -333,11 +321,6 @@ async def test_a_lost_condition_is_not_retried(s3_server: S3Server) -> None:
 
 
 # --- CRLs on S3 -----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fake_clock() -> FakeClock:
-    return FakeClock(now_utc())
 
 
 def s3_config(config: Config, server: S3Server, bucket: str, **crl: object) -> Config:

@@ -6,11 +6,10 @@ as an independent verifier. Time moves only through a FakeClock.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import datetime
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,35 +21,17 @@ from cryptography.x509 import ocsp
 from prometheus_client import CollectorRegistry
 
 from pca.config import Config
-from pca.runtime import Runtime, open_runtime
-from pca.serve import build_authority
+from pca.runtime import Runtime
 from responders.presigner import PreSigner, signing_pool
 from responders.store import SQLiteResponseStore
-from revocation.authority import Actor, Authority, IssueRequest
+from revocation.authority import Actor, Authority
 from revocation.clock import FakeClock, to_epoch
+from tests.support.ca import ACTOR, ISSUING, ROOT, issue, openssl
 
-ACTOR = Actor("tester", "r1")
 VALIDITY = 3600
-ISSUING = "issuing-ca"
-ROOT = "root-ca"
 
 
 # --- fixtures and helpers -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fake_clock() -> FakeClock:
-    # The CA certificates were made with the real time: start there, on a whole second.
-    return FakeClock(datetime.datetime.now(datetime.UTC).replace(microsecond=0))
-
-
-@pytest.fixture
-async def rt(ca_config: Config, fake_clock: FakeClock) -> AsyncIterator[Runtime]:
-    runtime = open_runtime(ca_config, fake_clock)
-    try:
-        yield runtime
-    finally:
-        runtime.close()
 
 
 @pytest.fixture
@@ -60,11 +41,6 @@ def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
         yield pool
     finally:
         pool.shutdown(wait=True)
-
-
-@pytest.fixture
-def authority(rt: Runtime) -> Authority:
-    return build_authority(rt)
 
 
 @pytest.fixture
@@ -91,11 +67,6 @@ def make_presigner(
         refresh_fraction=0.5,
         registry=registry or CollectorRegistry(),
     )
-
-
-async def issue(authority: Authority, name: str = "x") -> x509.Certificate:
-    issued = await authority.issue(IssueRequest(subject=f"CN={name}", dns=[f"{name}.test"]), ACTOR)
-    return issued.certificate
 
 
 async def issuer_cert(rt: Runtime, issuer_id: str = ISSUING) -> x509.Certificate:
@@ -146,15 +117,6 @@ def check_cert_ids(resp: ocsp.OCSPResponse, leaf: x509.Certificate, issuer: x509
         assert single.issuer_name_hash == request.issuer_name_hash
         assert single.issuer_key_hash == request.issuer_key_hash
         assert single.serial_number == leaf.serial_number
-
-
-async def openssl(*args: str) -> tuple[int, str]:
-    """Run the openssl CLI; returns its exit status and its combined output."""
-    proc = await asyncio.create_subprocess_exec(
-        "openssl", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    out, _ = await proc.communicate()
-    return proc.returncode or 0, out.decode()
 
 
 def single_extensions(der: bytes) -> list[dict[str, object]]:

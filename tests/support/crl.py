@@ -1,9 +1,7 @@
-"""Helpers shared by the CRL tests (delta, shards, S3): a CA with CRL settings, issuing, openssl."""
+"""Helpers shared by the CRL tests (delta, shards, S3): a CA with CRL settings, reading CRLs, openssl checks."""
 
 from __future__ import annotations
 
-import asyncio
-import datetime
 import re
 from pathlib import Path
 from typing import Any
@@ -13,13 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID
 
 from pca.config import Config, load_config
-from pca.runtime import Runtime
-from revocation.authority import Actor, Authority, IssueRequest
-from revocation.projection import IssuerRecord
-
-ACTOR = Actor("tester", "r1")
-ROOT = "root-ca"
-ISSUING = "issuing-ca"
+from tests.support.ca import openssl
 
 
 def with_crl_settings(config: Config, **settings: object) -> Config:
@@ -31,18 +23,6 @@ def with_crl_settings(config: Config, **settings: object) -> Config:
         assert count == 1, f"no {key} in {config.path}"
     config.path.write_text(text)
     return load_config(config.path)
-
-
-async def issue(authority: Authority, name: str, validity_days: int | None = None) -> x509.Certificate:
-    request = IssueRequest(subject=f"CN={name}", dns=[f"{name}.test"], validity_days=validity_days)
-    return (await authority.issue(request, ACTOR)).certificate
-
-
-async def issuer(rt: Runtime, issuer_id: str) -> IssuerRecord:
-    for rec in await rt.view.issuers():
-        if rec.issuer_id == issuer_id:
-            return rec
-    raise AssertionError(f"no issuer {issuer_id}")
 
 
 def crl_number(crl: x509.CertificateRevocationList) -> int:
@@ -91,20 +71,8 @@ def pem_file(path: Path, *items: x509.Certificate | x509.CertificateRevocationLi
     return str(path)
 
 
-async def openssl(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "openssl", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    out, _ = await proc.communicate()
-    return proc.returncode or 0, out.decode()
-
-
 async def openssl_crl_verifies(der: bytes, ca_file: Path, tmp_path: Path, name: str) -> None:
     path = tmp_path / f"{name}.crl"
     path.write_bytes(der)
     code, output = await openssl("crl", "-inform", "DER", "-in", str(path), "-CAfile", str(ca_file), "-noout")
     assert code == 0 and "verify OK" in output, output
-
-
-def now_utc() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)

@@ -19,6 +19,7 @@ import asyncpg
 from revocation.storage.postgres.db import pg_sql
 
 Raw = Callable[..., Awaitable[list[tuple[Any, ...]]]]
+RawMany = Callable[[str, list[tuple[Any, ...]]], Awaitable[None]]
 
 
 def sqlite_raw(path: Path) -> Raw:
@@ -31,6 +32,17 @@ def sqlite_raw(path: Path) -> Raw:
     return raw
 
 
+def sqlite_raw_many(path: Path) -> RawMany:
+    """Like ``sqlite_raw``, the statement once per row of parameters."""
+
+    async def raw_many(sql: str, rows: list[tuple[Any, ...]]) -> None:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.executemany(sql, rows)
+            conn.commit()
+
+    return raw_many
+
+
 def pg_raw(dsn: str) -> Raw:
     async def raw(sql: str, *params: Any) -> list[tuple[Any, ...]]:
         conn = await asyncpg.connect(dsn)
@@ -40,6 +52,19 @@ def pg_raw(dsn: str) -> Raw:
             await conn.close()
 
     return raw
+
+
+def pg_raw_many(dsn: str) -> RawMany:
+    """Like ``pg_raw``, the statement once per row of parameters."""
+
+    async def raw_many(sql: str, rows: list[tuple[Any, ...]]) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.executemany(pg_sql(sql), rows)
+        finally:
+            await conn.close()
+
+    return raw_many
 
 
 async def follow_while_writing(

@@ -8,14 +8,11 @@ behind the implementation's back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from revocation.coordination import (
@@ -32,6 +29,7 @@ from revocation.storage.postgres.coordination import PostgresCoordination
 from revocation.storage.postgres.log import open_pg_pool
 from revocation.storage.sqlite.db import SQLiteDatabase
 from tests.support.postgres import create_database, drop_database
+from tests.support.storage import pg_raw, pg_raw_many, sqlite_raw, sqlite_raw_many
 
 
 @dataclasses.dataclass
@@ -43,11 +41,6 @@ class Subject:
     another: Callable[[], Awaitable[Coordination]]
 
 
-def _pg_sql(sql: str) -> str:
-    parts = sql.split("?")
-    return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], start=1))
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Subject]:
     if request.param == "sqlite":
@@ -56,24 +49,13 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         db.migrate_sync()
         others: list[SQLiteDatabase] = []
 
-        async def raw_sqlite(sql: str, *params: Any) -> list[tuple[Any, ...]]:
-            with contextlib.closing(sqlite3.connect(path)) as conn:
-                rows = conn.execute(sql, params).fetchall()
-                conn.commit()
-                return rows
-
-        async def raw_many_sqlite(sql: str, rows: list[tuple[Any, ...]]) -> None:
-            with contextlib.closing(sqlite3.connect(path)) as conn:
-                conn.executemany(sql, rows)
-                conn.commit()
-
         async def another_sqlite() -> Coordination:
             other = SQLiteDatabase(path)
             others.append(other)
             return SQLiteCoordination(other)
 
         try:
-            yield Subject(SQLiteCoordination(db), raw_sqlite, raw_many_sqlite, another_sqlite)
+            yield Subject(SQLiteCoordination(db), sqlite_raw(path), sqlite_raw_many(path), another_sqlite)
         finally:
             for other in others:
                 other.close()
@@ -88,25 +70,11 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             pools.append(made)
             return made
 
-        async def raw_pg(sql: str, *params: Any) -> list[tuple[Any, ...]]:
-            conn = await asyncpg.connect(dsn)
-            try:
-                return [tuple(r) for r in await conn.fetch(_pg_sql(sql), *params)]
-            finally:
-                await conn.close()
-
-        async def raw_many_pg(sql: str, rows: list[tuple[Any, ...]]) -> None:
-            conn = await asyncpg.connect(dsn)
-            try:
-                await conn.executemany(_pg_sql(sql), rows)
-            finally:
-                await conn.close()
-
         async def another_pg() -> Coordination:
             return PostgresCoordination(await pool())
 
         try:
-            yield Subject(PostgresCoordination(await pool()), raw_pg, raw_many_pg, another_pg)
+            yield Subject(PostgresCoordination(await pool()), pg_raw(dsn), pg_raw_many(dsn), another_pg)
         finally:
             for made in pools:
                 await made.close()
