@@ -3,7 +3,7 @@
 CRLs are built from the CA's real log and keys, written to a real directory, read
 back and checked with cryptography and the openssl CLI. Stores that misbehave on
 purpose are small classes in this file; time moves only through a FakeClock.
-The object-store contract (directory and S3) is in test_s3store.py; delta and
+The object-store contract (directory and S3) is in test_objectstore_contract.py; delta and
 sharded CRLs are in test_crl_delta.py.
 """
 

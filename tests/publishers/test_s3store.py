@@ -1,4 +1,4 @@
-"""The ObjectStore contract, run against the directory store and S3, and CRLs published to S3.
+"""The S3 object store and CRLs published to S3 (the ObjectStore contract is in test_objectstore_contract.py).
 
 S3 is a real S3-speaking server (moto in server mode, started by the ``s3_server``
 fixture on a free port); aioboto3 talks HTTP to it. Faults are injected by a small
@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import datetime
 import itertools
-from collections.abc import AsyncIterator
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from pca.roles.publisher import CRLApp, build_publisher, open_store
 from pca.runtime import open_runtime
 from pca.serve import build_authority
 from publishers.crl_der import build_crl, issuing_distribution_point
-from publishers.objectstore import DirectoryStore, ObjectHead, ObjectStore, PreconditionFailed, StoredObject
+from publishers.objectstore import ObjectHead, ObjectStore, PreconditionFailed, StoredObject
 from publishers.publisher import Publisher
 from publishers.s3store import S3Store
 from publishers.storer import CRL_TYPE
@@ -36,130 +35,8 @@ from revocation.errors import StorageError
 from revocation.keys import open_key
 from tests.support.ca import ACTOR, ISSUING, ROOT, issue, openssl
 from tests.support.crl import crl_number, delta_base, listed, openssl_crl_verifies, pem_file, with_crl_settings
-from tests.support.moto import S3Server
+from tests.support.moto import S3Server, s3_store
 from tests.support.ports import free_port
-
-
-def s3_store(server: S3Server, bucket: str | None = None, **options: object) -> S3Store:
-    return S3Store(
-        bucket or server.new_bucket(),
-        prefix="crl/",
-        endpoint_url=server.endpoint_url,
-        region=server.region,
-        addressing_style="path",
-        **options,  # type: ignore[arg-type]
-    )
-
-
-@pytest.fixture(params=["directory", "s3"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ObjectStore]:
-    if request.param == "directory":
-        yield DirectoryStore(tmp_path / "store")
-        return
-    s3 = s3_store(request.getfixturevalue("s3_server"))
-    try:
-        yield s3
-    finally:
-        await s3.close()
-
-
-# --- the contract every object store keeps ---------------------------------------------------------------
-
-
-async def test_objects_round_trip_with_their_headers_and_metadata(store: ObjectStore) -> None:
-    expires = "Thu, 01 Jan 2099 00:00:00 GMT"
-    etag = await store.put(
-        "a/b.crl",
-        b"first",
-        content_type=CRL_TYPE,
-        cache_control="public, max-age=60",
-        expires=expires,
-        metadata={"crl-number": "7", "log-position": "12"},
-    )
-    obj = await store.get("a/b.crl")
-    assert obj is not None
-    assert (obj.key, obj.data, obj.etag, obj.content_type, obj.cache_control) == (
-        "a/b.crl",
-        b"first",
-        etag,
-        CRL_TYPE,
-        "public, max-age=60",
-    )
-    assert parsedate_to_datetime(obj.expires) == parsedate_to_datetime(expires)
-    assert dict(obj.metadata) == {"crl-number": "7", "log-position": "12"}
-    parsedate_to_datetime(obj.last_modified)
-    head = await store.head("a/b.crl")
-    assert head is not None and (head.etag, head.size, dict(head.metadata)) == (etag, 5, dict(obj.metadata))
-    assert await store.get("a/missing.crl") is None
-    assert await store.head("missing.crl") is None
-    assert await store.get("nowhere/at/all.crl") is None
-
-
-async def test_an_unconditional_write_replaces_the_object_and_its_etag(store: ObjectStore) -> None:
-    first = await store.put("x.crl", b"one", content_type=CRL_TYPE, metadata={"crl-number": "1"})
-    second = await store.put("x.crl", b"two" * 1000, content_type=CRL_TYPE)
-    assert first != second
-    obj = await store.get("x.crl")
-    assert obj is not None and (obj.data, obj.etag, dict(obj.metadata)) == (b"two" * 1000, second, {})
-
-
-async def test_conditional_writes(store: ObjectStore) -> None:
-    first = await store.put("x.crl", b"one", content_type=CRL_TYPE, if_none_match=True)
-    with pytest.raises(PreconditionFailed):
-        await store.put("x.crl", b"two", content_type=CRL_TYPE, if_none_match=True)
-    second = await store.put("x.crl", b"two", content_type=CRL_TYPE, if_match=first)
-    assert second != first
-    with pytest.raises(PreconditionFailed):
-        await store.put("x.crl", b"three", content_type=CRL_TYPE, if_match=first)  # stale ETag
-    with pytest.raises(PreconditionFailed):
-        await store.put("new.crl", b"one", content_type=CRL_TYPE, if_match=first)  # nothing to match
-    obj = await store.get("x.crl")
-    assert obj is not None and (obj.data, obj.etag) == (b"two", second)
-    assert await store.get("new.crl") is None
-
-
-@pytest.mark.parametrize("key", ["../escape.crl", "/etc/passwd", "a//b.crl", "a/./b.crl", "a/..", "", "a/"])
-async def test_keys_that_are_not_plain_relative_paths_are_refused(store: ObjectStore, key: str) -> None:
-    with pytest.raises(ValueError, match="not a plain relative path"):
-        await store.put(key, b"x", content_type=CRL_TYPE)
-    with pytest.raises(ValueError, match="not a plain relative path"):
-        await store.get(key)
-    with pytest.raises(ValueError, match="not a plain relative path"):
-        await store.head(key)
-
-
-@pytest.mark.parametrize("metadata", [{"Upper": "x"}, {"a b": "x"}, {"ok": "line\nbreak"}, {"ok": "é"}])
-async def test_metadata_every_store_can_keep_is_enforced(store: ObjectStore, metadata: dict[str, str]) -> None:
-    with pytest.raises(ValueError, match="metadata"):
-        await store.put("m.crl", b"x", content_type=CRL_TYPE, metadata=metadata)
-    assert await store.head("m.crl") is None
-
-
-async def test_a_large_object_round_trips(store: ObjectStore) -> None:
-    body = bytes(range(256)) * 40_000  # 10 MB, a 250,000-entry CRL
-    etag = await store.put("big.crl", body, content_type=CRL_TYPE, if_none_match=True)
-    obj = await store.get("big.crl")
-    assert obj is not None and obj.data == body and obj.etag == etag
-
-
-async def test_of_concurrent_writers_with_the_same_if_match_exactly_one_wins(tmp_path: Path) -> None:
-    # The directory store only: moto checks If-Match and then writes without a lock, so two
-    # concurrent conditional writes can both succeed there (S3 itself answers one of them 412 or 409).
-    store = DirectoryStore(tmp_path / "store")
-    etag = await store.put("race.crl", b"base", content_type=CRL_TYPE)
-    for round_ in range(10):
-        bodies = [f"round {round_} writer {i}".encode() for i in range(4)]
-        results = await asyncio.gather(
-            *(store.put("race.crl", body, content_type=CRL_TYPE, if_match=etag) for body in bodies),
-            return_exceptions=True,
-        )
-        winners = [(body, r) for body, r in zip(bodies, results, strict=True) if isinstance(r, str)]
-        losers = [r for r in results if isinstance(r, PreconditionFailed)]
-        assert len(winners) == 1 and len(losers) == len(bodies) - 1, results
-        stored = await store.get("race.crl")
-        assert stored is not None and (stored.data, stored.etag) == winners[0]
-        etag = winners[0][1]
-
 
 # --- S3 specifics ---------------------------------------------------------------------------------------------
 

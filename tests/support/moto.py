@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from publishers.s3store import S3Store
 from tests.support.ports import free_port
 
 
@@ -73,3 +74,15 @@ class S3Server:
         }
         httpx.put(f"{self.endpoint_url}/{name}?policy", content=json.dumps(policy), timeout=10).raise_for_status()
         return name
+
+
+def s3_store(server: S3Server, bucket: str | None = None, **options: object) -> S3Store:
+    """An S3Store on ``server`` (a fresh bucket unless given), keys under ``crl/``."""
+    return S3Store(
+        bucket or server.new_bucket(),
+        prefix="crl/",
+        endpoint_url=server.endpoint_url,
+        region=server.region,
+        addressing_style="path",
+        **options,  # type: ignore[arg-type]
+    )
