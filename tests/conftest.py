@@ -19,7 +19,7 @@ from revocation.clock import FakeClock
 from tests.support.ca import now_utc
 from tests.support.moto import S3Server, moto_server
 from tests.support.postgres import create_database, drop_database, postgres_cluster
-from tests.support.processes import ServerProcess, init_ca
+from tests.support.processes import ServerProcess, init_ca, running_server
 
 
 @pytest.fixture
@@ -69,12 +69,8 @@ async def runtime(ca_config: Config) -> AsyncIterator[Runtime]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    srv = ServerProcess(init_ca(tmp_path / "ca"))
-    srv.start()
-    try:
+    with running_server(tmp_path / "ca") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="session")

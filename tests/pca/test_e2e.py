@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.support.crl import crl_number
-from tests.support.processes import ServerProcess, init_ca
+from tests.support.processes import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -222,12 +222,8 @@ def assert_clean_log(srv: ServerProcess) -> None:
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server for the tests that neither stop it nor change what others look at."""
-    srv = ServerProcess(init_ca(tmp_path_factory.mktemp("shared") / "ca"))
-    srv.start()
-    try:
+    with running_server(tmp_path_factory.mktemp("shared") / "ca") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 # --- 1. the command line describes itself ---------------------------------------------------

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -84,3 +85,14 @@ class ServerProcess:
 
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.admin_url, headers={"authorization": f"Bearer {self.token}"}, timeout=30)
+
+
+@contextlib.contextmanager
+def running_server(directory: Path) -> Iterator[ServerProcess]:
+    """``pca init`` into ``directory``, then ``pca serve`` it until the block ends."""
+    srv = ServerProcess(init_ca(directory))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

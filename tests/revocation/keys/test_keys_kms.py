@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from revocation import ca
 from revocation.errors import KeyBackendError
 from revocation.keys import KeyRef, check_key_for_certificate, open_key, verify_signature
 from revocation.keys.kms import RAW_LIMIT, KMSKey
+from tests.support.environ import environ
 from tests.support.moto import moto_server
 from tests.support.ports import free_port
 from tests.support.processes import init_ca
@@ -47,18 +47,9 @@ pytestmark = pytest.mark.skipif(not have_openssl(), reason="needs the openssl co
 @pytest.fixture(scope="module")
 def kms_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """moto's server on a free port, with dummy AWS credentials in the environment."""
-    saved = {k: os.environ.get(k) for k in AWS_ENV}
-    os.environ.update(AWS_ENV)
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    try:
-        with moto_server(log_path, timeout=30) as port:
-            yield f"http://127.0.0.1:{port}"
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with environ(**AWS_ENV), moto_server(log_path, timeout=30) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @contextlib.asynccontextmanager

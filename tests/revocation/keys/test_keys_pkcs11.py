@@ -19,6 +19,7 @@ import pytest
 
 from pca.config import Config, load_config
 from revocation.keys import open_key
+from tests.support.environ import environ
 from tests.support.processes import init_ca
 from tests.support.signing_backends import (
     ask_responder,
@@ -66,26 +67,17 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     (base / "tokens").mkdir()
     conf = base / "softhsm2.conf"
     conf.write_text(f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    saved = {k: os.environ.get(k) for k in ("SOFTHSM2_CONF", PIN_ENV)}
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    os.environ[PIN_ENV] = PIN
-    for label, pin in ((TOKEN, PIN), (ROOT_TOKEN, ROOT_PIN)):
-        subprocess.run(
-            ["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", "so-pin-0042"],
-            check=True,
-            capture_output=True,
-        )
-    root_pin = base / "root.pin"
-    root_pin.write_text(ROOT_PIN + "\n")
-    root_pin.chmod(0o600)
-    try:
+    with environ(**{"SOFTHSM2_CONF": str(conf), PIN_ENV: PIN}):
+        for label, pin in ((TOKEN, PIN), (ROOT_TOKEN, ROOT_PIN)):
+            subprocess.run(
+                ["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", "so-pin-0042"],
+                check=True,
+                capture_output=True,
+            )
+        root_pin = base / "root.pin"
+        root_pin.write_text(ROOT_PIN + "\n")
+        root_pin.chmod(0o600)
         yield base
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 async def init_pkcs11_ca(directory: Path, softhsm: Path) -> Config:

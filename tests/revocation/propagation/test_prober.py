@@ -37,7 +37,7 @@ from revocation.propagation.prober import (
     says_revoked,
 )
 from tests.support.ports import free_port
-from tests.support.processes import ServerProcess, init_ca
+from tests.support.processes import ServerProcess, running_server
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
@@ -324,12 +324,8 @@ async def test_a_refused_probe_report_is_not_retried_but_counted(
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(init_ca(tmp_path_factory.mktemp("prober") / "ca"))
-    srv.start()
-    try:
+    with running_server(tmp_path_factory.mktemp("prober") / "ca") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 _tokens = 0
