@@ -35,10 +35,7 @@ from revocation.errors import StorageError
 from revocation.keys import FileKey, KeyRef, open_key
 from revocation.projection import IssuerRecord
 from tests.support.ca import ACTOR, ISSUING, ROOT, issue, issuer, openssl
-from tests.support.crl import crl_number
-
-CRL_VALIDITY = 86400
-
+from tests.support.crl import CRL_VALIDITY, crl_number, make_publisher
 
 # --- fixtures and helpers -------------------------------------------------------------------------------------
 
@@ -46,18 +43,6 @@ CRL_VALIDITY = 86400
 @pytest.fixture
 def crl_store(tmp_path: Path) -> DirectoryStore:
     return DirectoryStore(tmp_path / "published")
-
-
-def make_publisher(rt: Runtime, store: Any, clock: FakeClock, registry: CollectorRegistry | None = None) -> Publisher:
-    return Publisher(
-        rt.view,
-        store,
-        clock,
-        registry or CollectorRegistry(),
-        validity_seconds=CRL_VALIDITY,
-        interval_seconds=3600,
-        after_revocation_seconds=1.0,
-    )
 
 
 async def stored_data(store: DirectoryStore, key: str) -> bytes:

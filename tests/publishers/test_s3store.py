@@ -34,7 +34,15 @@ from revocation.clock import FakeClock
 from revocation.errors import StorageError
 from revocation.keys import open_key
 from tests.support.ca import ACTOR, ISSUING, ROOT, issue, openssl
-from tests.support.crl import crl_number, delta_base, listed, openssl_crl_verifies, pem_file, with_crl_settings
+from tests.support.crl import (
+    crl_number,
+    delta_base,
+    listed,
+    make_publisher,
+    openssl_crl_verifies,
+    pem_file,
+    with_crl_settings,
+)
 from tests.support.moto import S3Server, s3_store
 from tests.support.ports import free_port
 
@@ -319,10 +327,7 @@ async def test_on_s3_the_conditional_write_keeps_a_racing_higher_number_and_an_o
             try:
 
                 def publisher(on: ObjectStore, registry: CollectorRegistry | None = None) -> Publisher:
-                    return Publisher(
-                        rt.view, on, fake_clock, registry or CollectorRegistry(), validity_seconds=86400,
-                        interval_seconds=3600, after_revocation_seconds=1.0,
-                    )  # fmt: skip
+                    return make_publisher(rt, on, fake_clock, registry)
 
                 steady = publisher(store)
                 await steady.publish_all()

@@ -1,4 +1,4 @@
-"""Helpers shared by the CRL tests (delta, shards, S3): a CA with CRL settings, reading CRLs, openssl checks."""
+"""Helpers shared by the CRL tests (delta, shards, S3, key backends): CRL settings, a publisher, reading CRLs."""
 
 from __future__ import annotations
 
@@ -9,9 +9,28 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID
+from prometheus_client import CollectorRegistry
 
 from pca.config import Config, load_config
+from pca.runtime import Runtime
+from publishers.publisher import Publisher
+from revocation.clock import Clock
 from tests.support.ca import openssl
+
+CRL_VALIDITY = 86400
+
+
+def make_publisher(rt: Runtime, store: Any, clock: Clock, registry: CollectorRegistry | None = None) -> Publisher:
+    """A publisher of day-long CRLs, renewed hourly, a second after a revocation."""
+    return Publisher(
+        rt.view,
+        store,
+        clock,
+        registry or CollectorRegistry(),
+        validity_seconds=CRL_VALIDITY,
+        interval_seconds=3600,
+        after_revocation_seconds=1.0,
+    )
 
 
 def with_crl_settings(config: Config, **settings: object) -> Config:

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,16 +27,16 @@ from pca.config import Config
 from pca.runtime import open_runtime
 from pca.serve import build_authority, check_keys
 from publishers.objectstore import DirectoryStore
-from publishers.publisher import Publisher
 from responders.presigner import PreSigner, signing_pool
 from responders.store import SQLiteResponseStore
 from revocation.authority import Actor, IssueRequest
 from revocation.clock import SystemClock
 from revocation.keys import KeyRef
+from tests.support.ca import ISSUING, ROOT
+from tests.support.crl import make_publisher
+from tests.support.processes import stop_process
 
 ACTOR = Actor("test", "backends")
-ISSUING = "issuing-ca"
-ROOT = "root-ca"
 
 
 def openssl(*args: object) -> str:
@@ -94,15 +93,7 @@ async def exercise(cfg: Config, workdir: Path) -> Exercised:
         finally:
             pool.shutdown(wait=True)
 
-        publisher = Publisher(
-            rt.view,
-            DirectoryStore(cfg.crl_dir),
-            rt.clock,
-            CollectorRegistry(),
-            validity_seconds=86400,
-            interval_seconds=3600,
-            after_revocation_seconds=1,
-        )
+        publisher = make_publisher(rt, DirectoryStore(cfg.crl_dir), rt.clock)
         published = await publisher.publish_all()
         assert sorted(p.issuer_id for p in published) == [ISSUING, ROOT], publisher.last_error
 
@@ -167,13 +158,7 @@ def responder_alone(config_path: Path, env: Mapping[str, str]) -> Iterator[str]:
             time.sleep(0.1)
         yield cfg.public_url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 def ask_responder(url: str, cfg: Config, cert: Path) -> str:
