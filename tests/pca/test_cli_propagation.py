@@ -2,7 +2,8 @@
 
 The admin API is stood in for by httpx's MockTransport, so these tests fix the
 request (path, query, token) and the printed text; the real endpoint is tested in
-test_api_propagation.py and the real server's answer in test_prober.py.
+tests/revocation/admin/test_api_propagation.py and the real server's answer in
+tests/revocation/propagation/test_prober.py.
 """
 
 from __future__ import annotations
