@@ -1,0 +1,190 @@
+"""``pca propagation``: what it asks the admin API and how it shows the timeline.
+
+The admin API is stood in for by httpx's MockTransport, so these tests fix the
+request (path, query, token) and the printed text; the real endpoint is tested in
+tests/revocation/admin/test_api_propagation.py and the real server's answer in
+tests/revocation/propagation/test_prober.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from pca import cli
+
+# The shape revocation.propagation.tracker.build_timeline returns.
+TIMELINE: dict[str, Any] = {
+    "issuer_id": "issuing-ca",
+    "serial": "1f2e3d",
+    "seq": 42,
+    "committed_at": "2026-01-01T00:00:00Z",
+    "superseded": False,
+    "presigned": {"at": "2026-01-01T00:00:00.120000Z", "seconds": 0.12},
+    "responders": [
+        {
+            "responder_id": "r1",
+            "url": "http://r1/ocsp",
+            "state": "applied",
+            "applied_at": "2026-01-01T00:00:00.300000Z",
+            "seconds": 0.3,
+            "applied_change": 9,
+            "last_seen": "2026-01-01T00:00:05Z",
+            "counted": True,
+        },
+        {
+            "responder_id": "r2",
+            "url": "http://r2/ocsp",
+            "state": "pending",
+            "applied_at": None,
+            "seconds": None,
+            "applied_change": 8,
+            "last_seen": "2026-01-01T00:00:05Z",
+            "counted": True,
+        },
+        {
+            "responder_id": "r3",
+            "url": "",
+            "state": "gone",
+            "applied_at": None,
+            "seconds": None,
+            "applied_change": 2,
+            "last_seen": "2025-12-31T00:00:00Z",
+            "counted": False,
+        },
+    ],
+    "ocsp_all_responders": None,
+    "crl": {"at": "2026-01-01T00:00:02.500000Z", "seconds": 2.5, "kind": "delta", "number": 7, "shard": 0},
+    "probes": [{"responder_url": "http://r1/ocsp", "seen_at": "2026-01-01T00:00:00.350000Z", "seconds": 0.35}],
+    "pending": ["r2"],
+    "slo_seconds": 1.0,
+    "slo_met": False,
+}
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> Callable[[Handler], list[httpx.Request]]:
+    """Route the CLI's admin client to ``handler``; returns the list of requests it received."""
+
+    def install(handler: Handler) -> list[httpx.Request]:
+        seen: list[httpx.Request] = []
+        real_client = httpx.Client
+
+        def record(request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            return handler(request)
+
+        def client(**kwargs: Any) -> httpx.Client:
+            return real_client(transport=httpx.MockTransport(record), **kwargs)
+
+        monkeypatch.setattr(httpx, "Client", client)
+        return seen
+
+    return install
+
+
+ARGS = ["--admin-url", "http://admin", "--token", "pca_t"]
+
+
+def test_propagation_prints_each_stage(
+    api: Callable[[Handler], list[httpx.Request]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen = api(lambda request: httpx.Response(200, json=TIMELINE))
+
+    cli.main(["propagation", *ARGS, "1F2E3D", "--issuer", "issuing-ca"])
+
+    [request] = seen
+    assert request.url.path == "/v1/certificates/1F2E3D/propagation"
+    assert request.url.params["issuer"] == "issuing-ca"
+    assert request.headers["authorization"] == "Bearer pca_t"
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        "1f2e3d from issuing-ca: revoked by event seq 42",
+        "  committed          2026-01-01T00:00:00Z",
+        "  pre-signed         2026-01-01T00:00:00.120000Z (+0.120s)",
+        "  responder r1 http://r1/ocsp: applied 2026-01-01T00:00:00.300000Z (+0.300s)",
+        "  responder r2 http://r2/ocsp: pending",
+        "  responder r3: gone (not counted)",
+        "  all responders     pending (not caught up: r2)",
+        "  CRL                delta CRL number 7 2026-01-01T00:00:02.500000Z (+2.500s)",
+        "  probe http://r1/ocsp: saw revoked 2026-01-01T00:00:00.350000Z (+0.350s)",
+        "  SLO 1s: NOT met",
+    ]
+
+
+def test_propagation_when_everything_arrived(
+    api: Callable[[Handler], list[httpx.Request]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    done = {
+        **TIMELINE,
+        "responders": [TIMELINE["responders"][0]],
+        "ocsp_all_responders": {"at": "2026-01-01T00:00:00.300000Z", "seconds": 0.3},
+        "crl": {**TIMELINE["crl"], "kind": "full", "shard": 3},
+        "pending": [],
+        "slo_met": True,
+    }
+    api(lambda request: httpx.Response(200, json=done))
+
+    cli.main(["propagation", *ARGS, "1f2e3d"])
+
+    out = capsys.readouterr().out
+    assert "  all responders     2026-01-01T00:00:00.300000Z (+0.300s)\n" in out
+    assert "  CRL                full CRL number 7 (shard 3) 2026-01-01T00:00:02.500000Z (+2.500s)\n" in out
+    assert "not caught up" not in out and "superseded" not in out
+    assert out.splitlines()[-1] == "  SLO 1s: met"
+
+
+def test_a_released_hold_says_so(
+    api: Callable[[Handler], list[httpx.Request]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    api(lambda request: httpx.Response(200, json={**TIMELINE, "superseded": True, "pending": [], "slo_met": None}))
+    cli.main(["propagation", *ARGS, "1f2e3d"])
+    out = capsys.readouterr().out
+    assert out.splitlines()[1] == "  superseded: the hold was released since; nothing is waited for any more"
+    assert out.splitlines()[-1] == "  SLO 1s: not decided yet"
+
+
+def test_propagation_json(api: Callable[[Handler], list[httpx.Request]], capsys: pytest.CaptureFixture[str]) -> None:
+    api(lambda request: httpx.Response(200, json=TIMELINE))
+    cli.main(["propagation", *ARGS, "1f2e3d", "--json"])
+    assert json.loads(capsys.readouterr().out) == TIMELINE
+
+
+def test_a_sparse_timeline_still_prints(
+    api: Callable[[Handler], list[httpx.Request]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    api(lambda request: httpx.Response(200, json={"issuer_id": "issuing-ca", "serial": "ab", "seq": 3}))
+    cli.main(["propagation", *ARGS, "ab"])
+    out = capsys.readouterr().out
+    assert "committed          ?" in out
+    assert "pre-signed         pending" in out
+    assert "responders         none known" in out
+    assert out.splitlines()[-1] == "  SLO: not decided yet"
+
+
+@pytest.mark.parametrize(
+    ("status", "detail"),
+    [
+        (404, "certificate ab from issuing-ca was never revoked"),
+        (503, "propagation tracking is not configured on this server"),
+        (400, "serial 'zz' is not a hexadecimal number"),
+    ],
+)
+def test_propagation_errors_exit_nonzero_with_the_problem_detail(
+    api: Callable[[Handler], list[httpx.Request]], capsys: pytest.CaptureFixture[str], status: int, detail: str
+) -> None:
+    problem = {"type": "about:blank", "title": "Some Title", "status": status, "detail": detail}
+    api(lambda request: httpx.Response(status, json=problem, headers={"content-type": "application/problem+json"}))
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["propagation", *ARGS, "ab"])
+
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == f"pca: error: Some Title: {detail}\n"

@@ -1,0 +1,335 @@
+"""The Coordination contract, run against every implementation: SQLite and PostgreSQL.
+
+Each test gets freshly migrated, empty storage. Response-store rows (which the
+pre-signer writes) are put in with SQL of our own, as is what a test looks at
+behind the implementation's back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
+from revocation.coordination import (
+    Coordination,
+    CRLPublication,
+    LeaseState,
+    PresignedState,
+    ProbeResult,
+    ResponderState,
+    SavedTimeline,
+)
+from revocation.storage.postgres.coordination import PostgresCoordination
+from revocation.storage.postgres.db import open_pg_pool
+from revocation.storage.sqlite.coordination import SQLiteCoordination
+from revocation.storage.sqlite.db import SQLiteDatabase
+from tests.support.postgres import create_database, drop_database
+from tests.support.storage import pg_raw, pg_raw_many, sqlite_raw, sqlite_raw_many
+
+
+@dataclasses.dataclass
+class Subject:
+    coord: Coordination
+    raw: Callable[..., Awaitable[list[tuple[Any, ...]]]]  # SQL with ``?`` placeholders, behind its back
+    raw_many: Callable[[str, list[tuple[Any, ...]]], Awaitable[None]]  # the same, once per row of parameters
+    # Another handle on the same storage, as another process would have (its own connections).
+    another: Callable[[], Awaitable[Coordination]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Subject]:
+    if request.param == "sqlite":
+        path = tmp_path / "coord.db"
+        db = SQLiteDatabase(path)
+        db.migrate_sync(SQLITE_SCHEMAS)
+        others: list[SQLiteDatabase] = []
+
+        async def another_sqlite() -> Coordination:
+            other = SQLiteDatabase(path)
+            others.append(other)
+            return SQLiteCoordination(other)
+
+        try:
+            yield Subject(SQLiteCoordination(db), sqlite_raw(path), sqlite_raw_many(path), another_sqlite)
+        finally:
+            for other in others:
+                other.close()
+            db.close()
+    else:
+        server_dsn: str = request.getfixturevalue("postgres_dsn")
+        dsn = await create_database(server_dsn)
+        pools: list[Any] = []
+
+        async def pool() -> Any:
+            made = await open_pg_pool(dsn, schemas=PG_SCHEMAS, migrate=not pools)
+            pools.append(made)
+            return made
+
+        async def another_pg() -> Coordination:
+            return PostgresCoordination(await pool())
+
+        try:
+            yield Subject(PostgresCoordination(await pool()), pg_raw(dsn), pg_raw_many(dsn), another_pg)
+        finally:
+            for made in pools:
+                await made.close()
+            await drop_database(server_dsn, dsn)
+
+
+# --- leases -----------------------------------------------------------------------------------------
+
+
+async def test_lease_acquire_renew_expire_take_over_and_release(subject: Subject) -> None:
+    coord = subject.coord
+    assert await coord.lease("presigner") is None
+
+    assert await coord.try_lease("presigner", "a", 10.0, 100.0)
+    assert await coord.lease("presigner") == LeaseState("presigner", "a", 110.0, 100.0)
+    # Held and not expired: b cannot have it.
+    assert not await coord.try_lease("presigner", "b", 10.0, 105.0)
+    # a renews; when it first took the lease is kept.
+    assert await coord.try_lease("presigner", "a", 10.0, 106.0)
+    assert await coord.lease("presigner") == LeaseState("presigner", "a", 116.0, 100.0)
+    assert not await coord.try_lease("presigner", "b", 10.0, 115.9)
+    # Expired (expires_at <= now): b takes it over.
+    assert await coord.try_lease("presigner", "b", 10.0, 116.0)
+    assert await coord.lease("presigner") == LeaseState("presigner", "b", 126.0, 116.0)
+    assert not await coord.try_lease("presigner", "a", 10.0, 117.0)
+
+    # Only the holder can release; then the standby gets it at once.
+    await coord.release_lease("presigner", "a")
+    assert (await coord.lease("presigner")) == LeaseState("presigner", "b", 126.0, 116.0)
+    await coord.release_lease("presigner", "b")
+    assert await coord.lease("presigner") is None
+    assert await coord.try_lease("presigner", "a", 10.0, 118.0)
+    assert await coord.lease("presigner") == LeaseState("presigner", "a", 128.0, 118.0)
+
+
+async def test_leases_are_independent_by_name(subject: Subject) -> None:
+    coord = subject.coord
+    assert await coord.try_lease("presigner", "a", 10.0, 100.0)
+    assert await coord.try_lease("publisher", "b", 5.0, 100.0)
+    assert (await coord.lease("presigner"), await coord.lease("publisher")) == (
+        LeaseState("presigner", "a", 110.0, 100.0),
+        LeaseState("publisher", "b", 105.0, 100.0),
+    )
+
+
+async def test_concurrent_claims_from_separate_connections_have_exactly_one_winner(subject: Subject) -> None:
+    """Eight claimants, each with its own connections (as separate processes), race for a free lease
+    and then for the expired one: each time exactly one wins, and the lease names it."""
+    claimants = [await subject.another() for _ in range(8)]
+    for now in (100.0, 200.0):
+        results = await asyncio.gather(
+            *(coord.try_lease("publisher", f"holder-{now}-{i}", 10.0, now) for i, coord in enumerate(claimants))
+        )
+        assert sum(results) == 1
+        winner = f"holder-{now}-{results.index(True)}"
+        lease = await subject.coord.lease("publisher")
+        assert lease is not None
+        assert (lease.holder, lease.expires_at, lease.acquired_at) == (winner, now + 10.0, now)
+
+
+# --- responders ---------------------------------------------------------------------------------------
+
+
+async def test_heartbeats_upsert_one_row_per_responder(subject: Subject) -> None:
+    coord = subject.coord
+    assert await coord.responders() == []
+    await coord.heartbeat("r2", "http://r2.test/ocsp", 0, 50.0, 51.0)
+    await coord.heartbeat("r1", "http://r1.test/ocsp", 3, 50.0, 52.0)
+    await coord.heartbeat("r2", "http://r2.test/ocsp", 7, 50.0, 53.0)
+    assert await coord.responders() == [
+        ResponderState("r1", "http://r1.test/ocsp", 3, 50.0, 52.0),
+        ResponderState("r2", "http://r2.test/ocsp", 7, 50.0, 53.0),
+    ]
+    # A restart under the same id: a new start time.
+    await coord.heartbeat("r1", "", 0, 60.0, 60.5)
+    assert (await coord.responders())[0] == ResponderState("r1", "", 0, 60.0, 60.5)
+
+
+async def test_first_applied_is_the_earliest_report_at_or_past_the_change(subject: Subject) -> None:
+    coord = subject.coord
+    await coord.record_applied("r1", 5, 10.0)
+    await coord.record_applied("r1", 9, 12.0)
+    await coord.record_applied("r1", 12, 15.0)
+    await coord.record_applied("r2", 20, 11.0)
+
+    assert await coord.first_applied("r1", 1) == 10.0
+    assert await coord.first_applied("r1", 5) == 10.0
+    assert await coord.first_applied("r1", 6) == 12.0
+    assert await coord.first_applied("r1", 12) == 15.0
+    assert await coord.first_applied("r1", 13) is None
+    assert await coord.first_applied("r2", 12) == 11.0
+    assert await coord.first_applied("nobody", 1) is None
+    assert await coord.applied_times("r1", [13, 1, 6, 12]) == {1: 10.0, 6: 12.0, 12: 15.0}
+    assert await coord.applied_times("r1", []) == {}
+    assert await coord.applied_times("nobody", [1]) == {}
+
+
+async def test_one_report_carries_every_poll_with_its_own_time_and_the_heartbeat(subject: Subject) -> None:
+    coord = subject.coord
+    await coord.report("r1", "http://r1/ocsp", [(5, 10.0), (9, 12.0), (12, 15.0)], 12, 1.0, 15.5)
+    await coord.report("r1", "http://r1/ocsp", [], 12, 1.0, 16.5)  # a heartbeat with nothing new
+
+    assert [await coord.first_applied("r1", c) for c in (5, 6, 12, 13)] == [10.0, 12.0, 15.0, None]
+    (state,) = await coord.responders()
+    assert (state.responder_id, state.url, state.applied_change, state.last_seen) == ("r1", "http://r1/ocsp", 12, 16.5)
+
+
+async def test_a_report_that_changes_no_answer_is_not_stored(subject: Subject) -> None:
+    coord = subject.coord
+    await coord.record_applied("r1", 9, 12.0)
+    await coord.record_applied("r1", 9, 13.0)  # as far, later
+    await coord.record_applied("r1", 4, 14.0)  # less far, later (a restart from an older snapshot)
+    assert await subject.raw("SELECT COUNT(*) FROM responder_progress") == [(1,)]
+    # Less far but earlier, or further: both can be an answer.
+    await coord.record_applied("r1", 4, 11.0)
+    await coord.record_applied("r1", 10, 16.0)
+    assert await subject.raw("SELECT COUNT(*) FROM responder_progress") == [(3,)]
+    assert await coord.applied_times("r1", [3, 5, 10]) == {3: 11.0, 5: 12.0, 10: 16.0}
+
+
+async def test_prune_progress_keeps_the_newest_row_of_each_responder(subject: Subject) -> None:
+    coord = subject.coord
+    for change, at in ((5, 10.0), (9, 12.0), (12, 15.0)):
+        await coord.record_applied("r1", change, at)
+    await coord.record_applied("r2", 3, 11.0)
+    await coord.record_applied("r3", 4, 500.0)
+
+    assert await coord.prune_progress(12.0) == 1  # r1's row at 10
+    assert await coord.first_applied("r1", 1) == 12.0
+    # Everything is old now, but each responder keeps its newest row.
+    assert await coord.prune_progress(1000.0) == 1  # r1's row at 12
+    rows = await subject.raw("SELECT responder_id, applied_change, applied_at FROM responder_progress")
+    assert sorted(rows) == [("r1", 12, 15.0), ("r2", 3, 11.0), ("r3", 4, 500.0)]
+    assert await coord.prune_progress(1000.0) == 0
+
+
+async def test_forget_responder_removes_its_row_and_progress(subject: Subject) -> None:
+    coord = subject.coord
+    await coord.heartbeat("r1", "", 5, 1.0, 2.0)
+    await coord.heartbeat("r2", "", 5, 1.0, 2.0)
+    await coord.record_applied("r1", 5, 2.0)
+    await coord.record_applied("r2", 5, 2.0)
+    await coord.forget_responder("r1")
+    await coord.forget_responder("never-seen")
+    assert [r.responder_id for r in await coord.responders()] == ["r2"]
+    assert await coord.first_applied("r1", 1) is None
+    assert await coord.first_applied("r2", 1) == 2.0
+
+
+# --- the response store, as the tracker reads it ------------------------------------------------------
+
+
+_PUT_RESPONSE = (
+    "INSERT INTO ocsp_responses (issuer_id, serial, der, status, this_update, next_update, refresh_at, "
+    "source_seq, change_id, stored_at) VALUES (?, ?, ?, ?, 0, 0, 0, ?, ?, ?)"
+)
+
+
+async def put_response(
+    subject: Subject, issuer_id: str, serial: int, status: str, source_seq: int, change_id: int, stored_at: float
+) -> None:
+    await subject.raw(_PUT_RESPONSE, issuer_id, f"{serial:x}", b"\x30\x00", status, source_seq, change_id, stored_at)
+
+
+async def test_presigned_reads_the_store_rows_of_the_keys_asked(subject: Subject) -> None:
+    coord = subject.coord
+    assert await coord.last_change() == 0
+    assert await coord.presigned([("ca", 1)]) == {}
+    await put_response(subject, "ca", 0xA1, "revoked", 7, 3, 100.5)
+    await put_response(subject, "ca", 0xB2, "good", 2, 4, 90.0)
+    await put_response(subject, "other", 0xA1, "good", 1, 5, 80.0)
+    found = await coord.presigned([("ca", 0xA1), ("ca", 0xB2), ("ca", 0xC3), ("other", 0xA1)])
+    assert found == {
+        ("ca", 0xA1): PresignedState("ca", 0xA1, "revoked", 7, 3, 100.5),
+        ("ca", 0xB2): PresignedState("ca", 0xB2, "good", 2, 4, 90.0),
+        ("other", 0xA1): PresignedState("other", 0xA1, "good", 1, 5, 80.0),
+    }
+    assert await coord.presigned([]) == {}
+    assert await coord.last_change() == 5
+    # A row written before the store recorded the time says 0: unknown.
+    await put_response(subject, "ca", 0xD4, "revoked", 8, 6, 0.0)
+    assert await coord.presigned([("ca", 0xD4)]) == {("ca", 0xD4): PresignedState("ca", 0xD4, "revoked", 8, 6, None)}
+
+
+async def test_presigned_reads_many_keys_at_once(subject: Subject) -> None:
+    rows = [("ca", f"{serial:x}", b"\x30\x00", "good", serial, serial, float(serial)) for serial in range(1, 1201)]
+    await subject.raw_many(_PUT_RESPONSE, rows)
+    keys = [("ca", serial) for serial in range(1, 1301)]
+    found = await subject.coord.presigned(keys)
+    assert sorted(found) == keys[:1200]
+    assert found[("ca", 1200)].change_id == 1200
+
+
+# --- CRL publications and probes ----------------------------------------------------------------------
+
+
+async def test_first_crl_is_the_earliest_publication_covering_the_seq(subject: Subject) -> None:
+    coord = subject.coord
+    full = CRLPublication("ca", 0, "full", 10, 40, 100.0)
+    delta = CRLPublication("ca", 0, "delta", 11, 55, 130.0)
+    later_full = CRLPublication("ca", 0, "full", 12, 60, 160.0)
+    for publication in (later_full, full, delta):
+        await coord.record_crl_publication(publication)
+    await coord.record_crl_publication(CRLPublication("ca", 1, "delta", 3, 99, 110.0))  # another shard
+    await coord.record_crl_publication(CRLPublication("other", 0, "full", 1, 99, 105.0))  # another issuer
+    # The same CRL recorded twice (a retried report) keeps the first record.
+    await coord.record_crl_publication(CRLPublication("ca", 0, "delta", 11, 55, 999.0))
+
+    assert await coord.first_crl("ca", 0, 40) == full
+    assert await coord.first_crl("ca", 0, 41) == delta
+    assert await coord.first_crl("ca", 0, 55) == delta
+    assert await coord.first_crl("ca", 0, 56) == later_full
+    assert await coord.first_crl("ca", 0, 61) is None
+    assert await coord.first_crl("ca", 2, 1) is None
+    assert await coord.crl_publications("ca", 0, 41) == [delta, later_full]
+    assert await coord.crl_publications("ca", 0, 1) == [full, delta, later_full]
+    assert await coord.crl_publications("ca", 0, 61) == []
+
+
+async def test_probes_keep_the_first_report_per_revocation_and_url(subject: Subject) -> None:
+    coord = subject.coord
+    assert await coord.probes("ca", 0xA1) == []
+    b = ProbeResult("ca", 0xA1, 7, "http://b.test/ocsp", 101.0)
+    a = ProbeResult("ca", 0xA1, 7, "http://a.test/ocsp", 102.5)
+    earlier_revocation = ProbeResult("ca", 0xA1, 3, "http://a.test/ocsp", 50.0)
+    for probe in (a, b, earlier_revocation):
+        await coord.record_probe(probe)
+    await coord.record_probe(ProbeResult("ca", 0xA1, 7, "http://a.test/ocsp", 200.0))
+    await coord.record_probe(ProbeResult("ca", 0xB2, 7, "http://a.test/ocsp", 100.0))
+    assert await coord.probes("ca", 0xA1) == [earlier_revocation, b, a]
+
+
+# --- finished timelines -------------------------------------------------------------------------------
+
+
+async def test_timelines_round_trip_and_are_replaced_by_a_later_save(subject: Subject) -> None:
+    coord = subject.coord
+    timeline = {
+        "issuer_id": "ca",
+        "serial": "a1",
+        "seq": 7,
+        "presigned": {"at": "2026-03-01T12:00:00.100000Z", "seconds": 0.1},
+        "responders": [{"responder_id": "r1", "state": "applied", "seconds": 0.25}],
+        "crl": None,
+        "slo_met": True,
+    }
+    assert await coord.timeline("ca", 0xA1, 7) is None
+    await coord.save_timeline("ca", 0xA1, 7, timeline)
+    assert await coord.timeline("ca", 0xA1, 7) == timeline
+    assert await coord.timeline("ca", 0xA1, 8) is None
+    assert await coord.timeline("other", 0xA1, 7) is None
+
+    replaced = {**timeline, "crl": {"at": "2026-03-01T12:01:00Z", "seconds": 60.0}}
+    await coord.save_timelines([SavedTimeline("ca", 0xA1, 7, replaced), SavedTimeline("ca", 0xB2, 9, {"seq": 9})])
+    assert await coord.timeline("ca", 0xA1, 7) == replaced
+    assert await coord.timeline("ca", 0xB2, 9) == {"seq": 9}
+    await coord.save_timelines([])

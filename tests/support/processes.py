@@ -1,0 +1,98 @@
+"""An initialised CA directory and ``pca serve`` as a real process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from pca.cli import main as pca_main
+from pca.config import load_config
+from tests.support.ports import free_port
+
+
+def init_ca(directory: Path, *extra: str) -> Path:
+    """Run ``pca init`` into ``directory`` on free ports; returns the config path."""
+    public, admin = free_port(), free_port()
+    pca_main(
+        [
+            "init",
+            "--dir",
+            str(directory),
+            "--public-url",
+            f"http://127.0.0.1:{public}",
+            "--admin-listen",
+            f"127.0.0.1:{admin}",
+            *extra,
+        ]
+    )
+    return directory / "pca.toml"
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class ServerProcess:
+    """``pca serve`` as a real process on free ports."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.config = load_config(config_path)
+        self.public_url = self.config.public_url
+        self.admin_url = self.config.admin_url
+        self.token = self.config.token_file.read_text().strip()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = config_path.parent / "serve.log"
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pca.cli", "serve", "--config", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pca serve exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                ok_admin = httpx.get(self.admin_url + "/healthz", timeout=1).status_code == 200
+                ok_public = httpx.get(self.public_url + "/crl/issuing-ca.crl", timeout=1).status_code == 200
+                if ok_admin and ok_public:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"pca serve did not become ready:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.admin_url, headers={"authorization": f"Bearer {self.token}"}, timeout=30)
+
+
+@contextlib.contextmanager
+def running_server(directory: Path) -> Iterator[ServerProcess]:
+    """``pca init`` into ``directory``, then ``pca serve`` it until the block ends."""
+    srv = ServerProcess(init_ca(directory))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
