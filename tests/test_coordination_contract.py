@@ -21,7 +21,6 @@ from conftest import create_database, drop_database
 
 from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
 from revocation.coordination import (
-    Coordination,
     CRLPublication,
     LeaseState,
     PresignedState,
@@ -34,14 +33,16 @@ from revocation.storage.postgres.db import open_pg_pool
 from revocation.storage.sqlite.coordination import SQLiteCoordination
 from revocation.storage.sqlite.db import SQLiteDatabase
 
+AnyCoordination = SQLiteCoordination | PostgresCoordination
+
 
 @dataclasses.dataclass
 class Subject:
-    coord: Coordination
+    coord: AnyCoordination  # the concrete class: the contract covers calls only the tests make
     raw: Callable[..., Awaitable[list[tuple[Any, ...]]]]  # SQL with ``?`` placeholders, behind its back
     raw_many: Callable[[str, list[tuple[Any, ...]]], Awaitable[None]]  # the same, once per row of parameters
     # Another handle on the same storage, as another process would have (its own connections).
-    another: Callable[[], Awaitable[Coordination]]
+    another: Callable[[], Awaitable[AnyCoordination]]
 
 
 def _pg_sql(sql: str) -> str:
@@ -68,7 +69,7 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
                 conn.executemany(sql, rows)
                 conn.commit()
 
-        async def another_sqlite() -> Coordination:
+        async def another_sqlite() -> AnyCoordination:
             other = SQLiteDatabase(path)
             others.append(other)
             return SQLiteCoordination(other)
@@ -103,7 +104,7 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             finally:
                 await conn.close()
 
-        async def another_pg() -> Coordination:
+        async def another_pg() -> AnyCoordination:
             return PostgresCoordination(await pool())
 
         try:

@@ -71,7 +71,7 @@ class Tracker(Protocol):
 
 
 class ProbeRecorder(Protocol):
-    """What the API needs of the coordination store (a ``Coordination`` is one)."""
+    """What the API needs of the coordination store (a ``ProbeStore`` is one)."""
 
     async def record_probe(self, result: ProbeResult) -> None: ...
 
