@@ -152,7 +152,8 @@ class PropagationTracker:
     # --- on demand ----------------------------------------------------------------------------
 
     async def timeline(self, issuer_id: str, serial: int) -> dict[str, Any] | None:
-        """The JSON of :meth:`find_timeline`, as the admin API serves it."""
+        """The JSON of :meth:`find_timeline` (``Timeline.to_json``, what the admin API serves), in the form the
+        coordination store hands a saved timeline back in, so the two compare directly."""
         found = await self.find_timeline(issuer_id, serial)
         return None if found is None else found.to_json()
 
