@@ -29,7 +29,7 @@ from revocation import crl_layout
 from revocation.clock import Clock, from_epoch, to_epoch
 from revocation.errors import StorageError
 from revocation.keys import SigningKey, open_key
-from revocation.projection import CRLRecord, IssuerRecord, StatusView
+from revocation.projection import CRLRecord, CRLSource, IssuerRecord
 
 FULL = "full"
 DELTA = "delta"
@@ -93,7 +93,7 @@ def crl_entries(records: list[CRLRecord], cutoff: int, now: datetime.datetime, *
 class CRLWriter:
     def __init__(
         self,
-        view: StatusView,
+        view: CRLSource,
         storer: Storer,
         clock: Clock,
         registry: CollectorRegistry,

@@ -12,7 +12,7 @@ crl_layout``), it publishes:
   from the first one, so a burst becomes one delta, or a few if it lasts): the
   certificates revoked or released since the base full CRL's log position,
   released holds as ``removeFromCRL``, with a critical Delta CRL Indicator naming
-  the base's number. It reads only what changed (``StatusView.crl_changes``).
+  the base's number. It reads only what changed (``CRLSource.crl_changes``).
 
 The shards published are the configured ones plus every shard that still holds
 an unexpired certificate, so lowering or raising ``crl.shards`` never leaves a
@@ -43,7 +43,7 @@ from publishers.storer import CRL_TYPE, RefusedCRL, Storer
 from revocation import crl_layout
 from revocation.clock import Clock, to_epoch
 from revocation.errors import PCAError
-from revocation.projection import IssuerRecord, StatusView
+from revocation.projection import CRLSource, IssuerRecord
 
 log = logging.getLogger("pca.publisher")
 
@@ -53,7 +53,7 @@ __all__ = ["CRL_TYPE", "Published", "Publisher", "RefusedCRL", "Storer", "number
 class Publisher:
     def __init__(
         self,
-        view: StatusView,
+        view: CRLSource,
         storer: Storer,
         clock: Clock,
         registry: CollectorRegistry,

@@ -46,7 +46,7 @@ from revocation.clock import to_epoch
 from revocation.crl_layout import CRLLayout
 from revocation.errors import IntegrityError, PCAError
 from revocation.events import REASONS
-from revocation.projection import CRLRecord, IssuerRecord, StatusView
+from revocation.projection import CRLRecord, CRLSource, IssuerRecord
 
 CRL_TYPE = "application/pkix-crl"
 
@@ -143,7 +143,7 @@ class Storer:
     def __init__(
         self,
         store: ObjectStore,
-        view: StatusView,
+        view: CRLSource,
         *,
         layout: CRLLayout | None = None,
         deltas: bool = False,

@@ -12,7 +12,7 @@ import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -94,10 +94,12 @@ class ResponseTemplate:
         """issuerKeyHash of the issuer's CertIDs for ``alg`` ("sha1" or "sha256")."""
         return self._key_hashes[_known(alg)]
 
-    def tbs(
-        self, status: CertStatus, this_update: datetime, next_update: datetime, produced_at: datetime | None = None
-    ) -> bytes:
-        """The ResponseData (DER) for ``status``: what the signer signs."""
+    def tbs(self, status: CertStatus, this_update: datetime, next_update: datetime, produced_at: datetime) -> bytes:
+        """The ResponseData (DER) for ``status``: what the signer signs.
+
+        ``produced_at`` comes from the caller's clock: only whole seconds are encoded, and a caller
+        that passes whole seconds (as the pre-signer does) lets the encoded time be cached.
+        """
         # Shared by both SingleResponses: certStatus, thisUpdate, nextUpdate, singleExtensions.
         tail = _cert_status(status) + _validity(this_update, next_update)
         if status.invalidity_date is not None:
@@ -109,9 +111,6 @@ class ResponseTemplate:
             der.sequence(der.sequence(self._sha1_prefix + serial) + tail),
             der.sequence(der.sequence(self._sha256_prefix + serial) + tail),
         )
-        if produced_at is None:
-            # Whole seconds are all that is encoded, and they let _time's cache hit.
-            produced_at = datetime.now(UTC).replace(microsecond=0)
         return der.sequence(self._responder_id + _time(produced_at) + responses)
 
     def assemble(self, tbs: bytes, signature: bytes) -> bytes:
@@ -119,9 +118,7 @@ class ResponseTemplate:
         basic = der.sequence(tbs + self._signature_algorithm + der.bit_string(signature) + self._certs)
         return der.sequence(_SUCCESSFUL + der.explicit(0, der.sequence(_BASIC_TYPE + der.octet_string(basic))))
 
-    def sign(
-        self, status: CertStatus, this_update: datetime, next_update: datetime, produced_at: datetime | None = None
-    ) -> bytes:
+    def sign(self, status: CertStatus, this_update: datetime, next_update: datetime, produced_at: datetime) -> bytes:
         """A complete, signed OCSPResponse (DER) for ``status``."""
         tbs = self.tbs(status, this_update, next_update, produced_at)
         return self.assemble(tbs, self._key.sign(tbs))
@@ -131,11 +128,9 @@ class ResponseTemplate:
         statuses: Sequence[CertStatus],
         this_update: datetime,
         next_update: datetime,
-        produced_at: datetime | None = None,
+        produced_at: datetime,
     ) -> list[bytes]:
         """Signed OCSPResponses for ``statuses``, in order, with one batch call to the signing key."""
-        if produced_at is None:
-            produced_at = datetime.now(UTC).replace(microsecond=0)
         tbs = self.tbs
         all_tbs = [tbs(status, this_update, next_update, produced_at) for status in statuses]
         assemble = self.assemble

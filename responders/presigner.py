@@ -35,7 +35,7 @@ from revocation.events import (
     ResponderCertRotated,
 )
 from revocation.keys import KeyRef, SigningKey, open_key
-from revocation.projection import IssuerRecord, SigningState, StatusView
+from revocation.projection import IssuerRecord, SigningSource, SigningState
 
 log = logging.getLogger("pca.presigner")
 
@@ -155,7 +155,7 @@ class PreSigner:
     def __init__(
         self,
         log_: EventLog,
-        view: StatusView,
+        view: SigningSource,
         store: ResponseStore,
         clock: Clock,
         executor: Executor,

@@ -39,7 +39,7 @@ from revocation.keys import (
     generate_private_key,
     open_key,
 )
-from revocation.projection import CertificateRecord, IssuerRecord, StatusView
+from revocation.projection import CertificateLookup, CertificateRecord, IssuerRecord
 
 _RETRIES = 5
 
@@ -94,7 +94,7 @@ class Authority:
     def __init__(
         self,
         log: EventLog,
-        view: StatusView,
+        view: CertificateLookup,
         clock: Clock,
         *,
         key_dir: Path,

@@ -90,30 +90,20 @@ class SigningState(NamedTuple):
     invalidity_date: int | None
 
 
-class StatusView(Protocol):
+class IssuerDirectory(Protocol):
+    """The issuers the log has added, each with its certificate, keys and OCSP signer."""
+
     async def issuers(self) -> list[IssuerRecord]: ...
+
+
+class CertificateLookup(IssuerDirectory, Protocol):
+    """Finding a certificate from its serial alone, as a caller names it: what the authority reads."""
 
     async def certificates_by_serial(self, serial: int) -> list[CertificateRecord]: ...
 
-    async def certificate(self, issuer_id: str, serial: int) -> CertificateRecord | None: ...
 
-    async def certificate_der(self, issuer_id: str, serial: int) -> bytes | None: ...
-
-    async def revoked(self, issuer_id: str) -> list[CertificateRecord]:
-        """Every revoked certificate of the issuer (expired ones included)."""
-        ...
-
-    async def position(self) -> int:
-        """The seq of the last event applied to the projection."""
-        ...
-
-    async def certificates_many(self, keys: Sequence[tuple[str, int]]) -> list[CertificateRecord]:
-        """The records for (issuer_id, serial) keys that exist, in one read."""
-        ...
-
-    async def issuer_certificates(self, issuer_id: str, updated_before: int | None = None) -> list[CertificateRecord]:
-        """The issuer's certificates, optionally only those last changed by an event below ``updated_before``."""
-        ...
+class SigningSource(IssuerDirectory, Protocol):
+    """What the pre-signer signs from: each certificate's status as plain values, nothing else."""
 
     async def signing_states(self, keys: Sequence[tuple[str, int]]) -> list[SigningState]:
         """What the pre-signer needs of each existing (issuer_id, serial), in one read, without the rest."""
@@ -123,9 +113,17 @@ class StatusView(Protocol):
         """Signing states of the issuer's certificates last changed by an event below ``updated_before``."""
         ...
 
-    async def revoked_snapshot(self, issuer_id: str) -> tuple[int, list[CertificateRecord]]:
-        """The log position and the issuer's revoked certificates as of that position, read together."""
+
+class CRLEntries(Protocol):
+    """Certificates as a CRL lists them, looked up by serial."""
+
+    async def crl_records(self, issuer_id: str, serials: Sequence[int]) -> list[CRLRecord]:
+        """The current records of these serials of the issuer (those that exist)."""
         ...
+
+
+class CRLSource(IssuerDirectory, CRLEntries, Protocol):
+    """What CRLs are built and checked from: the issuers, their shards and the entries of each."""
 
     async def crl_shards(self, issuer_id: str) -> dict[int, int]:
         """CRL shard -> the latest notAfter (epoch) of the issuer's certificates recorded in it."""
@@ -142,8 +140,19 @@ class StatusView(Protocol):
         """
         ...
 
-    async def crl_records(self, issuer_id: str, serials: Sequence[int]) -> list[CRLRecord]:
-        """The current records of these serials of the issuer (those that exist)."""
+
+class StatusView(CertificateLookup, SigningSource, CRLSource, Protocol):
+    """The whole projection as the ``Runtime`` carries it; each consumer takes the narrow protocol it reads.
+
+    The backends also answer reads only the tests make (``certificate``, ``revoked_snapshot``,
+    ``position``...): those are on the concrete classes, not here, so no consumer comes to rely on them.
+    """
+
+    async def issuer_certificates(self, issuer_id: str, updated_before: int | None = None) -> list[CertificateRecord]:
+        """The issuer's certificates, optionally only those last changed by an event below ``updated_before``.
+
+        Read by the load tests, to know which responses to ask for.
+        """
         ...
 
 

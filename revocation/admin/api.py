@@ -49,6 +49,7 @@ from revocation.errors import ConflictError, IntegrityError, NotFoundError, PCAE
 from revocation.eventlog import EventLog, RecordedEvent
 from revocation.events import CertificateRevoked
 from revocation.projection import CertificateRecord, IssuerRecord
+from revocation.propagation.timeline import Timeline
 
 log = logging.getLogger("pca.api")
 
@@ -64,14 +65,16 @@ ROLES_BY_PERMISSION: dict[str, tuple[str, ...]] = {
 class Tracker(Protocol):
     """What the API needs of the propagation tracker."""
 
-    async def timeline(self, issuer_id: str, serial: int) -> dict[str, Any] | None:
-        """The timeline of the certificate's latest revocation as JSON (``Timeline.to_json``), or None if it was
-        never revoked. Served as it is, so the API adds nothing to what the tracker found."""
+    async def find_timeline(self, issuer_id: str, serial: int) -> Timeline | None:
+        """The timeline of the certificate's latest revocation, or None if it was never revoked.
+
+        Served as ``Timeline.to_json`` gives it, so the API adds nothing to what the tracker found.
+        """
         ...
 
 
 class ProbeRecorder(Protocol):
-    """What the API needs of the coordination store (a ``Coordination`` is one)."""
+    """What the API needs of the coordination store (a ``ProbeStore`` is one)."""
 
     async def record_probe(self, result: ProbeResult) -> None: ...
 
@@ -256,10 +259,10 @@ class AdminAPI:
         if self._tracker is None:
             raise Problem(503, "Service Unavailable", "propagation tracking is not configured on this server")
         rec = await self._authority.find(serial, request.query_params.get("issuer"))
-        timeline = await self._tracker.timeline(rec.issuer_id, rec.serial)
+        timeline = await self._tracker.find_timeline(rec.issuer_id, rec.serial)
         if timeline is None:
             raise NotFoundError(f"certificate {rec.serial_hex} from {rec.issuer_id} was never revoked")
-        return JSONResponse(timeline)
+        return JSONResponse(timeline.to_json())
 
     async def issuers(self, request: Request, actor: Actor) -> Response:
         ocsp_url = self._authority.ocsp_url

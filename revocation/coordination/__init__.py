@@ -82,8 +82,8 @@ class SavedTimeline:
     timeline: dict[str, Any]  # JSON-able
 
 
-class Coordination(Protocol):
-    # --- leases -------------------------------------------------------------------
+class LeaseStore(Protocol):
+    """Leases that keep a role running in one process at a time."""
 
     async def try_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
         """Acquire ``name`` for ``holder`` or renew it if ``holder`` already holds it.
@@ -97,13 +97,9 @@ class Coordination(Protocol):
         """Give the lease up (only if ``holder`` holds it), so a standby takes over at once."""
         ...
 
-    async def lease(self, name: str) -> LeaseState | None: ...
 
-    # --- responders -----------------------------------------------------------------
-
-    async def heartbeat(self, responder_id: str, url: str, applied_change: int, started_at: float, now: float) -> None:
-        """Upsert the responder's row (last_seen = now)."""
-        ...
+class ResponderRegistry(Protocol):
+    """The live responders and how far each has applied the response store's changes."""
 
     async def report(
         self,
@@ -114,16 +110,10 @@ class Coordination(Protocol):
         started_at: float,
         now: float,
     ) -> None:
-        """``record_applied`` for each (applied_change, applied_at) of ``progress``, then ``heartbeat``,
-        in one transaction: what a responder sends after each poll that applied changes."""
-        ...
-
-    async def record_applied(self, responder_id: str, applied_change: int, applied_at: float) -> None:
-        """Append one progress row: by ``applied_at`` the responder had applied every change up to ``applied_change``.
-
-        A row that an existing one makes redundant (as far, or further, no later) is not stored:
-        it could never change an answer of ``first_applied``.
-        """
+        """Append a progress row (applied_change, applied_at) for each of ``progress``, then upsert the
+        responder's row (last_seen = now), in one transaction: what a responder sends after each poll that
+        applied changes. A progress row that an existing one makes redundant (as far, or further, no later)
+        is not stored: it could never change an answer of ``first_applied``."""
         ...
 
     async def responders(self) -> list[ResponderState]: ...
@@ -144,7 +134,9 @@ class Coordination(Protocol):
         """Delete the responder's row and its progress (a responder long gone)."""
         ...
 
-    # --- the tracker's inputs ----------------------------------------------------------
+
+class PresignedPositions(Protocol):
+    """Where the response store stands: which change stored each certificate's response, and the latest."""
 
     async def presigned(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], PresignedState]:
         """The response store's current rows for these (issuer_id, serial) keys (those that exist)."""
@@ -153,6 +145,10 @@ class Coordination(Protocol):
     async def last_change(self) -> int:
         """The response store's highest change_id (0 when empty)."""
         ...
+
+
+class PublicationLog(Protocol):
+    """Which CRL was published when, covering the log up to which seq."""
 
     async def record_crl_publication(self, publication: CRLPublication) -> None:
         """Record a publication; recording the same (issuer, shard, kind, number) again keeps the first."""
@@ -167,6 +163,10 @@ class Coordination(Protocol):
         (``first_crl`` for many seqs in one read)."""
         ...
 
+
+class ProbeStore(Protocol):
+    """What black-box probers saw over HTTP."""
+
     async def record_probe(self, result: ProbeResult) -> None:
         """Record what a prober saw; a second report for the same revocation and URL keeps the first."""
         ...
@@ -175,15 +175,27 @@ class Coordination(Protocol):
         """Every probe of the certificate (all its revocations), earliest first."""
         ...
 
-    # --- finished timelines ------------------------------------------------------------
 
-    async def save_timeline(self, issuer_id: str, serial: int, seq: int, timeline: dict[str, Any]) -> None: ...
+class TimelineArchive(Protocol):
+    """Finished propagation timelines, kept after the progress rows they came from are pruned."""
 
     async def save_timelines(self, timelines: Sequence[SavedTimeline]) -> None:
-        """``save_timeline`` for many in one transaction (a mass revocation finishes at once)."""
+        """Save each (replacing one saved before for the same revocation), in one transaction:
+        a mass revocation finishes at once."""
         ...
 
     async def timeline(self, issuer_id: str, serial: int, seq: int) -> dict[str, Any] | None: ...
+
+
+class Coordination(
+    LeaseStore, ResponderRegistry, PresignedPositions, PublicationLog, ProbeStore, TimelineArchive, Protocol
+):
+    """The whole coordination store as the ``Runtime`` carries it; each consumer takes the narrow protocol
+    it uses.
+
+    The backends also answer calls only the tests make (``lease``, ``heartbeat``, ``record_applied``,
+    ``save_timeline``): those are on the concrete classes, not here, so no consumer comes to rely on them.
+    """
 
 
 def earliest_applied(rows: Iterable[tuple[int, float]], change_ids: Sequence[int]) -> dict[int, float]:

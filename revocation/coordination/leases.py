@@ -1,6 +1,6 @@
 """Exactly one active pre-signer (and one publisher) however many are started.
 
-A role that must run once takes a lease in the database (``Coordination.try_lease``)
+A role that must run once takes a lease in the database (``LeaseStore.try_lease``)
 and renews it every third of its time to live. A second copy started by mistake,
 or a standby on another host, waits and retries; when the holder dies, its lease
 runs out and the standby takes over within ``ttl`` seconds. A holder that stops
@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from revocation.coordination import Coordination
+from revocation.coordination import LeaseStore
 from revocation.errors import PCAError
 
 log = logging.getLogger("pca.lease")
@@ -67,7 +67,7 @@ async def _stop(task: asyncio.Future[None]) -> None:
 class LeaseKeeper:
     def __init__(
         self,
-        coord: Coordination,
+        coord: LeaseStore,
         name: str,
         *,
         ttl: float,

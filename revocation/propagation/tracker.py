@@ -4,7 +4,7 @@ For a revocation committed to the log at ``committed_at`` it follows
 
 - ``presigned``: the response store holds a "revoked" response reflecting it;
 - each live responder: the first progress report of the responder at or past
-  that response's change (``Coordination.first_applied``);
+  that response's change (``ResponderRegistry.first_applied``);
 - ``ocsp_all_responders``: the last of those, over the responders that were live
   and already running when the response was stored (one started later loaded it
   at start and never answered otherwise);
@@ -34,22 +34,26 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
 from revocation.coordination import (
-    Coordination,
     CRLPublication,
+    PresignedPositions,
     PresignedState,
     ProbeResult,
+    ProbeStore,
+    PublicationLog,
+    ResponderRegistry,
     ResponderState,
     SavedTimeline,
+    TimelineArchive,
 )
 from revocation.errors import ConfigError
 from revocation.eventlog import EventLog, RecordedEvent
 from revocation.events import CertificateHoldReleased, CertificateRevoked, cert_stream
-from revocation.projection import StatusView
+from revocation.projection import CRLEntries
 from revocation.propagation.metrics import PropagationMetrics
 from revocation.propagation.timeline import (
     CRLSighting,
@@ -65,6 +69,10 @@ log = logging.getLogger("pca.tracker")
 READ_BATCH = 1000
 MAX_BACKOFF = 5.0  # seconds between attempts while the database is unreachable
 PRUNE_EVERY = 60.0  # seconds between prunings of responder progress
+
+
+class PropagationRecords(ResponderRegistry, PresignedPositions, PublicationLog, ProbeStore, TimelineArchive, Protocol):
+    """What the tracker reads and keeps in the coordination store: everything but the leases."""
 
 
 @dataclasses.dataclass
@@ -89,8 +97,8 @@ class PropagationTracker:
     def __init__(
         self,
         log: EventLog,
-        view: StatusView,
-        coord: Coordination,
+        view: CRLEntries,
+        coord: PropagationRecords,
         registry: CollectorRegistry,
         *,
         slo_seconds: float = 5.0,
@@ -144,7 +152,8 @@ class PropagationTracker:
     # --- on demand ----------------------------------------------------------------------------
 
     async def timeline(self, issuer_id: str, serial: int) -> dict[str, Any] | None:
-        """The JSON of :meth:`find_timeline`, as the admin API serves it."""
+        """The JSON of :meth:`find_timeline` (``Timeline.to_json``, what the admin API serves), in the form the
+        coordination store hands a saved timeline back in, so the two compare directly."""
         found = await self.find_timeline(issuer_id, serial)
         return None if found is None else found.to_json()
 

@@ -169,7 +169,7 @@ def test_good_response(pki: PKI, template: ResponseTemplate) -> None:
 
 def test_revoked_response_with_reason_and_invalidity_date(pki: PKI, template: ResponseTemplate) -> None:
     status = CertStatus(LEAF_SERIAL, REVOKED_AT, REASON_CODES["keyCompromise"], INVALID_SINCE)
-    data = template.sign(status, THIS_UPDATE, NEXT_UPDATE)
+    data = template.sign(status, THIS_UPDATE, NEXT_UPDATE, produced_at=NOW)
     for single in check_response(pki, data):
         assert single.certificate_status == ocsp.OCSPCertStatus.REVOKED
         assert single.revocation_time_utc == REVOKED_AT
@@ -179,7 +179,9 @@ def test_revoked_response_with_reason_and_invalidity_date(pki: PKI, template: Re
 
 
 def test_revoked_response_without_reason(pki: PKI, template: ResponseTemplate) -> None:
-    for single in check_response(pki, template.sign(CertStatus(LEAF_SERIAL, REVOKED_AT), THIS_UPDATE, NEXT_UPDATE)):
+    for single in check_response(
+        pki, template.sign(CertStatus(LEAF_SERIAL, REVOKED_AT), THIS_UPDATE, NEXT_UPDATE, produced_at=NOW)
+    ):
         assert single.certificate_status == ocsp.OCSPCertStatus.REVOKED
         assert single.revocation_time_utc == REVOKED_AT
         assert single.revocation_reason is None
@@ -188,7 +190,7 @@ def test_revoked_response_without_reason(pki: PKI, template: ResponseTemplate) -
 @pytest.mark.parametrize("name", sorted(REASON_CODES))
 def test_every_reason_code(pki: PKI, template: ResponseTemplate, name: str) -> None:
     status = CertStatus(LEAF_SERIAL, REVOKED_AT, REASON_CODES[name])
-    for single in check_response(pki, template.sign(status, THIS_UPDATE, NEXT_UPDATE)):
+    for single in check_response(pki, template.sign(status, THIS_UPDATE, NEXT_UPDATE, produced_at=NOW)):
         reason = single.revocation_reason
         assert reason is not None
         assert reason.name.replace("_", "").lower() == name.lower()
@@ -198,7 +200,9 @@ def test_every_reason_code(pki: PKI, template: ResponseTemplate, name: str) -> N
 def test_other_signer_key_types(algorithm: str) -> None:
     pki = make_pki(generate_private_key(algorithm))
     template = ResponseTemplate(pki.ca, pki.signer, file_key(pki.signer_key))
-    singles = check_response(pki, template.sign(CertStatus(LEAF_SERIAL, REVOKED_AT, 4), THIS_UPDATE, NEXT_UPDATE))
+    singles = check_response(
+        pki, template.sign(CertStatus(LEAF_SERIAL, REVOKED_AT, 4), THIS_UPDATE, NEXT_UPDATE, produced_at=NOW)
+    )
     assert [s.revocation_reason for s in singles] == [x509.ReasonFlags.superseded] * 2
 
 
@@ -213,7 +217,7 @@ def test_issuer_hash_accessors(pki: PKI, template: ResponseTemplate) -> None:
 
 @pytest.mark.parametrize("serial", [0, 1, 127, 128, 255, 256, 2**159 - 1])
 def test_serial_encodings(pki: PKI, template: ResponseTemplate, serial: int) -> None:
-    resp = ocsp.load_der_ocsp_response(template.sign(CertStatus(serial), THIS_UPDATE, NEXT_UPDATE))
+    resp = ocsp.load_der_ocsp_response(template.sign(CertStatus(serial), THIS_UPDATE, NEXT_UPDATE, produced_at=NOW))
     assert [s.serial_number for s in resp.responses] == [serial, serial]
 
 
@@ -224,12 +228,12 @@ def test_serial_encodings(pki: PKI, template: ResponseTemplate, serial: int) -> 
 )
 def test_next_update_must_follow_this_update(template: ResponseTemplate, next_update: datetime) -> None:
     with pytest.raises(ValueError, match="next_update"):
-        template.sign(CertStatus(LEAF_SERIAL), THIS_UPDATE, next_update)
+        template.sign(CertStatus(LEAF_SERIAL), THIS_UPDATE, next_update, produced_at=NOW)
 
 
 def test_naive_times_are_refused(template: ResponseTemplate) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
-        template.sign(CertStatus(LEAF_SERIAL), THIS_UPDATE.replace(tzinfo=None), NEXT_UPDATE)
+        template.sign(CertStatus(LEAF_SERIAL), THIS_UPDATE.replace(tzinfo=None), NEXT_UPDATE, produced_at=NOW)
 
 
 def test_invalid_status_is_refused() -> None:
@@ -295,7 +299,7 @@ def test_openssl_verifies(
 ) -> None:
     status = CertStatus(LEAF_SERIAL, REVOKED_AT, REASON_CODES["keyCompromise"]) if revoked else CertStatus(LEAF_SERIAL)
     response = tmp_path / "resp.der"
-    response.write_bytes(template.sign(status, THIS_UPDATE, NEXT_UPDATE))
+    response.write_bytes(template.sign(status, THIS_UPDATE, NEXT_UPDATE, produced_at=NOW))
     ca = _pem(tmp_path / "ca.pem", pki.ca)
     leaf = _pem(tmp_path / "leaf.pem", pki.leaf)
     # The digest option must come before -cert: it picks the CertID hash for that certificate.

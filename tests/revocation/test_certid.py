@@ -140,7 +140,7 @@ def test_the_prober_accepts_the_responders_revoked_answer(
         issuer, _signer(issuer, issuer_key, signer_key), FileKey(KeyRef("file", "signer.pem"), signer_key)
     )
     status = CertStatus(SERIAL, revoked_at=NOW - timedelta(minutes=1), reason=1)
-    response = template.sign(status, NOW - timedelta(minutes=1), NOW + timedelta(hours=1))
+    response = template.sign(status, NOW - timedelta(minutes=1), NOW + timedelta(hours=1), produced_at=NOW)
     sha1 = next(s for s in ocsp.load_der_ocsp_response(response).responses if s.hash_algorithm.name == "sha1")
     assert (sha1.issuer_name_hash, sha1.issuer_key_hash) == certid_hashes(issuer, ("sha1",))["sha1"]
     assert says_revoked(response, issuer, SERIAL)

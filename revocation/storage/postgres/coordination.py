@@ -161,6 +161,7 @@ class PostgresCoordination:
     # --- responders ---
 
     async def heartbeat(self, responder_id: str, url: str, applied_change: int, started_at: float, now: float) -> None:
+        """Upsert the responder's row (last_seen = now): ``report`` without progress."""
         await self._execute(
             f"recording the heartbeat of responder {responder_id}",
             _HEARTBEAT,
@@ -172,6 +173,7 @@ class PostgresCoordination:
         )
 
     async def record_applied(self, responder_id: str, applied_change: int, applied_at: float) -> None:
+        """Append one progress row, unless an existing one makes it redundant (see ``report``)."""
         await self._execute(
             f"recording the progress of responder {responder_id}",
             _RECORD_APPLIED,

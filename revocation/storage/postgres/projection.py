@@ -197,13 +197,16 @@ class PostgresStatusView:
         return bytes(rows[0][0]) if rows else None
 
     async def revoked(self, issuer_id: str) -> list[CertificateRecord]:
+        """Every revoked certificate of the issuer (expired ones included)."""
         return [cert_row(r) for r in await self._shared(SQL_REVOKED, issuer_id)]
 
     async def position(self) -> int:
+        """The seq of the last event applied to the projection."""
         rows = await self._shared(SQL_POSITION)
         return int(rows[0][0]) if rows else 0
 
     async def certificates_many(self, keys: Sequence[tuple[str, int]]) -> list[CertificateRecord]:
+        """The records for (issuer_id, serial) keys that exist, in one read."""
         if not keys:
             return []
         return [cert_row(r) for r in await self._fetch(f"SELECT {CERT_COLUMNS} {_BY_KEYS}", *_key_arrays(keys))]
@@ -221,6 +224,7 @@ class PostgresStatusView:
         return signing_rows(await self._shared(SQL_ISSUER_SIGNING_STATES, issuer_id, updated_before))
 
     async def revoked_snapshot(self, issuer_id: str) -> tuple[int, list[CertificateRecord]]:
+        """The log position and the issuer's revoked certificates as of that position, read together."""
         return await self._snapshot(_cert_rows, SQL_REVOKED, issuer_id)
 
     async def crl_shards(self, issuer_id: str) -> dict[int, int]:

@@ -160,12 +160,14 @@ class SQLiteCoordination:
     # --- responders ---
 
     async def heartbeat(self, responder_id: str, url: str, applied_change: int, started_at: float, now: float) -> None:
+        """Upsert the responder's row (last_seen = now): ``report`` without progress."""
         await self._db.write(
             lambda conn: conn.execute(SQL_HEARTBEAT, (responder_id, url, applied_change, started_at, now)),
             durable=False,
         )
 
     async def record_applied(self, responder_id: str, applied_change: int, applied_at: float) -> None:
+        """Append one progress row, unless an existing one makes it redundant (see ``report``)."""
         await self._db.write(
             lambda conn: conn.execute(SQL_RECORD_APPLIED, (responder_id, applied_change, applied_at)),
             durable=False,

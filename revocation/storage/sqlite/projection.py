@@ -173,12 +173,15 @@ class SQLiteStatusView:
         return bytes(rows[0][0]) if rows else None
 
     async def revoked(self, issuer_id: str) -> list[CertificateRecord]:
+        """Every revoked certificate of the issuer (expired ones included)."""
         return [cert_row(r) for r in await self._rows(SQL_REVOKED, issuer_id)]
 
     async def position(self) -> int:
+        """The seq of the last event applied to the projection."""
         return await self._db.read(_position)
 
     async def certificates_many(self, keys: Sequence[tuple[str, int]]) -> list[CertificateRecord]:
+        """The records for (issuer_id, serial) keys that exist, in one read."""
         return await self._db.read(lambda conn: [cert_row(r) for r in _in_chunks(conn, CERT_COLUMNS, keys)])
 
     async def issuer_certificates(self, issuer_id: str, updated_before: int | None = None) -> list[CertificateRecord]:
@@ -186,6 +189,7 @@ class SQLiteStatusView:
         return [cert_row(r) for r in await self._rows(SQL_ISSUER_CERTIFICATES, issuer_id, before)]
 
     async def revoked_snapshot(self, issuer_id: str) -> tuple[int, list[CertificateRecord]]:
+        """The log position and the issuer's revoked certificates as of that position, read together."""
         position, rows = await self._db.read(lambda conn: _snapshot(conn, SQL_REVOKED, (issuer_id,)))
         return position, [cert_row(r) for r in rows]
 

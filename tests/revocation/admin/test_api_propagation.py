@@ -24,15 +24,16 @@ from pca.serve import build_authority
 from revocation.admin.api import AdminAPI
 from revocation.admin.tokens import Principal, TokenStore, add_token
 from revocation.coordination import ProbeResult
+from revocation.propagation.timeline import CRLSighting, Moment, ProbeSighting, Timeline
 from tests.support.admin import assert_problem
 
 
 class FakeTracker:
     def __init__(self) -> None:
-        self.timelines: dict[tuple[str, int], dict[str, Any]] = {}
+        self.timelines: dict[tuple[str, int], Timeline] = {}
         self.asked: list[tuple[str, int]] = []
 
-    async def timeline(self, issuer_id: str, serial: int) -> dict[str, Any] | None:
+    async def find_timeline(self, issuer_id: str, serial: int) -> Timeline | None:
         self.asked.append((issuer_id, serial))
         return self.timelines.get((issuer_id, serial))
 
@@ -103,8 +104,24 @@ async def env(runtime: Runtime) -> AsyncIterator[Env]:
 async def test_propagation_returns_the_trackers_timeline(env: Env) -> None:
     serial = await env.issue("svc1")
     seq = (await env.revoke(serial))["seq"]
-    timeline = {"issuer_id": "issuing-ca", "serial": serial, "seq": seq, "slo_met": True, "responders": []}
-    env.tracker.timelines[("issuing-ca", int(serial, 16))] = timeline
+    env.tracker.timelines[("issuing-ca", int(serial, 16))] = Timeline(
+        issuer_id="issuing-ca",
+        serial=int(serial, 16),
+        seq=seq,
+        committed_at="2026-01-01T00:00:00Z",
+        superseded=False,
+        presigned=Moment("2026-01-01T00:00:00.200000Z", 0.2),
+        responders=(),
+        ocsp_all_responders=None,
+        crl=CRLSighting("2026-01-01T00:00:03Z", 3.0, "delta", 7, 0),
+        probes=(ProbeSighting("http://r1.example/ocsp", "2026-01-01T00:00:01Z", 1.0),),
+        pending=(),
+        slo_seconds=5.0,
+        slo_met=True,
+    )
+    timeline = env.tracker.timelines[("issuing-ca", int(serial, 16))].to_json()
+    shown = {"issuer_id": "issuing-ca", "serial": serial, "seq": seq, "slo_met": True, "responders": []}
+    assert {key: timeline[key] for key in shown} == shown
 
     for role in ("auditor", "prober", "revoker", "admin"):
         resp = await env.client.get(f"/v1/certificates/{serial}/propagation", headers=env.auth(role))

@@ -17,7 +17,6 @@ import pytest
 
 from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
 from revocation.coordination import (
-    Coordination,
     CRLPublication,
     LeaseState,
     PresignedState,
@@ -32,14 +31,16 @@ from revocation.storage.sqlite.db import SQLiteDatabase
 from tests.support.postgres import create_database, drop_database
 from tests.support.storage import pg_raw, pg_raw_many, sqlite_raw, sqlite_raw_many
 
+AnyCoordination = SQLiteCoordination | PostgresCoordination
+
 
 @dataclasses.dataclass
 class Subject:
-    coord: Coordination
+    coord: AnyCoordination  # the concrete class: the contract covers calls only the tests make
     raw: Callable[..., Awaitable[list[tuple[Any, ...]]]]  # SQL with ``?`` placeholders, behind its back
     raw_many: Callable[[str, list[tuple[Any, ...]]], Awaitable[None]]  # the same, once per row of parameters
     # Another handle on the same storage, as another process would have (its own connections).
-    another: Callable[[], Awaitable[Coordination]]
+    another: Callable[[], Awaitable[AnyCoordination]]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -50,7 +51,7 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         db.migrate_sync(SQLITE_SCHEMAS)
         others: list[SQLiteDatabase] = []
 
-        async def another_sqlite() -> Coordination:
+        async def another_sqlite() -> AnyCoordination:
             other = SQLiteDatabase(path)
             others.append(other)
             return SQLiteCoordination(other)
@@ -71,7 +72,7 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             pools.append(made)
             return made
 
-        async def another_pg() -> Coordination:
+        async def another_pg() -> AnyCoordination:
             return PostgresCoordination(await pool())
 
         try:
