@@ -12,7 +12,7 @@ from typing import Any
 from loadtests.peers import tool_version
 
 LIBRARIES = ("cryptography", "granian", "uvicorn", "starlette", "httpx", "uvloop", "httptools", "asn1crypto")
-PRODUCT = ("revocation", "responders", "publishers")
+PRODUCT = ("revocation", "responders", "publishers", "pca")
 
 
 def _first(path: str, prefix: str) -> str:

@@ -157,7 +157,7 @@ def render(data: Result, commands: dict[str, str], notes: str | None) -> str:
                 ["openssl command", m["openssl"]],
                 ["nginx", m["nginx"]],
                 ["wrk", m["wrk"]],
-                ["product sources (SHA-256 of revocation/, responders/, publishers/)", m["product_source_sha256"]],
+                ["product sources (SHA-256 of the four packages)", m["product_source_sha256"]],
             ],
         ),
         "",
