@@ -17,7 +17,9 @@ from revocation.errors import ValidationError
 # Far above any real bundle; a larger file is most likely not a certificate file at all,
 # and each file is read whole (one at a time), so this bounds memory.
 MAX_FILE_BYTES = 64 * 1024 * 1024
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)
+# The body stops at the next "-----": with a lazy ".*?" an unterminated BEGIN would swallow the
+# certificates after it up to their END, and rescanning from every such line is quadratic.
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n((?:(?!-----).)*)-----END \1-----", re.DOTALL)
 _CERTIFICATE_LABELS = frozenset({b"CERTIFICATE", b"X509 CERTIFICATE"})
 
 

@@ -7,6 +7,7 @@ import datetime
 import shutil
 import subprocess
 import tempfile
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -386,3 +387,12 @@ def test_certificate_files_bundles_der_and_directories(openssl_ca: OpenSSLCA, ot
     for item in (first, second, der_item):
         assert isinstance(item, CertificateFile)
         issued_by(item.certificate, openssl_ca.cert)
+
+
+def test_an_unterminated_pem_block_does_not_swallow_the_next(openssl_ca: OpenSSLCA, tmp_path: Path) -> None:
+    pem = (openssl_ca.dir / "ca.pem").read_text()
+    (tmp_path / "odd.pem").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n" * 50_000 + pem)
+    started = time.monotonic()
+    (item,) = read_certificates([tmp_path / "odd.pem"])
+    assert isinstance(item, CertificateFile) and item.certificate == openssl_ca.cert
+    assert time.monotonic() - started < 2
