@@ -24,7 +24,7 @@ from pca.serve import build_authority
 from revocation.authority import Actor, IssueRequest
 from revocation.clock import FakeClock
 from revocation.errors import ConcurrencyError, IntegrityError
-from revocation.eventlog import GENESIS_HASH, NewEvent, RecordedEvent
+from revocation.eventlog import NewEvent, RecordedEvent
 from revocation.events import (
     EVENT_TYPES,
     UPCASTERS,
@@ -70,47 +70,9 @@ async def fresh(tmp_path: Path) -> AsyncIterator[tuple[SQLiteEventLog, SQLiteDat
 # --- append, read, head ----------------------------------------------------------------
 
 
-async def test_append_assigns_dense_seq_stream_versions_and_chains_hashes(
-    fresh: tuple[SQLiteEventLog, SQLiteDatabase, FakeClock],
-) -> None:
-    log, _, clock = fresh
-    assert await log.head() == 0
-
-    [first] = await log.append([new(issued(0xA1), actor="alice", request_id="r-1")])
-    assert (first.seq, first.version, first.stream) == (1, 1, "cert/test-ca/a1")
-    assert first.prev_hash == GENESIS_HASH
-    assert (first.actor, first.request_id, first.type) == ("alice", "r-1", "CertificateIssued")
-    assert first.recorded_at == clock.now()
-
-    clock.advance(10)
-    second, third = await log.append([new(revoked(0xA1), expected_version=1), new(issued(0xB2))])
-    assert [second.seq, third.seq] == [2, 3]
-    # Versions count per stream: the revocation is the second event of A1, B2 starts at 1.
-    assert (second.stream, second.version) == ("cert/test-ca/a1", 2)
-    assert (third.stream, third.version) == ("cert/test-ca/b2", 1)
-    assert second.prev_hash == first.hash
-    assert third.prev_hash == second.hash
-    assert len({first.hash, second.hash, third.hash}) == 3
-    assert await log.head() == 3
-
-
-async def test_read_and_read_stream_return_exactly_what_was_appended(
-    fresh: tuple[SQLiteEventLog, SQLiteDatabase, FakeClock],
-) -> None:
-    log, _, _ = fresh
-    recorded: list[RecordedEvent] = []
-    recorded += await log.append([new(issued(1))])
-    recorded += await log.append([new(issued(2))])
-    recorded += await log.append([new(revoked(1), expected_version=1)])
-    recorded += await log.append([new(issued(3))])
-
-    assert await log.read(0, 100) == recorded
-    assert await log.read(1, 2) == recorded[1:3]
-    assert await log.read(4, 100) == []
-    assert await log.read_stream("cert/test-ca/1") == [recorded[0], recorded[2]]
-    assert await log.read_stream("cert/test-ca/99") == []
-    # A record read back decodes to the very event that was appended.
-    assert [r.event for r in await log.read(0, 100)] == [issued(1), issued(2), revoked(1), issued(3)]
+# Appending, chaining and reading back are in the contract suite
+# (tests/revocation/storage/test_eventlog_contract.py), which runs on SQLite too. Below:
+# what only the SQLite log does, such as writing the projection in the append's transaction.
 
 
 async def test_stale_expected_version_raises_and_writes_nothing(

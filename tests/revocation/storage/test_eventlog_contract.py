@@ -85,6 +85,7 @@ async def test_append_assigns_dense_seq_stream_versions_and_chains_hashes(subjec
     clock.advance(10)
     second, third = await log.append([new(revoked(0xA1), expected_version=1), new(issued(0xB2))])
     assert [second.seq, third.seq] == [2, 3]
+    # Versions count per stream: the revocation is the second event of A1, B2 starts at 1.
     assert (second.stream, second.version) == ("cert/test-ca/a1", 2)
     assert (third.stream, third.version) == ("cert/test-ca/b2", 1)
     assert second.recorded_at == third.recorded_at == T0 + datetime.timedelta(seconds=10)
