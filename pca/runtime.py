@@ -138,7 +138,7 @@ async def connect_runtime(
     if not config.database_url:
         return open_runtime(config, clock, registry, migrate=migrate)
     from revocation.storage.postgres.coordination import PostgresCoordination
-    from revocation.storage.postgres.db import open_pg_pool
+    from revocation.storage.postgres.db import open_pg_pool, reap_stalled_sessions_forever
     from revocation.storage.postgres.log import PostgresEventLog
     from revocation.storage.postgres.notify import PostgresListener
     from revocation.storage.postgres.projection import PostgresStatusView, apply_pg, clear_pg
@@ -155,6 +155,8 @@ async def connect_runtime(
     )
     rt.async_closers.append(pool.close)
     if listen:
+        # A serving process: it also ends the sessions of processes frozen with locks held (see there).
+        rt.tasks.append(reap_stalled_sessions_forever(pool))
         listener = rt.listener = PostgresListener(config.database_url, [EVENTS_CHANNEL, RESPONSES_CHANNEL])
         rt.tasks.append(listener.run())
         rt.async_closers.append(listener.close)

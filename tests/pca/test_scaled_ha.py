@@ -398,6 +398,9 @@ def test_a_second_presigner_and_publisher_stand_by_and_take_over(tmp_path: Path,
         for proc in running:
             assert proc.proc is not None
             assert proc.proc.wait(15) == 0, f"{proc.name}:\n{proc.log_text()[-3000:]}"
+    except BaseException:
+        dep.print_logs()
+        raise
     finally:
         admin.close()
         if watch is not None:
@@ -502,6 +505,9 @@ def test_the_responder_under_granian_on_postgresql(tmp_path: Path, cluster: Post
         assert listed == dict.fromkeys(heartbeats, "applied"), listed
         health = responder.health()
         assert health["status"] == "ok" and health["responder"]["responder_id"].startswith("gr/"), health
+    except BaseException:
+        dep.print_logs()
+        raise
     finally:
         admin.close()
         dep.stop_all()

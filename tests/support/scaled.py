@@ -161,6 +161,11 @@ class Deployment:
         for proc in reversed(self.procs):
             proc.stop()
 
+    def print_logs(self, tail: int = 6000) -> None:
+        """The end of every process's log, for a test that failed (pytest shows what it printed)."""
+        for proc in self.procs:
+            print(f"\n===== {proc.name} ({proc.roles}) log, last {tail} characters =====\n{proc.log_text()[-tail:]}")
+
 
 def ocsp_get_url(responder_url: str, cert: x509.Certificate, issuer: x509.Certificate) -> str:
     req = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build()

@@ -8,7 +8,9 @@ sure of it for the ones we build).
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import re
 import urllib.parse
 from collections.abc import Sequence
@@ -18,6 +20,8 @@ import asyncpg
 
 from revocation.errors import StorageError
 from revocation.storage.schema import Schema
+
+log = logging.getLogger("pca.postgres")
 
 # What a PostgreSQL call can raise when the server, the network or the statement fails.
 PG_ERRORS: tuple[type[BaseException], ...] = (
@@ -35,6 +39,14 @@ COMMAND_TIMEOUT = 60.0  # the pool's default bound on one statement (a full CRL 
 # other writer out, and a standby that took over its lease from writing, until TCP noticed, hours later.
 # Our transactions send their statements back to back.
 IDLE_IN_TRANSACTION_TIMEOUT = 5.0
+# That setting does not cover a client frozen in the middle of the extended protocol: asyncpg prepares a
+# statement with Parse/Describe/Flush and only then sends Bind/Execute/Sync, so a client stopped between
+# the two leaves its session "active" (waiting to read from the client) with its locks held, and no
+# server timeout applies. Every serving process therefore ends such sessions of ours once they have
+# waited this long (``reap_stalled_sessions``); a live client sends its next message within milliseconds.
+STALLED_SESSION_SECONDS = 2 * IDLE_IN_TRANSACTION_TIMEOUT
+# The application_name of our sessions: the reaper ends no one else's.
+APPLICATION_NAME = "pca"
 
 # The NOTIFY channels: every role that listens and every writer that notifies uses these names.
 EVENTS_CHANNEL = "pca_events"  # payload: the last seq of a committed append
@@ -151,7 +163,7 @@ async def open_pg_pool(
             max_size=max_size,
             timeout=connect_timeout,
             command_timeout=command_timeout,
-            server_settings={"idle_in_transaction_session_timeout": idle_ms},
+            server_settings={"idle_in_transaction_session_timeout": idle_ms, "application_name": APPLICATION_NAME},
         )
     except PG_ERRORS as exc:
         raise storage_error("connecting to PostgreSQL", exc, dsn) from exc
@@ -166,6 +178,47 @@ async def open_pg_pool(
             raise storage_error("migrating the PostgreSQL schema", exc, dsn) from exc
         raise
     return pool
+
+
+# Sessions of ours in this database, inside a transaction, stuck waiting for their client's next message.
+SQL_STALLED_SESSIONS = (
+    "SELECT pid, pg_terminate_backend(pid) AS ended FROM pg_stat_activity "
+    "WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = $1 "
+    "AND state = 'active' AND wait_event_type = 'Client' AND wait_event = 'ClientRead' "
+    "AND xact_start IS NOT NULL AND state_change < now() - make_interval(secs => $2)"
+)
+
+
+async def reap_stalled_sessions(pool: asyncpg.Pool, older_than: float = STALLED_SESSION_SECONDS) -> list[int]:
+    """End our sessions frozen mid-statement inside a transaction for ``older_than`` seconds; their pids.
+
+    Such a session holds its locks (the log's append lock, the response store's change lock, a
+    lease row) until its client wakes, which keeps a standby that took over the lease from writing.
+    The client, if it ever wakes, finds its connection closed and its transaction rolled back.
+    """
+    try:
+        async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
+            rows = await conn.fetch(SQL_STALLED_SESSIONS, APPLICATION_NAME, older_than, timeout=CONNECT_TIMEOUT)
+    except PG_ERRORS as exc:
+        raise storage_error("ending stalled sessions", exc) from exc
+    return [int(r["pid"]) for r in rows if r["ended"]]
+
+
+async def reap_stalled_sessions_forever(
+    pool: asyncpg.Pool, older_than: float = STALLED_SESSION_SECONDS, every: float = IDLE_IN_TRANSACTION_TIMEOUT / 2
+) -> None:
+    """``reap_stalled_sessions`` every ``every`` seconds, for a serving process's life."""
+    warned = False
+    while True:
+        try:
+            for pid in await reap_stalled_sessions(pool, older_than):
+                log.warning("ended PostgreSQL session %d: frozen inside a transaction for over %.0fs", pid, older_than)
+            warned = False
+        except StorageError as exc:
+            if not warned:  # once per outage, not every few seconds
+                log.warning("cannot look for stalled PostgreSQL sessions: %s", exc)
+                warned = True
+        await asyncio.sleep(every)
 
 
 async def migrate_url(dsn: str, schemas: Sequence[Schema], *, connect_timeout: float = CONNECT_TIMEOUT) -> list[str]:
