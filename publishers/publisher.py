@@ -44,6 +44,7 @@ from revocation import crl_layout
 from revocation.clock import Clock, to_epoch
 from revocation.errors import PCAError
 from revocation.projection import CRLSource, IssuerRecord
+from revocation.waiting import wait_event
 
 log = logging.getLogger("pca.publisher")
 
@@ -277,7 +278,4 @@ class Publisher:
                 self.last_error = str(exc)
                 wait = self._retry
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.seconds_until_due() if wait is None else wait)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self.seconds_until_due() if wait is None else wait)

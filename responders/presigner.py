@@ -36,6 +36,7 @@ from revocation.events import (
 )
 from revocation.keys import KeyRef, SigningKey, open_key
 from revocation.projection import IssuerRecord, SigningSource, SigningState
+from revocation.waiting import wait_event
 
 log = logging.getLogger("pca.presigner")
 
@@ -217,10 +218,7 @@ class PreSigner:
                 busy = False
                 await asyncio.sleep(1.0)
             if not busy:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self._poll)
-                except TimeoutError:
-                    pass
+                await wait_event(self._wake, self._poll)
                 self._wake.clear()
 
     async def _load(self, after: int) -> tuple[int, list[SigningState]]:

@@ -21,6 +21,7 @@ from responders.ocsp_request import CertIDRequest
 from responders.store import ResponseStore, StoredResponse
 from revocation.certid import certid_hashes
 from revocation.errors import PCAError, StorageError
+from revocation.waiting import wait_event
 
 log = logging.getLogger("pca.responder")
 
@@ -208,10 +209,7 @@ class CachingSource:
                 self.reachable = False
                 log.warning("change feed unavailable (%s); retrying in %.1fs", exc, backoff)
                 backoff = min(backoff * 2, 5.0)
-            try:
-                await asyncio.wait_for(self._wake.wait(), backoff)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, backoff)
             self._wake.clear()
 
 

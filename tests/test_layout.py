@@ -124,6 +124,13 @@ def test_roles_are_not_loaded_by_name() -> None:
     assert not offenders, f"modules loading code by string: {offenders}"
 
 
+def test_no_wait_for_that_could_swallow_a_cancellation() -> None:
+    """On Python 3.11, ``asyncio.wait_for`` returns normally when its task is cancelled just as what it
+    waits for completes, and the cancelled loop goes on: waits go through ``revocation.waiting``."""
+    offenders = [name for name, path in MODULES.items() if "asyncio.wait_for(" in path.read_text()]
+    assert not offenders, f"asyncio.wait_for in {offenders}: use revocation.waiting.wait_event or asyncio.timeout"
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_modules_stay_readable(name: str) -> None:
     lines = len(MODULES[name].read_text().splitlines())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +17,7 @@ from publishers.storer import Storer
 from revocation.coordination import CRLPublication
 from revocation.coordination.leases import LeaseKeeper
 from revocation.errors import PCAError
+from revocation.waiting import wait_event
 
 log = logging.getLogger("pca.crl")
 
@@ -99,8 +99,7 @@ async def start_publisher(rt: Runtime) -> None:
             except PCAError as exc:
                 log.warning("cannot follow the event log: %s", exc)
             wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), FOLLOW_SECONDS)
+            await wait_event(wake, FOLLOW_SECONDS)
 
     async def work() -> None:
         # Revocations committed while this publisher was not the active one (before a takeover, or

@@ -22,6 +22,7 @@ from revocation.coordination.leases import LeaseKeeper, default_holder
 from revocation.errors import PCAError
 from revocation.eventlog import RecordedEvent
 from revocation.storage.postgres.db import RESPONSES_CHANNEL
+from revocation.waiting import wait_event
 
 log = logging.getLogger("pca.responder")
 
@@ -209,7 +210,4 @@ async def _heartbeat(rt: Runtime, cache: CachingSource, rid: str) -> None:
         # A short pause gathers a burst of polls into one write (on SQLite, a turn of the writer
         # that revocations wait for).
         await asyncio.sleep(REPORT_GATHER_SECONDS)
-        try:
-            await asyncio.wait_for(wake.wait(), interval)
-        except TimeoutError:
-            pass
+        await wait_event(wake, interval)

@@ -53,6 +53,9 @@ def default_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+_STOP_RETRY_SECONDS = 1.0
+
+
 async def _stop(task: asyncio.Future[None]) -> None:
     """Cancel the work and wait for it to end.
 
@@ -61,7 +64,12 @@ async def _stop(task: asyncio.Future[None]) -> None:
     """
     task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its end is of no interest
     task.cancel()
-    await asyncio.wait([task])
+    # Work that swallows a cancellation (Python 3.11's asyncio.wait_for does, when what it waits for
+    # completes at that moment) would keep this process working without the lease, and never standing
+    # by: cancel it again until it ends.
+    while not (await asyncio.wait([task], timeout=_STOP_RETRY_SECONDS))[0]:
+        log.warning("the work did not stop when cancelled; cancelling it again")
+        task.cancel()
 
 
 class LeaseKeeper:
@@ -166,7 +174,8 @@ class LeaseKeeper:
             if left <= 0:
                 return True
             try:
-                held = await asyncio.wait_for(self._try(), left)
+                async with asyncio.timeout(left):
+                    held = await self._try()
             except TimeoutError:
                 log.warning("renewing the %s lease took too long: it runs out", self.name)
                 held = None

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
-import contextlib
 import dataclasses
 import datetime
 import logging
@@ -36,6 +35,7 @@ from revocation.clock import Clock, SystemClock, iso, parse_iso
 from revocation.errors import ConfigError, PCAError
 from revocation.propagation.ocsp_check import ProbedIssuer, says_revoked
 from revocation.propagation.ocsp_check import ocsp_request_der as ocsp_request_der  # re-exported for callers
+from revocation.waiting import wait_event
 
 log = logging.getLogger("pca.prober")
 
@@ -380,8 +380,7 @@ class Prober:
             remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._down[base].wait(), min(remaining, self._poll * 4))
+            await wait_event(self._down[base], min(remaining, self._poll * 4))
 
 
 async def probe(
@@ -431,8 +430,7 @@ async def _wait(stop: asyncio.Event, seconds: float, deadline: float | None, clo
     """Sleep ``seconds``, less if ``stop`` is set or the deadline comes first."""
     if deadline is not None:
         seconds = min(seconds, max(0.0, deadline - clock.monotonic()))
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+    await wait_event(stop, seconds)
 
 
 def _problem(resp: httpx.Response) -> str:

@@ -63,6 +63,7 @@ from revocation.propagation.timeline import (
     probe_sightings,
     valid_presigned,
 )
+from revocation.waiting import wait_event
 
 log = logging.getLogger("pca.tracker")
 
@@ -233,10 +234,7 @@ class PropagationTracker:
                     log.info("propagation tracker recovered")
                 failing = False
                 delay = self._poll
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, delay)
 
     @property
     def pending(self) -> int:

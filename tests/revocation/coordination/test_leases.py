@@ -414,6 +414,38 @@ async def test_a_keeper_stopped_while_it_stands_its_work_down_stops(
         assert not holder.active and holder.takeovers == 1
 
 
+async def test_work_that_swallows_a_cancellation_is_still_stood_down(
+    handles: Callable[[], FlakyCoordination], db_path: Path
+) -> None:
+    """Work that swallows the first cancellation (as Python 3.11's ``asyncio.wait_for`` does when what it
+    waits for completes at that moment) is cancelled again: the keeper that lost its lease stands by and
+    takes the lease back later, instead of working on without it for ever (found in the HA test)."""
+    coord = handles()
+    mono = ManualClock(100.0)
+    holder = keeper(coord, "host:1", monotonic=mono)
+    cancels = 0
+
+    async def stubborn() -> None:
+        nonlocal cancels
+        while True:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancels += 1
+                if cancels > 1:
+                    raise
+
+    async with running((holder, stubborn)):
+        await wait_until("the holder to work", lambda: holder.active)
+        coord.broken = True
+        mono.now = 100.0 + TTL  # its lease has run out by its own clock
+        await wait_until("the work to be cancelled twice", lambda: cancels == 2)
+        coord.broken = False
+        table(db_path, "DELETE FROM leases WHERE name = ?", NAME)
+        mono.now = 200.0
+        await wait_until("the keeper to take the lease back", lambda: holder.takeovers == 2 and holder.active)
+
+
 async def test_two_leases_in_one_registry_do_not_clash(handles: Callable[[], FlakyCoordination], db_path: Path) -> None:
     registry = CollectorRegistry()
     coord = handles()
