@@ -56,7 +56,7 @@ def check_crl_url(url: str) -> None:
 def load_certificate(data: bytes, what: str) -> x509.Certificate:
     """One certificate, PEM or DER; ValidationError naming ``what`` otherwise."""
     try:
-        if data.lstrip().startswith(b"-----"):
+        if b"-----BEGIN" in data:  # PEM, possibly after the text dump ``openssl ca`` writes before it
             certs = x509.load_pem_x509_certificates(data)
             if len(certs) != 1:
                 raise ValidationError(f"{what} holds {len(certs)} certificates; give exactly one")
