@@ -158,8 +158,9 @@ def cmd_add(args: argparse.Namespace) -> None:
                     return "no OCSP signer yet: run 'pca issuer renew-signer' to get a CSR for one"
                 from pca.serve import build_authority
 
-                [rotated] = await build_authority(rt).rotate_signers(actor, issuer_id=args.id)
-                return f"OCSP signer created (seq {rotated.seq}); pca rotates it and publishes this issuer's CRLs"
+                rotated = await build_authority(rt).rotate_signers(actor, issuer_id=args.id)
+                signer = f"OCSP signer created (seq {rotated[0].seq})" if rotated else "OCSP signer made by pca serve"
+                return f"{signer}; pca rotates it and publishes this issuer's CRLs"
             # The issuer and its pending signer key in one append: both or neither.
             placeholder = _placeholder(args.id, cert, crl_url)
             key, csr, made = await _prepare_signer(rt, placeholder, issuers)
