@@ -24,6 +24,7 @@ class OCSPConfig:
     refresh_fraction: float = 0.5  # re-sign once this fraction of the validity has passed
     signer_validity_days: int = 30
     signer_renew_before_days: int = 10
+    signer_warn_days: int = 14  # warn (metric, /healthz, log) this long before an issuer's OCSP signer expires
     cache_size: int = 1_000_000
     workers: int = 0  # pre-signing processes; 0 = one per core
     poll_interval: float = 0.2  # how often a responder polls the store's change feed
@@ -243,6 +244,7 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
         signer_renew_before_days=_typed(
             o, "ocsp", "signer_renew_before_days", int, OCSPConfig.signer_renew_before_days
         ),
+        signer_warn_days=_typed(o, "ocsp", "signer_warn_days", int, OCSPConfig.signer_warn_days),
         cache_size=_typed(o, "ocsp", "cache_size", int, OCSPConfig.cache_size),
         workers=_typed(o, "ocsp", "workers", int, OCSPConfig.workers),
         poll_interval=_typed(o, "ocsp", "poll_interval", float, OCSPConfig.poll_interval),
@@ -256,6 +258,8 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
         raise ConfigError(f"ocsp.workers must be 0 (one per core) or more, got {ocsp.workers}")
     if not 0 < ocsp.signer_renew_before_days < ocsp.signer_validity_days:
         raise ConfigError("ocsp.signer_renew_before_days must be positive and below ocsp.signer_validity_days")
+    if not 0 <= ocsp.signer_warn_days <= 3650:
+        raise ConfigError(f"ocsp.signer_warn_days must be between 0 (no warning) and 3650, got {ocsp.signer_warn_days}")
 
     crl = CRLConfig(
         validity_seconds=_typed(c, "crl", "validity_seconds", int, CRLConfig.validity_seconds),
@@ -370,6 +374,7 @@ validity_seconds = 86400     # nextUpdate - thisUpdate of pre-signed responses
 refresh_fraction = 0.5       # re-sign when this fraction of the validity has passed
 signer_validity_days = 30    # delegated OCSP signer certificates
 signer_renew_before_days = 10
+signer_warn_days = 14        # warn (metric, /healthz, log) this many days before an issuer's OCSP signer expires
 cache_size = 1000000         # responses held in each responder's memory
 workers = 0                  # pre-signing processes (0 = one per core)
 poll_interval = 0.2          # seconds between polls of the response store's change feed

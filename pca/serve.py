@@ -36,6 +36,7 @@ from revocation.admin.tokens import TokenFile
 from revocation.authority import Actor, Authority
 from revocation.clock import SystemClock
 from revocation.errors import ConfigError
+from revocation.issuer_summary import PcaURLs
 from revocation.keys import check_key_for_certificate
 from revocation.propagation.tracker import PropagationTracker
 
@@ -69,6 +70,10 @@ def build_authority(rt: Runtime) -> Authority:
         signer_renew_before_days=cfg.ocsp.signer_renew_before_days,
         crl_layout=cfg.crl_layout,
     )
+
+
+def pca_urls(cfg: Config) -> PcaURLs:
+    return PcaURLs(cfg.ocsp_url, cfg.crl_layout, cfg.public_url)
 
 
 async def check_keys(rt: Runtime) -> None:
@@ -212,6 +217,7 @@ async def serve(
                 health=health.report,
                 tracker=tracker,
                 coordination=rt.coord,
+                issuer_stats=(rt.view, pca_urls(cfg)),
             )
             servers.append(_uvicorn(api.app(), *cfg.admin_listen))
         public = "responder" in roles or "publisher" in roles

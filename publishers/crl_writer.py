@@ -24,7 +24,17 @@ from publishers.crl_der import (
     issuing_distribution_point,
 )
 from publishers.objectstore import PreconditionFailed
-from publishers.storer import BaseNotPublished, Candidate, RefusedCRL, Storer, listed, reason_code, scoped
+from publishers.storer import (
+    BaseNotPublished,
+    Candidate,
+    RefusedCRL,
+    Storer,
+    idp_url,
+    listed,
+    reason_code,
+    scoped,
+    user_certs_only,
+)
 from revocation import crl_layout
 from revocation.clock import Clock, from_epoch, to_epoch
 from revocation.errors import StorageError
@@ -148,8 +158,8 @@ class CRLWriter:
         layout = self._storer.layout(issuer)
         out = []
         if scoped(issuer):
-            url = layout.full_url(issuer.issuer_id, shard)
-            out.append(issuing_distribution_point(url, only_user_certs=True, only_ca_certs=False))
+            url = idp_url(issuer, layout, shard)
+            out.append(issuing_distribution_point(url, only_user_certs=user_certs_only(issuer), only_ca_certs=False))
         if base_number is not None:
             out.append(delta_crl_indicator(base_number))
         elif layout.deltas:

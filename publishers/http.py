@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 
 from starlette.types import Receive, Scope, Send
 
@@ -19,14 +20,25 @@ class CRLApp:
     bucket (``crl.base_url``); this app still answers from the bucket.
     """
 
-    def __init__(self, store: ObjectStore, prefix: str = "/crl") -> None:
+    def __init__(
+        self, store: ObjectStore, prefix: str = "/crl", aliases: Callable[[], Mapping[str, str]] | None = None
+    ) -> None:
+        """With ``aliases`` (path -> object key), the app serves those paths only: an external issuer's
+        CRL at the path its certificates' CRL DP names, when that URL is on this listener."""
         self._store = store
         self._prefix = prefix.rstrip("/") + "/"
+        self._aliases = aliases
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
             return await _plain(send, 405, b"method not allowed\n", [(b"allow", b"GET, HEAD")])
-        key = scope["path"][len(self._prefix) :]
+        if self._aliases is not None:
+            alias = self._aliases().get(scope["path"])
+            if alias is None:
+                return await _plain(send, 404, b"not found\n")
+            key = alias
+        else:
+            key = scope["path"][len(self._prefix) :]
         try:
             obj = await self._store.get(key) if key.endswith(".crl") else None
         except ValueError:  # a key with "..", an absolute path, an empty or overlong segment

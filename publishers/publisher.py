@@ -117,6 +117,11 @@ class Publisher:
             self._dirty_since = self._clock.monotonic()
         self._wake.set()
 
+    def issuers_changed(self) -> None:
+        """An issuer was added: start a full cycle now, so its CRLs need not wait for the next one."""
+        self._next_full = None
+        self._wake.set()
+
     # --- one CRL --------------------------------------------------------------------------------
 
     async def publish(self, issuer: IssuerRecord, shard: int = 0) -> Published:

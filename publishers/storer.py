@@ -107,11 +107,28 @@ def scoped(issuer: IssuerRecord) -> bool:
     return issuer.kind != "root"
 
 
+def idp_url(issuer: IssuerRecord, layout: CRLLayout, shard: int) -> str:
+    """The URL a CRL's Issuing Distribution Point names.
+
+    The shard's URL in our layout; but an external issuer's unsharded CRL (shard 0, where every
+    certificate that CA issued is listed) names the URL those certificates carry in their CRL DP
+    (``pca issuer add --crl-url``): a relying party rejects a CRL whose IDP is not the DP it fetched.
+    """
+    if issuer.kind == "external" and shard == 0:
+        return issuer.crl_url
+    return layout.full_url(issuer.issuer_id, shard)
+
+
+def user_certs_only(issuer: IssuerRecord) -> bool:
+    """Our intermediates' CRLs cover leaves only; an external CA may have issued CA certificates too."""
+    return issuer.kind != "external"
+
+
 def expected_idp(issuer: IssuerRecord, layout: CRLLayout, shard: int) -> x509.IssuingDistributionPoint:
     return x509.IssuingDistributionPoint(
-        full_name=[x509.UniformResourceIdentifier(layout.full_url(issuer.issuer_id, shard))],
+        full_name=[x509.UniformResourceIdentifier(idp_url(issuer, layout, shard))],
         relative_name=None,
-        only_contains_user_certs=True,
+        only_contains_user_certs=user_certs_only(issuer),
         only_contains_ca_certs=False,
         only_some_reasons=None,
         indirect_crl=False,
@@ -294,7 +311,7 @@ class Storer:
                 raise RefusedCRL(f"{what}: the Delta CRL Indicator is not critical")
             base_number = indicator.value.crl_number
 
-        url = layout.full_url(issuer.issuer_id, shard)
+        url = idp_url(issuer, layout, shard)
         try:
             idp: x509.Extension[x509.ExtensionType] | None = extensions.get_extension_for_oid(
                 ExtensionOID.ISSUING_DISTRIBUTION_POINT

@@ -283,12 +283,18 @@ class Authority:
 
     # --- delegated OCSP signers ----------------------------------------------------
 
-    async def rotate_signers(self, actor: Actor, force: bool = False) -> list[RecordedEvent]:
-        """Give every intermediate a fresh OCSP signer when its current one nears expiry."""
+    async def rotate_signers(
+        self, actor: Actor, force: bool = False, issuer_id: str | None = None
+    ) -> list[RecordedEvent]:
+        """Give every intermediate, and every external issuer whose key we hold, a fresh OCSP signer when
+        its current one nears expiry (only ``issuer_id``'s when given). External issuers without a key
+        get theirs through ``pca issuer set-signer``."""
         now = self._clock.now()
         rotated = []
         for issuer in await self._view.issuers():
-            if issuer.kind != "intermediate" or issuer.key_ref is None:
+            if issuer.kind not in ("intermediate", "external") or issuer.key_ref is None:
+                continue
+            if issuer_id is not None and issuer.issuer_id != issuer_id:
                 continue
             current = issuer.signer_cert
             if current is not None and not force and current.not_valid_after_utc - now > self._signer_renew_before:

@@ -95,6 +95,23 @@ class ResponderCertRotated(DomainEvent):
 
 
 @dataclasses.dataclass(frozen=True)
+class OCSPSignerKeyPrepared(DomainEvent):
+    """A delegated OCSP signer key made for an issuer whose CA key we do not hold.
+
+    Its CSR goes to the issuer's CA; the certificate that CA issues for it arrives as a
+    ``ResponderCertRotated`` naming this key. Until then the current signer (if any) signs.
+    """
+
+    TYPE: ClassVar[str] = "OCSPSignerKeyPrepared"
+    issuer_id: str
+    key_ref: dict[str, str]
+    csr_der_hex: str
+
+    def stream(self) -> str:
+        return issuer_stream(self.issuer_id)
+
+
+@dataclasses.dataclass(frozen=True)
 class CertificateIssued(DomainEvent):
     TYPE: ClassVar[str] = "CertificateIssued"
     issuer_id: str
@@ -135,7 +152,14 @@ class CertificateHoldReleased(DomainEvent):
 
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
     cls.TYPE: cls
-    for cls in (IssuerAdded, ResponderCertRotated, CertificateIssued, CertificateRevoked, CertificateHoldReleased)
+    for cls in (
+        IssuerAdded,
+        ResponderCertRotated,
+        OCSPSignerKeyPrepared,
+        CertificateIssued,
+        CertificateRevoked,
+        CertificateHoldReleased,
+    )
 }
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]

@@ -26,6 +26,7 @@ from revocation.events import (
     CertificateRevoked,
     DomainEvent,
     IssuerAdded,
+    OCSPSignerKeyPrepared,
     ResponderCertRotated,
 )
 from revocation.keys import KeyRef
@@ -42,6 +43,9 @@ class IssuerRecord:
     signer_cert: x509.Certificate | None
     signer_key_ref: KeyRef | None
     version: int
+    # An external issuer's signer key waiting for its certificate (``pca issuer set-signer``), and its CSR.
+    pending_key_ref: KeyRef | None = None
+    pending_csr_der: bytes | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +145,19 @@ class CRLSource(IssuerDirectory, CRLEntries, Protocol):
         ...
 
 
-class StatusView(CertificateLookup, SigningSource, CRLSource, Protocol):
+class IssuerStats(IssuerDirectory, Protocol):
+    """What ``pca issuer list`` and ``GET /v1/issuers`` show of each issuer's certificates."""
+
+    async def issuer_counts(self, issuer_id: str) -> tuple[int, int]:
+        """(certificates recorded, of which revoked) for the issuer."""
+        ...
+
+    async def newest_certificates(self, issuer_id: str, limit: int) -> list[bytes]:
+        """The DER of the issuer's ``limit`` newest certificates (by notBefore)."""
+        ...
+
+
+class StatusView(CertificateLookup, SigningSource, CRLSource, IssuerStats, Protocol):
     """The whole projection as the ``Runtime`` carries it; each consumer takes the narrow protocol it reads.
 
     The backends also answer reads only the tests make (``certificate``, ``revoked_snapshot``,
@@ -165,7 +181,10 @@ CERT_COLUMNS = (
     "issuer_id, serial, status, subject, profile, not_before, not_after, revoked_at, reason, invalidity_date, version"
 )
 CRL_COLUMNS = "serial, status, not_after, revoked_at, reason, invalidity_date, updated_seq, crl_shard"
-ISSUER_COLUMNS = "issuer_id, kind, parent_id, cert_der, key_ref, crl_url, signer_cert_der, signer_key_ref, version"
+ISSUER_COLUMNS = (
+    "issuer_id, kind, parent_id, cert_der, key_ref, crl_url, signer_cert_der, signer_key_ref, version, "
+    "pending_signer_key_ref, pending_signer_csr_der"
+)
 
 # An ``updated_before`` above every seq: "all certificates".
 ANY_SEQ = 2**62
@@ -178,6 +197,11 @@ SQL_CERTIFICATE_DER = "SELECT cert_der FROM certificates WHERE issuer_id = ? AND
 SQL_REVOKED = f"SELECT {CERT_COLUMNS} FROM certificates WHERE issuer_id = ? AND status = 'revoked'"
 SQL_ISSUER_CERTIFICATES = f"SELECT {CERT_COLUMNS} FROM certificates WHERE issuer_id = ? AND updated_seq < ?"
 SQL_ISSUER_SIGNING_STATES = f"SELECT {SIGNING_COLUMNS} FROM certificates WHERE issuer_id = ? AND updated_seq < ?"
+SQL_ISSUER_COUNTS = (
+    "SELECT COUNT(*), COALESCE(SUM(CASE WHEN status = 'revoked' THEN 1 ELSE 0 END), 0) FROM certificates "
+    "WHERE issuer_id = ?"
+)
+SQL_NEWEST_CERTIFICATES = "SELECT cert_der FROM certificates WHERE issuer_id = ? ORDER BY not_before DESC LIMIT ?"
 SQL_CRL_SHARDS = "SELECT crl_shard, MAX(not_after) FROM certificates WHERE issuer_id = ? GROUP BY crl_shard"
 # "status = 'revoked'" spelled as in the partial index certificates_crl_revoked, so the database uses it.
 SQL_CRL_REVOKED = f"SELECT {CRL_COLUMNS} FROM certificates WHERE issuer_id = ? AND crl_shard = ? AND status = 'revoked'"
@@ -228,7 +252,7 @@ def _key_ref(value: object) -> KeyRef | None:
 
 def issuer_row(row: Sequence[Any]) -> IssuerRecord:
     """An IssuerRecord from a row of ``ISSUER_COLUMNS``."""
-    issuer_id, kind, parent, cert_der, key_ref, crl_url, signer_der, signer_ref, version = row
+    issuer_id, kind, parent, cert_der, key_ref, crl_url, signer_der, signer_ref, version, pending, csr = row
     return IssuerRecord(
         issuer_id=str(issuer_id),
         kind=str(kind),
@@ -239,6 +263,8 @@ def issuer_row(row: Sequence[Any]) -> IssuerRecord:
         signer_cert=None if signer_der is None else x509.load_der_x509_certificate(bytes(signer_der)),
         signer_key_ref=_key_ref(signer_ref),
         version=int(str(version)),
+        pending_key_ref=_key_ref(pending),
+        pending_csr_der=None if csr is None else bytes(csr),
     )
 
 
@@ -259,9 +285,17 @@ _INSERT_ISSUER = (
     "INSERT INTO issuers (issuer_id, kind, parent_id, cert_der, key_ref, crl_url, version, updated_seq) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# A rotation to the pending key (an external issuer's new signer) ends the wait for its certificate.
 _ROTATE_SIGNER = (
     "UPDATE issuers SET signer_cert_der = ?, signer_key_ref = ?, signer_not_after = ?, version = ?, "
-    "updated_seq = ? WHERE issuer_id = ?"
+    "updated_seq = ?, "
+    "pending_signer_csr_der = CASE WHEN pending_signer_key_ref = ? THEN NULL ELSE pending_signer_csr_der END, "
+    "pending_signer_key_ref = CASE WHEN pending_signer_key_ref = ? THEN NULL ELSE pending_signer_key_ref END "
+    "WHERE issuer_id = ?"
+)
+_PREPARE_SIGNER = (
+    "UPDATE issuers SET pending_signer_key_ref = ?, pending_signer_csr_der = ?, version = ?, updated_seq = ? "
+    "WHERE issuer_id = ?"
 )
 _INSERT_CERT = (
     f"INSERT INTO certificates ({CERT_COLUMNS}, cert_der, updated_seq, crl_shard) "
@@ -291,17 +325,26 @@ def projection_step(rec: RecordedEvent, event: DomainEvent) -> ProjectionStep | 
             ),
         )
     if isinstance(event, ResponderCertRotated):
+        key_ref = json.dumps(event.key_ref)
         return ProjectionStep(
             _ROTATE_SIGNER,
             (
                 bytes.fromhex(event.cert_der_hex),
-                json.dumps(event.key_ref),
+                key_ref,
                 to_epoch(event.not_after),
                 rec.version,
                 rec.seq,
+                key_ref,
+                key_ref,
                 event.issuer_id,
             ),
             f"ResponderCertRotated for unknown issuer {event.issuer_id}",
+        )
+    if isinstance(event, OCSPSignerKeyPrepared):
+        return ProjectionStep(
+            _PREPARE_SIGNER,
+            (json.dumps(event.key_ref), bytes.fromhex(event.csr_der_hex), rec.version, rec.seq, event.issuer_id),
+            f"OCSPSignerKeyPrepared for unknown issuer {event.issuer_id}",
         )
     if isinstance(event, CertificateIssued):
         cert_der = bytes.fromhex(event.cert_der_hex)

@@ -10,6 +10,7 @@ import argparse
 
 from pca.cli import local, remote
 from pca.cli.common import fail
+from pca.cli.issuers import add_issuer_parsers
 from revocation import __version__, ca
 from revocation.admin.tokens import ROLES
 from revocation.errors import PCAError
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--kms-region", metavar="REGION", help="kms: AWS region (default: AWS_REGION)")
     k.add_argument("--kms-endpoint-url", metavar="URL", help="kms: endpoint (a VPC endpoint or a local KMS server)")
     p.set_defaults(func=local.cmd_init)
+    add_issuer_parsers(sub)
 
     p = sub.add_parser(
         "serve", help="run the server (all roles by default)", description="Run the server (all roles by default)."

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from pca.config import Config
 from pca.runtime import Runtime
@@ -14,9 +15,11 @@ from publishers.objectstore import DirectoryStore, ObjectStore
 from publishers.publisher import Published, Publisher
 from publishers.s3store import S3Store
 from publishers.storer import Storer
+from revocation import crl_layout
 from revocation.coordination import CRLPublication
 from revocation.coordination.leases import LeaseKeeper
 from revocation.errors import PCAError
+from revocation.issuer_summary import PcaURLs
 from revocation.waiting import wait_event
 
 log = logging.getLogger("pca.crl")
@@ -96,6 +99,8 @@ async def start_publisher(rt: Runtime) -> None:
                     position = batch[-1][0]
                     if any(type_ in _CHANGES for _, _, type_ in batch):
                         publisher.revocation_happened()
+                    if any(type_ == "IssuerAdded" for _, _, type_ in batch):
+                        publisher.issuers_changed()  # a new issuer (pca issuer add): its CRLs now
             except PCAError as exc:
                 log.warning("cannot follow the event log: %s", exc)
             wake.clear()
@@ -136,6 +141,41 @@ async def start_publisher(rt: Runtime) -> None:
     rt.health["publisher"] = health
 
 
+ALIAS_REFRESH_SECONDS = 10.0  # a listener in its own process learns of new external issuers this often
+
+
 async def start_crl_server(rt: Runtime) -> None:
-    """Serve the CRL store's objects on the public listener."""
-    rt.public_apps.append(("/crl", CRLApp(open_store(rt.config))))
+    """Serve the CRL store's objects on the public listener, and each external issuer's CRL at the
+    path of its certificates' CRL DP when that URL is on this listener (``pca issuer add --crl-url``)."""
+    store = open_store(rt.config)
+    rt.public_apps.append(("/crl", CRLApp(store)))
+    urls = PcaURLs(rt.config.ocsp_url, rt.config.crl_layout, rt.config.public_url)
+    aliases: dict[str, str] = {}
+
+    async def load_aliases() -> None:
+        found = {}
+        for issuer in await rt.view.issuers():
+            if issuer.kind == "external" and issuer.key_ref is not None and urls.serves_path(issuer.crl_url):
+                path = urlsplit(issuer.crl_url).path
+                if not path.startswith("/crl/"):  # those the store serves under their own key
+                    found[path] = crl_layout.full_key(issuer.issuer_id)
+        aliases.clear()
+        aliases.update(found)
+
+    await load_aliases()
+    wake = asyncio.Event()
+    rt.on_log_change(wake.set)
+
+    async def refresh() -> None:
+        while True:
+            wake.clear()
+            await wait_event(wake, ALIAS_REFRESH_SECONDS)
+            try:
+                await load_aliases()
+            except PCAError as exc:
+                log.warning("cannot refresh the external issuers' CRL paths: %s", exc)
+            await asyncio.sleep(1.0)  # a burst of events costs one read a second at most
+
+    rt.tasks.append(refresh())
+    # The shortest prefix: every path no other app of the listener claims comes here.
+    rt.public_apps.append(("", CRLApp(store, aliases=lambda: aliases)))

@@ -11,6 +11,7 @@ from typing import Any
 from cryptography import x509
 from prometheus_client import Gauge
 
+from pca.roles.signer_expiry import start_signer_expiry
 from pca.runtime import Runtime
 from responders.app import OCSPApp
 from responders.cache_metrics import CacheCounters
@@ -86,6 +87,7 @@ async def start_presigner(rt: Runtime) -> None:
         }
 
     rt.health["presigner"] = health
+    await start_signer_expiry(rt)
 
 
 def responder_id(rt: Runtime) -> str:

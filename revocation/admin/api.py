@@ -48,7 +48,8 @@ from revocation.coordination import ProbeResult
 from revocation.errors import ConflictError, IntegrityError, NotFoundError, PCAError, ValidationError
 from revocation.eventlog import EventLog, RecordedEvent
 from revocation.events import CertificateRevoked
-from revocation.projection import CertificateRecord, IssuerRecord
+from revocation.issuer_summary import PcaURLs, issuer_summaries
+from revocation.projection import CertificateRecord, IssuerRecord, IssuerStats
 from revocation.propagation.timeline import Timeline
 
 log = logging.getLogger("pca.api")
@@ -94,7 +95,10 @@ class AdminAPI:
         health: HealthCheck | None = None,
         tracker: Tracker | None = None,
         coordination: ProbeRecorder | None = None,
+        issuer_stats: tuple[IssuerStats, PcaURLs] | None = None,
     ) -> None:
+        """``issuer_stats`` (the projection and pca's URLs) adds counts, signer, CRL and URL survey to
+        ``GET /v1/issuers`` (``revocation.issuer_summary``)."""
         self._authority = authority
         self._log = log_
         self._tokens = tokens
@@ -103,6 +107,7 @@ class AdminAPI:
         self._health = health
         self._tracker = tracker
         self._coordination = coordination
+        self._issuer_stats = issuer_stats
         self._requests = Counter("admin_requests_total", "Admin API requests", ["route", "status"], registry=registry)
         self._latency = Histogram("admin_request_seconds", "Admin API request time", ["route"], registry=registry)
 
@@ -266,7 +271,14 @@ class AdminAPI:
 
     async def issuers(self, request: Request, actor: Actor) -> Response:
         ocsp_url = self._authority.ocsp_url
-        return JSONResponse({"issuers": [issuer_json(i, ocsp_url) for i in await self._authority.issuers()]})
+        records = await self._authority.issuers()
+        out = [issuer_json(i, ocsp_url) for i in records]
+        if self._issuer_stats is not None:
+            view, urls = self._issuer_stats
+            summaries = {summary["issuer_id"]: summary for summary in await issuer_summaries(view, urls)}
+            for item in out:
+                item.update({k: v for k, v in summaries.get(item["issuer_id"], {}).items() if k not in item})
+        return JSONResponse({"issuers": out})
 
     async def record_probe(self, request: Request, actor: Actor) -> Response:
         """What a black-box prober saw: a responder first answered "revoked" at ``seen_at``.

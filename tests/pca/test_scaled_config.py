@@ -117,9 +117,8 @@ async def test_migrate_creates_the_schema_on_an_empty_database(
     import asyncio
 
     await asyncio.to_thread(pca_main, ["migrate", "--config", str(path)])
-    assert (
-        "applied migrations ['log 1', 'projection 1', 'response_store 1', 'coordination 1']" in capsys.readouterr().out
-    )
+    migrations = "['log 1', 'projection 1', 'projection 2', 'response_store 1', 'coordination 1']"
+    assert f"applied migrations {migrations}" in capsys.readouterr().out
     conn = await asyncpg.connect(postgres_database)
     try:
         tables = {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")}

@@ -32,6 +32,7 @@ from revocation.events import (
     CertificateRevoked,
     DomainEvent,
     IssuerAdded,
+    OCSPSignerKeyPrepared,
     ResponderCertRotated,
     decode,
 )
@@ -328,6 +329,11 @@ SAMPLE_EVENTS: list[DomainEvent] = [
         key_ref={"backend": "file", "path": "/keys/ocsp.key"},
         not_after=T0 + datetime.timedelta(days=30),
     ),
+    OCSPSignerKeyPrepared(
+        issuer_id="partner-ca",
+        key_ref={"backend": "file", "path": "/keys/partner-ca-ocsp.key"},
+        csr_der_hex="3082",
+    ),
     issued(0xDEADBEEF),
     revoked(0xDEADBEEF),
     CertificateRevoked(
@@ -360,6 +366,7 @@ async def test_every_event_type_survives_the_log(
     # The projection applies what is appended, so give each event what it needs before it.
     setup: dict[str, list[NewEvent]] = {
         "ResponderCertRotated": [new(SAMPLE_EVENTS[0])],
+        "OCSPSignerKeyPrepared": [new(SAMPLE_EVENTS[1])],
         "CertificateRevoked": [new(issued(int(getattr(event, "serial", "1"), 16)))],
         "CertificateHoldReleased": [
             new(issued(0xBEEF)),

@@ -26,8 +26,10 @@ from revocation.projection import (
     SQL_CRL_REVOKED,
     SQL_CRL_SHARDS,
     SQL_ISSUER_CERTIFICATES,
+    SQL_ISSUER_COUNTS,
     SQL_ISSUER_SIGNING_STATES,
     SQL_ISSUERS,
+    SQL_NEWEST_CERTIFICATES,
     SQL_POSITION,
     SQL_REVOKED,
     CertificateRecord,
@@ -91,6 +93,14 @@ PROJECTION_SCHEMA = Schema(
             CREATE INDEX certificates_status ON certificates (issuer_id, status);
             CREATE INDEX certificates_crl_revoked ON certificates (issuer_id, crl_shard) WHERE status = 'revoked';
             CREATE INDEX certificates_crl_changes ON certificates (issuer_id, crl_shard, updated_seq) WHERE version > 1;
+            """,
+        ),
+        (
+            2,
+            # External issuers (``pca issuer add``): the OCSP signer key waiting for its certificate, and its CSR.
+            """
+            ALTER TABLE issuers ADD COLUMN pending_signer_key_ref TEXT;
+            ALTER TABLE issuers ADD COLUMN pending_signer_csr_der BYTEA;
             """,
         ),
     ),
@@ -226,6 +236,13 @@ class PostgresStatusView:
     async def revoked_snapshot(self, issuer_id: str) -> tuple[int, list[CertificateRecord]]:
         """The log position and the issuer's revoked certificates as of that position, read together."""
         return await self._snapshot(_cert_rows, SQL_REVOKED, issuer_id)
+
+    async def issuer_counts(self, issuer_id: str) -> tuple[int, int]:
+        [(total, revoked)] = await self._shared(SQL_ISSUER_COUNTS, issuer_id)
+        return int(total), int(revoked)
+
+    async def newest_certificates(self, issuer_id: str, limit: int) -> list[bytes]:
+        return [bytes(r[0]) for r in await self._shared(SQL_NEWEST_CERTIFICATES, issuer_id, limit)]
 
     async def crl_shards(self, issuer_id: str) -> dict[int, int]:
         return {int(shard): int(not_after) for shard, not_after in await self._shared(SQL_CRL_SHARDS, issuer_id)}

@@ -25,8 +25,10 @@ from revocation.projection import (
     SQL_CRL_REVOKED,
     SQL_CRL_SHARDS,
     SQL_ISSUER_CERTIFICATES,
+    SQL_ISSUER_COUNTS,
     SQL_ISSUER_SIGNING_STATES,
     SQL_ISSUERS,
+    SQL_NEWEST_CERTIFICATES,
     SQL_POSITION,
     SQL_REVOKED,
     CertificateRecord,
@@ -96,6 +98,14 @@ PROJECTION_SCHEMA = Schema(
             3,
             # The single schema of old also made crl_state, which nothing ever read or wrote.
             "DROP TABLE IF EXISTS crl_state",
+        ),
+        (
+            4,
+            # External issuers (``pca issuer add``): the OCSP signer key waiting for its certificate, and its CSR.
+            """
+            ALTER TABLE issuers ADD COLUMN pending_signer_key_ref TEXT;
+            ALTER TABLE issuers ADD COLUMN pending_signer_csr_der BLOB;
+            """,
         ),
     ),
     # Migrations 1 and 2 of the single schema of old made these tables.
@@ -213,3 +223,10 @@ class SQLiteStatusView:
 
     async def issuer_signing_states(self, issuer_id: str, updated_before: int) -> list[SigningState]:
         return signing_rows(await self._rows(SQL_ISSUER_SIGNING_STATES, issuer_id, updated_before))
+
+    async def issuer_counts(self, issuer_id: str) -> tuple[int, int]:
+        [(total, revoked)] = await self._rows(SQL_ISSUER_COUNTS, issuer_id)
+        return int(total), int(revoked)
+
+    async def newest_certificates(self, issuer_id: str, limit: int) -> list[bytes]:
+        return [bytes(r[0]) for r in await self._rows(SQL_NEWEST_CERTIFICATES, issuer_id, limit)]

@@ -27,6 +27,7 @@ from tests.support.signing_backends import (
     exercise,
     files_containing,
     have_openssl,
+    openssl,
     responder_alone,
     run_pca,
 )
@@ -202,3 +203,36 @@ async def test_init_names_missing_pkcs11_settings(softhsm: Path, tmp_path: Path)
     assert result.returncode == 1
     assert "--pkcs11-token-label" in result.stderr and "--pkcs11-pin-env or --pkcs11-pin-file" in result.stderr
     assert not (tmp_path / "ca" / "pca.toml").exists()
+
+
+async def test_an_external_issuers_signer_key_is_made_in_the_token_with_a_csr_openssl_accepts(
+    softhsm: Path, tmp_path: Path
+) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from pca.runtime import open_runtime
+    from revocation.clock import SystemClock
+    from revocation.issuers import signer_csr
+    from revocation.keys import generate_key
+
+    cfg = await init_pkcs11_ca(tmp_path / "ca", softhsm)
+    rt = open_runtime(cfg, SystemClock())
+    try:
+        issuing = {i.issuer_id: i for i in await rt.view.issuers()}["issuing-ca"]
+    finally:
+        rt.close()
+    assert issuing.key_ref is not None
+    key = generate_key(issuing.key_ref, "partner-ocsp-csr-test", "ec-p256", tmp_path)
+    try:
+        assert key.private_key_for_builder() is None  # the CSR is assembled around the token's signature
+        csr_der = signer_csr(issuing.cert, key)
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        assert x509.load_der_x509_csr(csr_der).public_key().public_bytes(
+            serialization.Encoding.DER, spki
+        ) == key.public_key().public_bytes(serialization.Encoding.DER, spki)
+    finally:
+        key.close()
+    path = tmp_path / "signer.csr"
+    path.write_bytes(csr_der)
+    assert "verify OK" in openssl("req", "-verify", "-noout", "-inform", "DER", "-in", str(path))

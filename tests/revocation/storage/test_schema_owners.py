@@ -66,8 +66,9 @@ def test_a_database_of_the_single_schema_migrates_only_what_it_lacks(tmp_path: P
     _old_database(path, [1, 2, 3])
     db = SQLiteDatabase(path)
     try:
-        # Its tables are recognised: only the crl_state drop and coordination's tables (old migration 4) remain.
-        assert db.migrate_sync(SQLITE_SCHEMAS) == ["projection 3", "coordination 1"]
+        # Its tables are recognised: only the crl_state drop, the pending signer columns (projection 4) and
+        # coordination's tables (old migration 4) remain.
+        assert db.migrate_sync(SQLITE_SCHEMAS) == ["projection 3", "projection 4", "coordination 1"]
         assert db.migrate_sync(SQLITE_SCHEMAS) == []
     finally:
         db.close()
@@ -87,7 +88,7 @@ def test_a_fully_migrated_old_database_only_loses_crl_state(tmp_path: Path) -> N
     _old_database(path, [1, 2, 3, 4])
     db = SQLiteDatabase(path)
     try:
-        assert db.migrate_sync(SQLITE_SCHEMAS) == ["projection 3"]
+        assert db.migrate_sync(SQLITE_SCHEMAS) == ["projection 3", "projection 4"]
     finally:
         db.close()
     assert "crl_state" not in _tables(path)
@@ -109,6 +110,12 @@ def test_owners_can_migrate_separately(tmp_path: Path) -> None:
     try:
         assert db.migrate_sync([log]) == ["log 1"]
         assert db.migrate_sync([store]) == ["response_store 1", "response_store 2"]
-        assert db.migrate_sync(SQLITE_SCHEMAS) == ["projection 1", "projection 2", "projection 3", "coordination 1"]
+        assert db.migrate_sync(SQLITE_SCHEMAS) == [
+            "projection 1",
+            "projection 2",
+            "projection 3",
+            "projection 4",
+            "coordination 1",
+        ]
     finally:
         db.close()
