@@ -17,6 +17,7 @@ from revocation.projection import (
     ANY_SEQ,
     CERT_COLUMNS,
     CRL_COLUMNS,
+    RECORDED_COLUMNS,
     SIGNING_COLUMNS,
     SQL_CERTIFICATE,
     SQL_CERTIFICATE_DER,
@@ -32,11 +33,13 @@ from revocation.projection import (
     CertificateRecord,
     CRLRecord,
     IssuerRecord,
+    RecordedCertificate,
     SigningState,
     cert_row,
     crl_rows,
     issuer_row,
     projection_step,
+    recorded_rows,
     signing_rows,
 )
 from revocation.storage.sqlite.db import Schema, SQLiteDatabase
@@ -213,3 +216,7 @@ class SQLiteStatusView:
 
     async def issuer_signing_states(self, issuer_id: str, updated_before: int) -> list[SigningState]:
         return signing_rows(await self._rows(SQL_ISSUER_SIGNING_STATES, issuer_id, updated_before))
+
+    async def recorded_certificates(self, issuer_id: str, serials: Sequence[int]) -> list[RecordedCertificate]:
+        keys = [(issuer_id, serial) for serial in serials]
+        return await self._db.read(lambda conn: recorded_rows(_in_chunks(conn, RECORDED_COLUMNS, keys)))
