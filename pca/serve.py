@@ -32,6 +32,7 @@ from pca.runtime import (
     run_forever,
 )
 from revocation.admin.api import AdminAPI
+from revocation.admin.recording import CertificateRecorder
 from revocation.admin.tokens import TokenFile
 from revocation.authority import Actor, Authority
 from revocation.clock import SystemClock
@@ -212,6 +213,7 @@ async def serve(
                 health=health.report,
                 tracker=tracker,
                 coordination=rt.coord,
+                recorder=CertificateRecorder(rt.log, rt.view),
             )
             servers.append(_uvicorn(api.app(), *cfg.admin_listen))
         public = "responder" in roles or "publisher" in roles
