@@ -155,6 +155,7 @@ class Importer:
         self._on_refused = on_refused
         self._on_progress = on_progress
         self.summary = ImportSummary()
+        self._recording: asyncio.Task[bool] | None = None  # the batch being appended
 
     async def run(self, items: Iterable[Item]) -> ImportSummary:
         inflight: collections.deque[tuple[list[Item], asyncio.Future[list[Checked | Failed]]]] = collections.deque()
@@ -168,10 +169,13 @@ class Importer:
                 if not await self._take(*inflight.popleft(), pending):
                     return self.summary
             await self._flush(pending)
+            await self._wait()
             return self.summary
         finally:
             for _, future in inflight:
                 future.cancel()
+            if self._recording is not None:
+                self._recording.cancel()
 
     def _check(self, chunk: list[Item]) -> asyncio.Future[list[Checked | Failed]]:
         sources = [item.source for item in chunk if isinstance(item, Candidate)]
@@ -195,7 +199,7 @@ class Importer:
                     continue
                 item = refused(item.where, result.message)
             # a refusal found while reading or checking: what came before it is recorded first
-            if self._stop and not await self._flush(pending):
+            if self._stop and not (await self._flush(pending) and await self._wait()):
                 return False
             self._refuse(item)
             if self._stop:
@@ -210,9 +214,25 @@ class Importer:
             self._on_refused(outcome)
 
     async def _flush(self, pending: Pending) -> bool:
-        """Record the pending certificates in one append; False when one is refused and the import stops."""
-        if not pending:
-            return True
+        """Start recording the pending certificates once the batch before them is recorded.
+
+        The append of one batch overlaps the checks of the next. False when an earlier batch
+        stopped the import.
+        """
+        if not await self._wait():
+            return False
+        if pending:
+            self._recording = asyncio.create_task(self._record(list(pending)))
+            pending.clear()
+        return True
+
+    async def _wait(self) -> bool:
+        """Wait for the batch being recorded; False when it stopped the import."""
+        task, self._recording = self._recording, None
+        return True if task is None else await task
+
+    async def _record(self, pending: Pending) -> bool:
+        """Record ``pending`` in one append; False when one is refused and the import stops."""
         issuer_id = self._issuer.issuer_id
         serials = [checked.serial for _, checked, _ in pending]
         for _ in range(_RETRIES):
@@ -227,7 +247,6 @@ class Importer:
             break
         else:
             raise ConflictError(f"the certificates changed {_RETRIES} times while importing them; run it again")
-        pending.clear()
         for outcome in kept:
             if outcome.result == REFUSED:
                 self._refuse(outcome)
