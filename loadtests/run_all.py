@@ -28,7 +28,17 @@ from typing import IO, Any
 from loadtests.facts import load_average, machine, product_digest
 from loadtests.report import goals, render
 
-SCENARIOS = ("ocsp_serve", "presign", "crl_build", "revocations", "propagation", "scaled_propagation", "memory")
+SCENARIOS = (
+    "ocsp_serve",
+    "presign",
+    "crl_build",
+    "revocations",
+    "propagation",
+    "scaled_propagation",
+    "memory",
+    "import_rate",
+    "record_latency",
+)
 ROOT = Path(__file__).resolve().parent.parent
 PY = ".venv/bin/python"
 
@@ -41,6 +51,8 @@ COMMANDS = {
     "propagation": f"{PY} -m loadtests.propagation        # --count 100000 --revocations 500 --rate 50 --poll-ms 20",
     "scaled_propagation": f"{PY} -m loadtests.scaled_propagation # --certs 2000 --revocations 500 --responders 3",
     "memory": f"{PY} -m loadtests.memory             # --sizes 100000 1000000",
+    "import_rate": f"{PY} -m loadtests.import_rate        # --sizes 10000 100000",
+    "record_latency": f"{PY} -m loadtests.record_latency     # --count 200 --poll-ms 10",
 }
 TIMEOUT = {"smoke": 300, "full": 3600}
 
@@ -82,6 +94,13 @@ def headline(name: str, r: dict[str, Any]) -> str:
         return "; ".join(
             f"{x['responses']:,} cached: {x['bytes_per_response']:,} bytes per response" for x in r["results"]
         )
+    if name == "import_rate":
+        return "; ".join(
+            f"{x['certificates']:,} certificates: {x['certs_per_s']:,}/s, peak RSS {x['peak_rss_mb']} MB"
+            for x in r["results"]
+        )
+    if name == "record_latency":
+        return f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, max {r['max_ms']:.0f} ms, all: {r['all_servable']}"
     return json.dumps(r)[:200]
 
 

@@ -32,6 +32,7 @@ from pca.runtime import (
     run_forever,
 )
 from revocation.admin.api import AdminAPI
+from revocation.admin.recording import CertificateRecorder
 from revocation.admin.tokens import TokenFile
 from revocation.authority import Actor, Authority
 from revocation.clock import SystemClock
@@ -218,6 +219,7 @@ async def serve(
                 tracker=tracker,
                 coordination=rt.coord,
                 issuer_stats=(rt.view, pca_urls(cfg)),
+                recorder=CertificateRecorder(rt.log, rt.view),
             )
             servers.append(_uvicorn(api.app(), *cfg.admin_listen))
         public = "responder" in roles or "publisher" in roles

@@ -83,6 +83,18 @@ class CRLRecord(NamedTuple):
     shard: int  # the CRL shard its CRL distribution point names
 
 
+class RecordedCertificate(NamedTuple):
+    """What an import compares a certificate with: the recorded DER and status; times in epoch seconds."""
+
+    serial: int
+    cert_der: bytes
+    status: str
+    revoked_at: int | None
+    reason: str | None
+    invalidity_date: int | None
+    version: int
+
+
 class SigningState(NamedTuple):
     """A certificate's status as the pre-signer needs it: plain values, times as epoch seconds."""
 
@@ -104,6 +116,14 @@ class CertificateLookup(IssuerDirectory, Protocol):
     """Finding a certificate from its serial alone, as a caller names it: what the authority reads."""
 
     async def certificates_by_serial(self, serial: int) -> list[CertificateRecord]: ...
+
+
+class RecordedCertificates(IssuerDirectory, Protocol):
+    """What importing and recording certificates read: is each serial recorded, with which DER and status."""
+
+    async def recorded_certificates(self, issuer_id: str, serials: Sequence[int]) -> list[RecordedCertificate]:
+        """The records of those of the issuer's ``serials`` that exist, in one read (by the primary key)."""
+        ...
 
 
 class SigningSource(IssuerDirectory, Protocol):
@@ -157,7 +177,7 @@ class IssuerStats(IssuerDirectory, Protocol):
         ...
 
 
-class StatusView(CertificateLookup, SigningSource, CRLSource, IssuerStats, Protocol):
+class StatusView(CertificateLookup, SigningSource, CRLSource, IssuerStats, RecordedCertificates, Protocol):
     """The whole projection as the ``Runtime`` carries it; each consumer takes the narrow protocol it reads.
 
     The backends also answer reads only the tests make (``certificate``, ``revoked_snapshot``,
@@ -180,6 +200,7 @@ SIGNING_COLUMNS = "issuer_id, serial, status, revoked_at, reason, invalidity_dat
 CERT_COLUMNS = (
     "issuer_id, serial, status, subject, profile, not_before, not_after, revoked_at, reason, invalidity_date, version"
 )
+RECORDED_COLUMNS = "serial, cert_der, status, revoked_at, reason, invalidity_date, version"
 CRL_COLUMNS = "serial, status, not_after, revoked_at, reason, invalidity_date, updated_seq, crl_shard"
 ISSUER_COLUMNS = (
     "issuer_id, kind, parent_id, cert_der, key_ref, crl_url, signer_cert_der, signer_key_ref, version, "
@@ -238,6 +259,14 @@ def crl_rows(rows: Iterable[Sequence[Any]]) -> list[CRLRecord]:
     return [
         CRLRecord(int(serial, 16), status, not_after, revoked_at, reason, invalidity, updated_seq, shard)
         for serial, status, not_after, revoked_at, reason, invalidity, updated_seq, shard in rows
+    ]
+
+
+def recorded_rows(rows: Iterable[Sequence[Any]]) -> list[RecordedCertificate]:
+    """RecordedCertificates from rows of ``RECORDED_COLUMNS``."""
+    return [
+        RecordedCertificate(int(serial, 16), bytes(der), status, revoked_at, reason, invalidity, int(version))
+        for serial, der, status, revoked_at, reason, invalidity, version in rows
     ]
 
 

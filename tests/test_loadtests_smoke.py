@@ -17,7 +17,17 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("ocsp_serve", "presign", "crl_build", "revocations", "propagation", "scaled_propagation", "memory")
+SCENARIOS = (
+    "ocsp_serve",
+    "presign",
+    "crl_build",
+    "revocations",
+    "propagation",
+    "scaled_propagation",
+    "memory",
+    "import_rate",
+    "record_latency",
+)
 
 
 def test_every_scenario_runs_at_smoke_sizes(tmp_path: Path) -> None:
@@ -40,7 +50,22 @@ def test_every_scenario_runs_at_smoke_sizes(tmp_path: Path) -> None:
         assert re.search(r"\d", line.group(1)), line.group(0)
     report = (tmp_path / "benchmarks.md").read_text()
     headings = ("## Goals", "## OCSP serving", "## Pre-signing", "## CRL building", "## Responder memory")
-    for heading in (*headings, "## Propagation in the scaled shape"):
+    imports = ("## Importing an openssl ca database", "## Recording an issued certificate")
+    for heading in (*headings, "## Propagation in the scaled shape", *imports):
         assert heading in report
     # A smoke run never touches the committed report.
     assert (docs.read_bytes() if docs.exists() else None) == before
+
+
+def test_the_import_scenarios_run_at_smoke_sizes(tmp_path: Path) -> None:
+    # They need neither wrk nor nginx: run them on their own too, so a machine without those still proves them.
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadtests.run_all", "--smoke", "--only", "import_rate", "record_latency",
+         "--out-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-6000:]}"
+    assert re.search(r"^RESULT import_rate: 1,000 certificates: [\d,]+/s, peak RSS [\d.]+ MB$", proc.stdout, re.M)
+    assert re.search(r"^RESULT record_latency: p50 \d+ ms, p99 \d+ ms, max \d+ ms, all: True$", proc.stdout, re.M)
+    report = (tmp_path / "benchmarks.md").read_text()
+    assert "## Importing an openssl ca database" in report and "## Recording an issued certificate" in report

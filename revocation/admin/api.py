@@ -1,7 +1,7 @@
 """The admin API (Starlette), served on the admin listener only.
 
 Authentication: bearer tokens (hashed at rest, compared in constant time), with
-roles admin, revoker, auditor and prober. Every error is ``application/problem+json``
+roles admin, revoker, auditor, prober and recorder. Every error is ``application/problem+json``
 with a title and a detail saying what was wrong. A 2xx is sent only after the
 event is committed.
 
@@ -41,6 +41,7 @@ from revocation.admin.http import (
     problem_response,
     str_list,
 )
+from revocation.admin.recording import CertificateRecorder
 from revocation.admin.tokens import Principal, TokenStore
 from revocation.authority import Actor, Authority, IssueRequest, parse_serial
 from revocation.clock import iso, parse_iso
@@ -60,6 +61,8 @@ ROLES_BY_PERMISSION: dict[str, tuple[str, ...]] = {
     "revoke": ("admin", "revoker"),
     "read": ("admin", "revoker", "auditor", "prober"),
     "probe": ("admin", "prober"),
+    # An external CA's issuing core records what it issued (revocation.admin.recording), nothing more.
+    "record": ("admin", "recorder"),
 }
 
 
@@ -96,6 +99,7 @@ class AdminAPI:
         tracker: Tracker | None = None,
         coordination: ProbeRecorder | None = None,
         issuer_stats: tuple[IssuerStats, PcaURLs] | None = None,
+        recorder: CertificateRecorder | None = None,
     ) -> None:
         """``issuer_stats`` (the projection and pca's URLs) adds counts, signer, CRL and URL survey to
         ``GET /v1/issuers`` (``revocation.issuer_summary``)."""
@@ -108,12 +112,14 @@ class AdminAPI:
         self._tracker = tracker
         self._coordination = coordination
         self._issuer_stats = issuer_stats
+        self._recorder = recorder
         self._requests = Counter("admin_requests_total", "Admin API requests", ["route", "status"], registry=registry)
         self._latency = Histogram("admin_request_seconds", "Admin API request time", ["route"], registry=registry)
 
     def app(self) -> ASGIApp:
         routes = [
             Route("/v1/certificates", self._wrap("issue", self.issue), methods=["POST"]),
+            Route("/v1/certificates/import", self._wrap("record", self.record), methods=["POST"]),
             Route("/v1/certificates/{serial}", self._wrap("read", self.get_certificate), methods=["GET"]),
             Route("/v1/certificates/{serial}/revoke", self._wrap("revoke", self.revoke), methods=["POST"]),
             Route("/v1/certificates/{serial}/release-hold", self._wrap("revoke", self.release_hold), methods=["POST"]),
@@ -221,6 +227,13 @@ class AdminAPI:
         if issued.private_key_pem is not None:
             out["private_key"] = issued.private_key_pem.decode()
         return JSONResponse(out, status_code=201)
+
+    async def record(self, request: Request, actor: Actor) -> Response:
+        """Certificates an external CA issued, recorded as ``pca import`` records them."""
+        if self._recorder is None:
+            raise Problem(503, "Service Unavailable", "recording certificates is not configured on this server")
+        status, out = await self._recorder.record(await json_body(request), actor)
+        return JSONResponse(out, status_code=status)
 
     async def get_certificate(self, request: Request, actor: Actor) -> Response:
         serial = parse_serial(request.path_params["serial"])

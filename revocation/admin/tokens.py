@@ -16,7 +16,7 @@ from pathlib import Path
 
 from revocation.errors import ConfigError, ValidationError
 
-ROLES = ("admin", "revoker", "auditor", "prober")
+ROLES = ("admin", "revoker", "auditor", "prober", "recorder")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -134,7 +134,6 @@ def _describe(cert: x509.Certificate) -> str:
 
 def issued_by(cert: x509.Certificate, issuer_cert: x509.Certificate) -> None:
     """Refuse ``cert`` unless ``issuer_cert``'s key signed it and its issuer name is that subject."""
-    issuer_subject = issuer_cert.subject.rfc4514_string()
     try:
         cert.verify_directly_issued_by(issuer_cert)
     except InvalidSignature:
@@ -147,4 +146,6 @@ def issued_by(cert: x509.Certificate, issuer_cert: x509.Certificate) -> None:
         why = f"the issuer's key type cannot verify signatures: {exc}"
     else:
         return
+    # named only on failure: rfc4514_string costs as much as the signature check itself
+    issuer_subject = issuer_cert.subject.rfc4514_string()
     raise ValidationError(f"{_describe(cert)} is not issued by {issuer_subject!r}: {why}")

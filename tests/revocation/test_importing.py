@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import shutil
-import subprocess
 import tempfile
 import time
 import tracemalloc
@@ -32,50 +31,14 @@ from revocation.importing import (
     read_certificates,
     read_openssl_index,
 )
+from tests.support.openssl_index_ca import issue as _issue
+from tests.support.openssl_index_ca import make_ca as _make_ca
+from tests.support.openssl_index_ca import openssl as _openssl
 
 UTC = datetime.UTC
-TIMEOUT = 30
 COMPROMISED_AT = "20260101000000Z"
 CA_COMPROMISED_AT = "20251231120000Z"
-NOT_AFTER = "20301231235959Z"
 FAR_NOT_AFTER = "20600101000000Z"  # after 2049: openssl writes GeneralizedTime to the index
-CNF = """\
-[ca]
-default_ca = testca
-[testca]
-database = {d}/index.txt
-new_certs_dir = {d}/newcerts
-serial = {d}/serial
-certificate = {d}/ca.pem
-private_key = {d}/ca.key
-default_md = sha256
-default_days = 30
-policy = anything
-unique_subject = no
-[anything]
-commonName = supplied
-"""
-
-
-def _openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=TIMEOUT)
-
-
-def _make_ca(d: Path, name: str) -> None:
-    d.mkdir(parents=True)
-    (d / "newcerts").mkdir()
-    (d / "index.txt").write_text("")
-    (d / "serial").write_text("FF\n")  # the second serial, 0x100, checks openssl's even-digit names
-    (d / "openssl.cnf").write_text(CNF.format(d=d))
-    _openssl(*("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"),
-             *("-keyout", d / "ca.key", "-out", d / "ca.pem", "-subj", f"/CN={name}", "-days", "30"))  # fmt: skip
-
-
-def _issue(d: Path, cn: str, enddate: str = NOT_AFTER) -> None:
-    csr = d / f"{cn}.csr"
-    _openssl(*("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"),
-             *("-keyout", d / f"{cn}.key", "-out", csr, "-subj", f"/CN={cn}"))  # fmt: skip
-    _openssl("ca", "-batch", "-config", d / "openssl.cnf", "-in", csr, "-out", d / f"{cn}.pem", "-enddate", enddate)
 
 
 def _now() -> datetime.datetime:

@@ -18,6 +18,7 @@ from revocation.projection import (
     ANY_SEQ,
     CERT_COLUMNS,
     CRL_COLUMNS,
+    RECORDED_COLUMNS,
     SIGNING_COLUMNS,
     SQL_CERTIFICATE,
     SQL_CERTIFICATE_DER,
@@ -36,11 +37,13 @@ from revocation.projection import (
     CRLRecord,
     IssuerRecord,
     ProjectionStep,
+    RecordedCertificate,
     SigningState,
     cert_row,
     crl_rows,
     issuer_row,
     projection_step,
+    recorded_rows,
     signing_rows,
 )
 from revocation.storage.postgres.db import PG_ERRORS, affected, pg_sql, storage_error
@@ -259,3 +262,10 @@ class PostgresStatusView:
         hexes = [f"{serial:x}" for serial in serials]
         sql = f"SELECT {CRL_COLUMNS} FROM certificates WHERE issuer_id = $1 AND serial = ANY($2::text[])"
         return crl_rows(await self._fetch(sql, issuer_id, hexes))
+
+    async def recorded_certificates(self, issuer_id: str, serials: Sequence[int]) -> list[RecordedCertificate]:
+        if not serials:
+            return []
+        hexes = [f"{serial:x}" for serial in serials]
+        sql = f"SELECT {RECORDED_COLUMNS} FROM certificates WHERE issuer_id = $1 AND serial = ANY($2::text[])"
+        return recorded_rows(await self._fetch(sql, issuer_id, hexes))

@@ -17,6 +17,7 @@ from revocation.projection import (
     ANY_SEQ,
     CERT_COLUMNS,
     CRL_COLUMNS,
+    RECORDED_COLUMNS,
     SIGNING_COLUMNS,
     SQL_CERTIFICATE,
     SQL_CERTIFICATE_DER,
@@ -34,11 +35,13 @@ from revocation.projection import (
     CertificateRecord,
     CRLRecord,
     IssuerRecord,
+    RecordedCertificate,
     SigningState,
     cert_row,
     crl_rows,
     issuer_row,
     projection_step,
+    recorded_rows,
     signing_rows,
 )
 from revocation.storage.sqlite.db import Schema, SQLiteDatabase
@@ -230,3 +233,7 @@ class SQLiteStatusView:
 
     async def newest_certificates(self, issuer_id: str, limit: int) -> list[bytes]:
         return [bytes(r[0]) for r in await self._rows(SQL_NEWEST_CERTIFICATES, issuer_id, limit)]
+
+    async def recorded_certificates(self, issuer_id: str, serials: Sequence[int]) -> list[RecordedCertificate]:
+        keys = [(issuer_id, serial) for serial in serials]
+        return await self._db.read(lambda conn: recorded_rows(_in_chunks(conn, RECORDED_COLUMNS, keys)))

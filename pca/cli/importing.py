@@ -1,0 +1,224 @@
+"""``pca import``: record what an external CA has issued, from its ``openssl ca`` database or its files."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import multiprocessing
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, TextIO
+
+from pca.cli.common import fail
+from pca.config import Config, load_config
+from pca.runtime import connect_runtime
+from revocation.authority import Actor
+from revocation.clock import SystemClock
+from revocation.errors import NotFoundError
+from revocation.importing.importer import (
+    BATCH_SIZE,
+    Importer,
+    ImportSummary,
+    Item,
+    file_candidates,
+    index_candidates,
+)
+from revocation.importing.plan import Outcome
+
+PLAIN_EVERY_S = 10.0  # a progress line this often when stderr is not a terminal
+TTY_EVERY_S = 0.2
+
+
+def add_import_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "import",
+        help="record the certificates an external CA has issued (openssl ca database or certificate files)",
+        description="Record the certificates an external CA has issued, from its openssl ca database "
+        "(index.txt and newcerts/) or from certificate files (PEM, DER, bundles, directories). Each "
+        "certificate must be signed by the issuer's key and name it as issuer. Certificates recorded "
+        "already are skipped, so the same import can be run again; a serial recorded with other contents "
+        "is refused and the record kept. Exits 1 if any certificate was refused.",
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument("--issuer", required=True, help="id of the issuer to import into (see pca issuer list)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--openssl-index", metavar="INDEX", help="the openssl ca database, index.txt")
+    source.add_argument("--certs", nargs="+", metavar="PATH", help="certificate files or directories")
+    p.add_argument("--certs-dir", metavar="DIR", help="the openssl ca new_certs_dir (default: newcerts/ beside INDEX)")
+    p.add_argument(
+        "--on-error",
+        choices=("stop", "continue"),
+        default="stop",
+        help="stop (default): at the first bad line or refused certificate, having recorded everything "
+        "before it; continue: report each and import the rest",
+    )
+    p.add_argument(
+        "--workers", type=int, help="processes checking signatures (default: one per core; 0: in this process)"
+    )
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"certificates per append (default {BATCH_SIZE})")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_import)
+
+
+class Progress:
+    """One updating line on a terminal; a plain line now and then otherwise."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._tty = out.isatty()
+        self._last = 0.0
+        self._shown = False
+
+    def __call__(self, summary: ImportSummary, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self._last < (TTY_EVERY_S if self._tty else PLAIN_EVERY_S):
+            return
+        self._last = now
+        elapsed = summary.elapsed
+        rate = summary.seen / elapsed if elapsed > 0 else 0.0
+        line = (
+            f"{summary.seen:,} certificates: {summary.imported:,} imported, {summary.already_present:,} "
+            f"already present, {summary.refused:,} refused; {rate:,.0f}/s, {_clock(elapsed)}"
+        )
+        if self._tty:
+            self._out.write(f"\r\x1b[K{line}" + ("\n" if final else ""))
+            self._shown = not final
+        elif not final:
+            self._out.write(f"import: {line}\n")
+        self._out.flush()
+
+    def interrupt(self, text: str) -> None:
+        """Print a line of its own without garbling the progress line."""
+        if self._tty and self._shown:
+            self._out.write("\r\x1b[K")
+            self._shown = False
+        self._out.write(text + "\n")
+        self._out.flush()
+
+
+def _clock(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def _items(args: argparse.Namespace) -> Iterator[Item]:
+    if args.openssl_index is None:
+        if args.certs_dir is not None:
+            fail("--certs-dir goes with --openssl-index")
+        return file_candidates(args.certs)
+    index = Path(args.openssl_index)
+    if not index.is_file():
+        fail(f"the openssl ca database {index} does not exist or is not a file")
+    certs_dir = Path(args.certs_dir) if args.certs_dir else index.parent / "newcerts"
+    if not certs_dir.is_dir():
+        fail(f"the newcerts directory {certs_dir} does not exist (give it with --certs-dir)")
+    return index_candidates(index, certs_dir)
+
+
+def summary_json(summary: ImportSummary, issuer: str, request_id: str) -> dict[str, Any]:
+    return {
+        "issuer": issuer,
+        "request_id": request_id,
+        "seen": summary.seen,
+        "imported": summary.imported,
+        "already_present": summary.already_present,
+        "revocations_recorded": summary.revocations,
+        "known_certificates_revoked": summary.known_revoked,
+        "refused": summary.refused,
+        "conflicts": summary.conflicts,
+        "events": summary.events,
+        "seconds": round(summary.elapsed, 3),
+        "refusals": [{"where": o.where, "reason": o.message} for o in summary.refusals],
+        "stopped_at": None if summary.stopped_at is None else str(summary.stopped_at),
+    }
+
+
+def _print_summary(summary: ImportSummary, issuer: str, request_id: str) -> None:
+    rate = summary.seen / summary.elapsed if summary.elapsed > 0 else 0.0
+    print(f"import into {issuer} (request {request_id}): {summary.seen:,} certificates in {summary.elapsed:.1f} s")
+    print(f"  imported          {summary.imported:,}")
+    print(f"  already present   {summary.already_present:,}")
+    known = summary.known_revoked
+    print(f"  revoked           {summary.revocations:,} revocations recorded ({known:,} of certificates known before)")
+    conflicts = f" ({summary.conflicts:,} conflicting with what is recorded)" if summary.conflicts else ""
+    print(f"  refused           {summary.refused:,}{conflicts}")
+    for outcome in summary.refusals:
+        print(f"    {outcome}")
+    if summary.refused > len(summary.refusals):
+        print(f"    ... and {summary.refused - len(summary.refusals):,} more (each was reported as it happened)")
+    print(f"  rate              {rate:,.0f} certificates/s")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        fail("--batch-size must be at least 1")
+    workers = (os.cpu_count() or 1) if args.workers is None else args.workers
+    if workers < 0:
+        fail("--workers must be 0 or more")
+    cfg = load_config(args.config)
+    items = _items(args)
+    actor = Actor(f"cli:{getpass.getuser()}", f"import-{uuid.uuid4().hex[:16]}")
+    progress = Progress(sys.stderr)
+
+    def on_refused(outcome: Outcome) -> None:
+        if args.on_error == "continue":
+            progress.interrupt(f"pca: refused {outcome}")
+
+    summary = asyncio.run(_run(cfg, args, items, actor, workers, progress, on_refused))
+    progress(summary, final=True)
+    if args.json:
+        print(json.dumps(summary_json(summary, args.issuer, actor.request_id), indent=2))
+    else:
+        _print_summary(summary, args.issuer, actor.request_id)
+    if summary.stopped_at is not None:
+        fail(
+            f"stopped at {summary.stopped_at}; everything before it is recorded, nothing after it. Fix it and run "
+            "the same command again (recorded certificates are skipped), or use --on-error continue"
+        )
+    if summary.refused:
+        fail(f"{summary.refused:,} certificates refused; the rest is recorded")
+
+
+async def _run(
+    cfg: Config,
+    args: argparse.Namespace,
+    items: Iterator[Item],
+    actor: Actor,
+    workers: int,
+    progress: Progress,
+    on_refused: Callable[[Outcome], None],
+) -> ImportSummary:
+    rt = await connect_runtime(cfg, SystemClock())
+    pool = None
+    try:
+        issuers = await rt.view.issuers()
+        issuer = next((i for i in issuers if i.issuer_id == args.issuer), None)
+        if issuer is None:
+            known = ", ".join(i.issuer_id for i in issuers) or "none"
+            raise NotFoundError(f"unknown issuer {args.issuer!r} (known: {known}); add it with pca issuer add")
+        if workers:
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+        importer = Importer(
+            rt.log,
+            rt.view,
+            issuer,
+            actor,
+            stop_on_error=args.on_error == "stop",
+            pool=pool,
+            parallelism=workers,
+            batch_size=args.batch_size,
+            on_refused=on_refused,
+            on_progress=progress,
+        )
+        return await importer.run(items)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        await rt.aclose()
