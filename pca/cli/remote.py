@@ -161,6 +161,8 @@ def format_timeline(t: dict[str, Any]) -> str:
         if crl.get("shard"):
             label += f" (shard {crl['shard']})"
         lines.append(f"  CRL                {label} {_stage(crl)}")
+    elif t.get("crl_published") is False:
+        lines.append("  CRL                not published by pca (it does not hold this issuer's key)")
     else:
         lines.append("  CRL                pending")
     for probe in t.get("probes") or []:

@@ -76,7 +76,7 @@ class PropagationMetrics:
         crl = timeline.crl
         if crl is not None:
             self._seconds.labels("crl").observe(max(0.0, crl.seconds))
-        else:
+        elif timeline.crl_published:  # an issuer whose key pca lacks has no CRL from pca to wait for
             self._incomplete.labels("crl").inc()
         for probe in timeline.probes:
             self._seconds.labels("probe").observe(max(0.0, probe.seconds))

@@ -160,10 +160,15 @@ class Timeline:
     pending: tuple[str, ...]  # ids of the counted responders still without it
     slo_seconds: float
     slo_met: bool | None  # None while it can still go either way
+    # False for an external issuer whose key pca does not hold: pca publishes no CRL for it.
+    crl_published: bool = True
 
     def missing(self) -> list[str]:
-        """The channels the revocation has not reached."""
-        return [name for name, got in (("ocsp_all_responders", self.ocsp_all_responders), ("crl", self.crl)) if not got]
+        """The channels the revocation has not reached (a CRL only where pca publishes one)."""
+        channels: list[tuple[str, object]] = [("ocsp_all_responders", self.ocsp_all_responders)]
+        if self.crl_published:
+            channels.append(("crl", self.crl))
+        return [name for name, got in channels if not got]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -180,6 +185,7 @@ class Timeline:
             "pending": list(self.pending),
             "slo_seconds": self.slo_seconds,
             "slo_met": self.slo_met,
+            "crl_published": self.crl_published,
         }
 
     @classmethod
@@ -200,6 +206,7 @@ class Timeline:
             pending=tuple(data["pending"]),
             slo_seconds=data["slo_seconds"],
             slo_met=data["slo_met"],
+            crl_published=data.get("crl_published", True),
         )
 
 
@@ -218,6 +225,7 @@ def build_timeline(
     now: float,
     gone_after: float,
     slo_seconds: float,
+    crl_published: bool = True,
 ) -> Timeline:
     """The timeline from what was found; ``presigned`` must already be ``valid_presigned``."""
     stored_at = None if presigned is None else presigned.stored_at
@@ -277,4 +285,5 @@ def build_timeline(
         pending=tuple(pending),
         slo_seconds=slo_seconds,
         slo_met=slo_met,
+        crl_published=crl_published,
     )

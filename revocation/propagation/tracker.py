@@ -53,7 +53,7 @@ from revocation.coordination import (
 from revocation.errors import ConfigError
 from revocation.eventlog import EventLog, RecordedEvent
 from revocation.events import CertificateHoldReleased, CertificateRevoked, cert_stream
-from revocation.projection import CRLEntries
+from revocation.projection import CRLEntries, IssuerDirectory
 from revocation.propagation.metrics import PropagationMetrics
 from revocation.propagation.timeline import (
     CRLSighting,
@@ -76,6 +76,13 @@ class PropagationRecords(ResponderRegistry, PresignedPositions, PublicationLog, 
     """What the tracker reads and keeps in the coordination store: everything but the leases."""
 
 
+class TrackedView(CRLEntries, IssuerDirectory, Protocol):
+    """What the tracker reads of the projection: CRL shards, and which issuers have CRLs at all."""
+
+
+ISSUERS_REFRESH_SECONDS = 10.0  # how often the tracker reads which issuers pca publishes CRLs for
+
+
 @dataclasses.dataclass
 class _Tracked:
     """A revocation followed by ``run`` until it has reached every channel."""
@@ -88,6 +95,7 @@ class _Tracked:
     presigned: PresignedState | None = None  # the first valid row seen (a refresh re-stores it later)
     applied: dict[str, float] = dataclasses.field(default_factory=dict)
     crl: CRLPublication | None = None
+    crl_published: bool = True  # False: an issuer without its key in pca; OCSP alone completes it
 
     @property
     def key(self) -> tuple[str, int]:
@@ -98,7 +106,7 @@ class PropagationTracker:
     def __init__(
         self,
         log: EventLog,
-        view: CRLEntries,
+        view: TrackedView,
         coord: PropagationRecords,
         registry: CollectorRegistry,
         *,
@@ -143,6 +151,8 @@ class PropagationTracker:
         self._tracked: dict[tuple[str, int], _Tracked] = {}
         self._last_prune: float | None = None
         self._gauged: set[str] = set()  # responder ids with gauge samples
+        self._keyless: set[str] = set()  # issuers pca publishes no CRL for (it holds no key)
+        self._issuers_read: float | None = None
 
         self._metrics = PropagationMetrics(registry, slo_seconds)
 
@@ -171,7 +181,7 @@ class PropagationTracker:
         saved = None if stored is None else Timeline.from_json(stored)
         if saved is not None and saved.ocsp_all_responders is not None:
             crl = saved.crl
-            if crl is None:  # given up on before a CRL came out: look again
+            if crl is None and saved.crl_published:  # given up on before a CRL came out: look again
                 publication = await self._first_crl(issuer_id, serial, seq)
                 crl = None if publication is None else CRLSighting.of(publication, committed_at)
             return dataclasses.replace(
@@ -204,7 +214,16 @@ class PropagationTracker:
             now=self._now(),
             gone_after=self.gone_after,
             slo_seconds=self.slo_seconds,
+            crl_published=await self._crl_published(issuer_id),
         )
+
+    async def _crl_published(self, issuer_id: str) -> bool:
+        """Whether pca publishes CRLs for the issuer (it holds its key); re-read every few seconds."""
+        now = self._now()
+        if self._issuers_read is None or now - self._issuers_read >= ISSUERS_REFRESH_SECONDS:
+            self._keyless = {i.issuer_id for i in await self._view.issuers() if i.key_ref is None}
+            self._issuers_read = now
+        return issuer_id not in self._keyless
 
     async def _first_crl(self, issuer_id: str, serial: int, seq: int) -> CRLPublication | None:
         records = await self._view.crl_records(issuer_id, [serial])
@@ -311,8 +330,10 @@ class PropagationTracker:
                 by_issuer.setdefault(t.issuer_id, []).append(t)
         for issuer_id, group in by_issuer.items():
             shards = {r.serial: r.shard for r in await self._view.crl_records(issuer_id, [t.serial for t in group])}
+            published = await self._crl_published(issuer_id)
             for t in group:
                 t.shard = shards.get(t.serial)
+                t.crl_published = published
         # Pre-signed responses not seen yet.
         unsigned = [t for t in tracked if t.presigned is None]
         if unsigned:
@@ -341,7 +362,7 @@ class PropagationTracker:
         # CRLs: one read per shard for all its pending revocations.
         by_shard: dict[tuple[str, int], list[_Tracked]] = {}
         for t in tracked:
-            if t.crl is None and t.shard is not None:
+            if t.crl is None and t.shard is not None and t.crl_published:
                 by_shard.setdefault((t.issuer_id, t.shard), []).append(t)
         for (issuer_id, shard), group in by_shard.items():
             publications = await self._coord.crl_publications(issuer_id, shard, min(t.seq for t in group))
@@ -377,7 +398,7 @@ class PropagationTracker:
 
     def _complete(self, t: _Tracked, responders: Sequence[ResponderState], now: float) -> bool:
         """Both channels done (what ``build_timeline`` would say, without building it for every one)."""
-        if t.crl is None or t.presigned is None:
+        if (t.crl is None and t.crl_published) or t.presigned is None:
             return False
         counted = [r for r in responders if counts(r, t.presigned, now, self.gone_after)]
         return bool(counted) and all(r.responder_id in t.applied for r in counted)
@@ -399,6 +420,7 @@ class PropagationTracker:
             now=now,
             gone_after=self.gone_after,
             slo_seconds=self.slo_seconds,
+            crl_published=t.crl_published,
         )
 
     async def _gauge_responders(self, responders: Sequence[ResponderState], now: float) -> None:

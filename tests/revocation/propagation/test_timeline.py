@@ -84,6 +84,7 @@ def test_the_json_is_what_the_admin_api_serves() -> None:
         "pending": ["r2"],
         "slo_seconds": 5.0,
         "slo_met": False,
+        "crl_published": True,
     }
 
 

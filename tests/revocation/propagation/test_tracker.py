@@ -20,14 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 
 from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
+from revocation.authority import issuer_added
 from revocation.clock import FakeClock
 from revocation.coordination import CRLPublication, ProbeResult
 from revocation.errors import ConfigError, StorageError
 from revocation.eventlog import NewEvent, RecordedEvent
 from revocation.events import CertificateHoldReleased, CertificateIssued, CertificateRevoked, DomainEvent
+from revocation.propagation.timeline import Timeline
 from revocation.propagation.tracker import PropagationTracker
 from revocation.storage.postgres.coordination import PostgresCoordination
 from revocation.storage.postgres.log import PostgresEventLog
@@ -217,6 +223,7 @@ async def test_timeline_of_a_revocation_on_its_way(env: Env) -> None:
         "pending": ["r2"],
         "slo_seconds": 5.0,
         "slo_met": None,
+        "crl_published": True,
     }
     # Still pending past the SLO: already missed.
     env.wall.t = C + 6
@@ -350,6 +357,47 @@ async def test_the_tracker_follows_new_revocations_only(env: Env) -> None:
     await env.tracker.step()
     assert env.tracker.pending == 1
     assert env.sample("revocation_propagation_pending") == 1
+
+
+async def test_a_revocation_by_an_issuer_whose_key_pca_lacks_is_done_once_ocsp_has_it(env: Env) -> None:
+    """pca publishes no CRL for an external issuer added without its key: OCSP alone completes the
+    revocation, the timeline says the CRL is not published, and nothing counts as a missing CRL."""
+    ca = x509.load_pem_x509_certificate(_external_ca_pem())
+    await env.append(issuer_added(ISSUER, "external", None, ca, None, "http://pki.partner.test/ca.crl"), 0)
+    await env.tracker.step()
+    await env.issue()
+    rev = await env.revoke()
+    await env.store_row(SERIAL, "revoked", rev.seq, 7, C + 0.1)
+    await env.coord.heartbeat("r1", "http://r1.test/ocsp", 7, C - 100, C + 0.9)
+    await env.coord.record_applied("r1", 7, C + 0.3)
+    env.wall.t = C + 1
+
+    on_its_way = await env.tracker.timeline(ISSUER, SERIAL)
+    assert on_its_way is not None and on_its_way["crl_published"] is False and on_its_way["crl"] is None
+    await env.tracker.step()
+    assert env.tracker.pending == 0
+    saved = await env.coord.timeline(ISSUER, SERIAL, rev.seq)
+    assert saved is not None and (saved["crl"], saved["crl_published"], saved["slo_met"]) == (None, False, True)
+    assert Timeline.from_json(saved).missing() == []
+    assert env.seconds_count("ocsp_all_responders") == 1
+    assert env.sample("revocation_propagation_incomplete_total", channel="crl") in (None, 0)
+
+
+def _external_ca_pem() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Partner CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(T0 - datetime.timedelta(days=1))
+        .not_valid_after(T0 + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 async def test_a_finished_revocation_is_measured_and_saved(env: Env) -> None:
