@@ -186,7 +186,8 @@ def cmd_add(args: argparse.Namespace) -> None:
             await rt.aclose()
 
     note = asyncio.run(run())
-    print(f"added external issuer {args.id} ({cert.subject.rfc4514_string()}); CRL URL {crl_url}")
+    crls = f"CRL URL {crl_url}" if key_ref is not None else "CRLs not published by pca (it does not hold the key)"
+    print(f"added external issuer {args.id} ({cert.subject.rfc4514_string()}); {crls}")
     print(f"  {note}")
 
 
