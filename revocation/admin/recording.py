@@ -75,10 +75,14 @@ def _entries(body: dict[str, Any]) -> list[tuple[str, x509.Certificate, Revocati
             revoked, entry = body.get("revoked"), body.get("certificate")
         if not isinstance(entry, str):
             raise ValidationError(f"{where} must be a PEM string (or, in a list, an object with certificate)")
+        if "-----BEGIN CERTIFICATE-----" not in entry:
+            raise ValidationError(f"{where} is not a PEM certificate: no '-----BEGIN CERTIFICATE-----' block")
         try:
             cert = x509.load_pem_x509_certificate(entry.encode())
         except ValueError as exc:
-            raise ValidationError(f"{where} is not a PEM certificate: {exc}") from exc
+            # The library's own wording (and the help link it carries) means little to an API caller.
+            reason = "its base64 or DER does not parse" if "parsing asn1" in str(exc) else "it does not parse"
+            raise ValidationError(f"{where} is not a PEM certificate: {reason}") from exc
         out.append((where, cert, _revocation(revoked, where)))
     return out
 

@@ -135,6 +135,9 @@ async def test_a_recorder_records_and_nothing_else(api: Recording, legacy: Path)
 async def test_bad_input_is_refused_and_nothing_recorded(api: Recording, legacy: Path) -> None:
     head = await api.rt.log.head()
     assert_problem(await api.post({"issuer": EXTERNAL, "certificate": "hello"}), 400, "not a PEM certificate")
+    broken = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    body = assert_problem(await api.post({"issuer": EXTERNAL, "certificate": broken}), 400, "does not parse")
+    assert "http" not in body["detail"] and "ParseError" not in body["detail"]  # not the library's wording
     forged = (legacy.parent / "twin" / "newcerts" / "FF.pem").read_text()
     batch = {"issuer": EXTERNAL, "certificates": [pem(legacy, 0x101), forged]}
     assert_problem(await api.post(batch), 422, "certificates[1]: certificate serial ff (subject 'CN=forged') is not")
