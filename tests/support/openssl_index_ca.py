@@ -1,32 +1,15 @@
-"""A real ``openssl ca`` directory (index.txt, newcerts/, serial) for the import tests."""
+"""A real ``openssl ca`` directory (index.txt, newcerts/, serial) for the import tests, as functions on a
+directory; the configuration and the ``openssl`` runner are those of ``tests.support.openssl_ca``."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-TIMEOUT = 30
+from tests.support.openssl_ca import CNF, openssl
+
+__all__ = ["issue", "make_ca", "openssl", "revoke"]
+
 NOT_AFTER = "20301231235959Z"
-CNF = """\
-[ca]
-default_ca = testca
-[testca]
-database = {d}/index.txt
-new_certs_dir = {d}/newcerts
-serial = {d}/serial
-certificate = {d}/ca.pem
-private_key = {d}/ca.key
-default_md = sha256
-default_days = 30
-policy = anything
-unique_subject = no
-[anything]
-commonName = supplied
-"""
-
-
-def openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=TIMEOUT)
 
 
 def make_ca(d: Path, name: str) -> None:
@@ -35,7 +18,10 @@ def make_ca(d: Path, name: str) -> None:
     (d / "newcerts").mkdir()
     (d / "index.txt").write_text("")
     (d / "serial").write_text("FF\n")  # the second serial, 0x100, checks openssl's even-digit names
-    (d / "openssl.cnf").write_text(CNF.format(d=d))
+    # Certificates issued without -extensions carry none: no AIA, no CRL DP.
+    (d / "openssl.cnf").write_text(
+        CNF.format(d=d, ocsp_url="http://unused.test/ocsp", crl_url="http://unused.test/c.crl")
+    )
     openssl(*("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"),
             *("-keyout", d / "ca.key", "-out", d / "ca.pem", "-subj", f"/CN={name}", "-days", "30"))  # fmt: skip
 
