@@ -63,7 +63,9 @@ def load_certificate(data: bytes, what: str) -> x509.Certificate:
             return certs[0]
         return x509.load_der_x509_certificate(data)
     except ValueError as exc:
-        raise ValidationError(f"{what} is not a PEM or DER certificate: {exc}") from exc
+        # Not the library's wording: it names parser internals (and, for PEM, a help link).
+        form = "its PEM block does not parse" if b"-----BEGIN" in data else "it is neither PEM nor a DER certificate"
+        raise ValidationError(f"{what} is not a PEM or DER certificate: {form}") from exc
 
 
 def _describe(cert: x509.Certificate) -> str:

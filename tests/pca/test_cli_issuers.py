@@ -217,7 +217,8 @@ def test_a_ca_with_its_key_gets_signers_and_crls_that_openssl_accepts(
         ("expired", "has expired"),
         ("future", "is not valid yet"),
         ("unreadable", "cannot read CA certificate"),
-        ("garbage", "is not a PEM or DER certificate"),
+        ("garbage", "is not a PEM or DER certificate: its PEM block does not parse"),
+        ("random", "is not a PEM or DER certificate: it is neither PEM nor a DER certificate"),
     ],
 )
 def test_bad_ca_certificates_are_refused_and_nothing_is_recorded(
@@ -234,6 +235,7 @@ def test_bad_ca_certificates_are_refused_and_nothing_is_recorded(
         "garbage": lambda: _write(
             tmp_path / "garbage.pem", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
         ),
+        "random": lambda: _write(tmp_path / "random.der", bytes(range(256)) * 40),
     }[make]()
     assert_refused(config_path, capsys, message, "add", "--id", "partner", "--cert", cert,
                    "--ocsp-signer-csr", tmp_path / "s.csr")  # fmt: skip
