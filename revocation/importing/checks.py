@@ -23,9 +23,11 @@ from revocation.importing.fastcheck import Issuer, pem_certificate, prepare_issu
 from revocation.importing.openssl_index import load_issued_certificate, newcerts_filename
 
 
-@dataclasses.dataclass(frozen=True)
-class NewcertsFile:
-    """A certificate ``openssl ca`` stored in its ``new_certs_dir`` under its serial."""
+class NewcertsFile(NamedTuple):
+    """A certificate ``openssl ca`` stored in its ``new_certs_dir`` under its serial.
+
+    A tuple: one goes to a worker process per certificate, and a tuple pickles cheaply.
+    """
 
     certs_dir: str
     serial: int
