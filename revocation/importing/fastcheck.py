@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -74,9 +75,20 @@ def _tlv(der: bytes, at: int) -> tuple[int, int]:
     return contents, end
 
 
-def _tbs_fields(der: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-    """(inner signature algorithm, issuer, subject, outer signature algorithm) of a certificate, as DER."""
-    tbs_at, _ = _tlv(der, 0)  # Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }
+class _Parts(NamedTuple):
+    """A certificate's DER cut where the checks need it."""
+
+    tbs: bytes  # the signed part, tbsCertificate
+    inner_algorithm: bytes  # tbsCertificate.signature
+    issuer: bytes
+    subject: bytes
+    outer_algorithm: bytes  # signatureAlgorithm
+    signature: bytes | None  # signatureValue's bits; None when not whole bytes
+
+
+def _parts(der: bytes) -> _Parts:
+    """Cut a certificate's DER (already parsed by cryptography, so well formed) into ``_Parts``."""
+    tbs_at, _ = _tlv(der, 0)  # Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }
     at, tbs_end = _tlv(der, tbs_at)
     fields: list[bytes] = []
     while at < tbs_end and len(fields) < 6:
@@ -89,7 +101,9 @@ def _tbs_fields(der: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     if len(fields) < 5:
         raise ValueError("short TBSCertificate")
     _, outer_end = _tlv(der, tbs_end)
-    return fields[1], fields[2], fields[4], der[tbs_end:outer_end]
+    bits_at, bits_end = _tlv(der, outer_end)
+    signature = der[bits_at + 1 : bits_end] if der[outer_end] == 0x03 and der[bits_at] == 0 else None
+    return _Parts(der[tbs_at:tbs_end], fields[1], fields[2], fields[4], der[tbs_end:outer_end], signature)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +118,7 @@ class Issuer:
 def prepare_issuer(cert: x509.Certificate, der: bytes) -> Issuer:
     key = cert.public_key()
     try:
-        subject = _tbs_fields(der)[2]
+        subject = _parts(der).subject
     except (ValueError, IndexError):
         subject = None
     return Issuer(cert, key if isinstance(key, rsa.RSAPublicKey) else None, subject)
@@ -118,13 +132,13 @@ def signed_by(cert: x509.Certificate, der: bytes, issuer: Issuer) -> bool:
     if hash_type is None:
         return False
     try:
-        inner, issuer_name, _, outer = _tbs_fields(der)
+        parts = _parts(der)
     except (ValueError, IndexError):
         return False
-    if inner != outer or issuer_name != issuer.subject_der:
+    if parts.inner_algorithm != parts.outer_algorithm or parts.issuer != issuer.subject_der or parts.signature is None:
         return False
     try:
-        issuer.rsa_key.verify(cert.signature, cert.tbs_certificate_bytes, _PKCS1, hash_type())
+        issuer.rsa_key.verify(parts.signature, parts.tbs, _PKCS1, hash_type())
     except InvalidSignature:
         return False
     return True

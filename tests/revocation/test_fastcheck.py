@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from revocation.importing.checks import Checked, Failed, NewcertsFile, check_certificate
-from revocation.importing.fastcheck import pem_certificate, prepare_issuer, signed_by
+from revocation.importing.fastcheck import _parts, pem_certificate, prepare_issuer, signed_by
 from revocation.importing.openssl_index import newcerts_filename
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -137,3 +137,13 @@ def test_newcerts_checks_give_the_same_answers_fast_or_not(rsa_key: rsa.RSAPriva
     assert isinstance(wrong, Failed) and "holds serial 40, expected 43" in wrong.message
     missing = check_certificate(ca, NewcertsFile(str(tmp_path), 0x44))
     assert isinstance(missing, Failed) and "does not exist" in missing.message
+
+
+def test_the_parts_cut_from_the_der_are_those_cryptography_reads(rsa_key: rsa.RSAPrivateKey) -> None:
+    ca = _ca(rsa_key)
+    for cert in (ca, _leaf(rsa_key, 0x50), _leaf(ec.generate_private_key(ec.SECP256R1()), 0x51)):
+        parts = _parts(_der(cert))
+        assert parts.tbs == cert.tbs_certificate_bytes
+        assert parts.signature == cert.signature
+        assert parts.issuer == cert.issuer.public_bytes() and parts.subject == cert.subject.public_bytes()
+        assert parts.inner_algorithm == parts.outer_algorithm
