@@ -50,8 +50,8 @@ def pem_certificate(data: bytes) -> bytes | None:
         return None
     body = start + len(_BEGIN_CERTIFICATE)
     end = data.find(_END_CERTIFICATE, body)
-    if end < 0:
-        return None
+    if end < 0 or data[body : body + 1] not in (b"\n", b"\r") or data[end - 1 : end] != b"\n":
+        return None  # the body not on lines of its own: framing the full reader judges
     text = data[body:end].replace(b"\r\n", b"").replace(b"\n", b"")
     try:
         return binascii.a2b_base64(text, strict_mode=True)

@@ -85,6 +85,8 @@ def test_a_pem_certificate_after_a_text_dump_decodes_to_its_der(rsa_key: rsa.RSA
         lambda pem: pem.replace(b"\n", b"\n*", 2),  # not strict base64
         lambda pem: pem.replace(b"-----BEGIN CERTIFICATE-----\n", b"-----BEGIN CERTIFICATE-----\nProc-Type: 4\n\n"),
         lambda pem: b"",
+        lambda pem: pem.replace(b"-----\n", b"-----", 1),  # the body on the BEGIN line
+        lambda pem: pem.replace(b"\n-----END", b"-----END"),  # END on the body's last line
     ],
 )
 def test_anything_but_one_plain_pem_certificate_is_left_to_the_full_reader(rsa_key: rsa.RSAPrivateKey, change) -> None:  # type: ignore[no-untyped-def]
