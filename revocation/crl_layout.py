@@ -27,6 +27,7 @@ import re
 from cryptography import x509
 
 MAX_SHARDS = 256
+_CRL_DP_OID = b"\x06\x03\x55\x1d\x1f"  # DER of OID 2.5.29.31, cRLDistributionPoints
 _SHARD_KEY = re.compile(r"-([1-9][0-9]{0,5})\.crl")
 
 
@@ -67,6 +68,11 @@ def shard_from_certificate(issuer_id: str, cert_der: bytes) -> int:
     CRL URLs (an imported certificate pointing elsewhere), is listed in shard 0,
     the issuer's unsharded CRL, so that its revocation is still published.
     """
+    if _CRL_DP_OID not in cert_der or (issuer_id.isascii() and issuer_id.encode() not in cert_der):
+        # Without the extension's OID, or without the issuer id (which every URL of ours carries,
+        # in ASCII as IA5String holds it), there is nothing to find: skip the parse (imports of
+        # certificates with no CRL DP, or one of another CA, record many of these).
+        return 0
     try:
         cert = x509.load_der_x509_certificate(cert_der)
         points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value

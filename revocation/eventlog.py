@@ -74,8 +74,12 @@ class RecordedEvent:
         }
 
 
+# One encoder for every payload: ``json.dumps`` with these options would build a new one per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def canonical_payload(payload: dict[str, Any]) -> str:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return _CANONICAL.encode(payload)
 
 
 def row_hash(
@@ -90,14 +94,14 @@ def row_hash(
     recorded_at: str,
 ) -> str:
     """SHA-256 over the previous hash and every column of the row."""
-    fields = [prev_hash, str(seq), stream, str(version), type_, payload_json, actor, request_id, recorded_at]
-    h = hashlib.sha256()
+    fields = (prev_hash, str(seq), stream, str(version), type_, payload_json, actor, request_id, recorded_at)
+    parts = []
     for field in fields:
         data = field.encode()
         # Length-prefix each field so no two different rows hash the same.
-        h.update(len(data).to_bytes(4, "big"))
-        h.update(data)
-    return h.hexdigest()
+        parts.append(len(data).to_bytes(4, "big"))
+        parts.append(data)
+    return hashlib.sha256(b"".join(parts)).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)

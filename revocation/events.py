@@ -44,6 +44,17 @@ def _time_field(value: str | None) -> datetime.datetime | None:
     return None if value is None else parse_iso(value)
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    """The dataclass field names of an event class, looked up once (``to_payload`` runs per event)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 @dataclasses.dataclass(frozen=True)
 class DomainEvent:
     TYPE: ClassVar[str] = ""
@@ -54,9 +65,9 @@ class DomainEvent:
 
     def to_payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {"v": self.SCHEMA}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = iso(value) if isinstance(value, datetime.datetime) else value
+        for name in _field_names(type(self)):
+            value = getattr(self, name)
+            out[name] = iso(value) if isinstance(value, datetime.datetime) else value
         return out
 
     @classmethod

@@ -47,6 +47,7 @@ BATCH_SIZE = 1000  # certificates per EventLog.append (up to twice as many event
 CHUNK_SIZE = 250  # certificates per unit of checking work
 KEPT_REFUSALS = 20  # refusals the summary lists; every one goes to ``on_refused``
 _RETRIES = 5
+_AHEAD = 8  # at most this many chunks queued beyond the workers, whatever the batch size (memory)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +150,9 @@ class Importer:
         self._actor = actor
         self._stop = stop_on_error
         self._pool = pool
-        self._depth = max(2, 2 * parallelism)  # chunks in flight: every worker busy, one more queued each
+        # Chunks in flight: every worker busy with one more queued each, plus a batch's worth, so
+        # that the workers go on checking while the main process waits for a batch's append.
+        self._depth = max(2, 2 * parallelism) + min(_AHEAD, -(-batch_size // chunk_size))
         self._batch_size = batch_size
         self._chunk_size = chunk_size
         self._on_refused = on_refused

@@ -186,11 +186,16 @@ def plan(
 ) -> list[Outcome]:
     """``decide`` for each item in order; a serial met twice is decided against what the first one records."""
     known = dict(records)
+    seen: set[int] = set()
+    repeated: set[int] = set()
+    for _, checked, _ in items:
+        (repeated if checked.serial in seen else seen).add(checked.serial)
     outcomes = []
     for where, checked, revocation in items:
         outcome = decide(issuer_id, where, checked, revocation, known.get(checked.serial), actor)
-        after = as_record(outcome, checked, revocation)
-        if after is not None:
-            known[checked.serial] = after
+        if checked.serial in repeated:  # what it records is what the next one is decided against
+            after = as_record(outcome, checked, revocation)
+            if after is not None:
+                known[checked.serial] = after
         outcomes.append(outcome)
     return outcomes

@@ -24,7 +24,7 @@ from pca.serve import build_authority
 from revocation.authority import Actor, IssueRequest
 from revocation.clock import FakeClock
 from revocation.errors import ConcurrencyError, IntegrityError
-from revocation.eventlog import NewEvent, RecordedEvent
+from revocation.eventlog import NewEvent, RecordedEvent, canonical_payload, row_hash
 from revocation.events import (
     EVENT_TYPES,
     UPCASTERS,
@@ -437,3 +437,13 @@ def test_pca_migrate_on_an_initialised_ca_changes_nothing(
 
     assert "is up to date" in capsys.readouterr().out
     assert raw_rows(ca_config.database, "SELECT seq, hash FROM events ORDER BY seq") == before
+
+
+def test_the_hash_and_payload_formats_stay_as_recorded_logs_have_them() -> None:
+    # Pinned: a change here would make every existing log fail ``pca audit verify``.
+    payload = canonical_payload({"v": 1, "subject": "CN=é", "serial": "ff"})
+    assert payload == '{"serial":"ff","subject":"CN=\\u00e9","v":1}'
+    digest = row_hash(
+        "0" * 64, 1, "cert/ca/ff", 1, "CertificateIssued", payload, "cli:root", "req-1", "2026-01-01T00:00:00Z"
+    )
+    assert digest == "d6552a0bde647f45c845fb609b13ef641da92de5f5dd6b50e052fe83d33b2931"

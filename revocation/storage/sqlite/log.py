@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from revocation.chain import EVENT_COLUMNS, ChainCheck, recorded_event
 from revocation.clock import Clock
@@ -53,11 +53,13 @@ LOG_SCHEMA = Schema(
 )
 
 _COLUMNS = EVENT_COLUMNS
+_IN_CHUNK = 500  # bound parameters per IN (...) query
+_INSERT_EVENT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 Result = list[RecordedEvent] | BaseException
 
-# Applies one recorded event to the projection, inside the append transaction (``apply_sqlite``).
-Project = Callable[[sqlite3.Connection, RecordedEvent, DomainEvent], None]
+# Applies recorded events, in order, to the projection, inside the append transaction (``apply_sqlite``).
+Project = Callable[[sqlite3.Connection, Iterable[tuple[RecordedEvent, DomainEvent]]], None]
 # Empties the projection before a rebuild replays the log into it (``clear_sqlite``).
 ClearProjection = Callable[[sqlite3.Connection], None]
 
@@ -132,14 +134,10 @@ class SQLiteEventLog:
     def _append_one(
         self, conn: sqlite3.Connection, events: Sequence[NewEvent], seq: int, prev: str
     ) -> tuple[list[RecordedEvent], int, str]:
-        versions = {}
-        for stream in {new.event.stream() for new in events}:
-            row = conn.execute("SELECT MAX(version) FROM events WHERE stream = ?", (stream,)).fetchone()
-            versions[stream] = int(row[0]) if row and row[0] is not None else 0
+        versions = _versions(conn, list({new.event.stream() for new in events}))
         rows = chain_events(events, seq, prev, self._clock.now(), versions)
-        for row in rows:
-            conn.execute(f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row.columns)
-            self._project(conn, row.record, row.event)
+        conn.executemany(_INSERT_EVENT, [row.columns for row in rows])
+        self._project(conn, [(row.record, row.event) for row in rows])
         last = rows[-1].record
         return [r.record for r in rows], last.seq, last.hash
 
@@ -183,14 +181,22 @@ class SQLiteEventLog:
 
         def w(conn: sqlite3.Connection) -> int:
             self._clear(conn)
-            count = 0
-            for row in conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq").fetchall():
-                rec = recorded_event(row)
-                self._project(conn, rec, rec.event)
-                count += 1
-            return count
+            records = [recorded_event(row) for row in conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq")]
+            self._project(conn, [(rec, rec.event) for rec in records])
+            return len(records)
 
         return await self._db.write(w)
+
+
+def _versions(conn: sqlite3.Connection, streams: list[str]) -> dict[str, int]:
+    """The current version of each of ``streams`` that has events (by chunks of ``_IN_CHUNK``)."""
+    versions: dict[str, int] = {}
+    for first in range(0, len(streams), _IN_CHUNK):
+        chunk = streams[first : first + _IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT stream, MAX(version) FROM events WHERE stream IN ({marks}) GROUP BY stream"
+        versions.update((str(stream), int(version)) for stream, version in conn.execute(sql, chunk))
+    return versions
 
 
 def verify_chain_sqlite(conn: sqlite3.Connection) -> int:

@@ -7,7 +7,7 @@ The statements and the decisions are shared with PostgreSQL (``revocation.projec
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from revocation.errors import IntegrityError
@@ -35,6 +35,7 @@ from revocation.projection import (
     CertificateRecord,
     CRLRecord,
     IssuerRecord,
+    ProjectionStep,
     RecordedCertificate,
     SigningState,
     cert_row,
@@ -118,14 +119,31 @@ PROJECTION_SCHEMA = Schema(
 _IN_CHUNK = 500  # bound parameters per IN (...) query
 
 
-def apply_sqlite(conn: sqlite3.Connection, rec: RecordedEvent, event: DomainEvent) -> None:
-    """Apply one recorded event to the projection tables (inside the append transaction)."""
-    step = projection_step(rec, event)
-    if step is None:
-        return
-    cur = conn.execute(step.sql, step.params)
-    if step.unless_one_row is not None and cur.rowcount != 1:
-        raise IntegrityError(step.unless_one_row, rec.seq)
+def apply_sqlite(conn: sqlite3.Connection, applied: Iterable[tuple[RecordedEvent, DomainEvent]]) -> None:
+    """Apply recorded events, in order, to the projection tables (inside the append transaction).
+
+    Runs of statements that need no row-count check (issuances, mostly) go through one
+    ``executemany``; a guarded update runs alone and raises IntegrityError when the event does
+    not follow the stored state (as ``apply_pg`` does on PostgreSQL).
+    """
+    batch: list[ProjectionStep] = []
+    for rec, event in applied:
+        step = projection_step(rec, event)
+        if step is None:
+            continue
+        if step.unless_one_row is None:
+            if batch and batch[0].sql != step.sql:
+                conn.executemany(batch[0].sql, [b.params for b in batch])
+                batch.clear()
+            batch.append(step)
+            continue
+        if batch:
+            conn.executemany(batch[0].sql, [b.params for b in batch])
+            batch.clear()
+        if conn.execute(step.sql, step.params).rowcount != 1:
+            raise IntegrityError(step.unless_one_row, rec.seq)
+    if batch:
+        conn.executemany(batch[0].sql, [b.params for b in batch])
 
 
 def clear_sqlite(conn: sqlite3.Connection) -> None:
