@@ -129,6 +129,7 @@ def summary_json(summary: ImportSummary, issuer: str, request_id: str) -> dict[s
         "seen": summary.seen,
         "imported": summary.imported,
         "already_present": summary.already_present,
+        "issuer_itself": summary.issuer_itself,
         "revocations_recorded": summary.revocations,
         "known_certificates_revoked": summary.known_revoked,
         "refused": summary.refused,
@@ -145,6 +146,8 @@ def _print_summary(summary: ImportSummary, issuer: str, request_id: str) -> None
     print(f"import into {issuer} (request {request_id}): {summary.seen:,} certificates in {summary.elapsed:.1f} s")
     print(f"  imported          {summary.imported:,}")
     print(f"  already present   {summary.already_present:,}")
+    if summary.issuer_itself:
+        print(f"  not recorded      {summary.issuer_itself:,} (the issuer's own certificate)")
     known = summary.known_revoked
     print(f"  revoked           {summary.revocations:,} revocations recorded ({known:,} of certificates known before)")
     conflicts = f" ({summary.conflicts:,} conflicting with what is recorded)" if summary.conflicts else ""

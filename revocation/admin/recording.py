@@ -23,7 +23,17 @@ from revocation.clock import parse_iso
 from revocation.errors import ConcurrencyError, ConflictError, NotFoundError, ValidationError
 from revocation.eventlog import EventLog
 from revocation.importing.checks import Checked, check_chunk
-from revocation.importing.plan import ALREADY_PRESENT, CONFLICT, REFUSED, Outcome, Revocation, plan
+from revocation.importing.plan import (
+    ALREADY_PRESENT,
+    CONFLICT,
+    IMPORTED,
+    ISSUER_ITSELF,
+    REFUSED,
+    REVOCATION_RECORDED,
+    Outcome,
+    Revocation,
+    plan,
+)
 from revocation.projection import IssuerRecord, RecordedCertificates
 
 MAX_BATCH = 1000  # certificates per request
@@ -139,7 +149,7 @@ class CertificateRecorder:
             raise _refusal(failed)
         for _ in range(_RETRIES):
             records = await self._view.recorded_certificates(issuer.issuer_id, [c.serial for _, c, _ in items])
-            outcomes = plan(issuer.issuer_id, items, {r.serial: r for r in records}, actor)
+            outcomes = plan(issuer.issuer_id, items, {r.serial: r for r in records}, actor, issuer_der)
             refusals = [o for o in outcomes if o.result == REFUSED]
             if refusals:
                 raise _refusal(refusals)
@@ -156,8 +166,9 @@ class CertificateRecorder:
         ]
         out: dict[str, Any] = {
             "issuer": issuer.issuer_id,
-            "recorded": sum(o.result != ALREADY_PRESENT for o in outcomes),
+            "recorded": sum(o.result in (IMPORTED, REVOCATION_RECORDED) for o in outcomes),
             "already_present": sum(o.result == ALREADY_PRESENT for o in outcomes),
+            "issuer_itself": sum(o.result == ISSUER_ITSELF for o in outcomes),
             "seq": last_seq,
             "results": results_json,
         }

@@ -34,6 +34,7 @@ from revocation.importing.plan import (
     ALREADY_PRESENT,
     CONFLICT,
     IMPORTED,
+    ISSUER_ITSELF,
     REFUSED,
     REVOCATION_RECORDED,
     Outcome,
@@ -89,6 +90,7 @@ def file_candidates(paths: Iterable[str | Path]) -> Iterator[Item]:
 class ImportSummary:
     imported: int = 0  # certificates recorded by this import
     already_present: int = 0  # recorded before, identically: skipped
+    issuer_itself: int = 0  # the issuer's own certificate, listed by the source: not recorded
     known_revoked: int = 0  # recorded before and good; their revocation in the source is recorded now
     revocations: int = 0  # revocations recorded (of imported certificates and of known ones)
     refused: int = 0
@@ -100,7 +102,7 @@ class ImportSummary:
 
     @property
     def seen(self) -> int:
-        return self.imported + self.already_present + self.refused + self.known_revoked
+        return self.imported + self.already_present + self.refused + self.known_revoked + self.issuer_itself
 
     @property
     def elapsed(self) -> float:
@@ -111,6 +113,8 @@ class ImportSummary:
             self.imported += 1
         elif outcome.result == ALREADY_PRESENT:
             self.already_present += 1
+        elif outcome.result == ISSUER_ITSELF:
+            self.issuer_itself += 1
         elif outcome.result == REVOCATION_RECORDED:
             self.known_revoked += 1
         elif outcome.result == REFUSED:
@@ -240,7 +244,7 @@ class Importer:
         serials = [checked.serial for _, checked, _ in pending]
         for _ in range(_RETRIES):
             records = {r.serial: r for r in await self._view.recorded_certificates(issuer_id, serials)}
-            outcomes = plan(issuer_id, pending, records, self._actor)
+            outcomes = plan(issuer_id, pending, records, self._actor, self._issuer_der)
             stop = next((n for n, o in enumerate(outcomes) if o.result == REFUSED), None) if self._stop else None
             kept = outcomes if stop is None else outcomes[:stop]
             try:

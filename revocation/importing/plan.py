@@ -36,6 +36,9 @@ HOLD = "certificateHold"
 IMPORTED = "imported"  # recorded now (and its revocation, if the source has one)
 REVOCATION_RECORDED = "revocation recorded"  # known and good here, revoked in the source: revocation appended
 ALREADY_PRESENT = "already present"  # nothing to do
+# The issuer's own certificate (``openssl ca -selfsign`` lists it in index.txt): a CA's status is not
+# given by itself (RFC 5280 6.3.3: a CRL does not cover its own issuer), so it is not recorded.
+ISSUER_ITSELF = "the issuer's own certificate"
 REFUSED = "refused"
 
 # Why a certificate was refused: it is not acceptable at all, or it contradicts what is recorded.
@@ -112,10 +115,13 @@ def decide(
     revocation: Revocation | None,
     record: RecordedCertificate | None,
     actor: Actor,
+    issuer_der: bytes | None = None,
 ) -> Outcome:
     """What to append for ``checked`` (the issuer's signature already verified), given its ``record``."""
     serial = checked.serial
     hex_serial = f"{serial:x}"
+    if checked.der == issuer_der:
+        return Outcome(where, serial, ISSUER_ITSELF, f"serial {hex_serial}: the issuer's own certificate, not recorded")
 
     def event(e: CertificateIssued | CertificateRevoked, version: int) -> NewEvent:
         return NewEvent(e, version, actor.name, actor.request_id)
@@ -183,6 +189,7 @@ def plan(
     items: Sequence[tuple[str, Checked, Revocation | None]],
     records: dict[int, RecordedCertificate],
     actor: Actor,
+    issuer_der: bytes | None = None,
 ) -> list[Outcome]:
     """``decide`` for each item in order; a serial met twice is decided against what the first one records."""
     known = dict(records)
@@ -192,7 +199,7 @@ def plan(
         (repeated if checked.serial in seen else seen).add(checked.serial)
     outcomes = []
     for where, checked, revocation in items:
-        outcome = decide(issuer_id, where, checked, revocation, known.get(checked.serial), actor)
+        outcome = decide(issuer_id, where, checked, revocation, known.get(checked.serial), actor, issuer_der)
         if checked.serial in repeated:  # what it records is what the next one is decided against
             after = as_record(outcome, checked, revocation)
             if after is not None:

@@ -11,6 +11,7 @@ from revocation.importing.plan import (
     ALREADY_PRESENT,
     CONFLICT,
     IMPORTED,
+    ISSUER_ITSELF,
     REFUSED,
     REVOCATION_RECORDED,
     Revocation,
@@ -42,3 +43,13 @@ def test_a_serial_met_twice_in_a_batch_follows_its_first_occurrence() -> None:
     assert isinstance(issued.event, CertificateIssued) and issued.expected_version == 0
     [revocation] = outcomes[2].events
     assert isinstance(revocation.event, CertificateRevoked) and revocation.expected_version == 1
+
+
+def test_the_issuers_own_certificate_is_not_recorded() -> None:
+    """``openssl ca -selfsign`` lists the CA's own certificate in index.txt; a CA's status is not given by
+    itself, so importing it records nothing, and says why."""
+    ca_der = b"\x30\x03\x02\x01\x07"
+    items = [("index.txt:1", _checked(7, ca_der), None), ("index.txt:2", _checked(8), None)]
+    outcomes = plan("ca", items, {}, ACTOR, issuer_der=ca_der)
+    assert [o.result for o in outcomes] == [ISSUER_ITSELF, IMPORTED]
+    assert outcomes[0].events == () and "the issuer's own certificate" in str(outcomes[0])

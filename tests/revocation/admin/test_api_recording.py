@@ -99,6 +99,13 @@ async def test_one_certificate_recorded_then_again_already_present(api: Recordin
     assert (again.json()["result"], again.json()["already_present"]) == ("already present", 1)
     assert await api.rt.log.head() == head
 
+    # The CA's own (self-signed) certificate: nothing recorded, and the answer says why.
+    itself = await api.post({"issuer": EXTERNAL, "certificate": (legacy / "ca.pem").read_text()})
+    assert itself.status_code == 200, itself.text
+    body = itself.json()
+    assert (body["result"], body["recorded"], body["issuer_itself"]) == ("the issuer's own certificate", 0, 1)
+    assert await api.rt.log.head() == head
+
 
 async def test_a_batch_with_a_revocation_is_durable_once_acknowledged(api: Recording, legacy: Path) -> None:
     revoked = {"revoked_at": "2026-01-02T03:04:05Z", "reason": "keyCompromise"}
