@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import multiprocessing
 import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
-from pca.cli.common import fail
+from pca.cli.common import cli_actor, fail
 from pca.config import Config, load_config
 from pca.runtime import connect_runtime
 from revocation.authority import Actor
@@ -167,7 +165,7 @@ def cmd_import(args: argparse.Namespace) -> None:
         fail("--workers must be 0 or more")
     cfg = load_config(args.config)
     items = _items(args)
-    actor = Actor(f"cli:{getpass.getuser()}", f"import-{uuid.uuid4().hex[:16]}")
+    actor = cli_actor("import")
     progress = Progress(sys.stderr)
 
     def on_refused(outcome: Outcome) -> None:

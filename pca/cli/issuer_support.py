@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 from pca.cli.common import fail
-from revocation.authority import Actor
 from revocation.keys import KeyRef
 
 _FILE = ("key_file", "key_passphrase_env", "key_passphrase_file")
@@ -23,14 +20,6 @@ _PKCS11 = (
     "pkcs11_pin_file",
 )
 _KMS = ("kms_key_id", "kms_region", "kms_endpoint_url")
-
-
-def cli_actor(what: str) -> Actor:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return Actor(f"cli:{user}", f"issuer-{what}-{uuid.uuid4().hex[:12]}")
 
 
 def _flag(name: str) -> str:

@@ -18,8 +18,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pca.cli.common import fail
-from pca.cli.issuer_support import cli_actor, issuer_text, key_ref_from_args
+from pca.cli.common import cli_actor, fail
+from pca.cli.issuer_support import issuer_text, key_ref_from_args
 from pca.config import Config, load_config
 from pca.runtime import Runtime, connect_runtime
 from revocation.clock import SystemClock
@@ -130,7 +130,7 @@ async def _record_prepared(rt: Runtime, issuer: IssuerRecord, issuers: list[Issu
 
 
 def _actor_fields(what: str) -> tuple[str, str]:
-    actor = cli_actor(what)
+    actor = cli_actor(f"issuer-{what}")
     return actor.name, actor.request_id
 
 
@@ -142,7 +142,7 @@ def cmd_add(args: argparse.Namespace) -> None:
         fail("--ocsp-signer-csr is for a CA whose key pca does not hold; with its key pca makes the signer itself")
     out = _check_csr_path(args.ocsp_signer_csr) if args.ocsp_signer_csr else None
     crl_url = args.crl_url or cfg.crl_url(args.id)
-    actor = cli_actor("add")
+    actor = cli_actor("issuer-add")
 
     async def run() -> str:
         rt = await _runtime(cfg)
@@ -228,7 +228,7 @@ def cmd_renew_signer(args: argparse.Namespace) -> None:
 def cmd_set_signer(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     cert = _read_certificate(args.cert, "signer certificate")
-    actor = cli_actor("set-signer")
+    actor = cli_actor("issuer-set-signer")
 
     async def run() -> int:
         rt = await _runtime(cfg)
