@@ -16,54 +16,10 @@ import httpx
 import pytest
 
 from pca import cli
+from tests.support.timelines import T0, sample_timeline
 
-# The shape revocation.propagation.tracker.build_timeline returns.
-TIMELINE: dict[str, Any] = {
-    "issuer_id": "issuing-ca",
-    "serial": "1f2e3d",
-    "seq": 42,
-    "committed_at": "2026-01-01T00:00:00Z",
-    "superseded": False,
-    "presigned": {"at": "2026-01-01T00:00:00.120000Z", "seconds": 0.12},
-    "responders": [
-        {
-            "responder_id": "r1",
-            "url": "http://r1/ocsp",
-            "state": "applied",
-            "applied_at": "2026-01-01T00:00:00.300000Z",
-            "seconds": 0.3,
-            "applied_change": 9,
-            "last_seen": "2026-01-01T00:00:05Z",
-            "counted": True,
-        },
-        {
-            "responder_id": "r2",
-            "url": "http://r2/ocsp",
-            "state": "pending",
-            "applied_at": None,
-            "seconds": None,
-            "applied_change": 8,
-            "last_seen": "2026-01-01T00:00:05Z",
-            "counted": True,
-        },
-        {
-            "responder_id": "r3",
-            "url": "",
-            "state": "gone",
-            "applied_at": None,
-            "seconds": None,
-            "applied_change": 2,
-            "last_seen": "2025-12-31T00:00:00Z",
-            "counted": False,
-        },
-    ],
-    "ocsp_all_responders": None,
-    "crl": {"at": "2026-01-01T00:00:02.500000Z", "seconds": 2.5, "kind": "delta", "number": 7, "shard": 0},
-    "probes": [{"responder_url": "http://r1/ocsp", "seen_at": "2026-01-01T00:00:00.350000Z", "seconds": 0.35}],
-    "pending": ["r2"],
-    "slo_seconds": 1.0,
-    "slo_met": False,
-}
+# What the admin API serves: the real timeline's JSON.
+TIMELINE: dict[str, Any] = sample_timeline(T0 + 0.12, slo_seconds=1.0).to_json()
 
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -114,7 +70,7 @@ def test_propagation_prints_each_stage(
         "  responder r3: gone (not counted)",
         "  all responders     pending (not caught up: r2)",
         "  CRL                delta CRL number 7 2026-01-01T00:00:02.500000Z (+2.500s)",
-        "  probe http://r1/ocsp: saw revoked 2026-01-01T00:00:00.350000Z (+0.350s)",
+        "  probe http://r1/ocsp: saw revoked 2026-01-01T00:00:00.400000Z (+0.400s)",
         "  SLO 1s: NOT met",
     ]
 
@@ -188,3 +144,14 @@ def test_propagation_errors_exit_nonzero_with_the_problem_detail(
 
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == f"pca: error: Some Title: {detail}\n"
+
+
+def test_propagation_of_an_issuer_whose_crls_pca_does_not_publish(
+    api: Callable[[Handler], list[httpx.Request]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    keyless = sample_timeline(T0 + 0.12, crl_published=False).to_json()
+    api(lambda request: httpx.Response(200, json=keyless))
+
+    cli.main(["propagation", *ARGS, "1f2e3d"])
+
+    assert "  CRL                not published by pca (it does not hold this issuer's key)\n" in capsys.readouterr().out

@@ -6,36 +6,9 @@ import json
 
 import pytest
 
-from revocation.coordination import CRLPublication, PresignedState, ProbeResult, ResponderState
-from revocation.propagation.timeline import Moment, Timeline, Unrecorded, build_timeline
-
-T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-SEQ = 42
-
-
-def _timeline(stored_at: float | None, *, superseded: bool = False, now: float = T0 + 10) -> Timeline:
-    return build_timeline(
-        issuer_id="issuing-ca",
-        serial=0x1F2E3D,
-        seq=SEQ,
-        committed_at=T0,
-        superseded=superseded,
-        presigned=PresignedState("issuing-ca", 0x1F2E3D, "revoked", SEQ, 9, stored_at),
-        responders=[
-            ResponderState("r1", "http://r1/ocsp", 9, T0 - 100, T0 + 5),
-            ResponderState("r2", "http://r2/ocsp", 8, T0 - 100, T0 + 5),
-            ResponderState("r3", "", 2, T0 - 100, T0 - 86_400),
-        ],
-        applied={"r1": T0 + 0.3},
-        crl=CRLPublication("issuing-ca", 0, "delta", 7, SEQ, T0 + 2.5),
-        probes=[
-            ProbeResult("issuing-ca", 0x1F2E3D, SEQ, "http://r1/ocsp", T0 + 0.4),
-            ProbeResult("issuing-ca", 0x1F2E3D, SEQ - 5, "http://r1/ocsp", T0 - 50),  # an earlier revocation
-        ],
-        now=now,
-        gone_after=30.0,
-        slo_seconds=5.0,
-    )
+from revocation.propagation.timeline import Moment, Timeline, Unrecorded
+from tests.support.timelines import SEQ, T0
+from tests.support.timelines import sample_timeline as _timeline
 
 
 def test_the_json_is_what_the_admin_api_serves() -> None:
