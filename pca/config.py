@@ -51,7 +51,8 @@ class CRLStoreConfig:
 class CRLConfig:
     validity_seconds: int = 24 * 3600  # nextUpdate - thisUpdate
     interval_seconds: int = 6 * 3600  # full CRL at least this often
-    after_revocation_seconds: float = 2.0  # debounce: publish (a delta) this soon after a revocation
+    after_revocation_seconds: float = 2.0  # debounce: publish the changed shards' CRLs this soon after a revocation
+    full_after_revocation: bool = True  # a revocation triggers a full CRL of its shard, not only a delta
     delta_interval_seconds: int = 300  # delta CRL at least this often; 0: no delta CRLs
     shards: int = 1  # CRL shards per leaf issuer
     expired_grace_seconds: int = 0  # an entry leaves the CRL this long after its certificate's notAfter
@@ -268,6 +269,7 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
             c, "crl", "after_revocation_seconds", float, CRLConfig.after_revocation_seconds
         ),
         delta_interval_seconds=_typed(c, "crl", "delta_interval_seconds", int, CRLConfig.delta_interval_seconds),
+        full_after_revocation=_typed(c, "crl", "full_after_revocation", bool, CRLConfig.full_after_revocation),
         shards=_typed(c, "crl", "shards", int, CRLConfig.shards),
         expired_grace_seconds=_typed(c, "crl", "expired_grace_seconds", int, CRLConfig.expired_grace_seconds),
         base_url=_typed(c, "crl", "base_url", str, CRLConfig.base_url),
@@ -283,6 +285,11 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
         raise ConfigError(
             f"crl.delta_interval_seconds must be 0 (no delta CRLs) or below crl.interval_seconds "
             f"({crl.interval_seconds}), got {crl.delta_interval_seconds}"
+        )
+    if not crl.full_after_revocation and crl.delta_interval_seconds == 0:
+        raise ConfigError(
+            "crl.full_after_revocation = false needs delta CRLs (crl.delta_interval_seconds > 0): without "
+            "either, a revocation would reach no CRL before the next full one (crl.interval_seconds)"
         )
     if not 1 <= crl.shards <= MAX_SHARDS:
         raise ConfigError(f"crl.shards must be between 1 and {MAX_SHARDS}, got {crl.shards}")
@@ -383,7 +390,8 @@ poll_interval = 0.2          # seconds between polls of the response store's cha
 validity_seconds = 86400     # nextUpdate - thisUpdate
 interval_seconds = 21600     # publish a full CRL at least this often
 delta_interval_seconds = 300 # and a delta CRL at least this often (0: no delta CRLs)
-after_revocation_seconds = 2 # and a delta this soon after a revocation (debounced)
+after_revocation_seconds = 2 # and the changed shards' CRLs this soon after a revocation (debounced)
+full_after_revocation = true # a revocation triggers a full CRL of its shard too (nginx, HAProxy, Java read only those)
 shards = 1                   # CRL shards per issuing CA; raising it later never moves old certificates
 expired_grace_seconds = 0    # entries leave the CRL this long after the certificate's notAfter
 base_url = ""                # CRL URL prefix in certificates; empty: public.url + "/crl"

@@ -143,6 +143,11 @@ class CRLWriter:
             key = self._keys[issuer.issuer_id] = open_key(issuer.key_ref)
         return key
 
+    async def changed_since_base(self, issuer_id: str, shard: int) -> bool:
+        """Whether a certificate of the shard was revoked or released after its last full CRL's position."""
+        _, records = await self._view.crl_changes(issuer_id, shard, self.state(issuer_id, shard).base_position)
+        return bool(records)
+
     def state(self, issuer_id: str, shard: int) -> ShardState:
         return self._shards.setdefault((issuer_id, shard), ShardState())
 

@@ -4,15 +4,24 @@ For every issuer whose key we hold (the root, covering its intermediates, and
 each intermediate, covering its leaves) and every shard of it (``revocation.
 crl_layout``), it publishes:
 
-- a **full CRL** at start and every ``interval_seconds``: the shard's revoked,
-  unexpired certificates, with a critical Issuing Distribution Point naming the
-  shard's URL and, when deltas are on, a Freshest CRL naming the delta's URL;
+- a **full CRL** at start, every ``interval_seconds``, and, when
+  ``full_after_revocation`` (the default), ``after_revocation_seconds`` after a
+  revocation, hold or release changed the shard (debounced from the first change,
+  so a burst becomes one CRL, or a few if it lasts). Only the shards that changed
+  since their last full CRL are rebuilt, and a shard's next full CRL waits at
+  least as long as its last one took, so rebuilding a large shard during a long
+  burst takes at most half of the publisher's time (deltas keep flowing
+  meanwhile). Each full CRL carries a critical Issuing Distribution Point naming
+  the shard's URL and, when deltas are on, a Freshest CRL naming the delta's URL;
 - a **delta CRL** (RFC 5280 5.2.4) every ``delta_interval_seconds`` and
-  ``after_revocation_seconds`` after a revocation or hold release (debounced
-  from the first one, so a burst becomes one delta, or a few if it lasts): the
+  ``after_revocation_seconds`` after a revocation or hold release: the
   certificates revoked or released since the base full CRL's log position,
   released holds as ``removeFromCRL``, with a critical Delta CRL Indicator naming
   the base's number. It reads only what changed (``CRLSource.crl_changes``).
+
+Most relying parties (nginx ``ssl_crl``, HAProxy, OpenVPN, Java's PKIX checker in
+CRL mode) read only full CRLs: a full CRL that waited for ``interval_seconds``
+would leave a revoked certificate accepted there for hours.
 
 The shards published are the configured ones plus every shard that still holds
 an unexpired certificate, so lowering or raising ``crl.shards`` never leaves a
@@ -63,6 +72,7 @@ class Publisher:
         interval_seconds: int,
         after_revocation_seconds: float,
         delta_interval_seconds: int = 0,
+        full_after_revocation: bool = True,
         retry_seconds: float = 30.0,
         guard: Callable[[], None] | None = None,
         on_published: Callable[[list[Published]], Awaitable[None]] | None = None,
@@ -70,7 +80,8 @@ class Publisher:
         """``storer`` checks and writes each CRL, and says the layout, whether deltas are on and how
         long expired revocations stay listed. ``guard`` is called before every store and raises if
         this publisher may no longer publish (it lost its lease); ``on_published`` hears of every
-        CRL ``run`` published."""
+        CRL ``run`` published. Without deltas, full CRLs always follow revocations (nothing else would
+        carry them before the next cycle), so ``full_after_revocation`` is then ignored."""
         if validity_seconds <= 0 or interval_seconds <= 0 or interval_seconds >= validity_seconds:
             raise ValueError(
                 f"need 0 < interval ({interval_seconds}) < validity ({validity_seconds}) for CRLs to stay valid"
@@ -97,6 +108,7 @@ class Publisher:
         self._interval = interval_seconds
         self._delta_interval = delta_interval_seconds
         self._debounce = after_revocation_seconds
+        self._follow = full_after_revocation or not deltas
         self._retry = retry_seconds
         self._targets: dict[str, list[int]] = {}  # issuer -> shards, refreshed by every full cycle
         self._errors: dict[tuple[str, int, str], str] = {}
@@ -104,6 +116,8 @@ class Publisher:
         self._next_delta = 0.0
         self._next_retry = 0.0
         self._dirty_since: float | None = None
+        self._full_not_before: dict[tuple[str, int], float] = {}  # a shard's next full CRL after a change
+        self._full_due: float | None = None  # a changed shard's full CRL waits for its spacing until then
         self._wake = asyncio.Event()
         self._on_published = on_published
         self.published_position = 0
@@ -157,7 +171,11 @@ class Publisher:
                 if published is not None:
                     done.append(published)
             else:
+                started = self._clock.monotonic()
                 done.append(await self.publish(issuer, shard))
+                # Spacing: the next full CRL of this shard after a change waits as long as this one took.
+                ended = self._clock.monotonic()
+                self._full_not_before[key[:2]] = ended + (ended - started)
         except PCAError as exc:
             what = crl_layout.label(issuer.issuer_id, shard) + (" delta" if delta else "")
             log.error("CRL for %s not published: %s", what, exc)
@@ -210,6 +228,36 @@ class Publisher:
         self._report()
         return done
 
+    async def _changed(self, issuer: IssuerRecord, shard: int) -> bool:
+        """Whether a certificate of the shard was revoked or released after its last full CRL's position."""
+        try:
+            return await self._writer.changed_since_base(issuer.issuer_id, shard)
+        except PCAError as exc:  # the full CRL's attempt reads the same rows: it says what is wrong
+            log.warning("cannot tell whether %s changed: %s", crl_layout.label(issuer.issuer_id, shard), exc)
+            return True
+
+    async def publish_changes(self, *, refresh: bool = False) -> list[Published]:
+        """After revocations: a full CRL of every shard changed since its last one (once its spacing
+        has passed) and, when deltas are on, a delta of every shard (unless ``refresh``, only where
+        something changed since the last delta). A shard without a base gets its full CRL first."""
+        done: list[Published] = []
+        self._full_due = None
+        for issuer in await self._issuers():
+            for shard in self._targets.get(issuer.issuer_id, []):
+                if self._writer.state(issuer.issuer_id, shard).base_number is None:
+                    await self._full_and_delta(issuer, shard, done)
+                    continue
+                if self._follow and await self._changed(issuer, shard):
+                    not_before = self._full_not_before.get((issuer.issuer_id, shard), 0.0)
+                    if self._clock.monotonic() >= not_before:
+                        await self._full_and_delta(issuer, shard, done)
+                        continue
+                    self._full_due = not_before if self._full_due is None else min(self._full_due, not_before)
+                if self._deltas:
+                    await self._attempt(issuer, shard, done, delta=True, force=refresh)
+        self._report()
+        return done
+
     async def _retry_failed(self) -> list[Published]:
         """Try again what failed: a shard without a base gets its full CRL first."""
         done: list[Published] = []
@@ -242,16 +290,14 @@ class Publisher:
             self._next_retry = now + self._retry
             done += await self._retry_failed()
         debounced = self._dirty_since is not None and now - self._dirty_since >= self._debounce
-        if self._deltas:
-            refresh = now >= self._next_delta
-            if refresh or debounced:
-                self._dirty_since = None
-                if refresh:
-                    self._next_delta = now + self._delta_interval
-                done += await self.publish_deltas(force=refresh)
-        elif debounced:
+        spaced = self._full_due is not None and now >= self._full_due
+        refresh = self._deltas and now >= self._next_delta
+        if refresh or debounced or spaced:
+            # Whatever runs now reads the log from here: it covers every change noted so far.
             self._dirty_since = None
-            done += await self.publish_all()
+            if refresh:
+                self._next_delta = now + self._delta_interval
+            done += await self.publish_changes(refresh=refresh)
         return done
 
     def seconds_until_due(self) -> float:
@@ -264,6 +310,8 @@ class Publisher:
             due.append(self._next_delta)
         if self._dirty_since is not None:
             due.append(self._dirty_since + self._debounce)
+        if self._full_due is not None:
+            due.append(self._full_due)
         if self._errors:
             due.append(self._next_retry)
         return max(0.0, min(due) - now)

@@ -58,6 +58,7 @@ def build_publisher(
         interval_seconds=cfg.interval_seconds,
         after_revocation_seconds=cfg.after_revocation_seconds,
         delta_interval_seconds=cfg.delta_interval_seconds,
+        full_after_revocation=cfg.full_after_revocation,
         guard=guard,
         on_published=on_published,
     )

@@ -527,6 +527,33 @@ def test_crl_lists_revocations_verifies_and_numbers_increase(shared: ServerProce
     assert result.returncode == 0 and f"{good.path}: OK" in result.stdout, output(result)
 
 
+def test_a_relying_party_reading_only_full_crls_refuses_a_revoked_certificate_within_seconds(
+    shared: ServerProcess, tmp_path: Path
+) -> None:
+    """nginx ssl_crl, HAProxy, OpenVPN and ``openssl verify -crl_check`` read only the full CRL: it must
+    follow the revocation (crl.full_after_revocation, on by default), not wait for crl.interval_seconds."""
+    d = ca_dir(shared)
+    cert, good = issue(shared, "full-only"), issue(shared, "full-only-good")
+    revoke(shared, cert, "keyCompromise")
+
+    def full_lists_it() -> x509.CertificateRevocationList | None:
+        crl = fetch_crl(shared)[1]
+        return crl if crl.get_revoked_certificate_by_serial_number(cert.serial) is not None else None
+
+    full = poll(full_lists_it, CRL_PROPAGATION_SECONDS, interval=0.2)
+    assert full is not None, f"the full CRL does not list {cert.serial_hex} {CRL_PROPAGATION_SECONDS} s after"
+    assert full.extensions.get_extension_for_class(x509.CRLNumber) is not None
+    with pytest.raises(x509.ExtensionNotFound):
+        full.extensions.get_extension_for_class(x509.DeltaCRLIndicator)
+    pem = tmp_path / "full.pem"
+    root_crl = fetch_crl(shared, "root-ca")[1]
+    pem.write_bytes(full.public_bytes(serialization.Encoding.PEM) + root_crl.public_bytes(serialization.Encoding.PEM))
+    refused = openssl("verify", "-crl_check_all", "-CAfile", d / "ca-chain.pem", "-CRLfile", pem, cert.path)
+    assert refused.returncode != 0 and "certificate revoked" in output(refused), output(refused)
+    accepted = openssl("verify", "-crl_check_all", "-CAfile", d / "ca-chain.pem", "-CRLfile", pem, good.path)
+    assert accepted.returncode == 0, output(accepted)
+
+
 def test_root_crl_is_served_and_verifies_against_the_root(shared: ServerProcess, tmp_path: Path) -> None:
     d = ca_dir(shared)
     resp, crl = fetch_crl(shared, "root-ca")

@@ -59,7 +59,12 @@ def store(tmp_path: Path) -> DirectoryStore:
 
 
 def publisher_for(
-    rt: Runtime, store: Any, registry: CollectorRegistry | None = None, view: StatusView | None = None
+    rt: Runtime,
+    store: Any,
+    registry: CollectorRegistry | None = None,
+    view: StatusView | None = None,
+    *,
+    full_after_revocation: bool = True,
 ) -> Publisher:
     """The publisher as ``pca serve`` builds it from the configuration (deltas every 300 s, 2 s debounce)."""
     cfg = rt.config.crl
@@ -73,6 +78,7 @@ def publisher_for(
         interval_seconds=cfg.interval_seconds,
         after_revocation_seconds=cfg.after_revocation_seconds,
         delta_interval_seconds=cfg.delta_interval_seconds,
+        full_after_revocation=full_after_revocation,
     )
 
 
@@ -256,7 +262,8 @@ async def test_a_burst_of_200_revocations_makes_one_delta_after_the_debounce(
     rt: Runtime, authority: Authority, store: DirectoryStore, fake_clock: FakeClock
 ) -> None:
     certs = [await issue(authority, f"burst{i}") for i in range(200)]
-    publisher = publisher_for(rt, store)
+    # Only the delta: with full_after_revocation (the default) the full CRL follows too (test_crl_follow.py).
+    publisher = publisher_for(rt, store, full_after_revocation=False)
     rt.on_commit(lambda events: publisher.revocation_happened() if events else None)
     started = await publisher.tick()  # the first tick publishes every full CRL (and its first delta)
     assert {p.kind for p in started} == {"full", "delta"}
@@ -557,7 +564,7 @@ async def test_after_an_outage_publishing_resumes_and_numbers_still_only_increas
     flaky = FlakyStore(store)
     registry = CollectorRegistry()
     publisher = build_publisher(rt, flaky)  # as the publisher role builds it, then with a registry of our own
-    publisher = publisher_for(rt, flaky, registry)
+    publisher = publisher_for(rt, flaky, registry, full_after_revocation=False)  # what deltas do
     await publisher.tick()
     before = crl_number(await stored(store, crl_layout.delta_key(ISSUING)))
 
@@ -645,7 +652,7 @@ def test_the_layout_names_shards_keys_and_urls_one_way() -> None:
 async def test_a_delta_whose_base_the_store_lost_is_refused_and_a_new_full_crl_follows(
     rt: Runtime, authority: Authority, store: DirectoryStore, fake_clock: FakeClock
 ) -> None:
-    publisher = publisher_for(rt, store)
+    publisher = publisher_for(rt, store, full_after_revocation=False)  # a delta, not a full CRL, finds the loss
     await publisher.tick()
     cert = await issue(authority, "after-loss")
     (store.root / crl_layout.full_key(ISSUING)).unlink()  # someone emptied the bucket

@@ -223,7 +223,9 @@ async def test_full_and_delta_crls_of_every_shard_are_published_to_s3_and_verify
     ca_config: Config, s3_server: S3Server, fake_clock: FakeClock, tmp_path: Path
 ) -> None:
     bucket = s3_server.new_bucket()
-    config = s3_config(ca_config, s3_server, bucket, shards=2, base_url="https://crl.example.test/pki/crl")
+    config = s3_config(
+        ca_config, s3_server, bucket, shards=2, base_url="https://crl.example.test/pki/crl", full_after_revocation=False
+    )
     rt = open_runtime(config, fake_clock)
     store = open_store(config)
     assert isinstance(store, S3Store)

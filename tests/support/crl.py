@@ -38,7 +38,10 @@ def with_crl_settings(config: Config, **settings: object) -> Config:
     """Rewrite keys of the [crl] section of an initialised CA's pca.toml and load it again."""
     text = config.path.read_text()
     for key, value in settings.items():  # [crl] keys come first in the file, then [crl.store]
-        rendered = f'"{value}"' if isinstance(value, str) else str(value)
+        if isinstance(value, bool):
+            rendered = "true" if value else "false"
+        else:
+            rendered = f'"{value}"' if isinstance(value, str) else str(value)
         text, count = re.subn(rf"(?m)^{key} = [^#\n]*", f"{key} = {rendered} ", text, count=1)
         assert count == 1, f"no {key} in {config.path}"
     config.path.write_text(text)
