@@ -141,6 +141,12 @@ _REASON_CODES: dict[str | None, int | None] = {name: code or None for name, code
 _REASON_CODES[None] = None
 
 
+def _crl_number(der: bytes) -> int:
+    crl = x509.load_der_x509_crl(der)
+    number: int = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    return number
+
+
 def reason_code(reason: str | None) -> int | None:
     """The CRLReason a CRL entry carries for a recorded reason (None: no reasonCode)."""
     try:
@@ -195,8 +201,7 @@ class Storer:
         if obj is None:
             return StoredCRL(0, None, {})
         try:
-            crl = x509.load_der_x509_crl(obj.data)
-            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+            number = await asyncio.to_thread(_crl_number, obj.data)  # parsing 50 MB: off the event loop
         except (ValueError, x509.ExtensionNotFound) as exc:
             raise RefusedCRL(f"the stored CRL at {key} cannot be read back: {exc}") from exc
         return StoredCRL(number, obj.etag, obj.metadata)
