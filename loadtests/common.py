@@ -273,11 +273,14 @@ class Population:
         return {"count": len(self.serials), "revoked": sorted(self.revoked)}
 
 
-async def populate(rt: Runtime, count: int, revoked_every: int = 100, batch: int = 5000) -> Population:
+async def populate(
+    rt: Runtime, count: int, revoked_every: int = 100, batch: int = 5000, *, good_every: int = 0
+) -> Population:
     """Record ``count`` certificates as events, reusing one real certificate's DER.
 
     Signing and serving never read a certificate's DER, so one issued certificate
-    stands in for all. Every ``revoked_every``-th one is revoked (keyCompromise).
+    stands in for all. Every ``revoked_every``-th one is revoked (keyCompromise); with
+    ``good_every``, every ``good_every``-th one stays good and all the others are revoked.
     """
     from pca.serve import build_authority
     from revocation.authority import Actor, IssueRequest
@@ -296,7 +299,7 @@ async def populate(rt: Runtime, count: int, revoked_every: int = 100, batch: int
             serials.append(serial)
             issued = CertificateIssued(ISSUER, f"{serial:x}", f"CN=bench-{i}", now, not_after, der_hex, "server")
             events.append(NewEvent(issued, 0, "bench", "populate"))
-            if revoked_every and i % revoked_every == 0:
+            if (i % good_every != 0) if good_every else (revoked_every and i % revoked_every == 0):
                 revoked.add(serial)
                 revocation = CertificateRevoked(ISSUER, f"{serial:x}", "keyCompromise", now)
                 events.append(NewEvent(revocation, 1, "bench", "populate"))
@@ -350,12 +353,14 @@ class Template:
     presigned: bool
 
 
-def build_template(base: Path, count: int, *, revoked_every: int = 100, presign_workers: int = 0) -> Template:
+def build_template(
+    base: Path, count: int, *, revoked_every: int = 100, presign_workers: int = 0, good_every: int = 0
+) -> Template:
     """A CA with ``count`` certificates; pre-signed with that many workers if ``presign_workers``."""
     cfg = make_ca(base)
     rt = open_bench_runtime(cfg)
     try:
-        population = asyncio.run(populate(rt, count, revoked_every))
+        population = asyncio.run(populate(rt, count, revoked_every, good_every=good_every))
         if presign_workers:
             asyncio.run(presign_all(rt, presign_workers))
     finally:

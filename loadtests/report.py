@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from loadtests.report_crl import crl_follow_goals, crl_follow_section
 from loadtests.report_import import import_goals, import_sections
 
 GOAL_MEMORY_BYTES = 1.5 * 1024
@@ -120,7 +121,7 @@ def goals(all_results: dict[str, Result]) -> list[dict[str, str]]:
         )
     else:
         add("responder memory", "<= 1.5 KB per cached response", "–", None)
-    for measure, goal, measured, met in import_goals(all_results):
+    for measure, goal, measured, met in [*import_goals(all_results), *crl_follow_goals(all_results)]:
         add(measure, goal, measured, met)
     return rows
 
@@ -181,6 +182,7 @@ def render(data: Result, commands: dict[str, str], notes: str | None) -> str:
     lines += _scaled_propagation_section(r.get("scaled_propagation"))
     lines += _memory_section(r.get("memory"))
     lines += import_sections(r)
+    lines += crl_follow_section(r.get("crl_follow"))
     failed = data.get("failed", {})
     if failed:
         lines += ["## Scenarios that failed in this run", ""]

@@ -38,6 +38,7 @@ SCENARIOS = (
     "memory",
     "import_rate",
     "record_latency",
+    "crl_follow",
 )
 ROOT = Path(__file__).resolve().parent.parent
 PY = ".venv/bin/python"
@@ -53,6 +54,7 @@ COMMANDS = {
     "memory": f"{PY} -m loadtests.memory             # --sizes 100000 1000000",
     "import_rate": f"{PY} -m loadtests.import_rate        # --sizes 10000 100000",
     "record_latency": f"{PY} -m loadtests.record_latency     # --count 200 --poll-ms 10",
+    "crl_follow": f"{PY} -m loadtests.crl_follow         # --revoked 1000000 --burst 6000 --rate 100",
 }
 TIMEOUT = {"smoke": 300, "full": 3600}
 
@@ -101,6 +103,14 @@ def headline(name: str, r: dict[str, Any]) -> str:
         )
     if name == "record_latency":
         return f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, max {r['max_ms']:.0f} ms, all: {r['all_servable']}"
+    if name == "crl_follow":
+        parts = []
+        for mode, s in sorted(r["summary"].items(), reverse=True):
+            parts.append(
+                f"{mode}: API p99 {s['api_ms']['p99']:.0f} ms, presigned p99 {s['presigned_ms']['p99']:.0f} ms, "
+                f"full CRL p99 {s['full_crl_ms']['p99']:.0f} ms"
+            )
+        return "; ".join(parts)
     return json.dumps(r)[:200]
 
 

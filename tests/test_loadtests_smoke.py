@@ -27,6 +27,7 @@ SCENARIOS = (
     "memory",
     "import_rate",
     "record_latency",
+    "crl_follow",
 )
 
 
