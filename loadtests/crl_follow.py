@@ -22,6 +22,8 @@ Timelines are read for a sample of the revocations (every revocation when they a
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ from loadtests.common import (
     wait_until,
 )
 from loadtests.pcaserver import PcaServer
+from pca.config import Config, load_config
 from revocation.clock import parse_iso
 
 ISSUER = "issuing-ca"
@@ -66,7 +69,12 @@ async def burst(server: PcaServer, serials: list[int], rate: float) -> tuple[lis
 
         async def one(serial: int) -> float:
             sent = time.perf_counter()
-            r = await admin.post(f"/v1/certificates/{serial:x}/revoke", json={"reason": "keyCompromise"})
+            try:
+                r = await admin.post(f"/v1/certificates/{serial:x}/revoke", json={"reason": "keyCompromise"})
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                # A kept-alive connection the server closed (idle timeout) as the request went out: the
+                # revocation is idempotent, so send it again, and count the whole time.
+                r = await admin.post(f"/v1/certificates/{serial:x}/revoke", json={"reason": "keyCompromise"})
             if not 200 <= r.status_code < 300:
                 raise RuntimeError(f"revoke {serial:x}: HTTP {r.status_code} {r.text[:200]}")
             return time.perf_counter() - sent
@@ -106,29 +114,36 @@ def first_after(pubs: list[tuple[str, int, int, float]], seq: int, kinds: tuple[
     return min(times) if times else None
 
 
-def one_mode(template: Any, work: Path, label: str, follow: bool, serials: list[int], rate: float) -> dict[str, Any]:
-    cfg = clone_ca(template.cfg, work / label)
+def one_mode(template: Config, work: Path, label: str, follow: bool, serials: list[int], rate: float) -> dict[str, Any]:
+    cfg = clone_ca(template, work / label)
     cfg = set_option(cfg, "crl", "full_after_revocation", "true" if follow else "false")
     with PcaServer(cfg, "uvicorn") as server:
+        try:
+            return _measure(server, cfg, label, follow, serials, rate)
+        except BaseException:
+            log(f"  {label} failed; the server's log ends with:\n{server.service.log_tail()}")
+            raise
 
-        def published() -> bool:
-            report = server.health().get("publisher", {})
-            return bool(report.get("published_position")) and report["published_position"] >= report["log_head"]
 
-        wait_until(published, 300, "the first full CRLs")
-        started_at = time.time()
-        trips, seconds = asyncio.run(burst(server, serials, rate))
-        ended_at = time.time()
-        sample = serials[:: max(1, len(serials) // SAMPLE)]
-        last = asyncio.run(timelines(server, [serials[-1]]))[0]
+def _measure(server: PcaServer, cfg: Any, label: str, follow: bool, serials: list[int], rate: float) -> dict[str, Any]:
+    def published() -> bool:
+        report = server.health().get("publisher", {})
+        return bool(report.get("published_position")) and report["published_position"] >= report["log_head"]
 
-        def last_listed() -> bool:
-            pubs = publications(cfg) if follow else []
-            return not follow or first_after(pubs, last["seq"], ("full",)) is not None
+    wait_until(published, 300, "the first full CRLs")
+    started_at = time.time()
+    trips, seconds = asyncio.run(burst(server, serials, rate))
+    ended_at = time.time()
+    sample = serials[:: max(1, len(serials) // SAMPLE)]
+    last = asyncio.run(timelines(server, [serials[-1]]))[0]
 
-        wait_until(last_listed, TAIL_S, "a full CRL listing the burst's last revocation", interval=1.0)
-        lines = asyncio.run(timelines(server, sample))
-        server.check_alive()
+    def last_listed() -> bool:
+        pubs = publications(cfg) if follow else []
+        return not follow or first_after(pubs, last["seq"], ("full",)) is not None
+
+    wait_until(last_listed, TAIL_S, "a full CRL listing the burst's last revocation", interval=1.0)
+    lines = asyncio.run(timelines(server, sample))
+    server.check_alive()
     pubs = publications(cfg)
     full_times, any_times, presigned, ocsp_all = [], [], [], []
     for t in lines:
@@ -156,22 +171,40 @@ def one_mode(template: Any, work: Path, label: str, follow: bool, serials: list[
     }
 
 
-def run(*, smoke: bool, runs: int, revoked: int, burst_size: int, rate: float) -> dict[str, Any]:
+GOOD_EVERY = 20
+
+
+def template_in(directory: Path, count: int) -> tuple[Config, list[int]]:
+    """The CA (recorded and pre-signed) and its good serials: made once in ``directory`` and reused."""
+    done = directory / "template.json"
+    if done.exists():
+        saved = json.loads(done.read_text())
+        if saved["count"] == count:
+            log(f"crl_follow: reusing the template in {directory}")
+            return load_config(Path(saved["config"])), saved["good"]
+    shutil.rmtree(directory, ignore_errors=True)
+    log(f"crl_follow: recording and pre-signing {count:,} certificates into {directory}")
+    template = build_template(directory, count, presign_workers=2, good_every=GOOD_EVERY)
+    good = template.population.good()
+    done.write_text(json.dumps({"count": count, "config": str(template.cfg.path), "good": good}))
+    return template.cfg, good
+
+
+def run(
+    *, smoke: bool, runs: int, revoked: int, burst_size: int, rate: float, template_dir: Path | None = None
+) -> dict[str, Any]:
     if smoke:
         revoked, burst_size, rate = min(revoked, 5000), min(burst_size, 100), min(rate, 50)
-    good_every = 20
-    count = revoked + revoked // (good_every - 1) + 2
+    count = revoked + revoked // (GOOD_EVERY - 1) + 2
     with scratch("crl_follow") as work:
-        log(f"crl_follow: recording and pre-signing {count:,} certificates ({revoked:,} revoked)")
-        template = build_template(work / "template", count, presign_workers=2, good_every=good_every)
-        good = template.population.good()
+        template_cfg, good = template_in(template_dir or work / "template", count)
         if len(good) < burst_size * runs * 2:
             raise RuntimeError(f"{burst_size * runs * 2} revocations need more good certificates than {len(good)}")
         results = []
         batches = iter(good[i * burst_size : (i + 1) * burst_size] for i in range(runs * 2))
         for n in range(runs):
             for follow in (True, False):
-                r = one_mode(template, work, f"run{n}-{follow}", follow, next(batches), rate)
+                r = one_mode(template_cfg, work, f"run{n}-{follow}", follow, next(batches), rate)
                 r["run"] = n + 1
                 results.append(r)
                 log(
@@ -207,9 +240,18 @@ def main() -> None:
     p.add_argument("--revoked", type=int, default=1_000_000)
     p.add_argument("--burst", type=int, default=6000)
     p.add_argument("--rate", type=float, default=100.0)
+    p.add_argument("--template-dir", type=Path, help="keep the recorded, pre-signed CA here and reuse it next time")
     args = p.parse_args()
     runs = runs_of(args)
-    emit(run(smoke=args.smoke, runs=runs, revoked=args.revoked, burst_size=args.burst, rate=args.rate), args.json_out)
+    result = run(
+        smoke=args.smoke,
+        runs=runs,
+        revoked=args.revoked,
+        burst_size=args.burst,
+        rate=args.rate,
+        template_dir=args.template_dir,
+    )
+    emit(result, args.json_out)
 
 
 if __name__ == "__main__":
