@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from loadtests.enforcement_report import enforcement_goals, enforcement_section
 from loadtests.report_import import import_goals, import_sections
 
 GOAL_MEMORY_BYTES = 1.5 * 1024
@@ -122,6 +123,8 @@ def goals(all_results: dict[str, Result]) -> list[dict[str, str]]:
         add("responder memory", "<= 1.5 KB per cached response", "–", None)
     for measure, goal, measured, met in import_goals(all_results):
         add(measure, goal, measured, met)
+    for measure, goal, measured, met in enforcement_goals(all_results):
+        add(measure, goal, measured, met)
     return rows
 
 
@@ -181,6 +184,7 @@ def render(data: Result, commands: dict[str, str], notes: str | None) -> str:
     lines += _scaled_propagation_section(r.get("scaled_propagation"))
     lines += _memory_section(r.get("memory"))
     lines += import_sections(r)
+    lines += enforcement_section(r.get("enforcement"))
     failed = data.get("failed", {})
     if failed:
         lines += ["## Scenarios that failed in this run", ""]

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from loadtests.enforcement_report import enforcement_headline
 from loadtests.facts import load_average, machine, product_digest
 from loadtests.report import goals, render
 
@@ -38,6 +39,7 @@ SCENARIOS = (
     "memory",
     "import_rate",
     "record_latency",
+    "enforcement",
 )
 ROOT = Path(__file__).resolve().parent.parent
 PY = ".venv/bin/python"
@@ -53,6 +55,7 @@ COMMANDS = {
     "memory": f"{PY} -m loadtests.memory             # --sizes 100000 1000000",
     "import_rate": f"{PY} -m loadtests.import_rate        # --sizes 10000 100000",
     "record_latency": f"{PY} -m loadtests.record_latency     # --count 200 --poll-ms 10",
+    "enforcement": f"{PY} -m loadtests.enforcement        # --revocations 30 --spacing 3 --timeout 60 --poll-ms 100",
 }
 TIMEOUT = {"smoke": 300, "full": 3600}
 
@@ -101,6 +104,8 @@ def headline(name: str, r: dict[str, Any]) -> str:
         )
     if name == "record_latency":
         return f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, max {r['max_ms']:.0f} ms, all: {r['all_servable']}"
+    if name == "enforcement":
+        return enforcement_headline(r)
     return json.dumps(r)[:200]
 
 

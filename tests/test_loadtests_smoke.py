@@ -27,6 +27,7 @@ SCENARIOS = (
     "memory",
     "import_rate",
     "record_latency",
+    "enforcement",
 )
 
 
