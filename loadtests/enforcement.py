@@ -20,7 +20,10 @@ The client certificates are revoked one by one (keyCompromise), one every ``--sp
 Before each revocation every channel must accept the certificate (a control); from the
 revocation's 2xx every channel retries it every ``--poll-ms`` ms (nginx: a fresh TLS handshake
 and ``GET /`` each time) until refused or ``--timeout`` seconds have passed ("not refused").
-The time is taken when the refusing check returns. Meanwhile the control certificate is checked
+The time is taken when the refusing check returns; the checking client runs at nice -20 where
+allowed, and reports its CPU and event-loop lag. Two reference channels, no relying party, say
+when the full CRL and the delta CRL served at the certificates' CRL DP / FreshestCRL first list
+the certificate (one poller, every 100 ms). Meanwhile the control certificate is checked
 on every channel once a second: any refusal of it is a false refusal. A channel whose tools are
 missing (``java``/``javac``; nginx; nginx without ``ssl_ocsp``; ``pca crl-sync`` not in this
 build) is skipped with the reason. ``--crl-sync-stand-in`` (or ``PCA_BENCH_CRL_SYNC_STAND_IN=1``)
@@ -44,6 +47,7 @@ from loadtests.common import emit, log, make_ca, parser, percentile, scratch, se
 from loadtests.enforcement_nginx import client_context
 from loadtests.enforcement_rig import Channel, Client, Rig
 from loadtests.pcaserver import PcaServer
+from loadtests.propagation import loop_lag, raised_priority
 
 
 @dataclasses.dataclass
@@ -142,12 +146,18 @@ async def control_loop(channels: list[Channel], control: Client, stop: asyncio.E
 
 async def measure(
     server: PcaServer, channels: list[Channel], clients: list[Client], control: Client, args: Any
-) -> tuple[list[Watch], dict[str, Control]]:
+) -> tuple[list[Watch], dict[str, Control], dict[str, float]]:
+    """Revoke and watch; also the client's own CPU and event-loop lag (a starved client would inflate the times)."""
     stop = asyncio.Event()
     control_task = asyncio.create_task(control_loop(channels, control, stop))
+    lag: list[float] = []
+    lag_task = asyncio.create_task(loop_lag(lag, stop))
     headers = {"authorization": f"Bearer {server.token}"}
-    async with httpx.AsyncClient(base_url=server.admin_url, headers=headers, timeout=30) as admin:
-        started = time.perf_counter()
+    async with (
+        httpx.AsyncClient(base_url=server.admin_url, headers=headers, timeout=30) as admin,
+        raised_priority(),
+    ):
+        started, cpu = time.perf_counter(), time.process_time()
         tasks = []
         for i, client in enumerate(clients):
             await asyncio.sleep(max(0.0, started + i * args.spacing - time.perf_counter()))
@@ -155,9 +165,18 @@ async def measure(
             if (i + 1) % 10 == 0:
                 log(f"  {i + 1} of {len(clients)} revoked")
         results = await asyncio.gather(*tasks)
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     stop.set()
     controls = await control_task
-    return [w for ws in results for w in ws], controls
+    await lag_task
+    lag.sort()
+    client = {
+        "seconds": round(seconds, 1),
+        "cpu_fraction": round(cpu / seconds, 2),
+        "loop_lag_p99_ms": round(percentile(lag, 99) * 1000, 1),
+        "loop_lag_max_ms": round(lag[-1] * 1000, 1) if lag else float("nan"),
+    }
+    return [w for ws in results for w in ws], controls, client
 
 
 def summarize(channel: Channel, watches: list[Watch], control: Control, timeout: float) -> dict[str, Any]:
@@ -213,22 +232,28 @@ def prepare(server: PcaServer, work: Path, count: int) -> tuple[dict[str, Path],
     server_chain.write_bytes(server_cert.read_bytes() + issuing.read_bytes())
     leaf = x509.load_pem_x509_certificate(made[0][1].read_bytes())
     urls = [crl_dp(leaf), crl_dp(x509.load_pem_x509_certificate(issuing.read_bytes()))]
+    with contextlib.suppress(x509.ExtensionNotFound):
+        freshest = leaf.extensions.get_extension_for_class(x509.FreshestCRL).value
+        urls.append(str(freshest[0].full_name[0].value) if freshest[0].full_name else "")
     clients = [Client(serial, cert, key, client_context(chain, cert, key)) for serial, cert, key in made]
     files = {"root": root, "issuing": issuing, "chain": chain, "server_chain": server_chain, "server_key": server_key}
     return files, urls, clients[1:], clients[0]
 
 
-Measured = tuple[list[Channel], list[Watch], dict[str, Control]]
+Measured = tuple[list[Channel], list[Watch], dict[str, Control], dict[str, float]]
 
 
 async def run_channels(
     server: PcaServer, rig: Rig, files: dict[str, Path], urls: list[str], clients: list[Client], control: Client
 ) -> Measured:
     try:
-        channels = rig.start_nginx(files, urls)
+        channels = rig.start_nginx(files, urls[:2])
         channels += await rig.start_java(files)
+        references = await rig.start_references(urls[0], urls[2] if len(urls) > 2 else None)
+        if channels:
+            channels += references
         if not channels:
-            return [], [], {}
+            return [], [], {}, {}
         # Every channel accepts the control before the clock starts (nginx up, the first CRLs loaded).
         deadline = time.monotonic() + 30
         pending = list(channels)
@@ -241,12 +266,12 @@ async def run_channels(
             details = await asyncio.gather(*(ch.check(control) for ch in pending))
             raise RuntimeError(f"the control certificate is not accepted by {[ch.name for ch in pending]}: {details}")
         log(f"enforcement: {len(clients)} revocations, channels {', '.join(ch.name for ch in channels)}")
-        watches, controls = await measure(server, channels, clients, control, rig.args)
+        watches, controls, client = await measure(server, channels, clients, control, rig.args)
         for nginx in rig.nginxes:
             nginx.check_alive()
         for service in rig.services:
             service.check_alive()
-        return channels, watches, controls
+        return channels, watches, controls, client
     finally:
         await rig.stop()
 
@@ -273,7 +298,7 @@ def run(args: Any) -> dict[str, Any]:
         with PcaServer(cfg, "uvicorn") as server:
             files, urls, clients, control = prepare(server, work, args.revocations)
             wait_until(lambda: all(httpx.get(u, timeout=2).status_code == 200 for u in urls), 30, "the CRLs")
-            channels, watches, controls = asyncio.run(run_channels(server, rig, files, urls, clients, control))
+            channels, watches, controls, client = asyncio.run(run_channels(server, rig, files, urls, clients, control))
             server.check_alive()
     rows = [summarize(ch, watches, controls[ch.name], args.timeout) for ch in channels]
     for row in rows:
@@ -292,6 +317,7 @@ def run(args: Any) -> dict[str, Any]:
             "poll_ms": round(args.poll * 1000),
             "server": "pca serve (uvicorn, every role)",
             "settings": settings,
+            "client": client,
             **rig.info,
         },
         "channels": rows,

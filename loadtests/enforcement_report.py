@@ -130,7 +130,15 @@ def enforcement_section(res: Result | None) -> list[str]:
         f"handshake and `GET /`; the JVM: a PKIX validation) until it refuses it, for at most {p['timeout_s']:.0f} s. "
         "A never-revoked control certificate is checked on every relying party once a second meanwhile; its "
         "checks / false refusals / errors are listed. Times in ms from the 2xx to the refusing check's answer. "
-        f"nginx {p.get('nginx', '–')}; {p.get('java', 'no JVM')}; CRL feed: {p.get('crl_sync', '–')}.",
+        f"nginx {p.get('nginx', '–')}; {p.get('java', 'no JVM')}; CRL feed: {p.get('crl_sync', '–')}. "
+        "The two reference rows are no relying party: they say when the full (and the delta) CRL served at the "
+        "certificate's CRL DP (FreshestCRL) first listed it. "
+        + (
+            f"The checking client (nice -20) used {c['cpu_fraction']:.2f} of a core over {c['seconds']:.0f} s; its "
+            f"event loop woke late by {c['loop_lag_p99_ms']:.1f} ms at p99 ({c['loop_lag_max_ms']:.1f} ms at most)."
+            if (c := p.get("client"))
+            else ""
+        ),
         "",
         "| relying party | revocations | refused | p50 | p90 | p99 | max | control checks / false refusals / errors "
         "| notes |",

@@ -3,15 +3,25 @@
 A channel checks one client certificate the way its relying party enforces revocation and says
 "ok", "refused" or "error". ``Rig`` starts the nginx instances, the CRL feed and the JVMs the
 channels need, says which channels it skipped and why, and stops everything in reverse order.
+
+Two reference channels are no relying party: they say whether the full CRL (and the delta CRL)
+served at the CRL DP lists the certificate yet, from one poller fetching both every 100 ms, so
+that a relying party's time can be split into the CRL's publication and what follows it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import httpx
+from cryptography import x509
 
 from loadtests.common import Service
 from loadtests.enforcement_java import JavaChecker, compile_checker, java_missing, java_version, jdk_crl_cache
@@ -43,6 +53,51 @@ class Channel:
     notes: list[str]
 
 
+class CRLPoller:
+    """Fetches CRLs every ``interval`` s and keeps the serials each lists (a reference, not a relying party)."""
+
+    def __init__(self, urls: dict[str, str], interval: float = 0.1) -> None:
+        self.urls = urls  # name -> URL
+        self.interval = interval
+        self.listed: dict[str, set[int]] = {name: set() for name in urls}
+        self.fetched: dict[str, int] = dict.fromkeys(urls, 0)
+        self.failures: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def _poll(self) -> None:
+        async with httpx.AsyncClient(timeout=5) as http:
+            while True:
+                started = time.perf_counter()
+                for name, url in self.urls.items():
+                    try:
+                        r = await http.get(url)
+                        r.raise_for_status()
+                        crl = x509.load_der_x509_crl(r.content)
+                        self.listed[name] = {entry.serial_number for entry in crl}
+                        self.fetched[name] += 1
+                    except (httpx.HTTPError, ValueError) as exc:
+                        self.failures.setdefault(name, f"{type(exc).__name__}: {exc}"[:200])
+                await asyncio.sleep(max(0.0, self.interval - (time.perf_counter() - started)))
+
+    async def start(self) -> CRLPoller:
+        self._task = asyncio.create_task(self._poll())
+        return self
+
+    def channel(self, name: str, label: str, note: str) -> Channel:
+        async def check(client: Client) -> Verdict:
+            if int(client.serial, 16) in self.listed[name]:
+                return "refused", f"listed in {self.urls[name]}"
+            return "ok", ""
+
+        return Channel(f"ref_{name}", label, check, [note])
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class Rig:
     """Everything the channels need, started in order and always stopped in reverse."""
 
@@ -52,6 +107,7 @@ class Rig:
         self.services: list[Service] = []
         self.nginxes: list[Nginx] = []
         self.javas: list[JavaChecker] = []
+        self.pollers: list[CRLPoller] = []
         self.skipped: dict[str, str] = {}
         self.info: dict[str, Any] = {}
 
@@ -158,7 +214,19 @@ class Rig:
     def _java_check(checker: JavaChecker) -> Callable[[Client], Awaitable[Verdict]]:
         return lambda c: checker.check(c.cert)
 
+    async def start_references(self, full: str, delta: str | None) -> list[Channel]:
+        urls = {"full_crl": full, **({"delta_crl": delta} if delta else {})}
+        poller = await CRLPoller(urls).start()
+        self.pollers.append(poller)
+        channels = [poller.channel("full_crl", "reference: the full CRL lists it", f"{full}, fetched every 100 ms")]
+        if delta:
+            note = f"{delta} (the FreshestCRL URL), fetched every 100 ms; no relying party here reads it"
+            channels.append(poller.channel("delta_crl", "reference: the delta CRL lists it", note))
+        return channels
+
     async def stop(self) -> None:
+        for poller in reversed(self.pollers):
+            await poller.stop()
         for checker in reversed(self.javas):
             await checker.stop()
         for service in reversed(self.services):
