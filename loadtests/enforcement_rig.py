@@ -199,7 +199,8 @@ class Rig:
         for mode, options in modes.items():
             log_path = self.work / f"java-{mode}.log"
             checker = JavaChecker(classes, mode, files["root"], files["issuing"], log_path, options)
-            self.javas.append(await checker.start())
+            self.javas.append(checker)  # stopped by stop() even if it fails to start
+            await checker.start()
             channels.append(Channel(f"java_{mode}", f"JDK PKIX, {mode.upper()}", self._java_check(checker), []))
         interval = cache.get("check_interval_ms")
         channels[0].notes.append(
