@@ -63,18 +63,29 @@ SERVER = """
 """
 
 
-def nginx_version() -> tuple[int, int, int] | None:
+def nginx_build() -> tuple[tuple[int, int, int] | None, str]:
+    """This nginx's version and its ``nginx -V`` text (None, "" if there is no nginx)."""
     try:
-        out = subprocess.run(["nginx", "-v"], capture_output=True, text=True, timeout=10, check=False).stderr
+        out = subprocess.run(["nginx", "-V"], capture_output=True, text=True, timeout=10, check=False).stderr
     except (OSError, subprocess.TimeoutExpired):
-        return None
+        return None, ""
     m = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
-    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+    return ((int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None), out
+
+
+def nginx_missing() -> str | None:
+    """None if nginx is here with its SSL module, else why the nginx channels cannot run."""
+    version, text = nginx_build()
+    if version is None:
+        return "nginx is not installed (Debian: apt-get install -y nginx)"
+    if "--with-http_ssl_module" not in text:
+        return "this nginx is built without http_ssl_module (nginx -V)"
+    return None
 
 
 def ssl_ocsp_supported() -> str | None:
     """None if this nginx has ``ssl_ocsp`` (1.19.0 and later), else why not."""
-    version = nginx_version()
+    version, _ = nginx_build()
     if version is None:
         return "nginx is not installed"
     if version < (1, 19, 0):

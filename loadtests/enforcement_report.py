@@ -108,6 +108,11 @@ def enforcement_section(res: Result | None) -> list[str]:
                 f"{c['control_checks']} / {c['control_false_refusals']} / {c['control_errors']}",
                 "; ".join(
                     [*c["notes"], *([f"refused with: {c['refusal_example']}"] if c["refusal_example"] else [])]
+                    + (
+                        [f"each refusal timed to within {_ms(c['bracket_max_ms'])} ms"]
+                        if c.get("bracket_max_ms")
+                        else []
+                    )
                     + [f"problem: {x}" for x in c["problems"]]
                 ).replace("|", "/"),
             ]
@@ -126,8 +131,9 @@ def enforcement_section(res: Result | None) -> list[str]:
         f"{s['crl.after_revocation_seconds']:g}, crl.delta_interval_seconds {s['crl.delta_interval_seconds']}, "
         f"ocsp.validity_seconds {s['ocsp.validity_seconds']}). {p['revocations']} client certificates revoked one "
         f"every {p['spacing_s']:g} s through the admin API; before each revocation every relying party must accept "
-        f"the certificate, and from the revocation's 2xx each retries it every {p['poll_ms']} ms (nginx: a fresh TLS "
-        f"handshake and `GET /`; the JVM: a PKIX validation) until it refuses it, for at most {p['timeout_s']:.0f} s. "
+        f"the certificate, and from the revocation's 2xx each retries it every {p['poll_ms']} ms, or every 2% of the "
+        "time since the 2xx once that is longer (nginx: a fresh TLS handshake and `GET /`; the JVM: a PKIX "
+        f"validation) until it refuses it, for at most {p['timeout_s']:.0f} s. "
         "A never-revoked control certificate is checked on every relying party once a second meanwhile; its "
         "checks / false refusals / errors are listed. Times in ms from the 2xx to the refusing check's answer. "
         f"nginx {p.get('nginx', '–')}; {p.get('java', 'no JVM')}; CRL feed: {p.get('crl_sync', '–')}. "

@@ -28,7 +28,8 @@ from loadtests.enforcement_java import JavaChecker, compile_checker, java_missin
 from loadtests.enforcement_nginx import (
     Nginx,
     crl_sync_command,
-    nginx_version,
+    nginx_build,
+    nginx_missing,
     pca_has_crl_sync,
     probe,
     ssl_ocsp_supported,
@@ -112,11 +113,12 @@ class Rig:
         self.info: dict[str, Any] = {}
 
     def start_nginx(self, files: dict[str, Path], urls: list[str]) -> list[Channel]:
-        if nginx_version() is None:
+        why_not = nginx_missing()
+        if why_not:
             for name in ("nginx_crl", "nginx_ocsp", "nginx_ocsp_cached"):
-                self.skipped[name] = "nginx is not installed"
+                self.skipped[name] = why_not
             return []
-        self.info["nginx"] = ".".join(map(str, nginx_version() or ()))
+        self.info["nginx"] = ".".join(map(str, nginx_build()[0] or ()))
         channels = []
         stand_in = self.args.crl_sync_stand_in
         if stand_in or pca_has_crl_sync():
