@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from loadtests.enforcement_report import enforcement_goals, enforcement_section
 from loadtests.report_crl import crl_follow_goals, crl_follow_section
 from loadtests.report_import import import_goals, import_sections
 
@@ -123,6 +124,8 @@ def goals(all_results: dict[str, Result]) -> list[dict[str, str]]:
         add("responder memory", "<= 1.5 KB per cached response", "–", None)
     for measure, goal, measured, met in [*import_goals(all_results), *crl_follow_goals(all_results)]:
         add(measure, goal, measured, met)
+    for measure, goal, measured, met in enforcement_goals(all_results):
+        add(measure, goal, measured, met)
     return rows
 
 
@@ -183,6 +186,7 @@ def render(data: Result, commands: dict[str, str], notes: str | None) -> str:
     lines += _memory_section(r.get("memory"))
     lines += import_sections(r)
     lines += crl_follow_section(r.get("crl_follow"))
+    lines += enforcement_section(r.get("enforcement"))
     failed = data.get("failed", {})
     if failed:
         lines += ["## Scenarios that failed in this run", ""]

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from loadtests.enforcement_report import enforcement_headline
 from loadtests.facts import load_average, machine, product_digest
 from loadtests.report import goals, render
 
@@ -39,6 +40,7 @@ SCENARIOS = (
     "import_rate",
     "record_latency",
     "crl_follow",
+    "enforcement",
 )
 ROOT = Path(__file__).resolve().parent.parent
 PY = ".venv/bin/python"
@@ -55,6 +57,7 @@ COMMANDS = {
     "import_rate": f"{PY} -m loadtests.import_rate        # --sizes 10000 100000",
     "record_latency": f"{PY} -m loadtests.record_latency     # --count 200 --poll-ms 10",
     "crl_follow": f"{PY} -m loadtests.crl_follow         # --revoked 1000000 --burst 6000 --rate 100",
+    "enforcement": f"{PY} -m loadtests.enforcement        # --revocations 30 --spacing 3 --timeout 60 --poll-ms 100",
 }
 TIMEOUT = {"smoke": 300, "full": 3600}
 
@@ -111,6 +114,8 @@ def headline(name: str, r: dict[str, Any]) -> str:
                 f"full CRL p99 {s['full_crl_ms']['p99']:.0f} ms"
             )
         return "; ".join(parts)
+    if name == "enforcement":
+        return enforcement_headline(r)
     return json.dumps(r)[:200]
 
 

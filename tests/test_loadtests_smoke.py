@@ -28,6 +28,7 @@ SCENARIOS = (
     "import_rate",
     "record_latency",
     "crl_follow",
+    "enforcement",
 )
 
 
