@@ -198,6 +198,10 @@ class InstallationLog(Protocol):
         """The agents (sorted) that installed any CRL of the issuer's shard at or after ``installed_from``."""
         ...
 
+    async def prune_crl_installations(self, before: float) -> int:
+        """Delete installations older than ``before``; returns how many."""
+        ...
+
 
 class ProbeStore(Protocol):
     """What black-box probers saw over HTTP."""

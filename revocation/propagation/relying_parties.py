@@ -17,6 +17,8 @@ has installed it, never past its ``give_up_after``, so that each agent's delay i
 ``revocation_propagation_seconds{channel="relying_party"}``: once per (revocation, agent), when
 first seen, for known agents and for any other agent that installs it while it is followed.
 Installations reported later still show in the timeline served (merged in when it is read).
+Rows older than ``KEEP_INSTALLATIONS`` are pruned: an on-demand timeline of a revocation the tracker
+did not save shows only the agents whose rows remain.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from revocation.coordination import CRLInstallation, CRLPublication, Installatio
 from revocation.propagation.timeline import since
 
 KNOWN_AGENT_WINDOW = 3600.0  # seconds before a commit in which an agent's installation makes it known
+# Installations are pruned after a day (with responder progress): a finished timeline keeps its sightings,
+# and the known agents need only the last hour's.
+KEEP_INSTALLATIONS = 86_400.0
 
 
 @dataclasses.dataclass

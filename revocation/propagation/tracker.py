@@ -61,7 +61,7 @@ from revocation.eventlog import EventLog, RecordedEvent, read_seqs
 from revocation.events import CertificateHoldReleased, CertificateRevoked, cert_stream
 from revocation.projection import CRLEntries, IssuerDirectory
 from revocation.propagation.metrics import PropagationMetrics
-from revocation.propagation.relying_parties import AgentWatch, watch_agents
+from revocation.propagation.relying_parties import KEEP_INSTALLATIONS, AgentWatch, watch_agents
 from revocation.propagation.timeline import (
     CRLSighting,
     Timeline,
@@ -292,6 +292,7 @@ class PropagationTracker:
         await self._gauge_responders(responders, now)
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
             pruned = await self._coord.prune_progress(now - self._keep_progress)
+            await self._coord.prune_crl_installations(now - max(KEEP_INSTALLATIONS, self._keep_progress))
             if pruned:
                 log.debug("pruned %d responder progress rows", pruned)
             self._last_prune = now

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from revocation.coordination import CRLInstallation, CRLPublication
-from revocation.storage.postgres.db import PG_ERRORS, storage_error
+from revocation.storage.postgres.db import PG_ERRORS, affected, storage_error
 
 # As on SQLite: ``position`` is copied from the publication, so that "installations of (issuer, shard)
 # with position >= seq" is one indexed range read.
@@ -26,6 +26,7 @@ INSTALLATIONS_MIGRATION = """
     );
     CREATE INDEX crl_installations_position ON crl_installations (issuer_id, shard, position);
     CREATE INDEX crl_installations_time ON crl_installations (issuer_id, shard, installed_at);
+    CREATE INDEX crl_installations_age ON crl_installations (installed_at);
     """
 
 MAX_NUMBER = 2**63 - 1  # a CRL number beyond BIGINT was never published by pca
@@ -132,3 +133,9 @@ class PostgresInstallations:
             installed_from,
         )
         return [str(r["agent"]) for r in rows]
+
+    async def prune_crl_installations(self, before: float) -> int:
+        status = await self._execute(
+            "pruning CRL installations", "DELETE FROM crl_installations WHERE installed_at < $1", before
+        )
+        return affected(status)

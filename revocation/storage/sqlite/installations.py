@@ -27,6 +27,7 @@ INSTALLATIONS_MIGRATION = """
     );
     CREATE INDEX crl_installations_position ON crl_installations (issuer_id, shard, position);
     CREATE INDEX crl_installations_time ON crl_installations (issuer_id, shard, installed_at);
+    CREATE INDEX crl_installations_age ON crl_installations (installed_at);
     """
 
 MAX_STORED = 2**63 - 1  # a CRL number beyond an INTEGER column's range was never published by pca
@@ -111,3 +112,9 @@ class SQLiteInstallations:
             return [str(agent) for (agent,) in rows]
 
         return await self._db.read(q)
+
+    async def prune_crl_installations(self, before: float) -> int:
+        def w(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM crl_installations WHERE installed_at < ?", (before,)).rowcount
+
+        return await self._db.write(w, durable=False)

@@ -374,6 +374,10 @@ async def test_installations_of_a_shard_from_a_position(subject: Subject) -> Non
     assert await coord.crl_agents("ca", 3, 171.0) == []
     assert await coord.crl_agents("ca", 2, 0.0) == []
 
+    assert await coord.prune_crl_installations(150.0) == 1  # old, installed at 100
+    assert await coord.crl_installations("ca", 3, 0) == [b_full, a_delta, a_full]
+    assert await coord.prune_crl_installations(150.0) == 0
+
 
 # --- finished timelines -------------------------------------------------------------------------------
 

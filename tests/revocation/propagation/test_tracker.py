@@ -763,6 +763,13 @@ async def test_old_progress_is_pruned(env: Env) -> None:
     assert await env.raw("SELECT applied_change FROM responder_progress ORDER BY applied_change") == [(3,)]
 
 
+async def test_crl_installations_older_than_a_day_are_pruned(env: Env) -> None:
+    await env.coord.record_crl_installation(rp("nginx-1", "full", 1, 1, -86_500))
+    await env.coord.record_crl_installation(rp("nginx-1", "full", 2, 2, -86_300))
+    await env.tracker.step()
+    assert await env.raw("SELECT agent, number FROM crl_installations") == [("nginx-1", 2)]
+
+
 def test_bad_settings_are_refused(env: Env) -> None:
     for kwargs, match in (
         ({"slo_seconds": 0}, "slo_seconds"),
