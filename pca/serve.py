@@ -32,6 +32,7 @@ from pca.runtime import (
     run_forever,
 )
 from revocation.admin.api import AdminAPI
+from revocation.admin.installations import InstallationRecorder
 from revocation.admin.recording import CertificateRecorder
 from revocation.admin.tokens import TokenFile
 from revocation.authority import Actor, Authority
@@ -220,6 +221,7 @@ async def serve(
                 coordination=rt.coord,
                 issuer_stats=(rt.view, pca_urls(cfg)),
                 recorder=CertificateRecorder(rt.log, rt.view),
+                installations=InstallationRecorder(rt.view, rt.coord),
             )
             servers.append(_uvicorn(api.app(), *cfg.admin_listen))
         public = "responder" in roles or "publisher" in roles

@@ -192,3 +192,16 @@ class StoredEventLog(EventLog, Protocol):
     async def rebuild_projection(self) -> int:
         """Recreate the status projection from the log alone; returns the number of events applied."""
         ...
+
+
+async def read_seqs(log: EventLog, seqs: Sequence[int]) -> list[RecordedEvent]:
+    """The events at these seqs (ascending), one read per run of consecutive seqs."""
+    out: list[RecordedEvent] = []
+    i = 0
+    while i < len(seqs):
+        j = i
+        while j + 1 < len(seqs) and seqs[j + 1] == seqs[j] + 1:
+            j += 1
+        out.extend(await log.read(seqs[i] - 1, j - i + 1))
+        i = j + 1
+    return out

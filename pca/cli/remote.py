@@ -165,6 +165,12 @@ def format_timeline(t: dict[str, Any]) -> str:
         lines.append("  CRL                not published by pca (it does not hold this issuer's key)")
     else:
         lines.append("  CRL                pending")
+    parties = [r for r in t.get("relying_parties") or [] if isinstance(r, dict)]
+    for party in parties:  # CRL sync agents at relying parties: informative, never part of the SLO
+        label = f"{party.get('kind', '')} CRL number {party.get('number', '?')}".strip()
+        lines.append(f"  relying party {party.get('agent') or '?'}: installed {label} {_stage(party)}")
+    if not parties:
+        lines.append("  relying parties    none reported")
     for probe in t.get("probes") or []:
         if isinstance(probe, dict):
             lines.append(f"  probe {probe.get('responder_url', '?')}: saw revoked {_stage(probe)}")

@@ -1,14 +1,15 @@
 """The admin API (Starlette), served on the admin listener only.
 
 Authentication: bearer tokens (hashed at rest, compared in constant time), with
-roles admin, revoker, auditor, prober and recorder. Every error is ``application/problem+json``
+roles admin, revoker, auditor, prober, recorder and agent. Every error is ``application/problem+json``
 with a title and a detail saying what was wrong. A 2xx is sent only after the
 event is committed.
 
 Propagation: ``GET /v1/certificates/{serial}/propagation`` shows where a
 revocation has got to (the tracker's timeline); a black-box prober reads
 ``/v1/events`` and ``/v1/issuers`` and reports what it saw over HTTP with
-``POST /v1/propagation/probes``.
+``POST /v1/propagation/probes``; a relying party's CRL sync agent reports each CRL it installed with
+``POST /v1/propagation/crl-installations`` (``revocation.admin.installations``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from revocation.admin.http import (
     problem_response,
     str_list,
 )
+from revocation.admin.installations import InstallationRecorder
 from revocation.admin.recording import CertificateRecorder
 from revocation.admin.tokens import Principal, TokenStore
 from revocation.authority import Actor, Authority, IssueRequest, parse_serial
@@ -63,6 +65,8 @@ ROLES_BY_PERMISSION: dict[str, tuple[str, ...]] = {
     "probe": ("admin", "prober"),
     # An external CA's issuing core records what it issued (revocation.admin.recording), nothing more.
     "record": ("admin", "recorder"),
+    # A relying party's CRL sync agent (``pca crl-sync``) reports the CRLs it installed, nothing more.
+    "report installations": ("admin", "agent"),
 }
 
 
@@ -100,6 +104,7 @@ class AdminAPI:
         coordination: ProbeRecorder | None = None,
         issuer_stats: tuple[IssuerStats, PcaURLs] | None = None,
         recorder: CertificateRecorder | None = None,
+        installations: InstallationRecorder | None = None,
     ) -> None:
         """``issuer_stats`` (the projection and pca's URLs) adds counts, signer, CRL and URL survey to
         ``GET /v1/issuers`` (``revocation.issuer_summary``)."""
@@ -113,6 +118,7 @@ class AdminAPI:
         self._coordination = coordination
         self._issuer_stats = issuer_stats
         self._recorder = recorder
+        self._installations = installations
         self._requests = Counter("admin_requests_total", "Admin API requests", ["route", "status"], registry=registry)
         self._latency = Histogram("admin_request_seconds", "Admin API request time", ["route"], registry=registry)
 
@@ -126,6 +132,11 @@ class AdminAPI:
             Route("/v1/certificates/{serial}/propagation", self._wrap("read", self.propagation), methods=["GET"]),
             Route("/v1/issuers", self._wrap("read", self.issuers), methods=["GET"]),
             Route("/v1/propagation/probes", self._wrap("probe", self.record_probe), methods=["POST"]),
+            Route(
+                "/v1/propagation/crl-installations",
+                self._wrap("report installations", self.record_installation),
+                methods=["POST"],
+            ),
             Route("/v1/events", self._wrap("read", self.events), methods=["GET"]),
             Route("/v1/audit/verify", self._wrap("read", self.audit_verify), methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
@@ -337,6 +348,13 @@ class AdminAPI:
         )
         out = {"issuer_id": issuer_id, "serial": f"{serial:x}", "seq": seq, "responder_url": url, "seen_at": raw_seen}
         return JSONResponse(out, status_code=201)
+
+    async def record_installation(self, request: Request, actor: Actor) -> Response:
+        """A CRL a relying party's sync agent installed: an observation, logged there, not audited."""
+        if self._installations is None:
+            raise Problem(503, "Service Unavailable", "CRL installations cannot be stored: no coordination store")
+        status, out = await self._installations.record(await json_body(request), actor)
+        return JSONResponse(out, status_code=status)
 
     async def _check_revocation(self, issuer_id: str, serial: int, seq: int) -> None:
         """``seq`` must be the revocation of (issuer_id, serial): a probe of anything else is noise."""

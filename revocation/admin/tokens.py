@@ -16,7 +16,8 @@ from pathlib import Path
 
 from revocation.errors import ConfigError, ValidationError
 
-ROLES = ("admin", "revoker", "auditor", "prober", "recorder")
+# agent: a relying party's CRL sync agent (``pca crl-sync``), which only reports the CRLs it installed.
+ROLES = ("admin", "revoker", "auditor", "prober", "recorder", "agent")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@
 - CRL publications: which CRL (issuer, shard, kind, number) was published when,
   covering the log up to which seq.
 - Probes: what a black-box prober saw over HTTP, beside the internal figures.
+- CRL installations: which CRL each relying party's sync agent (``pca crl-sync``) installed when.
 - Finished propagation timelines, kept after the raw progress rows are pruned.
 
 Times are epoch seconds as floats (wall clock; hosts are expected to run NTP).
@@ -63,6 +64,19 @@ class CRLPublication:
     number: int
     position: int  # the CRL reflects the log up to this seq
     published_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class CRLInstallation:
+    """A CRL pca published, installed by a relying party's CRL sync agent."""
+
+    agent: str
+    issuer_id: str
+    shard: int
+    kind: str  # "full" or "delta"
+    number: int
+    position: int  # the publication's: the CRL reflects the log up to this seq
+    installed_at: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +178,31 @@ class PublicationLog(Protocol):
         ...
 
 
+class InstallationLog(Protocol):
+    """Which published CRL each relying party's sync agent installed, and when."""
+
+    async def crl_publication(self, issuer_id: str, shard: int, kind: str, number: int) -> CRLPublication | None:
+        """The recorded publication of that CRL; None if pca never published it (any number may be asked)."""
+        ...
+
+    async def record_crl_installation(self, installation: CRLInstallation) -> tuple[CRLInstallation, bool]:
+        """Record an installation; a second report of the same (agent, issuer, shard, kind, number) keeps the
+        earliest ``installed_at``. Returns the stored row and whether it is new."""
+        ...
+
+    async def crl_installations(self, issuer_id: str, shard: int, position_from: int) -> list[CRLInstallation]:
+        """Installations of CRLs of the issuer's shard with ``position >= position_from``, earliest first."""
+        ...
+
+    async def crl_agents(self, issuer_id: str, shard: int, installed_from: float) -> list[str]:
+        """The agents (sorted) that installed any CRL of the issuer's shard at or after ``installed_from``."""
+        ...
+
+    async def prune_crl_installations(self, before: float) -> int:
+        """Delete installations older than ``before``; returns how many."""
+        ...
+
+
 class ProbeStore(Protocol):
     """What black-box probers saw over HTTP."""
 
@@ -188,7 +227,14 @@ class TimelineArchive(Protocol):
 
 
 class Coordination(
-    LeaseStore, ResponderRegistry, PresignedPositions, PublicationLog, ProbeStore, TimelineArchive, Protocol
+    LeaseStore,
+    ResponderRegistry,
+    PresignedPositions,
+    PublicationLog,
+    InstallationLog,
+    ProbeStore,
+    TimelineArchive,
+    Protocol,
 ):
     """The whole coordination store as the ``Runtime`` carries it; each consumer takes the narrow protocol
     it uses.

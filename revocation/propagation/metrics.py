@@ -7,6 +7,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from revocation.propagation.timeline import Moment, Timeline
 
 CHANNELS = ("presigned", "ocsp_all_responders", "crl", "probe")
+# Relying parties' CRL sync agents: optional, observed once per (revocation, agent) when first seen; no
+# incomplete count (an agent that never installs a CRL is not pca's to miss).
+RELYING_PARTY = "relying_party"
 # From a fast in-process path (tens of ms) to a CRL published every few minutes.
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
@@ -56,6 +59,7 @@ class PropagationMetrics:
             self._seconds.labels(channel)
             self._incomplete.labels(channel)
         self._breaches.labels("ocsp_all_responders")
+        self._seconds.labels(RELYING_PARTY)
 
     def observe(self, timeline: Timeline) -> None:
         """Count a finished timeline: its delays per channel, and what it missed."""
@@ -80,6 +84,10 @@ class PropagationMetrics:
             self._incomplete.labels("crl").inc()
         for probe in timeline.probes:
             self._seconds.labels("probe").observe(max(0.0, probe.seconds))
+
+    def observe_relying_party(self, seconds: float) -> None:
+        """A relying party's agent installed a CRL listing a followed revocation, ``seconds`` after its commit."""
+        self._seconds.labels(RELYING_PARTY).observe(max(0.0, seconds))
 
     def gauge_responder(self, responder_id: str, up: bool, lag_changes: int) -> None:
         self._up.labels(responder_id).set(1.0 if up else 0.0)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from revocation.clock import iso
-from revocation.coordination import CRLPublication, PresignedState, ProbeResult, ResponderState
+from revocation.coordination import CRLInstallation, CRLPublication, PresignedState, ProbeResult, ResponderState
 
 ResponderStateName = Literal["applied", "pending", "gone"]
 
@@ -144,6 +144,46 @@ def probe_sightings(probes: Sequence[ProbeResult], seq: int, committed_at: float
 
 
 @dataclasses.dataclass(frozen=True)
+class RelyingPartySighting:
+    """A relying party's CRL sync agent: its first installation of a CRL of the certificate's shard
+    that carries the revocation (published from a log position at or past it)."""
+
+    agent: str
+    at: str
+    seconds: float
+    kind: str
+    number: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RelyingPartySighting:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+def relying_party_sightings(
+    installations: Iterable[CRLInstallation],
+    seq: int,
+    committed_at: float,
+    saved: Iterable[RelyingPartySighting] = (),
+) -> tuple[RelyingPartySighting, ...]:
+    """Per agent, the earliest installation of a CRL published from a position ``>= seq`` (one from
+    before the revocation does not list it), merged with sightings saved before; earliest first."""
+    best: dict[str, RelyingPartySighting] = {s.agent: s for s in saved}
+    for i in installations:
+        if i.position < seq:
+            continue
+        sighting = RelyingPartySighting(
+            i.agent, epoch_iso(i.installed_at), since(i.installed_at, committed_at), i.kind, i.number
+        )
+        known = best.get(i.agent)
+        if known is None or sighting.seconds < known.seconds:
+            best[i.agent] = sighting
+    return tuple(sorted(best.values(), key=lambda s: (s.seconds, s.agent)))
+
+
+@dataclasses.dataclass(frozen=True)
 class Timeline:
     """The propagation of one revocation (the one logged at ``seq``) of a certificate."""
 
@@ -162,9 +202,12 @@ class Timeline:
     slo_met: bool | None  # None while it can still go either way
     # False for an external issuer whose key pca does not hold: pca publishes no CRL for it.
     crl_published: bool = True
+    # Relying parties' CRL sync agents that installed a CRL listing it; optional, never in slo_met or missing().
+    relying_parties: tuple[RelyingPartySighting, ...] = ()
 
     def missing(self) -> list[str]:
-        """The channels the revocation has not reached (a CRL only where pca publishes one)."""
+        """The channels the revocation has not reached (a CRL only where pca publishes one). Relying
+        parties are not channels pca must reach: their agents are optional and outside its control."""
         channels: list[tuple[str, object]] = [("ocsp_all_responders", self.ocsp_all_responders)]
         if self.crl_published:
             channels.append(("crl", self.crl))
@@ -186,6 +229,7 @@ class Timeline:
             "slo_seconds": self.slo_seconds,
             "slo_met": self.slo_met,
             "crl_published": self.crl_published,
+            "relying_parties": [r.to_json() for r in self.relying_parties],
         }
 
     @classmethod
@@ -207,6 +251,8 @@ class Timeline:
             slo_seconds=data["slo_seconds"],
             slo_met=data["slo_met"],
             crl_published=data.get("crl_published", True),
+            # Saved before relying parties were tracked: none.
+            relying_parties=tuple(RelyingPartySighting.from_json(r) for r in data.get("relying_parties", ())),
         )
 
 
@@ -226,6 +272,7 @@ def build_timeline(
     gone_after: float,
     slo_seconds: float,
     crl_published: bool = True,
+    installations: Sequence[CRLInstallation] = (),
 ) -> Timeline:
     """The timeline from what was found; ``presigned`` must already be ``valid_presigned``."""
     stored_at = None if presigned is None else presigned.stored_at
@@ -286,4 +333,5 @@ def build_timeline(
         slo_seconds=slo_seconds,
         slo_met=slo_met,
         crl_published=crl_published,
+        relying_parties=relying_party_sightings(installations, seq, committed_at),
     )

@@ -10,7 +10,12 @@ For a revocation committed to the log at ``committed_at`` it follows
   at start and never answered otherwise);
 - ``crl``: the first CRL (full or delta) of the certificate's shard published
   from a log position at or past the revocation;
-- ``probe``: what black-box probers saw over HTTP, when they report it.
+- ``probe``: what black-box probers saw over HTTP, when they report it;
+- ``relying_party``: when each relying party's CRL sync agent installed a CRL
+  listing it (``revocation.propagation.relying_parties``). Informative only: it
+  never counts toward ``slo_met`` or ``Timeline.missing()``, since agents are
+  optional and outside pca's control; a followed revocation waits (at most
+  ``give_up_after``) for the agents known for its shard, so their figures are observed.
 
 ``timeline`` computes this from stored data only, in any process. ``run`` follows
 the log from where it stands at start (history is not replayed), keeps the new
@@ -40,6 +45,7 @@ from prometheus_client import CollectorRegistry
 
 from revocation.coordination import (
     CRLPublication,
+    InstallationLog,
     PresignedPositions,
     PresignedState,
     ProbeResult,
@@ -51,16 +57,18 @@ from revocation.coordination import (
     TimelineArchive,
 )
 from revocation.errors import ConfigError
-from revocation.eventlog import EventLog, RecordedEvent
+from revocation.eventlog import EventLog, RecordedEvent, read_seqs
 from revocation.events import CertificateHoldReleased, CertificateRevoked, cert_stream
 from revocation.projection import CRLEntries, IssuerDirectory
 from revocation.propagation.metrics import PropagationMetrics
+from revocation.propagation.relying_parties import KEEP_INSTALLATIONS, AgentWatch, watch_agents
 from revocation.propagation.timeline import (
     CRLSighting,
     Timeline,
     build_timeline,
     counts,
     probe_sightings,
+    relying_party_sightings,
     valid_presigned,
 )
 from revocation.waiting import wait_event
@@ -72,7 +80,9 @@ MAX_BACKOFF = 5.0  # seconds between attempts while the database is unreachable
 PRUNE_EVERY = 60.0  # seconds between prunings of responder progress
 
 
-class PropagationRecords(ResponderRegistry, PresignedPositions, PublicationLog, ProbeStore, TimelineArchive, Protocol):
+class PropagationRecords(
+    ResponderRegistry, PresignedPositions, PublicationLog, InstallationLog, ProbeStore, TimelineArchive, Protocol
+):
     """What the tracker reads and keeps in the coordination store: everything but the leases."""
 
 
@@ -96,6 +106,7 @@ class _Tracked:
     applied: dict[str, float] = dataclasses.field(default_factory=dict)
     crl: CRLPublication | None = None
     crl_published: bool = True  # False: an issuer without its key in pca; OCSP alone completes it
+    agents: AgentWatch = dataclasses.field(default_factory=AgentWatch)  # relying parties' sync agents
 
     @property
     def key(self) -> tuple[str, int]:
@@ -181,15 +192,18 @@ class PropagationTracker:
         saved = None if stored is None else Timeline.from_json(stored)
         if saved is not None and saved.ocsp_all_responders is not None:
             crl = saved.crl
-            if crl is None and saved.crl_published:  # given up on before a CRL came out: look again
-                publication = await self._first_crl(issuer_id, serial, seq)
+            shard = saved.crl.shard if saved.crl is not None else await self._shard(issuer_id, serial)
+            if crl is None and saved.crl_published and shard is not None:  # given up on before a CRL: look again
+                publication = await self._coord.first_crl(issuer_id, shard, seq)
                 crl = None if publication is None else CRLSighting.of(publication, committed_at)
+            installations = [] if shard is None else await self._coord.crl_installations(issuer_id, shard, seq)
             return dataclasses.replace(
                 saved,
                 superseded=superseded,
-                # Probers report on their own schedule, often after the timeline was saved.
+                # Probers and sync agents report on their own schedule, often after the timeline was saved.
                 probes=probe_sightings(await self._coord.probes(issuer_id, serial), seq, committed_at),
                 crl=crl,
+                relying_parties=relying_party_sightings(installations, seq, committed_at, saved.relying_parties),
             )
         key = (issuer_id, serial)
         presigned = valid_presigned((await self._coord.presigned([key])).get(key), seq)
@@ -200,6 +214,7 @@ class PropagationTracker:
                 at = await self._coord.first_applied(r.responder_id, presigned.change_id)
                 if at is not None:
                     applied[r.responder_id] = at
+        shard = await self._shard(issuer_id, serial)
         return build_timeline(
             issuer_id=issuer_id,
             serial=serial,
@@ -209,12 +224,13 @@ class PropagationTracker:
             presigned=presigned,
             responders=responders,
             applied=applied,
-            crl=await self._first_crl(issuer_id, serial, seq),
+            crl=None if shard is None else await self._coord.first_crl(issuer_id, shard, seq),
             probes=await self._coord.probes(issuer_id, serial),
             now=self._now(),
             gone_after=self.gone_after,
             slo_seconds=self.slo_seconds,
             crl_published=await self._crl_published(issuer_id),
+            installations=[] if shard is None else await self._coord.crl_installations(issuer_id, shard, seq),
         )
 
     async def _crl_published(self, issuer_id: str) -> bool:
@@ -225,11 +241,10 @@ class PropagationTracker:
             self._issuers_read = now
         return issuer_id not in self._keyless
 
-    async def _first_crl(self, issuer_id: str, serial: int, seq: int) -> CRLPublication | None:
+    async def _shard(self, issuer_id: str, serial: int) -> int | None:
+        """The certificate's CRL shard; None while the projection lacks it."""
         records = await self._view.crl_records(issuer_id, [serial])
-        if not records:
-            return None
-        return await self._coord.first_crl(issuer_id, records[0].shard, seq)
+        return records[0].shard if records else None
 
     # --- following the log ------------------------------------------------------------------------
 
@@ -277,6 +292,7 @@ class PropagationTracker:
         await self._gauge_responders(responders, now)
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
             pruned = await self._coord.prune_progress(now - self._keep_progress)
+            await self._coord.prune_crl_installations(now - max(KEEP_INSTALLATIONS, self._keep_progress))
             if pruned:
                 log.debug("pruned %d responder progress rows", pruned)
             self._last_prune = now
@@ -290,23 +306,11 @@ class PropagationTracker:
             wanted = [
                 seq for seq, _, type_ in index if type_ in (CertificateRevoked.TYPE, CertificateHoldReleased.TYPE)
             ]
-            for record in await self._read_seqs(wanted):
+            for record in await read_seqs(self._log, wanted):
                 self._take(record)
             self._position = index[-1][0]
             if len(index) < READ_BATCH:
                 return
-
-    async def _read_seqs(self, seqs: Sequence[int]) -> list[RecordedEvent]:
-        """The events at these seqs (ascending), one read per run of consecutive seqs."""
-        out: list[RecordedEvent] = []
-        i = 0
-        while i < len(seqs):
-            j = i
-            while j + 1 < len(seqs) and seqs[j + 1] == seqs[j] + 1:
-                j += 1
-            out.extend(await self._log.read(seqs[i] - 1, j - i + 1))
-            i = j + 1
-        return out
 
     def _take(self, record: RecordedEvent) -> None:
         event = record.event
@@ -368,6 +372,7 @@ class PropagationTracker:
             publications = await self._coord.crl_publications(issuer_id, shard, min(t.seq for t in group))
             for t in group:
                 t.crl = next((p for p in publications if p.position >= t.seq), None)
+        await watch_agents(self._coord, tracked, self._metrics.observe_relying_party)
 
     async def _finish(self, responders: Sequence[ResponderState], now: float) -> None:
         done: list[tuple[_Tracked, Timeline, bool]] = []
@@ -387,18 +392,22 @@ class PropagationTracker:
             del self._tracked[t.key]
             self._metrics.observe(timeline)
             if not complete:
-                log.warning(
+                missing = timeline.missing()
+                # Only relying parties lacking it: optional agents, outside pca's control; not a warning.
+                log.log(
+                    logging.WARNING if missing else logging.INFO,
                     "revocation of %s/%x (seq %d) gave up after %.0f s; still missing: %s",
                     t.issuer_id,
                     t.serial,
                     t.seq,
                     self._give_up_after,
-                    ", ".join(timeline.missing()),
+                    ", ".join([*missing, *(f"relying party {a}" for a in t.agents.waiting())]),
                 )
 
     def _complete(self, t: _Tracked, responders: Sequence[ResponderState], now: float) -> bool:
-        """Both channels done (what ``build_timeline`` would say, without building it for every one)."""
-        if (t.crl is None and t.crl_published) or t.presigned is None:
+        """Both channels done (what ``build_timeline`` would say, without building it for every one), and
+        every known relying party has it (so its figure is observed; it does not count toward the SLO)."""
+        if (t.crl is None and t.crl_published) or t.presigned is None or t.agents.waiting():
             return False
         counted = [r for r in responders if counts(r, t.presigned, now, self.gone_after)]
         return bool(counted) and all(r.responder_id in t.applied for r in counted)
@@ -421,6 +430,7 @@ class PropagationTracker:
             gone_after=self.gone_after,
             slo_seconds=self.slo_seconds,
             crl_published=t.crl_published,
+            installations=list(t.agents.installed.values()),
         )
 
     async def _gauge_responders(self, responders: Sequence[ResponderState], now: float) -> None:

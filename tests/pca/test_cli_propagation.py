@@ -70,6 +70,7 @@ def test_propagation_prints_each_stage(
         "  responder r3: gone (not counted)",
         "  all responders     pending (not caught up: r2)",
         "  CRL                delta CRL number 7 2026-01-01T00:00:02.500000Z (+2.500s)",
+        "  relying party nginx-1: installed delta CRL number 7 2026-01-01T00:00:03.250000Z (+3.250s)",
         "  probe http://r1/ocsp: saw revoked 2026-01-01T00:00:00.400000Z (+0.400s)",
         "  SLO 1s: NOT met",
     ]
@@ -122,6 +123,7 @@ def test_a_sparse_timeline_still_prints(
     assert "committed          ?" in out
     assert "pre-signed         pending" in out
     assert "responders         none known" in out
+    assert "relying parties    none reported" in out
     assert out.splitlines()[-1] == "  SLO: not decided yet"
 
 
@@ -155,3 +157,28 @@ def test_propagation_of_an_issuer_whose_crls_pca_does_not_publish(
     cli.main(["propagation", *ARGS, "1f2e3d"])
 
     assert "  CRL                not published by pca (it does not hold this issuer's key)\n" in capsys.readouterr().out
+
+
+def test_propagation_lists_every_relying_party_or_none(
+    api: Callable[[Handler], list[httpx.Request]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    two = [
+        {"agent": "nginx-1", "at": "2026-01-01T00:00:03.250000Z", "seconds": 3.25, "kind": "delta", "number": 7},
+        {"agent": "haproxy-2", "at": "2026-01-01T00:01:00Z", "seconds": 60.0, "kind": "full", "number": 8},
+    ]
+    served = [
+        {**TIMELINE, "relying_parties": two},
+        {**TIMELINE, "relying_parties": []},
+        # Saved before relying parties were tracked: without the key.
+        {k: v for k, v in TIMELINE.items() if k != "relying_parties"},
+    ]
+    api(lambda request: httpx.Response(200, json=served.pop(0)))
+
+    cli.main(["propagation", *ARGS, "1f2e3d"])
+    out = capsys.readouterr().out
+    assert "  relying party nginx-1: installed delta CRL number 7 2026-01-01T00:00:03.250000Z (+3.250s)\n" in out
+    assert "  relying party haproxy-2: installed full CRL number 8 2026-01-01T00:01:00Z (+60.000s)\n" in out
+    assert "none reported" not in out
+    for _ in range(2):
+        cli.main(["propagation", *ARGS, "1f2e3d"])
+        assert "  relying parties    none reported\n" in capsys.readouterr().out

@@ -3,7 +3,7 @@ the CLI that prints it (so the CLI is tested on the shape the API serves, not a 
 
 from __future__ import annotations
 
-from revocation.coordination import CRLPublication, PresignedState, ProbeResult, ResponderState
+from revocation.coordination import CRLInstallation, CRLPublication, PresignedState, ProbeResult, ResponderState
 from revocation.propagation.timeline import Timeline, build_timeline
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -18,7 +18,8 @@ def sample_timeline(
     slo_seconds: float = 5.0,
     crl_published: bool = True,
 ) -> Timeline:
-    """Revoked at T0 (seq 42): r1 applied it, r2 has not, r3 is gone; a delta CRL and a probe saw it."""
+    """Revoked at T0 (seq 42): r1 applied it, r2 has not, r3 is gone; a delta CRL and a probe saw it;
+    relying party nginx-1 installed that delta (haproxy-2 only a CRL from before the revocation)."""
     return build_timeline(
         issuer_id="issuing-ca",
         serial=0x1F2E3D,
@@ -41,4 +42,11 @@ def sample_timeline(
         gone_after=30.0,
         slo_seconds=slo_seconds,
         crl_published=crl_published,
+        installations=[
+            CRLInstallation("haproxy-2", "issuing-ca", 0, "full", 6, SEQ - 1, T0 + 1.0),
+            CRLInstallation("nginx-1", "issuing-ca", 0, "delta", 7, SEQ, T0 + 3.25),
+            CRLInstallation("nginx-1", "issuing-ca", 0, "full", 8, SEQ + 9, T0 + 60.0),
+        ]
+        if crl_published
+        else [],
     )

@@ -1,6 +1,7 @@
 """``Coordination`` on PostgreSQL (asyncpg): the same tables and answers as ``SQLiteCoordination``.
 
-The tables are created by migration 3 of ``revocation.storage.postgres.log``. A lease is taken or
+The tables are created by the migrations of ``COORDINATION_SCHEMA`` (the CRL installations' by the
+second, in ``revocation.storage.postgres.installations``). A lease is taken or
 renewed by one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE``: the row lock it takes
 makes concurrent claims wait and re-check the condition, so exactly one wins.
 """
@@ -23,6 +24,7 @@ from revocation.coordination import (
     stored_time,
 )
 from revocation.storage.postgres.db import PG_ERRORS, affected, pg_sql, storage_error
+from revocation.storage.postgres.installations import INSTALLATIONS_MIGRATION, PostgresInstallations
 from revocation.storage.schema import Schema
 
 _PUBLICATION_COLUMNS = "issuer_id, shard, kind, number, position, published_at"
@@ -83,6 +85,7 @@ COORDINATION_SCHEMA = Schema(
             );
             """,
         ),
+        (2, INSTALLATIONS_MIGRATION),  # what relying parties' CRL sync agents installed
     ),
     # Migration 3 of the single schema of old made these tables.
     legacy={3: 1},
@@ -108,22 +111,10 @@ def _publication(row: Any) -> CRLPublication:
     )
 
 
-class PostgresCoordination:
+class PostgresCoordination(PostgresInstallations):
     def __init__(self, pool: Any) -> None:
         """``pool`` is an ``asyncpg.Pool`` on a database migrated by ``revocation.storage.postgres.log``."""
         self._pool = pool
-
-    async def _fetch(self, doing: str, sql: str, *args: Any) -> list[Any]:
-        try:
-            return list(await self._pool.fetch(sql, *args))
-        except PG_ERRORS as exc:
-            raise storage_error(doing, exc) from exc
-
-    async def _execute(self, doing: str, sql: str, *args: Any) -> str:
-        try:
-            return str(await self._pool.execute(sql, *args))
-        except PG_ERRORS as exc:
-            raise storage_error(doing, exc) from exc
 
     # --- leases ---
 

@@ -24,6 +24,7 @@ from revocation.coordination import (
     stored_time,
 )
 from revocation.storage.sqlite.db import Schema, SQLiteDatabase
+from revocation.storage.sqlite.installations import INSTALLATIONS_MIGRATION, SQLiteInstallations
 
 # Times are epoch seconds (REAL).
 COORDINATION_SCHEMA = Schema(
@@ -80,6 +81,7 @@ COORDINATION_SCHEMA = Schema(
             );
             """,
         ),
+        (2, INSTALLATIONS_MIGRATION),  # what relying parties' CRL sync agents installed
     ),
     # Migration 4 of the single schema of old made these tables.
     legacy={4: 1},
@@ -119,7 +121,7 @@ SQL_RECORD_APPLIED = (
 )
 
 
-class SQLiteCoordination:
+class SQLiteCoordination(SQLiteInstallations):
     def __init__(self, db: SQLiteDatabase) -> None:
         self._db = db
 

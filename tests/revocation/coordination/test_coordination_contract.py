@@ -17,6 +17,7 @@ import pytest
 
 from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
 from revocation.coordination import (
+    CRLInstallation,
     CRLPublication,
     LeaseState,
     PresignedState,
@@ -307,6 +308,75 @@ async def test_probes_keep_the_first_report_per_revocation_and_url(subject: Subj
     await coord.record_probe(ProbeResult("ca", 0xA1, 7, "http://a.test/ocsp", 200.0))
     await coord.record_probe(ProbeResult("ca", 0xB2, 7, "http://a.test/ocsp", 100.0))
     assert await coord.probes("ca", 0xA1) == [earlier_revocation, b, a]
+
+
+# --- CRL installations by relying parties' sync agents ---------------------------------------------
+
+
+async def test_crl_publication_finds_one_publication_by_its_number(subject: Subject) -> None:
+    coord = subject.coord
+    full = CRLPublication("ca", 2, "full", 5, 40, 100.0)
+    delta = CRLPublication("ca", 2, "delta", 6, 41, 101.0)
+    for publication in (full, delta, CRLPublication("ca", 0, "full", 5, 30, 90.0)):
+        await coord.record_crl_publication(publication)
+    assert await coord.crl_publication("ca", 2, "full", 5) == full
+    assert await coord.crl_publication("ca", 2, "delta", 6) == delta
+    assert await coord.crl_publication("ca", 2, "delta", 5) is None  # the number of the full, not a delta's
+    assert await coord.crl_publication("ca", 1, "full", 5) is None
+    assert await coord.crl_publication("other", 2, "full", 5) is None
+    # A number (or shard) beyond what a column holds is simply not one pca published.
+    assert await coord.crl_publication("ca", 2, "full", 2**159 - 1) is None
+    assert await coord.crl_publication("ca", 2**40, "full", 5) is None
+
+
+async def test_a_reported_installation_keeps_the_earliest_time(subject: Subject) -> None:
+    coord = subject.coord
+    first = CRLInstallation("nginx-1", "ca", 0, "delta", 6, 41, 120.0)
+    assert await coord.record_crl_installation(first) == (first, True)
+    # Reported again later (the agent retried): the earliest time stays, and it is not new.
+    assert await coord.record_crl_installation(dataclasses.replace(first, installed_at=130.0)) == (first, False)
+    # Reported again with an earlier time: that time is kept.
+    earlier = dataclasses.replace(first, installed_at=110.0)
+    assert await coord.record_crl_installation(earlier) == (earlier, False)
+    assert await coord.crl_installations("ca", 0, 0) == [earlier]
+
+
+async def test_concurrent_reports_of_one_installation_make_one_row(subject: Subject) -> None:
+    reporters = [await subject.another() for _ in range(4)]
+    base = CRLInstallation("haproxy-7", "ca", 1, "full", 9, 50, 200.0)
+    results = await asyncio.gather(
+        *(c.record_crl_installation(dataclasses.replace(base, installed_at=200.0 + n)) for n, c in enumerate(reporters))
+    )
+    assert sum(created for _, created in results) == 1
+    assert await subject.coord.crl_installations("ca", 1, 0) == [base]
+
+
+async def test_installations_of_a_shard_from_a_position(subject: Subject) -> None:
+    coord = subject.coord
+    old = CRLInstallation("a", "ca", 3, "full", 4, 30, 100.0)
+    a_delta = CRLInstallation("a", "ca", 3, "delta", 5, 41, 160.0)
+    b_full = CRLInstallation("b", "ca", 3, "full", 6, 45, 150.0)
+    a_full = CRLInstallation("a", "ca", 3, "full", 6, 45, 170.0)
+    others = [
+        CRLInstallation("a", "ca", 0, "full", 6, 45, 150.0),  # another shard
+        CRLInstallation("a", "other", 3, "full", 6, 45, 150.0),  # another issuer
+    ]
+    for installation in (old, a_delta, b_full, a_full, *others):
+        await coord.record_crl_installation(installation)
+    assert await coord.crl_installations("ca", 3, 41) == [b_full, a_delta, a_full]
+    assert await coord.crl_installations("ca", 3, 42) == [b_full, a_full]
+    assert await coord.crl_installations("ca", 3, 0) == [old, b_full, a_delta, a_full]
+    assert await coord.crl_installations("ca", 3, 46) == []
+    assert await coord.crl_installations("ca", 9, 0) == []
+    # Which agents installed anything of the shard since a time (those known to follow it).
+    assert await coord.crl_agents("ca", 3, 0.0) == ["a", "b"]
+    assert await coord.crl_agents("ca", 3, 155.0) == ["a"]
+    assert await coord.crl_agents("ca", 3, 171.0) == []
+    assert await coord.crl_agents("ca", 2, 0.0) == []
+
+    assert await coord.prune_crl_installations(150.0) == 1  # old, installed at 100
+    assert await coord.crl_installations("ca", 3, 0) == [b_full, a_delta, a_full]
+    assert await coord.prune_crl_installations(150.0) == 0
 
 
 # --- finished timelines -------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from revocation.propagation.timeline import Moment, Timeline, Unrecorded
+from revocation.coordination import CRLInstallation
+from revocation.propagation.timeline import Moment, RelyingPartySighting, Timeline, Unrecorded, relying_party_sightings
 from tests.support.timelines import SEQ, T0
 from tests.support.timelines import sample_timeline as _timeline
 
@@ -58,6 +59,9 @@ def test_the_json_is_what_the_admin_api_serves() -> None:
         "slo_seconds": 5.0,
         "slo_met": False,
         "crl_published": True,
+        "relying_parties": [
+            {"agent": "nginx-1", "at": "2026-01-01T00:00:03.250000Z", "seconds": 3.25, "kind": "delta", "number": 7}
+        ],
     }
 
 
@@ -69,6 +73,31 @@ def test_a_saved_timeline_reads_back_to_the_same_value(stored_at: float | None) 
     saved = json.loads(json.dumps(timeline.to_json(), sort_keys=True))
     assert Timeline.from_json(saved) == timeline
     assert Timeline.from_json(saved).to_json() == timeline.to_json()
+
+
+def test_a_timeline_saved_before_relying_parties_were_tracked_reads_back_with_none() -> None:
+    saved = _timeline(T0 + 0.12).to_json()
+    del saved["relying_parties"]
+    assert Timeline.from_json(saved).relying_parties == ()
+    assert Timeline.from_json(saved).to_json() == {**saved, "relying_parties": []}
+
+
+def test_relying_party_sightings_keep_each_agents_earliest_of_a_crl_listing_it() -> None:
+    c = T0
+    installs = [
+        CRLInstallation("b", "ca", 0, "full", 6, SEQ - 1, c + 0.5),  # published before the revocation
+        CRLInstallation("b", "ca", 0, "delta", 9, SEQ + 2, c + 9.0),
+        CRLInstallation("a", "ca", 0, "full", 8, SEQ, c + 4.0),
+        CRLInstallation("a", "ca", 0, "delta", 7, SEQ, c + 2.0),
+    ]
+    assert relying_party_sightings(installs, SEQ, c) == (
+        RelyingPartySighting("a", "2026-01-01T00:00:02Z", 2.0, "delta", 7),
+        RelyingPartySighting("b", "2026-01-01T00:00:09Z", 9.0, "delta", 9),
+    )
+    # Merged with those saved before: the earlier of the two per agent.
+    saved = (RelyingPartySighting("b", "2026-01-01T00:00:05Z", 5.0, "full", 8),)
+    assert [(s.agent, s.seconds) for s in relying_party_sightings(installs, SEQ, c, saved)] == [("a", 2.0), ("b", 5.0)]
+    assert relying_party_sightings(installs, SEQ + 3, c) == ()
 
 
 def test_missing_names_the_channels_not_reached() -> None:

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
 from revocation.authority import issuer_added
 from revocation.clock import FakeClock
-from revocation.coordination import CRLPublication, ProbeResult
+from revocation.coordination import CRLInstallation, CRLPublication, ProbeResult
 from revocation.errors import ConfigError, StorageError
 from revocation.eventlog import NewEvent, RecordedEvent
 from revocation.events import CertificateHoldReleased, CertificateIssued, CertificateRevoked, DomainEvent
@@ -185,6 +185,9 @@ async def test_timeline_of_a_revocation_on_its_way(env: Env) -> None:
     await env.coord.record_crl_publication(CRLPublication(ISSUER, 0, "full", 5, rev.seq, C + 2.0))
     await env.coord.record_probe(ProbeResult(ISSUER, SERIAL, rev.seq, "http://r1.test/ocsp", C + 0.4))
     await env.coord.record_probe(ProbeResult(ISSUER, SERIAL, rev.seq - 1, "http://r1.test/ocsp", C - 50))
+    # A relying party installed the full CRL; another only the delta from before the revocation.
+    await env.coord.record_crl_installation(CRLInstallation("nginx-1", ISSUER, 0, "full", 5, rev.seq, C + 3.0))
+    await env.coord.record_crl_installation(CRLInstallation("haproxy-2", ISSUER, 0, "delta", 4, rev.seq - 1, C + 0.5))
     env.wall.t = C + 1
 
     timeline = await env.tracker.timeline(ISSUER, SERIAL)
@@ -224,6 +227,7 @@ async def test_timeline_of_a_revocation_on_its_way(env: Env) -> None:
         "slo_seconds": 5.0,
         "slo_met": None,
         "crl_published": True,
+        "relying_parties": [{"agent": "nginx-1", "at": iso_at(3.0), "seconds": 3.0, "kind": "full", "number": 5}],
     }
     # Still pending past the SLO: already missed.
     env.wall.t = C + 6
@@ -450,6 +454,119 @@ async def test_a_finished_revocation_is_measured_and_saved(env: Env) -> None:
     assert await other.timeline(ISSUER, SERIAL) == saved
 
 
+# --- the relying_party channel (CRL sync agents) -------------------------------------------------------
+
+
+def rp(agent: str, kind: str, number: int, position: int, after_commit: float) -> CRLInstallation:
+    return CRLInstallation(agent, ISSUER, 0, kind, number, position, C + after_commit)
+
+
+async def test_the_tracker_waits_for_known_agents_and_observes_each_once(env: Env) -> None:
+    # Known agents installed a CRL of the shard within the hour before the commit; "stale" did not.
+    await env.coord.record_crl_installation(rp("nginx-1", "full", 3, 0, -600))
+    await env.coord.record_crl_installation(rp("haproxy-2", "full", 3, 0, -60))
+    await env.coord.record_crl_installation(rp("stale", "full", 1, 0, -7200))
+    await env.tracker.step()
+    await env.issue()
+    rev = await env.revoke()
+    await env.store_row(SERIAL, "revoked", rev.seq, 7, C + 0.1)
+    await two_responders(env, r1_change=7, r2_change=7)
+    await env.coord.record_applied("r1", 7, C + 0.3)
+    await env.coord.record_applied("r2", 7, C + 0.4)
+    await env.coord.record_crl_publication(CRLPublication(ISSUER, 0, "delta", 4, rev.seq - 1, C - 0.5))
+    await env.coord.record_crl_publication(CRLPublication(ISSUER, 0, "delta", 5, rev.seq, C + 2.0))
+    # nginx-1 installs the delta from before the revocation (it does not list it), then the one after.
+    await env.coord.record_crl_installation(rp("nginx-1", "delta", 4, rev.seq - 1, 1.0))
+    await env.coord.record_crl_installation(rp("nginx-1", "delta", 5, rev.seq, 3.0))
+    env.wall.t = C + 3.5
+    await env.tracker.step()
+    # OCSP and the CRL are done, but haproxy-2 (known) has not installed it: still followed.
+    assert env.tracker.pending == 1
+    assert (env.seconds_count("relying_party"), env.seconds_sum("relying_party")) == (1, pytest.approx(3.0))
+    on_its_way = await env.tracker.timeline(ISSUER, SERIAL)
+    assert on_its_way is not None and on_its_way["slo_met"] is True  # agents never decide the SLO
+    assert [(r["agent"], r["seconds"]) for r in on_its_way["relying_parties"]] == [("nginx-1", 3.0)]
+
+    env.wall.t = C + 4.5
+    await env.tracker.step()  # nothing new: nginx-1 is not observed twice
+    assert env.seconds_count("relying_party") == 1
+    await env.coord.record_crl_installation(rp("haproxy-2", "delta", 5, rev.seq, 5.0))
+    env.wall.t = C + 5.5
+    await env.tracker.step()
+    assert env.tracker.pending == 0
+    assert (env.seconds_count("relying_party"), env.seconds_sum("relying_party")) == (2, pytest.approx(8.0))
+    for channel in ("ocsp_all_responders", "crl"):
+        assert env.seconds_count(channel) == 1
+    saved = await env.coord.timeline(ISSUER, SERIAL, rev.seq)
+    assert saved is not None
+    assert saved["relying_parties"] == [
+        {"agent": "nginx-1", "at": iso_at(3.0), "seconds": 3.0, "kind": "delta", "number": 5},
+        {"agent": "haproxy-2", "at": iso_at(5.0), "seconds": 5.0, "kind": "delta", "number": 5},
+    ]
+
+    # An agent reporting after the timeline was saved shows when it is served (not in the metrics).
+    await env.coord.record_crl_installation(rp("stale", "full", 6, rev.seq + 3, 900.0))
+    served = await env.tracker.timeline(ISSUER, SERIAL)
+    assert served is not None
+    assert [(r["agent"], r["seconds"]) for r in served["relying_parties"]] == [
+        ("nginx-1", 3.0),
+        ("haproxy-2", 5.0),
+        ("stale", 900.0),
+    ]
+    assert {k: v for k, v in served.items() if k != "relying_parties"} == {
+        k: v for k, v in saved.items() if k != "relying_parties"
+    }
+    assert env.seconds_count("relying_party") == 2
+
+
+async def test_a_known_agent_that_never_installs_holds_the_revocation_only_until_give_up(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    await env.coord.record_crl_installation(rp("dead-agent", "full", 3, 0, -1800))
+    env.make_tracker(give_up_after=60.0)
+    await env.tracker.step()
+    await env.issue()
+    rev = await env.revoke()
+    await env.store_row(SERIAL, "revoked", rev.seq, 7, C + 0.1)
+    await two_responders(env, r1_change=7, r2_change=7, seen=C + 61)
+    await env.coord.record_applied("r1", 7, C + 0.3)
+    await env.coord.record_applied("r2", 7, C + 0.4)
+    await env.coord.record_crl_publication(CRLPublication(ISSUER, 0, "full", 5, rev.seq, C + 2.0))
+    env.wall.t = C + 10
+    await env.tracker.step()
+    assert env.tracker.pending == 1
+    env.wall.t = C + 61
+    with caplog.at_level(logging.INFO, logger="pca.tracker"):
+        await env.tracker.step()
+    assert env.tracker.pending == 0
+    [record] = [r for r in caplog.records if "gave up" in r.getMessage()]
+    assert record.levelno == logging.INFO and "still missing: relying party dead-agent" in record.getMessage()
+    assert env.seconds_count("relying_party") == 0
+    # Nothing is counted missing or breached for it: the channel is informative only.
+    assert env.sample("revocation_propagation_slo_breaches_total", channel="ocsp_all_responders") == 0
+    assert env.sample("revocation_propagation_incomplete_total", channel="relying_party") is None
+    saved = await env.coord.timeline(ISSUER, SERIAL, rev.seq)
+    assert saved is not None and (saved["slo_met"], saved["relying_parties"]) == (True, [])
+    assert Timeline.from_json(saved).missing() == []
+
+
+async def test_without_known_agents_a_revocation_finishes_as_before(env: Env) -> None:
+    await env.tracker.step()
+    await env.issue()
+    rev = await env.revoke()
+    await env.store_row(SERIAL, "revoked", rev.seq, 7, C + 0.1)
+    await two_responders(env, r1_change=7, r2_change=7)
+    await env.coord.record_applied("r1", 7, C + 0.3)
+    await env.coord.record_applied("r2", 7, C + 0.4)
+    await env.coord.record_crl_publication(CRLPublication(ISSUER, 0, "full", 5, rev.seq, C + 2.0))
+    # An agent never seen before installs it at once: observed, though nobody waited for it.
+    await env.coord.record_crl_installation(rp("new-agent", "full", 5, rev.seq, 2.5))
+    env.wall.t = C + 3
+    await env.tracker.step()
+    assert env.tracker.pending == 0
+    assert (env.seconds_count("relying_party"), env.seconds_sum("relying_party")) == (1, pytest.approx(2.5))
+
+
 async def test_a_slow_revocation_counts_as_an_slo_breach(env: Env) -> None:
     await env.tracker.step()
     await env.issue()
@@ -644,6 +761,13 @@ async def test_old_progress_is_pruned(env: Env) -> None:
     await env.coord.record_applied("r1", 3, C - 10)
     await env.tracker.step()
     assert await env.raw("SELECT applied_change FROM responder_progress ORDER BY applied_change") == [(3,)]
+
+
+async def test_crl_installations_older_than_a_day_are_pruned(env: Env) -> None:
+    await env.coord.record_crl_installation(rp("nginx-1", "full", 1, 1, -86_500))
+    await env.coord.record_crl_installation(rp("nginx-1", "full", 2, 2, -86_300))
+    await env.tracker.step()
+    assert await env.raw("SELECT agent, number FROM crl_installations") == [("nginx-1", 2)]
 
 
 def test_bad_settings_are_refused(env: Env) -> None:

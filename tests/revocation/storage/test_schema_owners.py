@@ -68,7 +68,7 @@ def test_a_database_of_the_single_schema_migrates_only_what_it_lacks(tmp_path: P
     try:
         # Its tables are recognised: only the crl_state drop, the pending signer columns (projection 4) and
         # coordination's tables (old migration 4) remain.
-        assert db.migrate_sync(SQLITE_SCHEMAS) == ["projection 3", "projection 4", "coordination 1"]
+        assert db.migrate_sync(SQLITE_SCHEMAS) == ["projection 3", "projection 4", "coordination 1", "coordination 2"]
         assert db.migrate_sync(SQLITE_SCHEMAS) == []
     finally:
         db.close()
@@ -83,12 +83,12 @@ def test_a_database_of_the_single_schema_migrates_only_what_it_lacks(tmp_path: P
         conn.close()
 
 
-def test_a_fully_migrated_old_database_only_loses_crl_state(tmp_path: Path) -> None:
+def test_a_fully_migrated_old_database_only_loses_crl_state_and_gains_new_tables(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     _old_database(path, [1, 2, 3, 4])
     db = SQLiteDatabase(path)
     try:
-        assert db.migrate_sync(SQLITE_SCHEMAS) == ["projection 3", "projection 4"]
+        assert db.migrate_sync(SQLITE_SCHEMAS) == ["projection 3", "projection 4", "coordination 2"]
     finally:
         db.close()
     assert "crl_state" not in _tables(path)
@@ -116,6 +116,7 @@ def test_owners_can_migrate_separately(tmp_path: Path) -> None:
             "projection 3",
             "projection 4",
             "coordination 1",
+            "coordination 2",
         ]
     finally:
         db.close()
