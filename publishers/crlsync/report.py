@@ -102,6 +102,9 @@ class Reporter:
             body = await self._queue.get()
             try:
                 result = await self._send(body)
+            except asyncio.CancelledError:
+                self._metrics.reports.labels("dropped").inc()
+                raise
             except Exception:  # a report must never take the agent down
                 log.exception("report of %s number %s failed", body["crl_url"], body["crl_number"])
                 result = "failed"
