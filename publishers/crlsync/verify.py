@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
@@ -115,7 +116,7 @@ class TrustStore:
 def _signature_ok(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> bool:
     try:
         return crl.is_signature_valid(cert.public_key())  # type: ignore[arg-type]
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         return False
 
 
@@ -150,6 +151,15 @@ def inspect(
 ) -> CRLInfo:
     """Parse ``body`` and check it on its own: signer, times, number, critical extensions."""
     crl = load_crl(body)
+    try:
+        return _inspect(crl, trust, now, max_skew)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # a field cryptography parses only when asked
+        raise Refused("parse", f"malformed CRL: {str(exc)[:200]}") from exc
+
+
+def _inspect(
+    crl: x509.CertificateRevocationList, trust: TrustStore, now: datetime.datetime, max_skew: datetime.timedelta
+) -> CRLInfo:
     try:
         extensions = crl.extensions
     except ValueError as exc:
