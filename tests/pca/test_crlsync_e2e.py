@@ -73,10 +73,15 @@ def test_a_revocation_reaches_the_relying_partys_crl_bundle(
     argv += ["--report-to", admin.base, "--token-file", token]
     argv = [str(a) for a in argv]
 
-    first = subprocess.run([*argv, "--once"], capture_output=True, text=True, timeout=60, check=False)
+    for _ in range(3):
+        first = subprocess.run([*argv, "--once"], capture_output=True, text=True, timeout=60, check=False)
+        # A full CRL published between the fetches of the full CRL and of its delta refuses the delta
+        # (delta-base-ahead) for one pass: the next pass installs both.
+        if first.returncode == 0 or "delta-base-ahead" not in first.stderr:
+            break
     assert first.returncode == 0, first.stderr
     assert len(read_bundle(out)) == 3
-    assert changes.read_text() == "reload\n"
+    assert changes.read_text().startswith("reload\n")
 
     cert, key = d / "web.pem", d / "web.key"
     issued = pca(
