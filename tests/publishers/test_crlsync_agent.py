@@ -24,7 +24,7 @@ from publishers.crlsync.agent import Agent
 from publishers.crlsync.install import read_bundle
 from publishers.crlsync.metrics import SyncMetrics
 from publishers.crlsync.settings import SyncSettings
-from tests.support.crlsync import ControlledServer, Reply, SigningCA, controlled_server, now
+from tests.support.crlsync import ControlledServer, Reply, SigningCA, controlled_server, now, tls_server_context
 from tests.support.ports import free_port
 
 FULL = "/crl/issuing-ca.crl"
@@ -341,3 +341,47 @@ async def test_an_on_change_that_hangs_is_killed(h: Harness) -> None:
     agent = h.agent(FULL, on_change="sleep 60", on_change_timeout=0.5)
     assert (await agent.run_pass()).changed
     assert h.metric("crl_sync_on_change_runs_total", result="timeout") == 1
+
+
+async def test_a_pem_body_is_accepted_and_installed(h: Harness) -> None:
+    der = h.ca.crl(10, idp=h.server.url(FULL))
+    pem = x509.load_der_x509_crl(der).public_bytes(serialization.Encoding.PEM)
+    h.serve(FULL, pem, content_type="application/x-pem-file")
+    assert (await h.agent(FULL).run_pass()).changed
+    assert h.out.read_bytes() == pem
+
+
+async def test_a_repeated_refusal_is_logged_once_until_it_changes(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    h.server.routes[FULL] = Reply(b"", status=500)
+    agent = h.agent(FULL)
+    caplog.set_level(logging.WARNING, "pca.crlsync")
+    for _ in range(3):
+        await agent.run_pass()
+    h.server.routes[FULL] = Reply(b"", status=502)
+    await agent.run_pass()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
+    assert [line.split(": ")[2].split(";")[0] for line in lines] == [
+        "HTTP 500 Internal Server Error",
+        "HTTP 502 Bad Gateway",
+    ]
+    assert h.metric("crl_sync_refusals_total", url=h.server.url(FULL), reason="http-status") == 4
+
+
+async def test_https_is_verified_with_the_system_trust_or_tls_ca(
+    tmp_path: Path, ours: SigningCA, caplog: pytest.LogCaptureFixture
+) -> None:
+    context, cert_file = tls_server_context(tmp_path)
+    with controlled_server(context) as tls:
+        h = Harness(tmp_path, tls, ours, ours.bundle(tmp_path / "ca-bundle.pem"))
+        h.serve(FULL, ours.crl(10, idp=tls.url(FULL)))
+        try:
+            untrusted = h.agent(FULL)  # the system's trust store does not know this server's certificate
+            assert (await untrusted.run_pass()).refused == 1
+            assert h.metric("crl_sync_refusals_total", url=tls.url(FULL), reason="unreachable") == 1
+            assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+
+            trusted = h.agent(FULL, tls_ca=cert_file)
+            assert (await trusted.run_pass()).changed
+        finally:
+            for agent in h.agents:
+                await agent.aclose()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 import json
+import ssl
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -121,18 +123,22 @@ class Seen:
 class ControlledServer:
     """A threaded HTTP server on a free loopback port whose answers the test sets per path."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.routes: dict[str, Reply] = {}
         self.seen: list[Seen] = []
         self._release = threading.Event()
         handler = _handler(self)
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self._httpd.server_address[1]}"
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -188,10 +194,36 @@ def _handler(server: ControlledServer) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def controlled_server() -> Iterator[ControlledServer]:
-    srv = ControlledServer()
+def controlled_server(tls: ssl.SSLContext | None = None) -> Iterator[ControlledServer]:
+    srv = ControlledServer(tls)
     srv.start()
     try:
         yield srv
     finally:
         srv.stop()
+
+
+def tls_server_context(directory: Path) -> tuple[ssl.SSLContext, Path]:
+    """A TLS server context for 127.0.0.1 with a self-signed certificate; and that certificate's PEM file."""
+    key = FileKey(KeyRef("file"), generate_private_key("ec-p256")).private_key_for_builder()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crl server")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(ca.random_serial())
+        .not_valid_before(now() - datetime.timedelta(days=1))
+        .not_valid_after(now() + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    cert_file, key_file = directory / "tls.pem", directory / "tls.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return context, cert_file
