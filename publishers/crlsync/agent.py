@@ -113,6 +113,7 @@ class Agent:
                         self.metrics.fetches.labels(out.url, "unchanged").inc()
                     validators[out.url] = out.validators
                 except Refused as exc:
+                    self.metrics.fetches.labels(out.url, "refused").inc()
                     out.refused = exc
             if out.refused is not None:
                 refused += 1
@@ -141,6 +142,8 @@ class Agent:
         try:
             fetched = await self._fetcher.fetch(url, validators)
             if fetched.body is None:
+                if url not in self.installed:
+                    raise Refused("http-status", "304 Not Modified to a request without validators")
                 return _Outcome(url, validators=fetched.validators)
             skew = datetime.timedelta(seconds=self.settings.max_skew)
             info = await asyncio.to_thread(inspect, fetched.body, self._trust, self._clock(), skew)

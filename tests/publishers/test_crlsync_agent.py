@@ -150,6 +150,7 @@ async def test_on_change_runs_exactly_when_the_bytes_change(h: Harness) -> None:
     assert (result.refused, result.changed) == (1, False)
     assert h.on_change_runs() == 2
     assert h.metric("crl_sync_on_change_runs_total", result="ok") == 2
+    assert h.metric("crl_sync_fetches_total", url=url, result="refused") == 1
 
 
 def _other_ca_same_name() -> bytes:
