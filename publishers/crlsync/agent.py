@@ -151,6 +151,10 @@ class Agent:
         except Refused as exc:
             self.metrics.fetches.labels(url, "error" if _is_fetch_reason(exc.reason) else "refused").inc()
             return _Outcome(url, refused=exc)
+        except Exception as exc:  # a body that trips the parser in a way not foreseen is still just refused
+            log.exception("unexpected error on the CRL of %s", url)
+            self.metrics.fetches.labels(url, "refused").inc()
+            return _Outcome(url, refused=Refused("parse", f"{type(exc).__name__}: {str(exc)[:200]}"))
 
     def _accept(self, url: str, info: CRLInfo, view: dict[str, CRLInfo]) -> bool:
         rec = self.state.urls.get(url)

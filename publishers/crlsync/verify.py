@@ -142,7 +142,7 @@ def load_crl(body: bytes) -> x509.CertificateRevocationList:
                 raise ValueError("a PEM body must hold exactly one X509 CRL")
             return x509.load_pem_x509_crl(stripped)
         return x509.load_der_x509_crl(body)
-    except ValueError as exc:
+    except Exception as exc:  # on untrusted input, whatever the parser raises (InvalidVersion is no ValueError)
         raise Refused("parse", f"not a CRL ({len(body)} bytes): {str(exc)[:200]}") from exc
 
 
@@ -153,8 +153,12 @@ def inspect(
     crl = load_crl(body)
     try:
         return _inspect(crl, trust, now, max_skew)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # a field cryptography parses only when asked
-        raise Refused("parse", f"malformed CRL: {str(exc)[:200]}") from exc
+    except Refused:
+        raise
+    # cryptography parses fields when they are first asked for, and raises more than ValueError on them
+    # (DuplicateExtension, UnsupportedGeneralNameType, InvalidVersion, ...): on untrusted input, any is a refusal.
+    except Exception as exc:
+        raise Refused("parse", f"malformed CRL ({type(exc).__name__}): {str(exc)[:200]}") from exc
 
 
 def _inspect(
