@@ -10,6 +10,7 @@ import argparse
 
 from pca.cli import local, remote
 from pca.cli.common import fail
+from pca.cli.crlsync import add_crlsync_parser
 from pca.cli.importing import add_import_parser
 from pca.cli.issuers import add_issuer_parsers
 from revocation import __version__, ca
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=remote.cmd_events)
 
     add_import_parser(sub)
+    add_crlsync_parser(sub)
     p = sub.add_parser("audit", help="audit the event log", description="Audit the event log.")
     audit = p.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
     v = audit.add_parser(

@@ -1,0 +1,49 @@
+"""``publishers.crlsync.verify`` on garbage: any body is refused with a reason, never an unexpected error."""
+
+from __future__ import annotations
+
+import datetime
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from publishers.crlsync.verify import Refused, TrustStore, inspect
+from tests.support.crlsync import SigningCA
+
+CA = SigningCA.make()
+TRUST = TrustStore([CA.cert])
+GOOD = CA.crl(10, idp="http://ca.internal/crl/issuing-ca.crl", serials=[1, 2, 3])
+NOW = datetime.datetime.now(datetime.UTC)
+
+
+def _inspect(body: bytes) -> str:
+    try:
+        inspect(body, TRUST, NOW)
+    except Refused as exc:
+        return exc.reason
+    return "ok"
+
+
+def test_the_good_crl_passes() -> None:
+    assert _inspect(GOOD) == "ok"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, len(GOOD) - 1), st.integers(1, 255))
+@example(9, 1)  # version 0: cryptography raises InvalidVersion, which is no ValueError
+def test_any_flipped_byte_is_refused(position: int, flip: int) -> None:
+    body = bytearray(GOOD)
+    body[position] ^= flip
+    assert _inspect(bytes(body)) != "ok"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2000))
+def test_random_bodies_are_refused(body: bytes) -> None:
+    assert _inspect(body) != "ok"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, len(GOOD) - 1))
+def test_truncated_crls_are_refused(length: int) -> None:
+    assert _inspect(GOOD[:length]) == "parse"
