@@ -62,6 +62,9 @@ class SQLiteDatabase:
         self.path = Path(path)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
+        # Reads of a whole CRL shard (a million rows: seconds) have a thread and connection of their
+        # own, so that the API's and the responders' short reads never queue behind them.
+        self._bulk_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-bulk-reader")
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -143,9 +146,18 @@ class SQLiteDatabase:
         except sqlite3.Error as exc:
             raise StorageError(f"reading {self.path}: {exc}") from exc
 
+    async def read_bulk(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``read`` for large reads (a CRL shard's rows), on a reader of their own."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._bulk_reader, self._run_read, fn)
+        except sqlite3.Error as exc:
+            raise StorageError(f"reading {self.path}: {exc}") from exc
+
     def close(self) -> None:
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
+        self._bulk_reader.shutdown(wait=True)
         with self._lock:
             for conn in self._conns:
                 conn.close()

@@ -233,13 +233,13 @@ class SQLiteStatusView:
             position, rows = _snapshot(conn, SQL_REVOKED, (issuer_id,))
             return position, [cert_row(r) for r in rows]
 
-        return await self._db.read(q)
+        return await self._db.read_bulk(q)
 
     async def crl_shards(self, issuer_id: str) -> dict[int, int]:
         return {int(shard): int(not_after) for shard, not_after in await self._rows(SQL_CRL_SHARDS, issuer_id)}
 
     async def crl_revoked(self, issuer_id: str, shard: int) -> tuple[int, list[CRLRecord]]:
-        return await self._db.read(lambda conn: _crl_snapshot(conn, SQL_CRL_REVOKED, (issuer_id, shard)))
+        return await self._db.read_bulk(lambda conn: _crl_snapshot(conn, SQL_CRL_REVOKED, (issuer_id, shard)))
 
     async def crl_changes(self, issuer_id: str, shard: int, after: int) -> tuple[int, list[CRLRecord]]:
         return await self._db.read(lambda conn: _crl_snapshot(conn, SQL_CRL_CHANGES, (issuer_id, shard, after)))
