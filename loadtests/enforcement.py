@@ -2,7 +2,7 @@
 until a relying party that enforces revocation refuses the certificate.
 
     python -m loadtests.enforcement [--smoke] [--revocations 30] [--spacing 3] [--timeout 60] [--poll-ms 100]
-        [--after-revocation-seconds S] [--crl-sync-stand-in]
+        [--after-revocation-seconds S]
 
 ``pca init`` and ``pca serve`` (the embedded default, uvicorn) with the settings ``pca init``
 writes; ``--revocations`` client certificates (profile client) plus one never revoked (the
@@ -27,9 +27,7 @@ allowed, and reports its CPU and event-loop lag. Two reference channels, no rely
 when the full CRL and the delta CRL served at the certificates' CRL DP / FreshestCRL first list
 the certificate (one poller, every 100 ms). Meanwhile the control certificate is checked
 on every channel once a second: any refusal of it is a false refusal. A channel whose tools are
-missing (``java``/``javac``; nginx; nginx without ``ssl_ocsp``; ``pca crl-sync`` not in this
-build) is skipped with the reason. ``--crl-sync-stand-in`` (or ``PCA_BENCH_CRL_SYNC_STAND_IN=1``)
-feeds nginx with ``loadtests/enforcement_standin.py`` instead, labelled so in the results.
+missing (``java``/``javac``; nginx; nginx without ``ssl_ocsp``) is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -37,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -348,12 +345,6 @@ def main() -> None:
         default=[],
         metavar="SECTION.KEY=VALUE",
         help="change a pca.toml setting (reported as changed; not for the benchmark: it measures the defaults)",
-    )
-    p.add_argument(
-        "--crl-sync-stand-in",
-        action="store_true",
-        default=os.environ.get("PCA_BENCH_CRL_SYNC_STAND_IN") == "1",
-        help="feed nginx with loadtests/enforcement_standin.py instead of `pca crl-sync` (temporary)",
     )
     args = p.parse_args()
     args.poll = args.poll_ms / 1000

@@ -201,22 +201,11 @@ def pca_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "pca.cli"]
 
 
-def pca_has_crl_sync() -> bool:
-    try:
-        proc = subprocess.run(
-            [*pca_command(), "crl-sync", "--help"], capture_output=True, text=True, timeout=60, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return proc.returncode == 0 and "--on-change" in proc.stdout
-
-
 def crl_sync_command(
-    stand_in: bool, urls: Sequence[str], bundle: Path, out: Path, *, interval: float, on_change: str | None
+    urls: Sequence[str], bundle: Path, out: Path, *, interval: float, on_change: str | None
 ) -> list[str]:
-    """``pca crl-sync`` with the agreed flags (or the stand-in with the same ones); ``--once`` if no ``on_change``."""
-    base = [sys.executable, "-m", "loadtests.enforcement_standin"] if stand_in else [*pca_command(), "crl-sync"]
-    cmd = [*base]
+    """``pca crl-sync`` feeding nginx; ``--once`` if no ``on_change``."""
+    cmd = [*pca_command(), "crl-sync"]
     for url in urls:
         cmd += ["--url", url]
     cmd += ["--ca-bundle", str(bundle), "--out", str(out), "--format", "pem"]

@@ -30,7 +30,6 @@ from loadtests.enforcement_nginx import (
     crl_sync_command,
     nginx_build,
     nginx_missing,
-    pca_has_crl_sync,
     probe,
     ssl_ocsp_supported,
 )
@@ -119,14 +118,7 @@ class Rig:
                 self.skipped[name] = why_not
             return []
         self.info["nginx"] = ".".join(map(str, nginx_build()[0] or ()))
-        channels = []
-        stand_in = self.args.crl_sync_stand_in
-        if stand_in or pca_has_crl_sync():
-            channels.append(self._nginx_crl(files, urls, stand_in))
-        else:
-            self.skipped["nginx_crl"] = (
-                "`pca crl-sync` is not in this build (branch crlsync); --crl-sync-stand-in measures with the stand-in"
-            )
+        channels = [self._nginx_crl(files, urls)]
         why = ssl_ocsp_supported()
         if why:
             self.skipped["nginx_ocsp"] = self.skipped["nginx_ocsp_cached"] = why
@@ -134,31 +126,28 @@ class Rig:
             channels += self._nginx_ocsp(files)
         return channels
 
-    def _nginx_crl(self, files: dict[str, Path], urls: list[str], stand_in: bool) -> Channel:
+    def _nginx_crl(self, files: dict[str, Path], urls: list[str]) -> Channel:
         directory = self.work / "nginx-crl"
         bundle = directory / "crl-bundle.pem"
         nginx = Nginx(directory, {"crl": f"ssl_crl {bundle};"})
         nginx.write(files["server_chain"], files["server_key"], files["chain"])
-        once = crl_sync_command(stand_in, urls, files["chain"], bundle, interval=1, on_change=None)
+        once = crl_sync_command(urls, files["chain"], bundle, interval=1, on_change=None)
         proc = Service("crl-sync --once", once, directory / "crl-sync-once.log")
         with proc:
             assert proc.proc is not None
             if proc.proc.wait(timeout=60) != 0:
                 raise RuntimeError(f"crl-sync --once failed:\n{proc.log_tail()}")
         self.nginxes.append(nginx.start())
-        sync_cmd = crl_sync_command(
-            stand_in, urls, files["chain"], bundle, interval=1, on_change=nginx.reload_command()
-        )
+        sync_cmd = crl_sync_command(urls, files["chain"], bundle, interval=1, on_change=nginx.reload_command())
         self.services.append(Service("crl-sync", sync_cmd, directory / "crl-sync.log").start())
         port = nginx.ports["crl"]
-        self.info["crl_sync"] = "stand-in (loadtests/enforcement_standin.py)" if stand_in else "pca crl-sync"
+        self.info["crl_sync"] = "pca crl-sync"
         self.info["crl_sync_command"] = " ".join(sync_cmd)
-        feed = "the crl-sync STAND-IN" if stand_in else "`pca crl-sync`"
         return Channel(
             "nginx_crl",
-            f"nginx ssl_crl + {'crl-sync stand-in' if stand_in else 'pca crl-sync'}",
+            "nginx ssl_crl + pca crl-sync",
             lambda c: probe(port, c.ctx),
-            [f"CRLs {', '.join(urls)} fed by {feed} --interval 1, nginx reloaded on change"],
+            [f"CRLs {', '.join(urls)} fed by `pca crl-sync` --interval 1, nginx reloaded on change"],
         )
 
     def _nginx_ocsp(self, files: dict[str, Path]) -> list[Channel]:
@@ -223,7 +212,12 @@ class Rig:
         self.pollers.append(poller)
         channels = [poller.channel("full_crl", "reference: the full CRL lists it", f"{full}, fetched every 100 ms")]
         if delta:
-            note = f"{delta} (the FreshestCRL URL), fetched every 100 ms; no relying party here reads it"
+            note = (
+                f"{delta} (the FreshestCRL URL), fetched every 100 ms; no relying party here reads it. With "
+                "crl.full_after_revocation (the default) the revocation's shard gets a new full CRL and a delta "
+                "on that base, which lists nothing new: a delta lists a revocation only while its full CRL waits "
+                "(crl.full_after_revocation = false, or a large shard's spacing during a burst)"
+            )
             channels.append(poller.channel("delta_crl", "reference: the delta CRL lists it", note))
         return channels
 
