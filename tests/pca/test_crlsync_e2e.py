@@ -1,7 +1,8 @@
 """``pca crl-sync`` against a real ``pca serve``: a revocation reaches the relying party's CRL file.
 
-The CA publishes full CRLs every 4 s here (``crl.interval_seconds``), so the test does not wait
-hours for a full CRL after the revocation; the delta CRL follows the revocation anyway.
+The first test publishes full CRLs every 4 s as well (``crl.interval_seconds``), so that new full
+CRLs keep arriving between the agent's fetches; the second runs with the settings ``pca init``
+writes, where the full CRL follows the revocation within seconds.
 ``openssl verify -crl_check_all`` reads the installed bundle as nginx would.
 """
 
@@ -146,3 +147,61 @@ def test_a_revocation_reaches_the_relying_partys_crl_bundle(
     assert full_reports and full_reports[-1]["crl_number"] == crl_number(full)
     assert {r["agent"] for r in reported} == {"web-1"}
     assert all(s.headers["authorization"] == "Bearer agent-token" for s in admin.requests(PATH))
+
+
+@pytest.fixture
+def default_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """``pca serve`` with the settings ``pca init`` writes: full CRLs every 6 h, and after each revocation."""
+    srv = ServerProcess(init_ca(tmp_path / "ca-default"))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_with_default_settings_the_agent_installs_the_revocation_and_pca_propagation_shows_it(
+    tmp_path: Path, default_server: ServerProcess
+) -> None:
+    """The whole relying-party channel, real parts only: the full CRL follows the revocation, the agent
+    installs it and reports it with an ``agent`` token, and the propagation timeline names the agent."""
+    srv = default_server
+    d = srv.config_path.parent
+    token = tmp_path / "agent.token"
+    token.write_text(pca("token", "create", "--config", srv.config_path, "--name", "edge", "--role", "agent").stdout)
+    issued = pca(
+        "issue", "--config", srv.config_path, "--subject", "CN=edge", "--dns", "edge.internal", "--key-out", d / "e.key"
+    )
+    serial_hex = issued.stdout.splitlines()[0].strip()
+    out = tmp_path / "rp" / "crl-bundle.pem"
+    out.parent.mkdir()
+    argv = [
+        *PCA,
+        "crl-sync",
+        "--url",
+        f"{srv.public_url}/crl/root-ca.crl",
+        "--url",
+        f"{srv.public_url}/crl/issuing-ca.crl",
+    ]
+    argv += ["--ca-bundle", d / "ca-chain.pem", "--out", out, "--interval", "0.5", "--agent-id", "edge-proxy-1"]
+    argv += ["--report-to", srv.admin_url, "--token-file", token]
+    log = tmp_path / "agent.log"
+    with open(log, "wb") as sink:
+        agent = subprocess.Popen([str(a) for a in argv], stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        pca("revoke", "--config", srv.config_path, serial_hex, "--reason", "keyCompromise")
+        deadline, shown = time.monotonic() + 60, ""
+        while time.monotonic() < deadline:
+            shown = pca("propagation", "--config", srv.config_path, serial_hex).stdout
+            if "relying party edge-proxy-1: installed full CRL" in shown:
+                break
+            time.sleep(0.5)
+        assert "relying party edge-proxy-1: installed full CRL" in shown, shown + log.read_text()
+        [_, full] = read_bundle(out)
+        assert lists(full, int(serial_hex, 16))
+        assert f"number {crl_number(full)}" in shown
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=30)
+        stop_process(agent)
+    assert "agent-token" not in log.read_text() and token.read_text().strip() not in log.read_text()
