@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import datetime
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -43,6 +43,10 @@ from revocation.projection import CRLRecord, CRLSource, IssuerRecord
 
 FULL = "full"
 DELTA = "delta"
+
+# Publishes a full CRL elsewhere (a child process running this same writer): (issuer id, shard, the
+# last CRL number used) -> what it published.
+Offload = Callable[[str, int, int], Awaitable["Published"]]
 
 
 def stable_key(issuer_id: str, shard: int = 0) -> str:
@@ -110,14 +114,17 @@ class CRLWriter:
         *,
         validity_seconds: int,
         guard: Callable[[], None] | None = None,
+        offload: Offload | None = None,
     ) -> None:
-        """``guard`` is called before every store and raises if this writer may no longer publish."""
+        """``guard`` is called before every store and raises if this writer may no longer publish.
+        ``offload`` makes full CRLs elsewhere (``pca.roles.crl_worker``); this writer adopts them."""
         self._view = view
         self._storer = storer
         self._clock = clock
         self._validity = datetime.timedelta(seconds=validity_seconds)
         self._grace = storer.expired_grace_seconds
         self._guard = guard
+        self._offload = offload
         self._keys: dict[str, SigningKey] = {}
         self._shards: dict[tuple[str, int], ShardState] = {}
         self._count = Counter(
@@ -173,6 +180,8 @@ class CRLWriter:
 
     async def publish(self, issuer: IssuerRecord, shard: int = 0) -> Published:
         """Build, check and store the full CRL of one shard."""
+        if self._offload is not None:
+            return await self._publish_offloaded(issuer, shard)
         started = time.perf_counter()
         position, records = await self._view.crl_revoked(issuer.issuer_id, shard)
         now = self._clock.now().replace(microsecond=0)
@@ -181,6 +190,31 @@ class CRLWriter:
         state = self.state(issuer.issuer_id, shard)
         state.base_number, state.base_position, state.delta_newest_change = number, position, -1
         return self._published(issuer, shard, FULL, number, None, entries, crl_der, position, started)
+
+    async def _publish_offloaded(self, issuer: IssuerRecord, shard: int) -> Published:
+        """The full CRL made by ``offload`` (the same path, in another process), adopted as if made here."""
+        state, offload = self.state(issuer.issuer_id, shard), self._offload
+        assert offload is not None
+        try:
+            if self._guard is not None:
+                self._guard()
+            published = await offload(issuer.issuer_id, shard, state.last_number)
+        except (RefusedCRL, PreconditionFailed) as exc:
+            self._count.labels(issuer.issuer_id, FULL, "refused").inc()
+            raise RefusedCRL(str(exc)) from exc
+        except StorageError:
+            self._count.labels(issuer.issuer_id, FULL, "error").inc()
+            raise
+        state.last_number = max(state.last_number, published.number)
+        state.base_number, state.base_position, state.delta_newest_change = published.number, published.log_position, -1
+        state.published_position = max(state.published_position, published.log_position)
+        self._count.labels(issuer.issuer_id, FULL, "published").inc()
+        self._seconds.labels(FULL).observe(published.seconds)
+        labels = (issuer.issuer_id, str(shard), FULL)
+        self._bytes.labels(*labels).set(published.size)
+        self._entries.labels(*labels).set(published.entries)
+        self._number.labels(*labels).set(published.number)
+        return published
 
     async def publish_delta(self, issuer: IssuerRecord, shard: int = 0, *, force: bool = True) -> Published | None:
         """Build, check and store the delta CRL of one shard against its base.

@@ -47,7 +47,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
 
-from publishers.crl_writer import DELTA, FULL, CRLWriter, Published, numbered_key, stable_key
+from publishers.crl_writer import DELTA, FULL, CRLWriter, Offload, Published, numbered_key, stable_key
 from publishers.storer import CRL_TYPE, RefusedCRL, Storer
 from revocation import crl_layout
 from revocation.clock import Clock, to_epoch
@@ -76,6 +76,7 @@ class Publisher:
         retry_seconds: float = 30.0,
         guard: Callable[[], None] | None = None,
         on_published: Callable[[list[Published]], Awaitable[None]] | None = None,
+        offload: Offload | None = None,
     ) -> None:
         """``storer`` checks and writes each CRL, and says the layout, whether deltas are on and how
         long expired revocations stay listed. ``guard`` is called before every store and raises if
@@ -103,7 +104,9 @@ class Publisher:
         self._view = view
         self._deltas = deltas
         self._storer = storer
-        self._writer = CRLWriter(view, storer, clock, registry, validity_seconds=validity_seconds, guard=guard)
+        self._writer = CRLWriter(
+            view, storer, clock, registry, validity_seconds=validity_seconds, guard=guard, offload=offload
+        )
         self._clock = clock
         self._interval = interval_seconds
         self._delta_interval = delta_interval_seconds

@@ -9,7 +9,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pca.config import Config
+from pca.roles.crl_worker import CRLWorker
 from pca.runtime import Runtime
+from publishers.crl_writer import Offload
 from publishers.http import CRLApp
 from publishers.objectstore import DirectoryStore, ObjectStore
 from publishers.publisher import Published, Publisher
@@ -46,6 +48,7 @@ def build_publisher(
     *,
     guard: Callable[[], None] | None = None,
     on_published: Callable[[list[Published]], Awaitable[None]] | None = None,
+    offload: Offload | None = None,
 ) -> Publisher:
     cfg = rt.config.crl
     storer = Storer(store, rt.view, layout=rt.config.crl_layout, expired_grace_seconds=cfg.expired_grace_seconds)
@@ -61,6 +64,7 @@ def build_publisher(
         full_after_revocation=cfg.full_after_revocation,
         guard=guard,
         on_published=on_published,
+        offload=offload,
     )
 
 
@@ -87,7 +91,11 @@ async def start_publisher(rt: Runtime) -> None:
             except PCAError as exc:  # the tracker's figure is late or missing; the CRL is out
                 log.warning("cannot record the publication of %s CRL %d: %s", p.label, p.number, exc)
 
-    publisher = build_publisher(rt, store, guard=lease.check, on_published=record)
+    # Full CRLs are made in a child process: a large shard's would otherwise slow every request this
+    # process serves (pca.roles.crl_worker).
+    worker = CRLWorker(rt.config)
+    rt.closers.append(worker.close)
+    publisher = build_publisher(rt, store, guard=lease.check, on_published=record, offload=worker)
     wake = asyncio.Event()
     rt.on_log_change(wake.set)
 
