@@ -57,6 +57,8 @@ from revocation.waiting import wait_event
 
 log = logging.getLogger("pca.publisher")
 
+SLOW_FULL_SECONDS = 1.0  # a shard whose full CRL takes longer gets a delta before it after a change
+
 __all__ = ["CRL_TYPE", "Published", "Publisher", "RefusedCRL", "Storer", "numbered_key", "stable_key"]
 
 
@@ -121,6 +123,7 @@ class Publisher:
         self._dirty_since: float | None = None
         self._full_not_before: dict[tuple[str, int], float] = {}  # a shard's next full CRL after a change
         self._full_due: float | None = None  # a changed shard's full CRL waits for its spacing until then
+        self._full_seconds: dict[tuple[str, int], float] = {}  # how long each shard's last full CRL took
         self._wake = asyncio.Event()
         self._on_published = on_published
         self.published_position = 0
@@ -179,6 +182,7 @@ class Publisher:
                 # Spacing: the next full CRL of this shard after a change waits as long as this one took.
                 ended = self._clock.monotonic()
                 self._full_not_before[key[:2]] = ended + (ended - started)
+                self._full_seconds[key[:2]] = ended - started
         except PCAError as exc:
             what = crl_layout.label(issuer.issuer_id, shard) + (" delta" if delta else "")
             log.error("CRL for %s not published: %s", what, exc)
@@ -253,6 +257,9 @@ class Publisher:
                 if self._follow and await self._changed(issuer, shard):
                     not_before = self._full_not_before.get((issuer.issuer_id, shard), 0.0)
                     if self._clock.monotonic() >= not_before:
+                        if self._deltas and self._full_seconds.get((issuer.issuer_id, shard), 0.0) > SLOW_FULL_SECONDS:
+                            # A slow full CRL: the delta first, so these changes are out while it is built.
+                            await self._attempt(issuer, shard, done, delta=True, force=False)
                         await self._full_and_delta(issuer, shard, done)
                         continue
                     self._full_due = not_before if self._full_due is None else min(self._full_due, not_before)

@@ -174,6 +174,14 @@ async def test_a_slow_shard_gets_deltas_at_once_and_its_next_full_crl_after_a_sp
         second.serial_number,
     }
 
+    # A shard this slow gets its delta before its full CRL after a change: the change is out while it builds.
+    fake_clock.advance(31.0)  # past the spacing
+    third = await issue(authority, "third")
+    await publisher.tick()  # the issuance woke it: nothing changed in the CRLs
+    await authority.revoke(third.serial_number, "keyCompromise", ACTOR)
+    published = await after_debounce(publisher, fake_clock)
+    assert [(p.kind, p.entries) for p in published] == [("delta", 1), ("full", 3), ("delta", 0)]
+
 
 async def test_with_full_after_revocation_off_a_revocation_makes_only_a_delta(
     rt: Runtime, authority: Authority, fake_clock: FakeClock, tmp_path: Path
