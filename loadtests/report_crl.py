@@ -43,13 +43,6 @@ def crl_follow_goals(all_results: dict[str, Result]) -> list[tuple[str, str, str
             f"(deltas only {_ms(pre_off)})",
             not starved and pre_on <= SLO_MS,
         ),
-        (
-            f"revocation -> a full CRL of a {entries:,}-entry shard listing it, during the burst",
-            "measured (the shard's build time bounds it; raise crl.shards to shorten it)",
-            f"p50 {_ms(on['full_crl_ms']['p50'])} ms, p99 {_ms(on['full_crl_ms']['p99'])} ms; "
-            f"{on['full_crls_during_burst']:g} full CRLs built",
-            None if math.isnan(on["full_crl_ms"]["p99"]) else True,
-        ),
     ]
 
 
