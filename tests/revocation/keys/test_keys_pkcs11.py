@@ -236,3 +236,29 @@ async def test_an_external_issuers_signer_key_is_made_in_the_token_with_a_csr_op
     path = tmp_path / "signer.csr"
     path.write_bytes(csr_der)
     assert "verify OK" in openssl("req", "-verify", "-noout", "-inform", "DER", "-in", str(path))
+
+
+async def test_full_crls_made_in_the_publishers_child_process_sign_with_keys_in_the_token(
+    softhsm: Path, tmp_path: Path
+) -> None:
+    """``pca serve`` makes full CRLs in a child process (``pca.roles.crl_worker``): it opens the
+    token itself, with the PIN from the same environment variable or file."""
+    from cryptography import x509
+
+    from pca.roles.crl_worker import CRLWorker
+    from publishers.objectstore import DirectoryStore
+    from revocation import crl_layout
+
+    cfg = await init_pkcs11_ca(tmp_path / "ca", softhsm)
+    worker = CRLWorker(cfg)
+    try:
+        for issuer_id, cert in (("root-ca", "root-ca.pem"), ("issuing-ca", "issuing-ca.pem")):
+            published = await worker(issuer_id, 0, 0)
+            obj = await DirectoryStore(cfg.crl_dir).get(crl_layout.full_key(issuer_id))
+            assert obj is not None
+            crl = x509.load_der_x509_crl(obj.data)
+            issuer = x509.load_pem_x509_certificate((cfg.data_dir / cert).read_bytes())
+            assert crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+            assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == published.number
+    finally:
+        worker.close()
