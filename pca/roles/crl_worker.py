@@ -26,6 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from prometheus_client import CollectorRegistry
 
 from pca.config import Config
+from pca.roles.crl_store import open_store
 from publishers.crl_writer import CRLWriter, Published
 from publishers.storer import Storer
 from revocation.errors import StorageError
@@ -43,7 +44,6 @@ class _Child:
 
     async def _writer(self) -> CRLWriter:
         if self.writer is None:
-            from pca.roles.publisher import open_store
             from pca.runtime import connect_runtime
             from revocation.clock import SystemClock
 

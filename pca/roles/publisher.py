@@ -8,12 +8,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from pca.config import Config
+from pca.roles.crl_store import open_store
 from pca.roles.crl_worker import CRLWorker
 from pca.runtime import Runtime
 from publishers.crl_writer import Offload
 from publishers.http import CRLApp
-from publishers.objectstore import DirectoryStore, ObjectStore
+from publishers.objectstore import ObjectStore
 from publishers.publisher import Published, Publisher
 from publishers.s3store import S3Store
 from publishers.storer import Storer
@@ -25,21 +25,6 @@ from revocation.issuer_summary import PcaURLs
 from revocation.waiting import wait_event
 
 log = logging.getLogger("pca.crl")
-
-
-def open_store(config: Config) -> ObjectStore:
-    """The object store ``[crl.store]`` names: the directory ``paths.crl_dir`` (default) or an S3 bucket."""
-    cfg = config.crl.store
-    if cfg.type == "directory":
-        return DirectoryStore(config.crl_dir)
-    return S3Store(
-        cfg.bucket,
-        prefix=cfg.prefix,
-        endpoint_url=cfg.endpoint_url or None,
-        region=cfg.region or None,
-        addressing_style=cfg.addressing_style,
-        profile=cfg.profile or None,
-    )
 
 
 def build_publisher(

@@ -140,10 +140,34 @@ def load_crl(body: bytes) -> x509.CertificateRevocationList:
         if stripped.startswith(b"-----"):
             if stripped.count(b"-----BEGIN") != 1 or not stripped.startswith(_PEM_BEGIN):
                 raise ValueError("a PEM body must hold exactly one X509 CRL")
-            return x509.load_pem_x509_crl(stripped)
-        return x509.load_der_x509_crl(body)
+            crl = x509.load_pem_x509_crl(stripped)
+        else:
+            crl = x509.load_der_x509_crl(body)
+        _check_signature_bits(crl.public_bytes(serialization.Encoding.DER))
+        return crl
     except Exception as exc:  # on untrusted input, whatever the parser raises (InvalidVersion is no ValueError)
         raise Refused("parse", f"not a CRL ({len(body)} bytes): {str(exc)[:200]}") from exc
+
+
+def _tlv(der: bytes, at: int) -> tuple[int, int, int]:
+    """(tag, start of the content, end) of the DER element at ``at``."""
+    tag, first = der[at], der[at + 1]
+    if first < 0x80:
+        return tag, at + 2, at + 2 + first
+    count = first & 0x7F
+    start = at + 2 + count
+    return tag, start, start + int.from_bytes(der[at + 2 : start], "big")
+
+
+def _check_signature_bits(der: bytes) -> None:
+    """The signature BIT STRING declares no unused bits. cryptography verifies the signature's bytes
+    whatever that count says (when the bits it declares unused are zero), but OpenSSL refuses such a
+    CRL, so nginx or HAProxy would fail to load a bundle holding one: found by flipping bytes."""
+    _, outer, _ = _tlv(der, 0)
+    _, _, algorithm = _tlv(der, _tlv(der, outer)[2])
+    tag, content, _ = _tlv(der, algorithm)
+    if tag != 0x03 or der[content] != 0:
+        raise ValueError("the signature is not a BIT STRING without unused bits")
 
 
 def inspect(

@@ -47,3 +47,26 @@ def test_random_bodies_are_refused(body: bytes) -> None:
 @given(st.integers(0, len(GOOD) - 1))
 def test_truncated_crls_are_refused(length: int) -> None:
     assert _inspect(GOOD[:length]) == "parse"
+
+
+def _unused_bits_offset(der: bytes) -> int:
+    """Where the signature BIT STRING's unused-bits byte is: the last element's first content byte."""
+    from publishers.crlsync.verify import _tlv
+
+    _, outer, _ = _tlv(der, 0)
+    _, _, algorithm = _tlv(der, _tlv(der, outer)[2])
+    return _tlv(der, algorithm)[1]
+
+
+def test_a_signature_declaring_unused_bits_is_refused_though_cryptography_verifies_it() -> None:
+    """A flipped unused-bits count in the signature BIT STRING: cryptography still verifies the
+    signature when the bits declared unused are zero, OpenSSL (nginx, HAProxy) refuses the CRL."""
+    from cryptography import x509
+
+    body = next(b for b in (CA.crl(10, serials=[n]) for n in range(1, 200)) if b[-1] % 2 == 0)
+    flipped = bytearray(body)
+    flipped[_unused_bits_offset(body)] = 1
+    crl = x509.load_der_x509_crl(bytes(flipped))
+    assert crl.is_signature_valid(CA.cert.public_key())  # type: ignore[arg-type]
+    assert _inspect(bytes(flipped)) == "parse"
+    assert _inspect(body) == "ok"
