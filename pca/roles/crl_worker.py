@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -70,8 +71,12 @@ class _Child:
 _child: _Child | None = None
 
 
-def _init_child(config: Config) -> None:
+def _init_child(config: Config, environment: dict[str, str]) -> None:
     global _child
+    # The forkserver was started with the environment of its first use (perhaps before a PIN or an
+    # HSM configuration was set); take the pool creator's, as the pre-signer's workers do.
+    os.environ.clear()
+    os.environ.update(environment)
     _child = _Child(config)
 
 
@@ -96,7 +101,7 @@ class CRLWorker:
                 max_workers=1,
                 mp_context=multiprocessing.get_context("forkserver"),
                 initializer=_init_child,
-                initargs=(self._config,),
+                initargs=(self._config, dict(os.environ)),
             )
         return self._pool
 
