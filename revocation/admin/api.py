@@ -179,6 +179,8 @@ class AdminAPI:
                 log.exception("request %s failed", request_id)
                 response = problem_response(500, "Internal Server Error", f"unexpected error; request id {request_id}")
             response.headers["x-request-id"] = request_id
+            # Nothing an authenticated route answers (a private key included) may be kept by a cache.
+            response.headers["cache-control"] = "no-store"
             self._requests.labels(route, str(response.status_code)).inc()
             self._latency.labels(route).observe(time.perf_counter() - started)
             return response

@@ -108,6 +108,26 @@ async def test_issue_with_a_generated_key(admin: Admin) -> None:
     cert.verify_directly_issued_by(issuing)
 
 
+async def test_every_answer_of_an_authenticated_route_says_no_store(admin: Admin) -> None:
+    """The answer that carries a private key, the reads, and the refusals: no cache may keep any."""
+    out = await admin.issue("nostore")
+    answers = [
+        await admin.client.post(
+            "/v1/certificates", json={"subject": "CN=k", "dns": ["k.example"]}, headers=admin.auth("admin")
+        ),
+        await admin.client.get(f"/v1/certificates/{out['serial']}", headers=admin.auth("auditor")),
+        await admin.revoke(out["serial"], "keyCompromise"),
+        await admin.client.get("/v1/events", headers=admin.auth("auditor")),
+        await admin.client.get("/v1/events"),  # 401
+        await admin.client.post("/v1/certificates", json={}, headers=admin.auth("auditor")),  # 403
+        await admin.client.get("/v1/certificates/zz", headers=admin.auth("auditor")),  # 400
+    ]
+    assert "private_key" in answers[0].json()
+    assert [a.headers.get("cache-control") for a in answers] == ["no-store"] * len(answers), [
+        (a.status_code, a.headers.get("cache-control")) for a in answers
+    ]
+
+
 async def test_issue_from_a_csr_returns_no_key(admin: Admin) -> None:
     pem, key = make_csr()
     resp = await admin.client.post("/v1/certificates", json={"csr": pem}, headers=admin.auth("admin"))
