@@ -42,6 +42,7 @@ written by the ``Storer`` the publisher is given.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -60,6 +61,22 @@ log = logging.getLogger("pca.publisher")
 SLOW_FULL_SECONDS = 1.0  # a shard whose full CRL takes longer gets a delta before it after a change
 
 __all__ = ["CRL_TYPE", "Published", "Publisher", "RefusedCRL", "Storer", "numbered_key", "stable_key"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _FullRun:
+    """A shard's last full CRL: when it ended and how long it took (monotonic seconds)."""
+
+    ended: float
+    seconds: float
+
+    @property
+    def not_before(self) -> float:
+        """The shard's next full CRL after a change waits as long as this one took."""
+        return self.ended + self.seconds
+
+
+_NEVER = _FullRun(0.0, 0.0)
 
 
 class Publisher:
@@ -121,9 +138,9 @@ class Publisher:
         self._next_delta = 0.0
         self._next_retry = 0.0
         self._dirty_since: float | None = None
-        self._full_not_before: dict[tuple[str, int], float] = {}  # a shard's next full CRL after a change
+        # Each shard's last full CRL: when it ended and how long it took (its spacing and delta-first).
+        self._last_full: dict[tuple[str, int], _FullRun] = {}
         self._full_due: float | None = None  # a changed shard's full CRL waits for its spacing until then
-        self._full_seconds: dict[tuple[str, int], float] = {}  # how long each shard's last full CRL took
         self._wake = asyncio.Event()
         self._on_published = on_published
         self.published_position = 0
@@ -181,8 +198,7 @@ class Publisher:
                 done.append(await self.publish(issuer, shard))
                 # Spacing: the next full CRL of this shard after a change waits as long as this one took.
                 ended = self._clock.monotonic()
-                self._full_not_before[key[:2]] = ended + (ended - started)
-                self._full_seconds[key[:2]] = ended - started
+                self._last_full[key[:2]] = _FullRun(ended, ended - started)
         except PCAError as exc:
             what = crl_layout.label(issuer.issuer_id, shard) + (" delta" if delta else "")
             log.error("CRL for %s not published: %s", what, exc)
@@ -220,21 +236,6 @@ class Publisher:
         self._report()
         return done
 
-    async def publish_deltas(self, *, force: bool = True) -> list[Published]:
-        """A delta CRL for every shard (unless ``force``, only where something changed).
-
-        A shard without a base (its full CRL failed, or the store lost it) gets its full CRL first.
-        """
-        done: list[Published] = []
-        for issuer in await self._issuers():
-            for shard in self._targets.get(issuer.issuer_id, []):
-                if self._writer.state(issuer.issuer_id, shard).base_number is None:
-                    await self._full_and_delta(issuer, shard, done)
-                else:
-                    await self._attempt(issuer, shard, done, delta=True, force=force)
-        self._report()
-        return done
-
     async def _changed(self, issuer: IssuerRecord, shard: int) -> bool:
         """Whether a certificate of the shard was revoked or released after its last full CRL's position."""
         try:
@@ -255,9 +256,10 @@ class Publisher:
                     await self._full_and_delta(issuer, shard, done)
                     continue
                 if self._follow and await self._changed(issuer, shard):
-                    not_before = self._full_not_before.get((issuer.issuer_id, shard), 0.0)
+                    last = self._last_full.get((issuer.issuer_id, shard), _NEVER)
+                    not_before = last.not_before
                     if self._clock.monotonic() >= not_before:
-                        if self._deltas and self._full_seconds.get((issuer.issuer_id, shard), 0.0) > SLOW_FULL_SECONDS:
+                        if self._deltas and last.seconds > SLOW_FULL_SECONDS:
                             # A slow full CRL: the delta first, so these changes are out while it is built.
                             await self._attempt(issuer, shard, done, delta=True, force=False)
                         await self._full_and_delta(issuer, shard, done)

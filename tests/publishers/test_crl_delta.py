@@ -64,9 +64,10 @@ def publisher_for(
     registry: CollectorRegistry | None = None,
     view: StatusView | None = None,
     *,
-    full_after_revocation: bool = True,
+    full_after_revocation: bool = False,
 ) -> Publisher:
-    """The publisher as ``pca serve`` builds it from the configuration (deltas every 300 s, 2 s debounce)."""
+    """The publisher as ``pca serve`` builds it from the configuration (deltas every 300 s, 2 s debounce),
+    deltas only unless asked: these tests are about the delta CRLs (full CRLs following: test_crl_follow.py)."""
     cfg = rt.config.crl
     view = view or rt.view
     return Publisher(
@@ -122,7 +123,7 @@ async def test_full_crls_and_certificates_point_at_the_delta_and_the_delta_lists
 
     fake_clock.advance(60)
     await authority.revoke(later.serial_number, "keyCompromise", ACTOR)
-    [delta_published] = [p for p in await publisher.publish_deltas() if p.issuer_id == ISSUING]
+    [delta_published] = [p for p in await publisher.publish_changes(refresh=True) if p.issuer_id == ISSUING]
 
     delta = await stored(store, crl_layout.delta_key(ISSUING))
     assert crl_number(delta) == delta_published.number > empty_delta.number
@@ -168,7 +169,7 @@ async def test_a_released_hold_is_remove_from_crl_in_the_next_delta_and_gone_fro
 
     fake_clock.advance(30)
     await authority.release_hold(held.serial_number, ACTOR)
-    await publisher.publish_deltas(force=False)
+    await publisher.publish_changes()
 
     delta = await stored(store, crl_layout.delta_key(ISSUING))
     assert listed(delta) == {held.serial_number: x509.ReasonFlags.remove_from_crl}
@@ -206,7 +207,7 @@ async def test_a_hold_made_permanent_after_the_base_is_listed_in_the_delta_with_
     fake_clock.advance(10)
     await authority.revoke(cert.serial_number, "keyCompromise", ACTOR)
 
-    await publisher.publish_deltas()
+    await publisher.publish_changes(refresh=True)
 
     assert listed(await stored(store, crl_layout.delta_key(ISSUING))) == {
         cert.serial_number: x509.ReasonFlags.key_compromise
@@ -248,7 +249,7 @@ async def test_a_delta_reads_only_what_changed_since_its_base(
         await authority.revoke(cert.serial_number, "keyCompromise", ACTOR)
     view.rows = {"crl_revoked": 0, "crl_changes": 0}
 
-    [delta] = [p for p in await publisher.publish_deltas(force=False) if p.issuer_id == ISSUING]
+    [delta] = [p for p in await publisher.publish_changes() if p.issuer_id == ISSUING]
 
     assert delta.entries == 3
     # The publisher's read and the storer's check: the three changes each time, never the 25 of the base.
@@ -263,7 +264,7 @@ async def test_a_burst_of_200_revocations_makes_one_delta_after_the_debounce(
 ) -> None:
     certs = [await issue(authority, f"burst{i}") for i in range(200)]
     # Only the delta: with full_after_revocation (the default) the full CRL follows too (test_crl_follow.py).
-    publisher = publisher_for(rt, store, full_after_revocation=False)
+    publisher = publisher_for(rt, store)
     rt.on_commit(lambda events: publisher.revocation_happened() if events else None)
     started = await publisher.tick()  # the first tick publishes every full CRL (and its first delta)
     assert {p.kind for p in started} == {"full", "delta"}
@@ -312,7 +313,7 @@ async def test_crl_numbers_increase_across_full_and_delta_crls_restarts_and_a_cl
         for _ in range(deltas):
             cert = await issue(authority, f"n{len(numbers)}")
             await authority.revoke(cert.serial_number, "superseded", ACTOR)
-            numbers.extend(p.number for p in await publisher.publish_deltas() if p.issuer_id == ISSUING)
+            numbers.extend(p.number for p in await publisher.publish_changes(refresh=True) if p.issuer_id == ISSUING)
         assert publisher.last_error is None
 
     await run(publisher_for(rt, store), deltas=3)
@@ -564,7 +565,7 @@ async def test_after_an_outage_publishing_resumes_and_numbers_still_only_increas
     flaky = FlakyStore(store)
     registry = CollectorRegistry()
     publisher = build_publisher(rt, flaky)  # as the publisher role builds it, then with a registry of our own
-    publisher = publisher_for(rt, flaky, registry, full_after_revocation=False)  # what deltas do
+    publisher = publisher_for(rt, flaky, registry)  # what deltas do
     await publisher.tick()
     before = crl_number(await stored(store, crl_layout.delta_key(ISSUING)))
 
@@ -652,7 +653,7 @@ def test_the_layout_names_shards_keys_and_urls_one_way() -> None:
 async def test_a_delta_whose_base_the_store_lost_is_refused_and_a_new_full_crl_follows(
     rt: Runtime, authority: Authority, store: DirectoryStore, fake_clock: FakeClock
 ) -> None:
-    publisher = publisher_for(rt, store, full_after_revocation=False)  # a delta, not a full CRL, finds the loss
+    publisher = publisher_for(rt, store)  # a delta, not a full CRL, finds the loss
     await publisher.tick()
     cert = await issue(authority, "after-loss")
     (store.root / crl_layout.full_key(ISSUING)).unlink()  # someone emptied the bucket
