@@ -34,7 +34,7 @@ from revocation.admin.http import (
     Problem,
     TooLarge,
     int_param,
-    is_http_url,
+    is_url,
     json_body,
     not_allowed,
     not_found,
@@ -326,7 +326,7 @@ class AdminAPI:
         if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= 2**62:
             raise ValidationError(f"seq must be a positive integer, got {seq!r}")
         url = body.get("responder_url")
-        if not isinstance(url, str) or not is_http_url(url):
+        if not isinstance(url, str) or not is_url(url):
             raise ValidationError(f"responder_url must be an http(s) URL of at most {MAX_URL_LENGTH} characters")
         raw_seen = body.get("seen_at")
         if not isinstance(raw_seen, str):

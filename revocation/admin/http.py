@@ -73,13 +73,16 @@ def str_list(body: dict[str, Any], key: str) -> list[str]:
     return value
 
 
-def is_http_url(text: str) -> bool:
+def is_url(text: str, *, any_scheme: bool = False) -> bool:
+    """An http(s) URL with a host; with ``any_scheme``, any absolute URL (``ldap:``, ``urn:``, ...)."""
     if len(text) > MAX_URL_LENGTH:
         return False
     try:
         parts = urlsplit(text)
     except ValueError:
         return False
+    if any_scheme:
+        return bool(parts.scheme) and bool(parts.netloc or parts.path)
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 

@@ -26,11 +26,10 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from cryptography import x509
 
-from revocation.admin.http import MAX_URL_LENGTH, Problem, is_http_url
+from revocation.admin.http import MAX_URL_LENGTH, Problem, is_url
 from revocation.authority import Actor
 from revocation.coordination import CRLInstallation, CRLPublication
 from revocation.crl_layout import shard_from_url
@@ -85,16 +84,6 @@ def _time(body: dict[str, Any], key: str, *, utc: bool) -> float:
         raise ValidationError(f"{key} {value!r} is not an ISO 8601 time: {exc}") from exc
 
 
-def _is_url(text: str) -> bool:
-    if len(text) > MAX_URL_LENGTH:
-        return False
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return False
-    return bool(parts.scheme) and bool(parts.netloc or parts.path)
-
-
 def parse_report(body: dict[str, Any]) -> Report:
     """The report, every field checked (a ``ValidationError``, a 400, names the first bad one)."""
     unknown = sorted(set(body) - set(FIELDS))
@@ -107,7 +96,7 @@ def parse_report(body: dict[str, Any]) -> Report:
     if not isinstance(agent, str) or not AGENT_ID.fullmatch(agent):
         raise ValidationError(f"agent must be 1 to 64 characters of A-Z a-z 0-9 . _ -, got {agent!r}")
     crl_url = body["crl_url"]
-    if not isinstance(crl_url, str) or not is_http_url(crl_url):
+    if not isinstance(crl_url, str) or not is_url(crl_url):
         raise ValidationError(f"crl_url must be an http(s) URL of at most {MAX_URL_LENGTH} characters")
     key_id = body["issuer_key_id"]
     if key_id is not None and (not isinstance(key_id, str) or not KEY_ID.fullmatch(key_id)):
@@ -119,7 +108,7 @@ def parse_report(body: dict[str, Any]) -> Report:
     if not isinstance(delta, bool):
         raise ValidationError(f"delta must be true or false, got {delta!r}")
     idp_url = body["idp_url"]
-    if idp_url is not None and (not isinstance(idp_url, str) or not _is_url(idp_url)):
+    if idp_url is not None and (not isinstance(idp_url, str) or not is_url(idp_url, any_scheme=True)):
         raise ValidationError(f"idp_url must be a URL of at most {MAX_URL_LENGTH} characters or null")
     _time(body, "this_update", utc=False)
     installed_at = _time(body, "installed_at", utc=True)
