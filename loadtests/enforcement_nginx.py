@@ -17,7 +17,6 @@ failed it, so "refused" is a 400 or a TLS alert; "ok" is a 200.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shlex
 import signal
@@ -28,26 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loadtests.common import Service, free_port
-
-NGINX_CONF = """
-{user}
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log info;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/tmp;
-  proxy_temp_path {d}/tmp;
-  fastcgi_temp_path {d}/tmp;
-  uwsgi_temp_path {d}/tmp;
-  scgi_temp_path {d}/tmp;
-  default_type text/plain;
-{extra}
-{servers}
-}}
-"""
+from loadtests.peers import nginx_conf
 
 SERVER = """
   server {{
@@ -117,9 +97,8 @@ class Nginx:
             )
             for name, checks in self._servers.items()
         )
-        # As root, nginx would switch its workers to a user that cannot read our 0700 scratch directory.
-        user = "user root;" if os.geteuid() == 0 else ""
-        self.conf.write_text(NGINX_CONF.format(user=user, d=self.directory, extra=self._extra, servers=blocks))
+        http = "  default_type text/plain;\n" + self._extra + "\n" + blocks
+        self.conf.write_text(nginx_conf(self.directory, http, workers=1, connections=1024, log_level="info"))
 
     def command(self, *extra: str) -> list[str]:
         return ["nginx", "-p", str(self.directory), "-c", str(self.conf), "-e", str(self.error_log), *extra]

@@ -154,13 +154,13 @@ def openssl_ocsp(
 
 # --- nginx ----------------------------------------------------------------------------------------
 
-NGINX_CONF = """
+_NGINX_MAIN = """
 {user}
-worker_processes 2;
+worker_processes {workers};
 daemon off;
 pid {d}/nginx.pid;
-error_log {d}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
+error_log {d}/nginx-error.log {log_level};
+events {{ worker_connections {connections}; }}
 http {{
   access_log off;
   client_body_temp_path {d}/tmp;
@@ -168,6 +168,25 @@ http {{
   fastcgi_temp_path {d}/tmp;
   uwsgi_temp_path {d}/tmp;
   scgi_temp_path {d}/tmp;
+{http}
+}}
+"""
+
+
+def nginx_conf(
+    directory: Path, http: str, *, workers: int = 2, connections: int = 4096, log_level: str = "warn"
+) -> str:
+    """An nginx.conf running in the foreground out of ``directory`` (pid, logs, temp files) with ``http``
+    as the body of its http block."""
+    # As root, nginx would switch its workers to an unprivileged user that cannot read our 0700 scratch
+    # directory; keep them as root (they serve loopback only). As another user it keeps that user.
+    user = "user root;" if os.geteuid() == 0 else ""
+    return _NGINX_MAIN.format(
+        user=user, workers=workers, d=directory, log_level=log_level, connections=connections, http=http
+    )
+
+
+_NGINX_STATIC = """
   keepalive_requests 1000000;
   types {{ }}
   default_type application/ocsp-response;
@@ -176,9 +195,7 @@ http {{
     root {d}/root;
     # The raw request path (percent-encoding kept) is the file name: one file per request.
     location /ocsp/ {{ try_files $request_uri =404; }}
-  }}
-}}
-"""
+  }}"""
 
 
 def nginx(directory: Path, responses: Iterable[tuple[Probe, bytes]], get_prefix: str) -> tuple[Service, int]:
@@ -191,10 +208,7 @@ def nginx(directory: Path, responses: Iterable[tuple[Probe, bytes]], get_prefix:
         path.write_bytes(der)
     port = free_port()
     conf = directory / "nginx.conf"
-    # As root, nginx would switch its workers to an unprivileged user that cannot read our 0700 scratch
-    # directory; keep them as root (they serve loopback only). As another user it keeps that user.
-    user = "user root;" if os.geteuid() == 0 else ""
-    conf.write_text(NGINX_CONF.format(d=directory, port=port, user=user))
+    conf.write_text(nginx_conf(directory, _NGINX_STATIC.format(d=directory, port=port)))
     cmd = ["nginx", "-c", str(conf), "-p", str(directory), "-e", str(directory / "nginx-error.log")]
     return Service("nginx", cmd, directory / "nginx.log", stop_signal=signal.SIGQUIT, grace=5.0), port
 
