@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import socket
 import tomllib
@@ -89,7 +90,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     for key, value in data.items():
         expected = _KEYS.get(key)
         if expected is None:
-            raise UsageError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(_KEYS))})")
+            near = difflib.get_close_matches(key.replace("-", "_"), _KEYS, n=1)
+            hint = f"did you mean {near[0]}?" if near else f"known: {', '.join(sorted(_KEYS))}"
+            raise UsageError(f"{path}: unknown setting {key!r} ({hint})")
         if not isinstance(value, expected) or isinstance(value, bool):
             raise UsageError(f"{path}: {key} has the wrong type ({type(value).__name__})")
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
