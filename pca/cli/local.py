@@ -21,6 +21,7 @@ from revocation.authority import Actor, certificate_issued, issuer_added
 from revocation.clock import SystemClock
 from revocation.errors import IntegrityError, PCAError
 from revocation.eventlog import NewEvent
+from revocation.files import write_file
 from revocation.keys import KeyRef, SigningKey, generate_key
 
 ROOT_ID = "root-ca"
@@ -98,14 +99,13 @@ def cmd_init(args: argparse.Namespace) -> None:
     templates = _key_templates(args)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
-    config_path.write_text(
-        render_config(
-            public_url=args.public_url,
-            admin_listen=args.admin_listen,
-            key_algorithm=args.key_algorithm,
-            database_url=args.database_url or "",
-        )
+    rendered = render_config(
+        public_url=args.public_url,
+        admin_listen=args.admin_listen,
+        key_algorithm=args.key_algorithm,
+        database_url=args.database_url or "",
     )
+    write_file(config_path, rendered.encode())
     recorded: list[bool] = []
     cfg: Config | None = None  # stays None when the written configuration does not load
     try:
@@ -202,9 +202,12 @@ async def _init_hierarchy(
     finally:
         await rt.aclose()
     pem = serialization.Encoding.PEM
-    (cfg.data_dir / "root-ca.pem").write_bytes(root_cert.public_bytes(pem))
-    (cfg.data_dir / "issuing-ca.pem").write_bytes(issuing_cert.public_bytes(pem))
-    (cfg.data_dir / "ca-chain.pem").write_bytes(issuing_cert.public_bytes(pem) + root_cert.public_bytes(pem))
+    for name, data in (
+        ("root-ca.pem", root_cert.public_bytes(pem)),
+        ("issuing-ca.pem", issuing_cert.public_bytes(pem)),
+        ("ca-chain.pem", issuing_cert.public_bytes(pem) + root_cert.public_bytes(pem)),
+    ):
+        write_file(cfg.data_dir / name, data, replace=True)  # public copies of what the log holds
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

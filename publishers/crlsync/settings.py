@@ -10,6 +10,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from revocation.files import FileWriteError, check_writable
+
 DEFAULT_INTERVAL = 5.0
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -151,7 +153,7 @@ def build_settings(given: dict[str, Any]) -> SyncSettings:
         value = given.get(key)
         return Path(value) if value else None
 
-    return SyncSettings(
+    settings = SyncSettings(
         urls=urls,
         ca_bundle=Path(given["ca_bundle"]),
         out=Path(given["out"]),
@@ -171,6 +173,12 @@ def build_settings(given: dict[str, Any]) -> SyncSettings:
         max_skew=numbers["max_skew"],
         warn_before=numbers["warn_before"],
     )
+    for target in (settings.out, settings.state_path):
+        try:  # a symbolic link, a FIFO or a device at --out would be refused at every pass: say it now
+            check_writable(target, replace=True)
+        except FileWriteError as exc:
+            raise UsageError(str(exc)) from None
+    return settings
 
 
 def parse_listen(value: str) -> tuple[str, int]:

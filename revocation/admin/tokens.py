@@ -10,11 +10,11 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import os
 import secrets
 from pathlib import Path
 
 from revocation.errors import ConfigError, ValidationError
+from revocation.files import write_file
 
 # agent: a relying party's CRL sync agent (``pca crl-sync``), which only reports the CRLs it installed.
 ROLES = ("admin", "revoker", "auditor", "prober", "recorder", "agent")
@@ -107,13 +107,6 @@ def add_token(path: Path, name: str, role: str) -> str:
 
 
 def write_secret_file(path: Path, secret: str) -> None:
-    """Write a secret readable by the owner only, also when ``path`` exists with a wider mode."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secret + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write a secret readable by the owner only, also when ``path`` exists with a wider mode (never through a
+    symbolic link or over anything but a regular file: ``revocation.files``)."""
+    write_file(path, (secret + "\n").encode(), mode=0o600, replace=True)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 import subprocess
 import sys
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import pytest
 from pca.config import Config, config_schema, load_config
 from publishers.crlsync.settings import UsageError, read_toml
 from revocation.errors import ConfigError
-from tests.support.processes import init_ca
+from tests.support.processes import ServerProcess, init_ca, running_server
 
 
 def _pca(*args: str | Path, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -95,3 +98,84 @@ def test_crl_sync_names_the_closest_setting(tmp_path: Path) -> None:
     config.write_text('urls = ["http://a/x.crl"]\nca-bundle = "b"\n')
     with pytest.raises(UsageError, match=r"unknown setting 'ca-bundle' \(did you mean ca_bundle\?\)"):
         read_toml(config)
+
+
+# --- files the CLI writes ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with running_server(tmp_path_factory.mktemp("served")) as srv:
+        yield srv
+
+
+def _issue(srv: ServerProcess, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return _pca("issue", "--config", srv.config_path, "--subject", "CN=svc", "--dns", "svc.internal", *args)
+
+
+def _issued(srv: ServerProcess) -> int:
+    with srv.admin() as admin:
+        events = admin.get("/v1/events?after=0&limit=1000").json()["events"]
+    return sum(1 for e in events if e["type"] == "CertificateIssued")
+
+
+def test_key_out_refuses_a_symlink_a_fifo_and_an_existing_file_before_issuing(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    link = tmp_path / "link.key"
+    link.symlink_to(victim)
+    fifo = tmp_path / "fifo.key"  # stands for /dev/null: not a regular file
+    os.mkfifo(fifo)
+    before = _issued(server)
+
+    line = _one_line_error(_issue(server, "--key-out", link))
+    assert f"{link} is a symbolic link: refusing to write through it" in line
+    line = _one_line_error(_issue(server, "--key-out", fifo))
+    assert f"{fifo} is a named pipe (FIFO), not a regular file: refusing to replace it" in line
+    line = _one_line_error(_issue(server, "--key-out", tmp_path / "new.key", "--out", victim))
+    assert f"{victim} exists already: refusing to overwrite it; --force replaces it" in line
+
+    assert victim.read_text() == "precious\n" and link.is_symlink() and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert _issued(server) == before, "a refused output must not leave a certificate issued without its key"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.key", "link.key", "victim"]  # no temporary left
+
+
+def test_key_out_writes_a_private_file_and_force_replaces_a_regular_one(server: ServerProcess, tmp_path: Path) -> None:
+    key, cert = tmp_path / "svc.key", tmp_path / "svc.pem"
+    key.write_text("old\n")
+    key.chmod(0o644)
+    done = _issue(server, "--key-out", key, "--out", cert, "--force")
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and b"PRIVATE KEY" in key.read_bytes()
+    assert b"BEGIN CERTIFICATE" in cert.read_bytes()
+    # --force replaces regular files only: a symbolic link stays refused.
+    link = tmp_path / "again.key"
+    link.symlink_to(key)
+    assert "is a symbolic link" in _one_line_error(_issue(server, "--key-out", link, "--force"))
+
+
+def test_a_csr_that_is_not_one_is_named_without_a_parser_message(server: ServerProcess, tmp_path: Path) -> None:
+    csr = tmp_path / "req.csr"
+    csr.write_bytes(b"\x30\x03\x02\x01")  # truncated DER
+    line = _one_line_error(_issue(server, "--csr", csr))
+    assert line == f"pca: error: CSR {csr} is neither a PEM nor a DER certificate signing request"
+
+
+def test_init_refuses_a_dangling_symlink_for_its_configuration(tmp_path: Path) -> None:
+    directory = tmp_path / "ca"
+    directory.mkdir()
+    (directory / "pca.toml").symlink_to(tmp_path / "elsewhere.toml")
+    line = _one_line_error(_pca("init", "--dir", directory))
+    assert "pca.toml is a symbolic link: refusing to write through it" in line
+    assert not (tmp_path / "elsewhere.toml").exists()
+
+
+def test_crl_sync_refuses_an_out_that_is_a_symlink_at_start(tmp_path: Path) -> None:
+    (tmp_path / "real.pem").write_text("")
+    (tmp_path / "crl.pem").symlink_to(tmp_path / "real.pem")
+    done = _pca("crl-sync", "--once", "--url", "http://127.0.0.1:9/x.crl", "--ca-bundle", tmp_path / "ca.pem",
+                "--out", tmp_path / "crl.pem")  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{tmp_path / 'crl.pem'} is a symbolic link: refusing to write through it" in done.stderr
