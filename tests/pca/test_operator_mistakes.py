@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import stat
 import subprocess
 import sys
+import time
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,8 @@ import pytest
 from pca.config import Config, config_schema, load_config
 from publishers.crlsync.settings import UsageError, read_toml
 from revocation.errors import ConfigError
-from tests.support.processes import ServerProcess, init_ca, running_server
+from tests.support.ports import free_port
+from tests.support.processes import ServerProcess, init_ca, running_server, stop_process
 
 
 def _pca(*args: str | Path, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -179,3 +182,41 @@ def test_crl_sync_refuses_an_out_that_is_a_symlink_at_start(tmp_path: Path) -> N
                 "--out", tmp_path / "crl.pem")  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"{tmp_path / 'crl.pem'} is a symbolic link: refusing to write through it" in done.stderr
+
+
+# --- a second serve -------------------------------------------------------------------------------------
+
+
+def _wait_for(path: Path, needles: list[str], proc: subprocess.Popen[bytes], seconds: float = 60) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        text = path.read_text()
+        if all(n in text for n in needles):
+            return text
+        assert proc.poll() is None, f"exited with {proc.returncode}:\n{text}"
+        time.sleep(0.2)
+    raise AssertionError(f"{needles} not in:\n{path.read_text()}")
+
+
+def test_a_second_serve_on_the_same_data_directory_says_it_stands_by(server: ServerProcess, tmp_path: Path) -> None:
+    log = tmp_path / "second.log"
+    with open(log, "wb") as out:
+        second = subprocess.Popen(
+            [sys.executable, "-m", "pca.cli", "serve", "--config", str(server.config_path),
+             "--roles", "presigner,publisher", "--public-listen", f"127.0.0.1:{free_port()}"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        assert server.proc is not None
+        holder = f"pid {server.proc.pid} on host {socket.gethostname()}"
+        lines = [
+            f"WARNING pca.lease: another pca serve ({holder}) holds the {role} lease for "
+            f"{server.config.data_dir}; standing by"
+            for role in ("pre-signer", "publisher")
+        ]
+        _wait_for(log, lines, second)
+        time.sleep(server.config.scale.lease_seconds / 2)  # past a renewal period: said once, not at every look
+        text = log.read_text()
+        assert [text.count(line) for line in lines] == [1, 1], text
+    finally:
+        stop_process(second)
