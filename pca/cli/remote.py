@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -20,6 +20,9 @@ from cryptography.hazmat.primitives import serialization
 from pca.cli.common import fail
 from pca.config import load_config
 from revocation.files import check_writable, write_file
+
+if TYPE_CHECKING:
+    from revocation.propagation.prober import ProbeSummary
 
 
 def _admin_access(args: argparse.Namespace) -> tuple[str, str]:
@@ -216,7 +219,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
     url, token = _admin_access(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    async def run() -> str:
+    async def run() -> ProbeSummary:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, stop.set)  # Ctrl-C: stop and print what was seen so far
@@ -233,7 +236,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
             stop=stop,
             concurrency=args.concurrency,
         )
-        return summary.render()
+        return summary
 
     print(
         f"probing {', '.join(responders)} "
@@ -241,7 +244,24 @@ def cmd_probe(args: argparse.Namespace) -> None:
         + f" (sample {args.sample:g}, timeout {args.timeout:g}s)",
         file=sys.stderr,
     )
-    print(asyncio.run(run()))
+    summary = asyncio.run(run())
+    print(summary.render())
+    problems = _probe_problems(summary)
+    if problems:  # a monitoring job must see it in the exit status, not only in the text
+        fail(f"probe failed: {'; '.join(problems)}")
+
+
+def _probe_problems(summary: ProbeSummary) -> list[str]:
+    """What makes a probe run fail: revocations some responder did not answer revoked in time, and sightings
+    the admin API refused (a token without the prober role, say)."""
+    out = []
+    if summary.timeouts:
+        done = len(summary.results)
+        out.append(f"{summary.timeouts} of {done} revocations not seen revoked by every responder in time")
+    if summary.post_failures:
+        reasons = ", ".join(summary.post_failure_reasons)
+        out.append(f"{summary.post_failures} sightings not accepted by the admin API ({reasons})")
+    return out
 
 
 def cmd_events(args: argparse.Namespace) -> None:

@@ -220,3 +220,53 @@ def test_a_second_serve_on_the_same_data_directory_says_it_stands_by(server: Ser
         assert [text.count(line) for line in lines] == [1, 1], text
     finally:
         stop_process(second)
+
+
+# --- pca probe --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def revoked(server: ServerProcess) -> str:
+    """A certificate revoked on ``server``, for probes that start from the first event."""
+    with server.admin() as admin:
+        issued = admin.post("/v1/certificates", json={"subject": "CN=probed", "dns": ["probed.internal"]})
+        assert issued.status_code == 201, issued.text
+        serial = issued.json()["serial"]
+        assert admin.post(f"/v1/certificates/{serial}/revoke", json={"reason": "keyCompromise"}).status_code == 201
+    return str(serial)
+
+
+def _token(srv: ServerProcess, role: str) -> str:
+    done = _pca(
+        "token", "create", "--config", srv.config_path, "--name", f"{role}-{time.monotonic_ns()}", "--role", role
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def _probe(srv: ServerProcess, token: str, responder: str) -> subprocess.CompletedProcess[str]:
+    return _pca("probe", "--config", srv.config_path, "--token", token, "--responder", responder,
+                "--from-start", "--duration", "1", "--timeout", "5")  # fmt: skip
+
+
+def test_probe_exits_0_when_every_responder_said_revoked_and_the_reports_were_taken(
+    server: ServerProcess, revoked: str
+) -> None:
+    done = _probe(server, _token(server, "prober"), server.config.ocsp_url)
+    assert done.returncode == 0, done.stderr
+    assert "timeouts 0" in done.stdout and "not accepted 0" in done.stdout
+
+
+def test_probe_exits_1_when_the_admin_api_refuses_its_reports(server: ServerProcess, revoked: str) -> None:
+    done = _probe(server, _token(server, "auditor"), server.config.ocsp_url)  # may read, may not report
+    assert done.returncode == 1
+    assert "pca: error: probe failed: " in done.stderr and "sightings not accepted by the admin API" in done.stderr
+    assert "probe results posted 0" in done.stdout  # the summary is still printed
+
+
+def test_probe_exits_1_when_a_responder_never_answers(server: ServerProcess, revoked: str) -> None:
+    unreachable = f"http://127.0.0.1:{free_port()}/ocsp"
+    done = _probe(server, _token(server, "prober"), unreachable)
+    assert done.returncode == 1
+    assert "revocations not seen revoked by every responder in time" in done.stderr
+    assert f"{unreachable}: 1 timeouts" in done.stdout
