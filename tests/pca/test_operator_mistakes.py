@@ -270,3 +270,28 @@ def test_probe_exits_1_when_a_responder_never_answers(server: ServerProcess, rev
     assert done.returncode == 1
     assert "revocations not seen revoked by every responder in time" in done.stderr
     assert f"{unreachable}: 1 timeouts" in done.stdout
+
+
+# --- listeners --------------------------------------------------------------------------------------------
+
+
+def test_a_bind_failure_names_the_listener_and_the_setting(server: ServerProcess) -> None:
+    admin_host, admin_port = server.config.admin_listen
+    public_host, public_port = server.config.public_listen
+    # The same configuration twice: the first serve holds both ports.
+    line = _one_line_error(_pca("serve", "--config", server.config_path))
+    assert line == (
+        f"pca: error: admin listener {admin_host}:{admin_port} (admin.listen or --admin-listen): address already in use"
+    )
+    # granian binds in a process of its own: the port is asked about before it starts.
+    line = _one_line_error(_pca("serve", "--config", server.config_path, "--roles", "responder", "--server", "granian"))
+    assert line == (
+        f"pca: error: public listener {public_host}:{public_port} (public.listen or --public-listen): "
+        "address already in use"
+    )
+    line = _one_line_error(
+        _pca("serve", "--config", server.config_path, "--roles", "responder", "--public-listen", "192.0.2.1:8080")
+    )
+    assert line.endswith(
+        "public listener 192.0.2.1:8080 (public.listen or --public-listen): cannot assign requested address"
+    )
