@@ -175,7 +175,8 @@ def build_settings(given: dict[str, Any]) -> SyncSettings:
     )
     for target in (settings.out, settings.state_path):
         try:  # a symbolic link, a FIFO or a device at --out would be refused at every pass: say it now
-            check_writable(target, replace=True)
+            if os.path.lexists(target):
+                check_writable(target, replace=True)
         except FileWriteError as exc:
             raise UsageError(str(exc)) from None
     return settings
