@@ -228,5 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except PCAError as exc:
         fail(str(exc))
+    except OSError as exc:  # a file the command could not use: one line naming it, not a traceback
+        fail(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
     except KeyboardInterrupt:
         raise SystemExit(130) from None

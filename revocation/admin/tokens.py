@@ -12,6 +12,7 @@ import hmac
 import json
 import secrets
 from pathlib import Path
+from typing import Any
 
 from revocation.errors import ConfigError, ValidationError
 from revocation.files import write_file
@@ -44,12 +45,13 @@ class TokenStore:
     @classmethod
     def load(cls, path: Path) -> TokenStore:
         try:
-            data = json.loads(path.read_text())
-            entries = [_Entry(str(e["name"]), str(e["role"]), bytes.fromhex(str(e["sha256"]))) for e in data["tokens"]]
+            data = _read(path)
         except FileNotFoundError:
             return cls([])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"token file {path} is unreadable or malformed: {exc!r}") from exc
+        try:
+            entries = [_Entry(str(e["name"]), str(e["role"]), bytes.fromhex(str(e["sha256"]))) for e in data["tokens"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"token file {path} is malformed: an entry lacks a name, role or hex sha256") from exc
         for e in entries:
             if e.role not in ROLES:
                 raise ConfigError(f"token {e.name!r} in {path} has unknown role {e.role!r}")
@@ -95,15 +97,33 @@ def add_token(path: Path, name: str, role: str) -> str:
     if not name:
         raise ValidationError("token name must not be empty")
     try:
-        data = json.loads(path.read_text()) if path.exists() else {"tokens": []}
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"token file {path} is unreadable: {exc!r}") from exc
+        data = _read(path)
+    except FileNotFoundError:
+        data = {"tokens": []}
     if any(e.get("name") == name for e in data["tokens"]):
         raise ValidationError(f"a token named {name!r} exists already")
     token = "pca_" + secrets.token_urlsafe(32)
     data["tokens"].append({"name": name, "role": role, "sha256": _digest(token).hex()})
     write_secret_file(path, json.dumps(data, indent=2))
     return token
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The token file's JSON object with its ``tokens`` list; ConfigError naming the file (FileNotFoundError
+    passes through). The messages quote nothing from the file."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"token file {path} cannot be read: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"token file {path} is not JSON (line {exc.lineno}, column {exc.colno})") from exc
+    except ValueError as exc:
+        raise ConfigError(f"token file {path} is not UTF-8 JSON") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
+        raise ConfigError(f'token file {path} is malformed: it must be an object {{"tokens": [...]}}')
+    return data
 
 
 def write_secret_file(path: Path, secret: str) -> None:

@@ -295,3 +295,28 @@ def test_a_bind_failure_names_the_listener_and_the_setting(server: ServerProcess
     assert line.endswith(
         "public listener 192.0.2.1:8080 (public.listen or --public-listen): cannot assign requested address"
     )
+
+
+# --- what the CLI prints of a library's error ----------------------------------------------------------
+
+
+def test_a_malformed_token_file_is_named_in_one_line(tmp_path: Path) -> None:
+    config = init_ca(tmp_path / "ca")
+    (tmp_path / "ca" / "tokens.json").write_text('{"tokens": [')
+    line = _one_line_error(_pca("token", "create", "--config", config, "--name", "n", "--role", "prober"))
+    assert line == f"pca: error: token file {tmp_path / 'ca' / 'tokens.json'} is not JSON (line 1, column 13)"
+    (tmp_path / "ca" / "tokens.json").write_text("[]")
+    line = _one_line_error(_pca("token", "create", "--config", config, "--name", "n", "--role", "prober"))
+    assert line.endswith('tokens.json is malformed: it must be an object {"tokens": [...]}')
+
+
+def test_import_names_a_certificate_that_does_not_parse_without_the_parser_text(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    (tmp_path / "truncated.der").write_bytes(b"\x30\x82\x01\x00\x30")
+    (tmp_path / "bad.pem").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    done = _pca("import", "--config", server.config_path, "--issuer", "issuing-ca", "--on-error", "continue",
+                "--certs", tmp_path / "truncated.der", tmp_path / "bad.pem")  # fmt: skip
+    output = done.stdout + done.stderr
+    assert "truncated.der" in output and "bad.pem" in output, output
+    assert "ParseError" not in output and "Traceback" not in output, output
