@@ -320,3 +320,13 @@ def test_import_names_a_certificate_that_does_not_parse_without_the_parser_text(
     output = done.stdout + done.stderr
     assert "truncated.der" in output and "bad.pem" in output, output
     assert "ParseError" not in output and "Traceback" not in output, output
+
+
+def test_a_database_path_that_is_not_sqlite_is_named_in_one_line(initialised: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a database, but long enough to look like one's first page\n" * 20)
+    config = tmp_path / "pca.toml"
+    config.write_text(initialised.read_text().replace('database = "pca.db"', f'database = "{tmp_path / "notes.txt"}"'))
+    line = _one_line_error(_pca("rebuild", "--config", config))
+    assert line == f"pca: error: cannot open the SQLite database {tmp_path / 'notes.txt'} (paths.database): " + (
+        "file is not a database"
+    )
