@@ -330,3 +330,12 @@ def test_a_database_path_that_is_not_sqlite_is_named_in_one_line(initialised: Pa
     assert line == f"pca: error: cannot open the SQLite database {tmp_path / 'notes.txt'} (paths.database): " + (
         "file is not a database"
     )
+
+
+def test_init_refuses_a_symlink_for_a_ca_certificate_before_making_the_ca(tmp_path: Path) -> None:
+    directory = tmp_path / "ca"
+    directory.mkdir()
+    (directory / "ca-chain.pem").symlink_to(tmp_path / "elsewhere.pem")
+    line = _one_line_error(_pca("init", "--dir", directory))
+    assert "ca-chain.pem is a symbolic link: refusing to write through it" in line
+    assert sorted(p.name for p in directory.iterdir()) == ["ca-chain.pem"]  # no configuration, key or database
