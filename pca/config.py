@@ -7,6 +7,7 @@ references (paths, environment variable names), never secrets.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tomllib
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pca.config_keys import Schema, TracedTable, trace_schema, unknown_keys
 from revocation.crl_layout import MAX_SHARDS, CRLLayout
 from revocation.errors import ConfigError
 
@@ -159,7 +161,7 @@ def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
     value = data.get(name, {})
     if not isinstance(value, dict):
         raise ConfigError(f"[{name}] must be a table")
-    return value
+    return data.table(name, value) if isinstance(data, TracedTable) else value
 
 
 def _typed(section: dict[str, Any], name: str, key: str, kind: type, default: Any) -> Any:
@@ -216,6 +218,19 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
         raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"configuration {path} is not valid TOML: {exc}") from exc
+    wrong = unknown_keys(data, config_schema())
+    if wrong:
+        raise ConfigError(f"configuration {path}: {'; '.join(wrong)}")
+    return _build(data, path, env)
+
+
+@functools.cache
+def config_schema() -> Schema:
+    """The tables and keys of pca.toml: those ``_build`` reads (through ``_section`` and ``_typed``)."""
+    return trace_schema(lambda empty: _build(empty, Path("/pca.toml"), {}))
+
+
+def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Config:
     base = path.parent
 
     def rel(value: str) -> Path:

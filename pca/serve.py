@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.types import ASGIApp
 
 from pca.config import DATABASE_URL_ENV, Config
+from pca.listeners import check_listeners
 from pca.roles import start_role
 from pca.runtime import (
     HealthApp,
@@ -179,6 +180,7 @@ async def serve(
         raise ConfigError(f"unknown server {server!r}; choose from {', '.join(SERVERS)}")
     if workers < 1 or (server == "uvicorn" and workers != 1):
         raise ConfigError(f"--workers {workers}: uvicorn runs the public listener in this process (1); use granian")
+    check_listeners(cfg, roles)
     rt = await connect_runtime(cfg, SystemClock(), listen=True)
     rt.responder_id = responder_id or None
     rt.responder_url = responder_url or None

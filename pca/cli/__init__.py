@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--issuer", help="issuing CA id (default from the configuration)")
     p.add_argument("--out", help="write the certificate PEM here (default: stdout)")
     p.add_argument("--key-out", help="write the generated private key here (mode 0600)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out or --key-out file")
     p.set_defaults(func=remote.cmd_issue)
 
     p = sub.add_parser("revoke", help="revoke a certificate", description="Revoke a certificate.")
@@ -227,5 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except PCAError as exc:
         fail(str(exc))
+    except OSError as exc:  # a file the command could not use: one line naming it, not a traceback
+        fail(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
     except KeyboardInterrupt:
         raise SystemExit(130) from None

@@ -25,6 +25,7 @@ from pca.runtime import Runtime, connect_runtime
 from revocation.clock import SystemClock
 from revocation.errors import ConcurrencyError, ConflictError, NotFoundError
 from revocation.eventlog import NewEvent
+from revocation.files import check_writable, write_file
 from revocation.issuer_summary import PcaURLs, issuer_summaries
 from revocation.issuers import (
     check_signer_renewable,
@@ -49,10 +50,7 @@ def _read_certificate(path: str, what: str) -> x509.Certificate:
 
 def _check_csr_path(path: str) -> Path:
     out = Path(path)
-    if out.exists():
-        fail(f"{out} exists already; give a new file for the CSR")
-    if not out.parent.is_dir():
-        fail(f"cannot write the CSR to {out}: {out.parent} is not a directory")
+    check_writable(out, hint="; give a new file for the CSR")
     return out
 
 
@@ -106,8 +104,7 @@ def _remove(path: Path) -> None:
 
 def _write_csr(path: Path, csr_der: bytes) -> None:
     pem = x509.load_der_x509_csr(csr_der).public_bytes(serialization.Encoding.PEM)
-    with path.open("xb") as fh:
-        fh.write(pem)
+    write_file(path, pem, hint="; give a new file for the CSR")
 
 
 async def _record_prepared(rt: Runtime, issuer: IssuerRecord, issuers: list[IssuerRecord], out: Path) -> None:

@@ -21,9 +21,12 @@ from revocation.authority import Actor, certificate_issued, issuer_added
 from revocation.clock import SystemClock
 from revocation.errors import IntegrityError, PCAError
 from revocation.eventlog import NewEvent
+from revocation.files import check_writable, write_file
 from revocation.keys import KeyRef, SigningKey, generate_key
 
 ROOT_ID = "root-ca"
+CA_FILES = ("root-ca.pem", "issuing-ca.pem", "ca-chain.pem")  # what pca init writes beside pca.toml
+PEM = serialization.Encoding.PEM
 ISSUING_ID = "issuing-ca"
 
 
@@ -98,14 +101,15 @@ def cmd_init(args: argparse.Namespace) -> None:
     templates = _key_templates(args)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
-    config_path.write_text(
-        render_config(
-            public_url=args.public_url,
-            admin_listen=args.admin_listen,
-            key_algorithm=args.key_algorithm,
-            database_url=args.database_url or "",
-        )
+    for name in CA_FILES:  # written last, once the CA is recorded: a path refused then would be too late
+        check_writable(directory / name, replace=True)
+    rendered = render_config(
+        public_url=args.public_url,
+        admin_listen=args.admin_listen,
+        key_algorithm=args.key_algorithm,
+        database_url=args.database_url or "",
     )
+    write_file(config_path, rendered.encode())
     recorded: list[bool] = []
     cfg: Config | None = None  # stays None when the written configuration does not load
     try:
@@ -201,10 +205,9 @@ async def _init_hierarchy(
         await build_authority(rt).rotate_signers(Actor(actor, rid))
     finally:
         await rt.aclose()
-    pem = serialization.Encoding.PEM
-    (cfg.data_dir / "root-ca.pem").write_bytes(root_cert.public_bytes(pem))
-    (cfg.data_dir / "issuing-ca.pem").write_bytes(issuing_cert.public_bytes(pem))
-    (cfg.data_dir / "ca-chain.pem").write_bytes(issuing_cert.public_bytes(pem) + root_cert.public_bytes(pem))
+    root_pem, issuing_pem = root_cert.public_bytes(PEM), issuing_cert.public_bytes(PEM)
+    for name, data in zip(CA_FILES, (root_pem, issuing_pem, issuing_pem + root_pem), strict=True):
+        write_file(cfg.data_dir / name, data, replace=True)  # public copies of what the log holds
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -10,14 +10,19 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from pca.cli.common import fail
 from pca.config import load_config
-from revocation.admin.tokens import write_secret_file
+from revocation.files import check_writable, write_file
+
+if TYPE_CHECKING:
+    from revocation.propagation.prober import ProbeSummary
 
 
 def _admin_access(args: argparse.Namespace) -> tuple[str, str]:
@@ -73,21 +78,38 @@ def cmd_issue(args: argparse.Namespace) -> None:
     if args.key_algorithm:
         body["key_algorithm"] = args.key_algorithm
     if args.csr:
-        try:
-            body["csr"] = Path(args.csr).read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            fail(f"cannot read CSR {args.csr}: {exc}")
+        body["csr"] = _read_csr(args.csr)
     elif args.key_out is None:
         fail("without --csr the key is generated: give --key-out FILE to receive it")
+    # Before issuing: a refused --out or --key-out afterwards would leave a certificate without its key.
+    hint = "; --force replaces it"
+    outputs = [Path(p) for p in (args.out, None if args.csr else args.key_out) if p]
+    for path in outputs:
+        check_writable(path, replace=args.force, hint=hint)
     result = _Client(args).call("POST", "/v1/certificates", body)
     print(result["serial"])
+    if "private_key" in result and args.key_out:  # first: the key exists nowhere else
+        key = result["private_key"].rstrip("\n") + "\n"
+        write_file(Path(args.key_out), key.encode(), mode=0o600, replace=args.force, hint=hint)
     if args.out:
-        Path(args.out).write_text(result["certificate"])
+        write_file(Path(args.out), result["certificate"].encode(), replace=args.force, hint=hint)
     else:
         print(result["certificate"], end="")
-    if "private_key" in result and args.key_out:
-        write_secret_file(Path(args.key_out), result["private_key"].rstrip("\n"))
     print(f"issued {result['subject']} by {result['issuer']}, valid until {result['not_after']}", file=sys.stderr)
+
+
+def _read_csr(path: str) -> str:
+    """The CSR as PEM, the API's form; a file that is neither PEM nor DER is refused here, naming it."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        fail(f"cannot read CSR {path}: {exc.strerror or exc}")
+    try:
+        pem = data.lstrip().startswith(b"-----")
+        csr = x509.load_pem_x509_csr(data) if pem else x509.load_der_x509_csr(data)
+    except ValueError:
+        fail(f"CSR {path} is neither a PEM nor a DER certificate signing request")
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def cmd_revoke(args: argparse.Namespace) -> None:
@@ -197,7 +219,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
     url, token = _admin_access(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    async def run() -> str:
+    async def run() -> ProbeSummary:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, stop.set)  # Ctrl-C: stop and print what was seen so far
@@ -214,7 +236,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
             stop=stop,
             concurrency=args.concurrency,
         )
-        return summary.render()
+        return summary
 
     print(
         f"probing {', '.join(responders)} "
@@ -222,7 +244,24 @@ def cmd_probe(args: argparse.Namespace) -> None:
         + f" (sample {args.sample:g}, timeout {args.timeout:g}s)",
         file=sys.stderr,
     )
-    print(asyncio.run(run()))
+    summary = asyncio.run(run())
+    print(summary.render())
+    problems = _probe_problems(summary)
+    if problems:  # a monitoring job must see it in the exit status, not only in the text
+        fail(f"probe failed: {'; '.join(problems)}")
+
+
+def _probe_problems(summary: ProbeSummary) -> list[str]:
+    """What makes a probe run fail: revocations some responder did not answer revoked in time, and sightings
+    the admin API refused (a token without the prober role, say)."""
+    out = []
+    if summary.timeouts:
+        done = len(summary.results)
+        out.append(f"{summary.timeouts} of {done} revocations not seen revoked by every responder in time")
+    if summary.post_failures:
+        reasons = ", ".join(summary.post_failure_reasons)
+        out.append(f"{summary.post_failures} sightings not accepted by the admin API ({reasons})")
+    return out
 
 
 def cmd_events(args: argparse.Namespace) -> None:

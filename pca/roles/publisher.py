@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from pca.roles.crl_store import open_store
 from pca.roles.crl_worker import CRLWorker
+from pca.roles.standby import report_standby
 from pca.runtime import Runtime
 from publishers.crl_writer import Offload
 from publishers.http import CRLApp
@@ -119,6 +120,7 @@ async def start_publisher(rt: Runtime) -> None:
                 await store.close()
 
     rt.tasks.append(run())
+    rt.tasks.append(report_standby(rt, lease, "publisher"))
 
     async def health() -> dict[str, Any]:
         head = await rt.log.head()

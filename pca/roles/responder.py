@@ -12,6 +12,7 @@ from cryptography import x509
 from prometheus_client import Gauge
 
 from pca.roles.signer_expiry import start_signer_expiry
+from pca.roles.standby import report_standby
 from pca.runtime import Runtime
 from responders.app import OCSPApp
 from responders.cache_metrics import CacheCounters
@@ -74,6 +75,7 @@ async def start_presigner(rt: Runtime) -> None:
     )
     rt.on_log_change(presigner.wake)
     rt.tasks.append(lease.run(presigner.run))
+    rt.tasks.append(report_standby(rt, lease, "pre-signer"))
 
     async def health() -> dict[str, Any]:
         head = await rt.log.head()

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from publishers.crlsync.fetch import Validators
+from revocation.files import write_file
 
 _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----\r?\n.*?-----END X509 CRL-----", re.DOTALL)
 STATE_VERSION = 1
@@ -23,25 +21,9 @@ STATE_VERSION = 1
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to a temporary file next to ``path``, fsync it, rename it over ``path``, fsync the
-    directory: a reader sees the old file or the new one, never a part, even across a crash."""
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    directory: a reader sees the old file or the new one, never a part, even across a crash. A symbolic
+    link or anything but a regular file at ``path`` is refused (an OSError naming it)."""
+    write_file(path, data, mode=mode, replace=True)
 
 
 def bundle(ders: Iterable[bytes], fmt: str) -> bytes:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import socket
 import tomllib
 from pathlib import Path
 from typing import Any
+
+from revocation.files import FileWriteError, check_writable
 
 DEFAULT_INTERVAL = 5.0
 DEFAULT_TIMEOUT = 30.0
@@ -89,7 +92,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     for key, value in data.items():
         expected = _KEYS.get(key)
         if expected is None:
-            raise UsageError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(_KEYS))})")
+            near = difflib.get_close_matches(key.replace("-", "_"), _KEYS, n=1)
+            hint = f"did you mean {near[0]}?" if near else f"known: {', '.join(sorted(_KEYS))}"
+            raise UsageError(f"{path}: unknown setting {key!r} ({hint})")
         if not isinstance(value, expected) or isinstance(value, bool):
             raise UsageError(f"{path}: {key} has the wrong type ({type(value).__name__})")
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
@@ -148,7 +153,7 @@ def build_settings(given: dict[str, Any]) -> SyncSettings:
         value = given.get(key)
         return Path(value) if value else None
 
-    return SyncSettings(
+    settings = SyncSettings(
         urls=urls,
         ca_bundle=Path(given["ca_bundle"]),
         out=Path(given["out"]),
@@ -168,6 +173,13 @@ def build_settings(given: dict[str, Any]) -> SyncSettings:
         max_skew=numbers["max_skew"],
         warn_before=numbers["warn_before"],
     )
+    for target in (settings.out, settings.state_path):
+        try:  # a symbolic link, a FIFO or a device at --out would be refused at every pass: say it now
+            if os.path.lexists(target):
+                check_writable(target, replace=True)
+        except FileWriteError as exc:
+            raise UsageError(str(exc)) from None
+    return settings
 
 
 def parse_listen(value: str) -> tuple[str, int]:

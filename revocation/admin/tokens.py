@@ -10,11 +10,12 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from revocation.errors import ConfigError, ValidationError
+from revocation.files import write_file
 
 # agent: a relying party's CRL sync agent (``pca crl-sync``), which only reports the CRLs it installed.
 ROLES = ("admin", "revoker", "auditor", "prober", "recorder", "agent")
@@ -44,12 +45,13 @@ class TokenStore:
     @classmethod
     def load(cls, path: Path) -> TokenStore:
         try:
-            data = json.loads(path.read_text())
-            entries = [_Entry(str(e["name"]), str(e["role"]), bytes.fromhex(str(e["sha256"]))) for e in data["tokens"]]
+            data = _read(path)
         except FileNotFoundError:
             return cls([])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"token file {path} is unreadable or malformed: {exc!r}") from exc
+        try:
+            entries = [_Entry(str(e["name"]), str(e["role"]), bytes.fromhex(str(e["sha256"]))) for e in data["tokens"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"token file {path} is malformed: an entry lacks a name, role or hex sha256") from exc
         for e in entries:
             if e.role not in ROLES:
                 raise ConfigError(f"token {e.name!r} in {path} has unknown role {e.role!r}")
@@ -95,9 +97,9 @@ def add_token(path: Path, name: str, role: str) -> str:
     if not name:
         raise ValidationError("token name must not be empty")
     try:
-        data = json.loads(path.read_text()) if path.exists() else {"tokens": []}
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"token file {path} is unreadable: {exc!r}") from exc
+        data = _read(path)
+    except FileNotFoundError:
+        data = {"tokens": []}
     if any(e.get("name") == name for e in data["tokens"]):
         raise ValidationError(f"a token named {name!r} exists already")
     token = "pca_" + secrets.token_urlsafe(32)
@@ -106,14 +108,25 @@ def add_token(path: Path, name: str, role: str) -> str:
     return token
 
 
-def write_secret_file(path: Path, secret: str) -> None:
-    """Write a secret readable by the owner only, also when ``path`` exists with a wider mode."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+def _read(path: Path) -> dict[str, Any]:
+    """The token file's JSON object with its ``tokens`` list; ConfigError naming the file (FileNotFoundError
+    passes through). The messages quote nothing from the file."""
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secret + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
         raise
+    except OSError as exc:
+        raise ConfigError(f"token file {path} cannot be read: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"token file {path} is not JSON (line {exc.lineno}, column {exc.colno})") from exc
+    except ValueError as exc:
+        raise ConfigError(f"token file {path} is not UTF-8 JSON") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
+        raise ConfigError(f'token file {path} is malformed: it must be an object {{"tokens": [...]}}')
+    return data
+
+
+def write_secret_file(path: Path, secret: str) -> None:
+    """Write a secret readable by the owner only, also when ``path`` exists with a wider mode (never through a
+    symbolic link or over anything but a regular file: ``revocation.files``)."""
+    write_file(path, (secret + "\n").encode(), mode=0o600, replace=True)

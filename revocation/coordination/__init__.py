@@ -111,6 +111,10 @@ class LeaseStore(Protocol):
         """Give the lease up (only if ``holder`` holds it), so a standby takes over at once."""
         ...
 
+    async def lease(self, name: str) -> LeaseState | None:
+        """Who holds ``name`` until when (None: no one ever did, or it was released); for messages."""
+        ...
+
 
 class ResponderRegistry(Protocol):
     """The live responders and how far each has applied the response store's changes."""
@@ -239,7 +243,7 @@ class Coordination(
     """The whole coordination store as the ``Runtime`` carries it; each consumer takes the narrow protocol
     it uses.
 
-    The backends also answer calls only the tests make (``lease``, ``heartbeat``, ``record_applied``,
+    The backends also answer calls only the tests make (``heartbeat``, ``record_applied``,
     ``save_timeline``): those are on the concrete classes, not here, so no consumer comes to rely on them.
     """
 

@@ -78,8 +78,8 @@ def _read_pem(path: Path, data: bytes) -> Iterator[CertificateFile | Certificate
             continue
         try:
             cert = x509.load_pem_x509_certificate(match.group(0))
-        except ValueError as exc:
-            yield CertificateReadError(path, index, f"PEM certificate block does not decode: {exc}")
+        except ValueError:  # cryptography's text names parser internals
+            yield CertificateReadError(path, index, "PEM certificate block does not decode to a certificate")
         else:
             yield CertificateFile(path, index, "PEM", cert)
         index += 1

@@ -241,8 +241,8 @@ def load_issued_certificate(certs_dir: str | Path, serial: int) -> x509.Certific
         raise StorageError(f"cannot read the certificate for serial {serial:x} at {path}: {exc}") from exc
     try:
         cert = x509.load_pem_x509_certificate(data)
-    except ValueError as exc:
-        raise ValidationError(f"{path} is not a PEM certificate: {exc}") from exc
+    except ValueError as exc:  # cryptography's text names parser internals
+        raise ValidationError(f"{path} is not a PEM certificate: its PEM block does not decode") from exc
     if cert.serial_number != serial:
         # a renamed or copied file would otherwise attach the wrong certificate to the entry
         raise ValidationError(f"{path} holds serial {cert.serial_number:x}, expected {serial:x}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from revocation.errors import ConfigError, KeyBackendError
+from revocation.files import write_file
 from revocation.keys.base import KEY_ALGORITHMS, KeyRef, PrivateKey, PublicKey, read_secret, signature_parameters
 
 
@@ -74,9 +74,7 @@ def write_file_key(path: Path, key: PrivateKey, passphrase: bytes | None = None)
     )
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
+    write_file(path, pem, mode=0o600)
 
 
 def open_file_key(ref: KeyRef) -> FileKey:

@@ -24,8 +24,11 @@ __all__ = ["SQLiteDatabase", "Schema"]
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.DatabaseError as exc:  # the first statement is where a file that is no database shows
+        raise StorageError(f"cannot open the SQLite database {path} (paths.database): {str(exc).lower()}") from exc
     # FULL: a commit is on disk before we acknowledge it (an acknowledged revocation is durable).
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
