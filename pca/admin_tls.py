@@ -33,6 +33,7 @@ log = logging.getLogger("pca.admin_tls")
 SUBJECT = "pca admin API"
 CHECK_SECONDS = 3600.0  # look at the certificate at least this often
 RETRY_SECONDS = 60.0  # after a failed renewal
+FILE_CHECK_SECONDS = 10.0  # an operator's certificate files are looked at this often
 
 
 def is_loopback(host: str) -> bool:
@@ -255,20 +256,18 @@ class AdminTLS:
         connections get it); reload an operator's files when they change."""
         mtimes = self._mtimes()
         while True:
-            delay = CHECK_SECONDS
+            delay = FILE_CHECK_SECONDS
             try:
                 if self._cfg.admin_tls.cert is None:
                     delay = await self._renew_if_due()
                 elif self._mtimes() != mtimes:
-                    mtimes = self._mtimes()
+                    changed = self._mtimes()
                     self._reload()
+                    mtimes = changed  # a pair that does not load yet (one file replaced) is tried again
                     log.info("reloaded the admin certificate from %s", self._cfg.admin_tls.cert)
-                    delay = RETRY_SECONDS
-                else:
-                    delay = RETRY_SECONDS
             except Exception:
-                log.exception("admin certificate renewal failed; retrying in %.0f s", RETRY_SECONDS)
-                delay = RETRY_SECONDS
+                log.exception("admin certificate renewal or reload failed; retrying in %.0f s", RETRY_SECONDS)
+                delay = RETRY_SECONDS if self._cfg.admin_tls.cert is None else FILE_CHECK_SECONDS
             await asyncio.sleep(delay)
 
     async def _renew_if_due(self) -> float:
@@ -285,7 +284,10 @@ class AdminTLS:
         return min(CHECK_SECONDS, max(1.0, left))
 
     def _reload(self) -> None:
+        """Load the files into the live context, after a scratch context has loaded them: a pair that
+        fails halfway would leave the live one with a certificate and no key."""
         if self.context is not None:
+            _load_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), self._cfg)
             _load_chain(self.context, self._cfg)
 
     def _mtimes(self) -> tuple[float, ...]:

@@ -12,6 +12,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -168,9 +169,22 @@ def test_an_operators_own_certificate(tmp_path: Path) -> None:
     srv = ServerProcess(config)
     srv.start()
     try:
-        served = served_certificate(srv.config.admin_listen[1], ext / "ca.pem")
-        assert served.subject.rfc4514_string() == "CN=admin.corp"
+        port = srv.config.admin_listen[1]
+        assert served_certificate(port, ext / "ca.pem").subject.rfc4514_string() == "CN=admin.corp"
         assert pca("events", "--config", config).returncode == 0
+        # The operator renews the files (key first, then certificate): the server loads the pair.
+        openssl("req", "-x509", *ec, "-subj", "/CN=renewed.corp", "-days", "2", "-CA", ext / "ca.pem",
+                "-CAkey", ext / "ca.key", "-keyout", ext / "new.key", "-out", ext / "new.pem",
+                "-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=CA:FALSE")  # fmt: skip
+        os.replace(ext / "new.key", ext / "admin.key")
+        time.sleep(0.5)
+        os.replace(ext / "new.pem", ext / "admin.pem")
+        wait_for(
+            "the operator's renewed certificate",
+            lambda: served_certificate(port, ext / "ca.pem").subject.rfc4514_string() == "CN=renewed.corp",
+            timeout=90,
+            interval=1,
+        )
     finally:
         srv.stop()
     set_admin(config, tls_key='""')
