@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 
@@ -96,6 +97,9 @@ def cmd_init(args: argparse.Namespace) -> None:
         fail(f"{config_path} exists already; refusing to overwrite an initialised CA")
     listen_from_url(args.public_url)
     parse_listen(args.admin_listen, "--admin-listen")
+    scheme = "http" if args.no_admin_tls else "https"
+    if args.admin_url and (urlsplit(args.admin_url).scheme != scheme or not urlsplit(args.admin_url).hostname):
+        fail(f"--admin-url {args.admin_url!r} must be a {scheme}:// URL with a host (the admin API serves {scheme})")
     templates = _key_templates(args)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)

@@ -282,3 +282,18 @@ def test_plain_http_is_allowed_on_loopback_and_with_the_flag(tmp_path: Path) -> 
     check_plain_http(cfg, insecure_admin_http=False)  # loopback
     exposed = dataclasses.replace(cfg, admin_listen=("0.0.0.0", free_port()))
     check_plain_http(exposed, insecure_admin_http=True)
+
+
+def test_init_names_the_admin_url_host_in_the_certificate(tmp_path: Path) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    base = ["init", "--public-url", f"http://127.0.0.1:{free_port()}", "--admin-listen", listen]
+    refused = pca(*base, "--dir", tmp_path / "a", "--admin-url", f"http://{listen}")
+    assert refused.returncode != 0 and "must be a https:// URL" in refused.stderr
+    assert not (tmp_path / "a" / "pca.toml").exists()
+    done = pca(*base, "--dir", tmp_path / "b", "--admin-url", "https://admin.internal:8443")
+    assert done.returncode == 0, done.stderr
+    cfg = load_config(tmp_path / "b" / "pca.toml")
+    assert cfg.admin_url == "https://admin.internal:8443"
+    cert = x509.load_pem_x509_certificate(cfg.admin_tls.managed_file.read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"admin.internal", "localhost"} <= set(names.get_values_for_type(x509.DNSName))
