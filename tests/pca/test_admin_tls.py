@@ -115,6 +115,11 @@ def test_the_cli_refuses_a_server_its_ca_bundle_did_not_issue(tls_server: Server
         bare = pca("events", "--admin-url", tls_server.admin_url, "--token", tls_server.token)
         assert bare.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in bare.stderr
         assert pca(*args, "--ca-file", tls_server.config.data_dir / "ca-chain.pem").returncode == 0
+        # pca probe reads the log and the issuers from the admin API through the same verification.
+        probe = ["probe", "--config", tls_server.config_path, "--responder", f"{tls_server.public_url}/ocsp"]
+        assert pca(*probe, "--duration", "0.5").returncode == 0
+        wrong = pca(*probe, "--duration", "0.5", "--ca-file", other.parent / "ca-chain.pem")
+        assert wrong.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in wrong.stderr
     finally:
         tls_server.stop()
 
