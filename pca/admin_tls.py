@@ -237,7 +237,7 @@ class AdminTLS:
         self._cfg = cfg
         self._authority = authority
         self.context: ssl.SSLContext | None = None
-        self.renewed = 0
+        self._loaded: int | None = None  # serial of the certificate pca issued that the context holds
 
     async def prepare(self) -> dict[str, Any]:
         """Issue the certificate if none usable is there (an upgraded configuration, or one near its
@@ -248,6 +248,7 @@ class AdminTLS:
                 log.info("issuing the admin listener's certificate: %s", reason)
                 await issue_certificate(self._cfg, self._authority, _actor())
         self.context = context = server_context(self._cfg)
+        self._loaded = cert.serial_number if (cert := read_managed(self._cfg)) is not None else None
         factory: Callable[[Any, Any], ssl.SSLContext] = lambda _config, _default: context  # noqa: E731
         return {"ssl_context_factory": factory, "http": protocol_class()}
 
@@ -277,9 +278,10 @@ class AdminTLS:
         if reason is not None:
             log.info("renewing the admin listener's certificate: %s", reason)
             cert = await issue_certificate(self._cfg, self._authority, _actor())
-            self._reload()
-            self.renewed += 1
         assert cert is not None
+        if cert.serial_number != self._loaded:  # renewed here, or by another process sharing the directory
+            self._reload()
+            self._loaded = cert.serial_number
         left = (renew_at(self._cfg, cert) - datetime.datetime.now(datetime.UTC)).total_seconds()
         return min(CHECK_SECONDS, max(1.0, left))
 
