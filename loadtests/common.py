@@ -233,6 +233,7 @@ def make_ca(base: Path) -> Config:
                 f"http://127.0.0.1:{free_port()}",
                 "--admin-listen",
                 f"127.0.0.1:{free_port()}",
+                "--no-admin-tls",  # plain HTTP on loopback: wrk and the clients measure the API, not TLS
             ]
         )
     return load_config(directory / "pca.toml")

@@ -106,6 +106,7 @@ def init(base: Path, backend: str, flags: list[str]) -> Config:
             [
                 "init", "--dir", str(directory), "--key-backend", backend, *flags,
                 "--public-url", f"http://127.0.0.1:{free_port()}", "--admin-listen", f"127.0.0.1:{free_port()}",
+                "--no-admin-tls",
             ]
         )  # fmt: skip
     return load_config(directory / "pca.toml")

@@ -159,6 +159,7 @@ def deployment(work: Path, pg: PostgresCluster, responders: int) -> Iterator[Sha
                 f"http://127.0.0.1:{crl_port}",
                 "--admin-listen",
                 f"127.0.0.1:{admin_port}",
+                "--no-admin-tls",  # plain HTTP on loopback
                 "--database-url",
                 pg.dsn,
             ]

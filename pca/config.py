@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pca.admin_tls_config import AdminTLSConfig, default_admin_url, parse_admin_tls
 from pca.config_keys import Schema, TracedTable, trace_schema, unknown_keys
 from revocation.crl_layout import MAX_SHARDS, CRLLayout
 from revocation.errors import ConfigError
@@ -95,6 +96,7 @@ class Config:
     crl: CRLConfig
     database_url: str = ""  # postgresql://... ; empty: the SQLite file ``database``
     scale: ScaleConfig = dataclasses.field(default_factory=ScaleConfig)
+    admin_tls: AdminTLSConfig = dataclasses.field(default_factory=AdminTLSConfig)
 
     @property
     def backend(self) -> str:
@@ -251,7 +253,8 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Config:
         _typed(public, "public", "listen", str, "{}:{}".format(*listen_from_url(public_url))), "public.listen"
     )
     admin_listen = parse_listen(_typed(admin, "admin", "listen", str, "127.0.0.1:8081"), "admin.listen")
-    admin_url = _typed(admin, "admin", "url", str, f"http://{admin_listen[0]}:{admin_listen[1]}")
+    admin_tls = parse_admin_tls(admin, rel, data_dir, _typed)
+    admin_url = _typed(admin, "admin", "url", str, default_admin_url(admin_listen, admin_tls.enabled))
 
     ocsp = OCSPConfig(
         validity_seconds=_typed(o, "ocsp", "validity_seconds", int, OCSPConfig.validity_seconds),
@@ -343,6 +346,7 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Config:
         crl=crl,
         database_url=_database_url(_section(data, "database"), env),
         scale=scale,
+        admin_tls=admin_tls,
     )
     listen_from_url(cfg.public_url)
     _positive(cfg.leaf_validity_days, "ca.leaf_validity_days")
@@ -356,9 +360,12 @@ def render_config(
     key_algorithm: str,
     default_issuer: str = "issuing-ca",
     database_url: str = "",
+    admin_tls: bool = True,
+    admin_url: str = "",
 ) -> str:
     """The pca.toml written by ``pca init``: every setting with its default, commented."""
     host, port = listen_from_url(public_url)
+    url_line = f'url = "{admin_url}"' if admin_url else '# url = "https://HOST:PORT"'
     return f"""# pca configuration. Relative paths are relative to this file's directory.
 
 [paths]
@@ -385,6 +392,14 @@ listen = "{admin_listen}"
 token_file = "admin.token"   # the bearer token the CLI sends (mode 0600)
 tokens_file = "tokens.json"  # hashes of the tokens the admin API accepts, with roles
 max_body_bytes = 65536
+{url_line}  # where the CLI finds the API (default: https:// + listen); its host goes into the certificate
+tls = {"true" if admin_tls else "false"}  # false: plain HTTP (refused on a non-loopback listen)
+tls_cert = ""                # your own certificate and key (PEM); empty: pca issues keys/admin-tls.pem and renews it
+tls_key = ""
+tls_validity_days = 30       # of the certificate pca issues
+tls_renew_before_days = 10   # the running server re-issues it this long before it expires
+ca_file = "ca-chain.pem"     # the CLI verifies the admin API's certificate against this bundle
+client_ca = ""               # a CA bundle: accept client certificates issued under it (role from the subject's OU)
 
 [ca]
 default_issuer = "{default_issuer}"

@@ -22,6 +22,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.types import ASGIApp
 
+from pca.admin_tls import admin_listener_tls
 from pca.config import DATABASE_URL_ENV, Config
 from pca.listeners import check_listeners
 from pca.roles import start_role
@@ -33,6 +34,7 @@ from pca.runtime import (
     run_forever,
 )
 from revocation.admin.api import AdminAPI
+from revocation.admin.client_certs import ClientCertAuth
 from revocation.admin.installations import InstallationRecorder
 from revocation.admin.recording import CertificateRecorder
 from revocation.admin.tokens import TokenFile
@@ -109,9 +111,9 @@ async def _rotate_signers(authority: Authority) -> None:
         await asyncio.sleep(SIGNER_CHECK_SECONDS)
 
 
-def _uvicorn(app: ASGIApp, host: str, port: int) -> _Server:
+def _uvicorn(app: ASGIApp, host: str, port: int, **tls: Any) -> _Server:
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", server_header=False
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", server_header=False, **tls
     )
     return _Server(config)
 
@@ -170,6 +172,7 @@ async def serve(
     workers: int = 1,
     responder_id: str | None = None,
     responder_url: str | None = None,
+    insecure_admin_http: bool = False,
 ) -> None:
     unknown = set(roles) - set(ALL_ROLES)
     if unknown:
@@ -224,8 +227,11 @@ async def serve(
                 issuer_stats=(rt.view, pca_urls(cfg)),
                 recorder=CertificateRecorder(rt.log, rt.view),
                 installations=InstallationRecorder(rt.view, rt.coord),
+                client_auth=ClientCertAuth(rt.view) if cfg.admin_tls.client_ca else None,
             )
-            servers.append(_uvicorn(api.app(), *cfg.admin_listen))
+            tls, renewal = await admin_listener_tls(cfg, authority, insecure_admin_http)
+            coros.extend([renewal] if renewal is not None else [])
+            servers.append(_uvicorn(api.app(), *cfg.admin_listen, **tls))
         public = "responder" in roles or "publisher" in roles
         for role in roles:
             if role == "responder" and server == "granian":

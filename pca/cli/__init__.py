@@ -32,6 +32,9 @@ def _remote(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="pca.toml (for the admin URL and token file)")
     p.add_argument("--admin-url", help="admin API base URL (overrides the configuration)")
     p.add_argument("--token", help="bearer token (default: PCA_TOKEN, then the configured token file)")
+    p.add_argument("--ca-file", help="CA bundle to verify the admin API's certificate (default: admin.ca_file)")
+    p.add_argument("--client-cert", help="PEM client certificate (admin.client_ca); without --token it authenticates")
+    p.add_argument("--client-key", help="PEM key of --client-cert (default: in the same file)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", required=True, help="directory for configuration, keys, database and CRLs")
     p.add_argument("--public-url", default="http://127.0.0.1:8080", help="base URL of OCSP and CRLs (in certificates)")
     p.add_argument("--admin-listen", default="127.0.0.1:8081", help="HOST:PORT of the admin API")
+    p.add_argument("--admin-url", help="where the CLI finds the admin API (default: https:// + --admin-listen)")
+    p.add_argument(
+        "--no-admin-tls",
+        action="store_true",
+        help="serve the admin API over plain HTTP (admin.tls = false; refused on a non-loopback address)",
+    )
     p.add_argument(
         "--database-url",
         metavar="URL",
@@ -97,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="ASGI server of the public listener (granian runs it in --workers processes of its own)",
     )
     p.add_argument("--workers", type=int, default=1, help="public listener processes (granian only)")
+    p.add_argument(
+        "--insecure-admin-http",
+        action="store_true",
+        help="allow admin.tls = false on a non-loopback admin.listen (tokens cross the network in clear)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=local.cmd_serve)
 

@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 
 from publishers.crlsync.agent import Agent, run_agent
+from publishers.crlsync.fetch import tls_context
 from publishers.crlsync.metrics import SyncMetrics
 from publishers.crlsync.report import Reporter
 from publishers.crlsync.settings import FORMATS, SyncSettings, UsageError, build_settings, parse_listen, read_toml
@@ -81,7 +82,9 @@ def add_crlsync_parser(sub: Any) -> None:
     p.add_argument("--agent-id", metavar="NAME", help="this agent's name in reports (default: the host name)")
     p.add_argument("--report-to", metavar="ADMIN_URL", help="report each installed CRL to this admin API")
     p.add_argument("--token-file", metavar="FILE", help="bearer token for --report-to (default: PCA_TOKEN)")
-    p.add_argument("--tls-ca", metavar="FILE", help="CAs trusted for https CRL URLs (default: the system's)")
+    p.add_argument(
+        "--tls-ca", metavar="FILE", help="CAs trusted for https CRL URLs and --report-to (default: the system's)"
+    )
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="limit of one fetch, body included (default 30)")
     p.add_argument("--max-bytes", type=int, metavar="N", help="largest CRL accepted (default 268435456)")
     p.add_argument("--max-skew", type=float, metavar="SECONDS", help="thisUpdate may be this far ahead (default 60)")
@@ -138,7 +141,8 @@ async def serve(settings: SyncSettings, *, once: bool, registry: CollectorRegist
                 print(f"pca crl-sync: error: cannot listen on {settings.metrics_listen}: {exc}", file=sys.stderr)
                 return 1
         if settings.report_to and settings.token:
-            agent.reporter = Reporter(settings.report_to, settings.token, settings.agent_id, metrics)
+            verify = tls_context(settings.tls_ca)  # the admin API's CA too, when it serves https
+            agent.reporter = Reporter(settings.report_to, settings.token, settings.agent_id, metrics, verify=verify)
         log.info("syncing %d CRL URL(s) into %s every %g s", len(settings.all_urls()), settings.out, settings.interval)
         status = await run_agent(agent, stop, once=once)
         if agent.reporter is not None:

@@ -8,9 +8,11 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 
+from pca.admin_tls import issue_certificate
 from pca.cli.common import fail
 from pca.config import Config, listen_from_url, load_config, parse_listen, render_config
 from pca.runtime import connect_runtime
@@ -98,6 +100,9 @@ def cmd_init(args: argparse.Namespace) -> None:
         fail(f"{config_path} exists already; refusing to overwrite an initialised CA")
     listen_from_url(args.public_url)
     parse_listen(args.admin_listen, "--admin-listen")
+    scheme = "http" if args.no_admin_tls else "https"
+    if args.admin_url and (urlsplit(args.admin_url).scheme != scheme or not urlsplit(args.admin_url).hostname):
+        fail(f"--admin-url {args.admin_url!r} must be a {scheme}:// URL with a host (the admin API serves {scheme})")
     templates = _key_templates(args)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
@@ -108,6 +113,8 @@ def cmd_init(args: argparse.Namespace) -> None:
         admin_listen=args.admin_listen,
         key_algorithm=args.key_algorithm,
         database_url=args.database_url or "",
+        admin_tls=not args.no_admin_tls,
+        admin_url=args.admin_url or "",
     )
     write_file(config_path, rendered.encode())
     recorded: list[bool] = []
@@ -133,6 +140,8 @@ def cmd_init(args: argparse.Namespace) -> None:
     print(f"  root CA         {directory / 'root-ca.pem'}  (key {templates[ROOT_ID].backend})")
     print(f"  issuing CA      {directory / 'issuing-ca.pem'}  (chain: {directory / 'ca-chain.pem'})")
     print(f"  admin token     {cfg.token_file}  (mode 0600)")
+    if cfg.admin_tls.enabled:
+        print(f"  admin TLS       {cfg.admin_tls.managed_file}  (key and certificate, mode 0600; for {cfg.admin_url})")
     print(f"next: pca serve --config {config_path}")
 
 
@@ -202,7 +211,10 @@ async def _init_hierarchy(
             recorded.append(True)
         from pca.serve import build_authority
 
-        await build_authority(rt).rotate_signers(Actor(actor, rid))
+        authority = build_authority(rt)
+        await authority.rotate_signers(Actor(actor, rid))
+        if cfg.admin_tls.enabled and cfg.admin_tls.cert is None:
+            await issue_certificate(cfg, authority, Actor(actor, rid))
     finally:
         await rt.aclose()
     root_pem, issuing_pem = root_cert.public_bytes(PEM), issuing_cert.public_bytes(PEM)
@@ -228,6 +240,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             workers=args.workers,
             responder_id=args.responder_id,
             responder_url=args.responder_url,
+            insecure_admin_http=args.insecure_admin_http,
         )
     )
 

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,31 +26,57 @@ if TYPE_CHECKING:
     from revocation.propagation.prober import ProbeSummary
 
 
-def _admin_access(args: argparse.Namespace) -> tuple[str, str]:
-    """The admin API's URL and the bearer token: from the flags, PCA_TOKEN, then the configuration."""
+def _admin_access(args: argparse.Namespace) -> tuple[str, str | None, ssl.SSLContext]:
+    """The admin API's URL, the bearer token (flags, PCA_TOKEN, the configuration; None when a client
+    certificate authenticates) and the TLS context that verifies the server (never switched off)."""
     url = args.admin_url
     token = args.token or os.environ.get("PCA_TOKEN")
-    if url is None or token is None:
-        if args.config is None:
-            fail("give --config, or --admin-url and --token (or PCA_TOKEN)")
+    ca_file = getattr(args, "ca_file", None)
+    client_cert = getattr(args, "client_cert", None)
+    cfg = None
+    if args.config is not None:
         cfg = load_config(args.config)
+    elif url is None or (token is None and client_cert is None):
+        fail("give --config, or --admin-url and --token (or PCA_TOKEN)")
+    if cfg is not None:
         url = url or cfg.admin_url
-        if token is None:
+        ca_file = ca_file or (str(cfg.admin_tls.ca_file) if cfg.admin_tls.ca_file else None)
+        if token is None and client_cert is None:
             try:
                 token = cfg.token_file.read_text().strip()
             except OSError as exc:
                 fail(f"cannot read the admin token from {cfg.token_file}: {exc.strerror}")
-    return url, token
+    return url, token, _tls_context(ca_file, client_cert, getattr(args, "client_key", None))
+
+
+def _tls_context(ca_file: str | None, client_cert: str | None, client_key: str | None) -> ssl.SSLContext:
+    """Verify the admin API against ``ca_file`` (else the system's store); present a client certificate."""
+    try:
+        ctx = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        fail(f"cannot load the CA bundle {ca_file} (--ca-file, admin.ca_file): {exc}")
+    if client_cert:
+        try:
+            ctx.load_cert_chain(client_cert, client_key)
+        except (OSError, ssl.SSLError) as exc:
+            fail(f"cannot load the client certificate {client_cert} and its key: {exc}")
+    return ctx
 
 
 class _Client:
     def __init__(self, args: argparse.Namespace) -> None:
-        url, token = _admin_access(args)
-        self._http = httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=30.0)
+        url, token, tls = _admin_access(args)
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=url, headers=headers, timeout=30.0, verify=tls)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, ok: tuple[int, ...] = (200, 201)) -> Any:
         try:
             resp = self._http.request(method, path, json=body)
+        except httpx.ConnectError as exc:
+            hint = ""
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                hint = " (is --ca-file / admin.ca_file the CA bundle that issued the admin API's certificate?)"
+            fail(f"cannot reach the admin API at {self._http.base_url}: {exc}{hint}")
         except httpx.HTTPError as exc:
             fail(f"cannot reach the admin API at {self._http.base_url}: {exc}")
         if resp.status_code not in ok:
@@ -216,7 +243,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
     from revocation.propagation.prober import check_responder_url, probe
 
     responders = [check_responder_url(u) for u in args.responder]
-    url, token = _admin_access(args)
+    url, token, tls = _admin_access(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def run() -> ProbeSummary:
@@ -235,6 +262,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
             from_seq=1 if args.from_start else None,
             stop=stop,
             concurrency=args.concurrency,
+            verify=tls,
         )
         return summary
 

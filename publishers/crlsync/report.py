@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import ssl
 from typing import Any
 
 import httpx
@@ -53,6 +54,7 @@ class Reporter:
         backoff: float = 0.5,
         timeout: float = 10.0,
         queue_size: int = 1000,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self._url = admin_url.rstrip("/") + PATH
         self._agent = agent_id
@@ -64,6 +66,7 @@ class Reporter:
         self._idle.set()
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
+            verify=verify,  # an https admin API is verified (--tls-ca, else the system's store)
             headers={"authorization": f"Bearer {token}", "user-agent": f"pca-crl-sync/{__version__}"},
         )
         self._worker: asyncio.Task[None] | None = None

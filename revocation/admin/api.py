@@ -105,6 +105,7 @@ class AdminAPI:
         issuer_stats: tuple[IssuerStats, PcaURLs] | None = None,
         recorder: CertificateRecorder | None = None,
         installations: InstallationRecorder | None = None,
+        client_auth: Callable[[Request], Awaitable[Principal | None]] | None = None,
     ) -> None:
         """``issuer_stats`` (the projection and pca's URLs) adds counts, signer, CRL and URL survey to
         ``GET /v1/issuers`` (``revocation.issuer_summary``)."""
@@ -119,6 +120,7 @@ class AdminAPI:
         self._issuer_stats = issuer_stats
         self._recorder = recorder
         self._installations = installations
+        self._client_auth = client_auth  # admin.client_ca: a request without a token may present a certificate
         self._requests = Counter("admin_requests_total", "Admin API requests", ["route", "status"], registry=registry)
         self._latency = Histogram("admin_request_seconds", "Admin API request time", ["route"], registry=registry)
 
@@ -154,7 +156,7 @@ class AdminAPI:
             started = time.perf_counter()
             request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
             try:
-                principal = self._authenticate(request)
+                principal = await self._principal(request)
                 if principal.role not in ROLES_BY_PERMISSION[permission]:
                     raise Problem(403, "Forbidden", f"role {principal.role!r} may not {permission}")
                 response = await handler(request, Actor(principal.name, request_id[:128]))
@@ -186,6 +188,13 @@ class AdminAPI:
             return response
 
         return endpoint
+
+    async def _principal(self, request: Request) -> Principal:
+        if self._client_auth is not None and "authorization" not in request.headers:
+            found = await self._client_auth(request)
+            if found is not None:
+                return found
+        return self._authenticate(request)
 
     def _authenticate(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")

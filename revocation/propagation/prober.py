@@ -24,6 +24,7 @@ import datetime
 import logging
 import math
 import random
+import ssl
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -385,7 +386,7 @@ class Prober:
 
 async def probe(
     admin_url: str,
-    token: str,
+    token: str | None,
     responders: Sequence[str],
     *,
     duration: float | None,
@@ -397,6 +398,7 @@ async def probe(
     concurrency: int = 64,
     clock: Clock | None = None,
     rng: random.Random | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> ProbeSummary:
     """Probe revocations committed from ``from_seq`` on (default: those after the current head)
     for ``duration`` seconds (None: until ``stop`` is set), then wait for the probes in flight.
@@ -409,8 +411,8 @@ async def probe(
         raise ConfigError(f"from_seq must be at least 1, got {from_seq}")
     clock = clock or SystemClock()
     stop = stop or asyncio.Event()
-    headers = {"authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=admin_url, headers=headers, timeout=30.0) as admin:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=admin_url, headers=headers, timeout=30.0, verify=verify) as admin:
         prober = Prober(
             admin, responders, sample=sample, timeout=timeout, poll=poll, concurrency=concurrency, clock=clock, rng=rng
         )

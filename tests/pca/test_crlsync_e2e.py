@@ -152,7 +152,7 @@ def test_a_revocation_reaches_the_relying_partys_crl_bundle(
 @pytest.fixture
 def default_server(tmp_path: Path) -> Iterator[ServerProcess]:
     """``pca serve`` with the settings ``pca init`` writes: full CRLs every 6 h, and after each revocation."""
-    srv = ServerProcess(init_ca(tmp_path / "ca-default"))
+    srv = ServerProcess(init_ca(tmp_path / "ca-default", tls=True))
     srv.start()
     try:
         yield srv
@@ -184,7 +184,7 @@ def test_with_default_settings_the_agent_installs_the_revocation_and_pca_propaga
         f"{srv.public_url}/crl/issuing-ca.crl",
     ]
     argv += ["--ca-bundle", d / "ca-chain.pem", "--out", out, "--interval", "0.5", "--agent-id", "edge-proxy-1"]
-    argv += ["--report-to", srv.admin_url, "--token-file", token]
+    argv += ["--report-to", srv.admin_url, "--token-file", token, "--tls-ca", d / "ca-chain.pem"]
     log = tmp_path / "agent.log"
     with open(log, "wb") as sink:
         agent = subprocess.Popen([str(a) for a in argv], stdout=sink, stderr=subprocess.STDOUT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -18,8 +19,10 @@ from pca.config import load_config
 from tests.support.ports import free_port
 
 
-def init_ca(directory: Path, *extra: str) -> Path:
-    """Run ``pca init`` into ``directory`` on free ports; returns the config path."""
+def init_ca(directory: Path, *extra: str, tls: bool = False) -> Path:
+    """Run ``pca init`` into ``directory`` on free ports; returns the config path.
+
+    The admin API is plain HTTP on loopback unless ``tls`` (the default of ``pca init`` itself)."""
     public, admin = free_port(), free_port()
     pca_main(
         [
@@ -30,6 +33,7 @@ def init_ca(directory: Path, *extra: str) -> Path:
             f"http://127.0.0.1:{public}",
             "--admin-listen",
             f"127.0.0.1:{admin}",
+            *([] if tls else ["--no-admin-tls"]),
             *extra,
         ]
     )
@@ -56,6 +60,9 @@ class ServerProcess:
         self.public_url = self.config.public_url
         self.admin_url = self.config.admin_url
         self.token = self.config.token_file.read_text().strip()
+        # The admin API over TLS is verified against the CA bundle pca init wrote (admin.ca_file).
+        ca_file = self.config.admin_tls.ca_file
+        self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = config_path.parent / "serve.log"
 
@@ -72,7 +79,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pca serve exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
             with contextlib.suppress(httpx.HTTPError):
-                ok_admin = httpx.get(self.admin_url + "/healthz", timeout=1).status_code == 200
+                ok_admin = httpx.get(self.admin_url + "/healthz", timeout=1, verify=self.verify).status_code == 200
                 ok_public = httpx.get(self.public_url + "/crl/issuing-ca.crl", timeout=1).status_code == 200
                 if ok_admin and ok_public:
                     return
@@ -84,13 +91,14 @@ class ServerProcess:
         self.proc = None
 
     def admin(self) -> httpx.Client:
-        return httpx.Client(base_url=self.admin_url, headers={"authorization": f"Bearer {self.token}"}, timeout=30)
+        headers = {"authorization": f"Bearer {self.token}"}
+        return httpx.Client(base_url=self.admin_url, headers=headers, timeout=30, verify=self.verify)
 
 
 @contextlib.contextmanager
-def running_server(directory: Path) -> Iterator[ServerProcess]:
+def running_server(directory: Path, *, tls: bool = False) -> Iterator[ServerProcess]:
     """``pca init`` into ``directory``, then ``pca serve`` it until the block ends."""
-    srv = ServerProcess(init_ca(directory))
+    srv = ServerProcess(init_ca(directory, tls=tls))
     srv.start()
     try:
         yield srv

@@ -125,6 +125,7 @@ class Deployment:
                 f"http://127.0.0.1:{self.crl_port}",
                 "--admin-listen",
                 f"127.0.0.1:{self.admin_port}",
+                "--no-admin-tls",  # plain HTTP on loopback
                 "--database-url",
                 database_url or pg.dsn,
             ]
