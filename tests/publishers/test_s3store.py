@@ -243,12 +243,14 @@ async def test_a_conditional_write_whose_reply_was_lost_is_recognised_as_our_own
     meta = {"crl-number": "7"}
     try:
         first = await direct.put("a.crl", b"one", content_type=CRL_TYPE)
-        for faults, write in (
+        conditions: list[tuple[str, dict[str, Any]]] = [
             # New key: the retried If-None-Match: * meets the object the lost attempt stored.
-            (["lost"], {"key": "b.crl", "if_none_match": True}),
+            ("b.crl", {"if_none_match": True}),
             # Existing key: the retried If-Match meets the ETag the lost attempt changed.
-            (["lost"], {"key": "a.crl", "if_match": first}),
-        ):
+            ("a.crl", {"if_match": first}),
+        ]
+        for key, condition in conditions:
+            faults = ["lost"]
             sleep = RecordingSleep()
             async with FaultyProxy(s3_server.port, faults) as proxy:
                 store = S3Store(
@@ -256,8 +258,7 @@ async def test_a_conditional_write_whose_reply_was_lost_is_recognised_as_our_own
                     sleep=sleep,
                 )  # fmt: skip
                 try:
-                    key = str(write.pop("key"))
-                    etag = await store.put(key, b"two", content_type=CRL_TYPE, metadata=meta, **write)  # type: ignore[arg-type]
+                    etag = await store.put(key, b"two", content_type=CRL_TYPE, metadata=meta, **condition)
                 finally:
                     await store.close()
             # The first reply was lost and the PUT was sent again (by aiohttp itself, or after our backoff).
