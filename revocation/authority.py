@@ -3,13 +3,19 @@
 Each command loads what it needs from the projection, decides, and appends
 events with the stream version it decided on; if another writer got there first,
 the command is decided again on the new state (optimistic concurrency).
+
+Opening, generating and using keys runs in a thread (``asyncio.to_thread``): a key in
+an HSM or a cloud KMS answers over the network, and the event loop it would block
+serves the admin API, and in one process the publisher and the responders too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import secrets
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -119,14 +125,17 @@ class Authority:
         self._signer_validity = datetime.timedelta(days=signer_validity_days)
         self._signer_renew_before = datetime.timedelta(days=signer_renew_before_days)
         self._keys: dict[KeyRef, SigningKey] = {}
+        self._keys_lock = threading.Lock()  # keys are opened in threads (see the module docstring)
         # None: every leaf carries its issuer's recorded CRL URL (unsharded, no delta CRLs).
         self._crl_layout = crl_layout
 
     def _key(self, ref: KeyRef) -> SigningKey:
-        key = self._keys.get(ref)
-        if key is None:
-            key = self._keys[ref] = open_key(ref)
-        return key
+        """The open key of ``ref`` (opened on first use); call it in a thread, not on the event loop."""
+        with self._keys_lock:
+            key = self._keys.get(ref)
+            if key is None:
+                key = self._keys[ref] = open_key(ref)
+            return key
 
     @property
     def ocsp_url(self) -> str:
@@ -171,7 +180,7 @@ class Authority:
             algorithm = req.key_algorithm or self._key_algorithm
             if algorithm not in KEY_ALGORITHMS:
                 raise ValidationError(f"unknown key algorithm {algorithm!r}; choose one of {', '.join(KEY_ALGORITHMS)}")
-            private = generate_private_key(algorithm)
+            private = await asyncio.to_thread(generate_private_key, algorithm)  # RSA-4096 takes a while
             public = private.public_key()
             key_pem = private.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -184,19 +193,22 @@ class Authority:
             crl_url = self._crl_layout.full_url(issuer.issuer_id, shard)
             if self._crl_layout.deltas:
                 freshest_url = self._crl_layout.delta_url(issuer.issuer_id, shard)
-        cert = ca.issue_leaf(
-            issuer.cert,
-            self._key(issuer.key_ref),
-            public,
-            subject,
-            sans,
-            req.profile,
-            self._clock.now(),
-            self._leaf_validity_days if req.validity_days is None else req.validity_days,
-            self._ocsp_url,
-            crl_url,
-            serial=serial,
-            freshest_crl_url=freshest_url,
+        key_ref, now = issuer.key_ref, self._clock.now()
+        cert = await asyncio.to_thread(
+            lambda: ca.issue_leaf(
+                issuer.cert,
+                self._key(key_ref),
+                public,
+                subject,
+                sans,
+                req.profile,
+                now,
+                self._leaf_validity_days if req.validity_days is None else req.validity_days,
+                self._ocsp_url,
+                crl_url,
+                serial=serial,
+                freshest_crl_url=freshest_url,
+            )
         )
         event = certificate_issued(issuer.issuer_id, cert, req.profile)
         [recorded] = await self._log.append([NewEvent(event, 0, actor.name, actor.request_id)])
@@ -299,15 +311,16 @@ class Authority:
             current = issuer.signer_cert
             if current is not None and not force and current.not_valid_after_utc - now > self._signer_renew_before:
                 continue
-            event = new_signer(
-                issuer, self._key(issuer.key_ref), self._key_dir, self._key_algorithm, now, self._signer_validity
-            )
+            event = await asyncio.to_thread(self._new_signer, issuer, issuer.key_ref, now)
             try:
                 [rec] = await self._log.append([NewEvent(event, issuer.version, actor.name, actor.request_id)])
             except ConcurrencyError:
                 continue  # another process rotated it; its signer will do
             rotated.append(rec)
         return rotated
+
+    def _new_signer(self, issuer: IssuerRecord, key_ref: KeyRef, now: datetime.datetime) -> ResponderCertRotated:
+        return new_signer(issuer, self._key(key_ref), self._key_dir, self._key_algorithm, now, self._signer_validity)
 
 
 def certificate_issued(issuer_id: str, cert: x509.Certificate, profile: str) -> CertificateIssued:
