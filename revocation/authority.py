@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import logging
 import secrets
 import threading
 from collections.abc import Sequence
@@ -25,7 +26,14 @@ from cryptography.hazmat.primitives import serialization
 from revocation import ca
 from revocation.clock import Clock
 from revocation.crl_layout import CRLLayout
-from revocation.errors import ConcurrencyError, ConflictError, IntegrityError, NotFoundError, ValidationError
+from revocation.errors import (
+    ConcurrencyError,
+    ConflictError,
+    IntegrityError,
+    NotFoundError,
+    PCAError,
+    ValidationError,
+)
 from revocation.eventlog import EventLog, NewEvent, RecordedEvent
 from revocation.events import (
     REVOCATION_REASONS,
@@ -41,6 +49,7 @@ from revocation.keys import (
     KeyRef,
     PublicKey,
     SigningKey,
+    destroy_key,
     generate_key,
     generate_private_key,
     open_key,
@@ -48,6 +57,8 @@ from revocation.keys import (
 from revocation.projection import CertificateLookup, CertificateRecord, IssuerRecord
 
 _RETRIES = 5
+
+log = logging.getLogger("pca.authority")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,7 +326,9 @@ class Authority:
             try:
                 [rec] = await self._log.append([NewEvent(event, issuer.version, actor.name, actor.request_id)])
             except ConcurrencyError:
-                continue  # another process rotated it; its signer will do
+                # Another process rotated it; its signer will do, and the key made here is nobody's.
+                await asyncio.to_thread(discard_key, KeyRef.from_dict(event.key_ref), issuer.issuer_id)
+                continue
             rotated.append(rec)
         return rotated
 
@@ -348,14 +361,28 @@ def new_signer(
     signer_key = generate_key(issuer_key.ref, name, key_algorithm, key_dir)
     try:
         cert = ca.create_ocsp_signer(issuer.cert, issuer_key, signer_key.public_key(), now, validity.days)
-    finally:
+    except BaseException:
         signer_key.close()
+        discard_key(signer_key.ref, issuer.issuer_id)
+        raise
+    signer_key.close()
     return ResponderCertRotated(
         issuer_id=issuer.issuer_id,
         cert_der_hex=cert.public_bytes(serialization.Encoding.DER).hex(),
         key_ref=signer_key.ref.to_dict(),
         not_after=cert.not_valid_after_utc,
     )
+
+
+def discard_key(ref: KeyRef, issuer_id: str) -> None:
+    """Destroy a signer key made for a rotation that did not happen, logging it (a failure is logged too:
+    the key is left behind, named, for an operator to remove)."""
+    try:
+        destroy_key(ref)
+    except PCAError as exc:
+        log.error("OCSP signer key %s of %s, made for a rotation that did not happen, is left: %s", ref, issuer_id, exc)
+        return
+    log.warning("OCSP signer key %s of %s destroyed: another process rotated the signer first", ref, issuer_id)
 
 
 def issuer_added(

@@ -287,3 +287,18 @@ def generate_pkcs11_key(template: KeyRef, name: str, algorithm: str) -> Pkcs11Ke
                 f"cannot generate a {algorithm} key {ref.label!r} in {_token_name(ref)}: {type(exc).__name__}: {exc}"
             ) from exc
         return _open_locked(ref)
+
+
+def destroy_pkcs11_key(ref: KeyRef) -> None:
+    """Destroy the key pair of ``ref`` in its token (C_DestroyObject on the private and public key)."""
+    with _lock:
+        login = _login_session(ref)
+        try:
+            with login.token.open(rw=True) as rw:
+                for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                    for obj in list(rw.get_objects({**_search(ref), Attribute.CLASS: object_class})):
+                        obj.destroy()
+        except p11err.PKCS11Error as exc:
+            raise KeyBackendError(
+                f"cannot destroy key {ref.describe()} in {_token_name(ref)}: {type(exc).__name__}: {exc}"
+            ) from exc

@@ -40,7 +40,7 @@ from tests.support.environ import environ
 from tests.support.moto import moto_server
 from tests.support.ports import free_port
 from tests.support.processes import init_ca
-from tests.support.signing_backends import exercise, have_openssl
+from tests.support.signing_backends import exercise, have_openssl, rotation_race
 
 REGION = "us-east-1"
 ACTOR = Actor("test", "kms")
@@ -142,6 +142,26 @@ async def test_an_unreachable_endpoint_fails_init_clearly(tmp_path: Path) -> Non
     with pytest.raises(SystemExit):
         await init_kms_ca(tmp_path / "ca", endpoint)
     assert not (tmp_path / "ca" / "pca.toml").exists()
+
+
+async def test_the_kms_key_of_a_lost_rotation_is_scheduled_for_deletion(
+    kms_endpoint: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = await init_kms_ca(tmp_path / "ca", kms_endpoint)
+    rt = open_runtime(cfg, SystemClock())
+    try:
+        won, lost = await rotation_race(rt)
+    finally:
+        rt.close()
+    async with kms_client(kms_endpoint) as kms:
+        kept = (await kms.describe_key(KeyId=won.key_id))["KeyMetadata"]
+        dropped = (await kms.describe_key(KeyId=lost.key_id))["KeyMetadata"]
+    assert kept["KeyState"] == "Enabled"
+    assert dropped["KeyState"] == "PendingDeletion"
+    # The shortest waiting period KMS allows: 7 days (a mistaken deletion can still be cancelled).
+    waiting = dropped["DeletionDate"] - datetime.datetime.now(datetime.UTC)
+    assert datetime.timedelta(days=6) < waiting <= datetime.timedelta(days=7, minutes=1)
+    assert f"OCSP signer key kms:{REGION}:{lost.key_id}" in caplog.text and "destroyed" in caplog.text
 
 
 # --- a slow KMS and the event loop ----------------------------------------------------------------------

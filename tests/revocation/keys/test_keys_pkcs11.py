@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 
 from pca.config import Config, load_config
+from pca.runtime import open_runtime
+from revocation.clock import SystemClock
+from revocation.errors import KeyBackendError
 from revocation.keys import open_key
 from tests.support.environ import environ
 from tests.support.processes import init_ca
@@ -29,6 +32,7 @@ from tests.support.signing_backends import (
     have_openssl,
     openssl,
     responder_alone,
+    rotation_race,
     run_pca,
 )
 
@@ -262,3 +266,20 @@ async def test_full_crls_made_in_the_publishers_child_process_sign_with_keys_in_
             assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == published.number
     finally:
         worker.close()
+
+
+async def test_the_token_key_of_a_lost_rotation_is_destroyed(
+    softhsm: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = await init_pkcs11_ca(tmp_path / "ca", softhsm)
+    rt = open_runtime(cfg, SystemClock())
+    try:
+        won, lost = await rotation_race(rt)
+    finally:
+        rt.close()
+    assert lost.backend == "pkcs11" and lost.token_label == TOKEN
+    with environ(**{"SOFTHSM2_CONF": str(softhsm / "softhsm2.conf"), PIN_ENV: PIN}):
+        await asyncio.to_thread(lambda: open_key(won).close())
+        with pytest.raises(KeyBackendError, match="no private key"):
+            await asyncio.to_thread(open_key, lost)
+    assert "destroyed: another process rotated the signer first" in caplog.text
