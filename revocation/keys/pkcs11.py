@@ -70,6 +70,30 @@ _TRANSIENT = (
 )
 _ATTEMPTS = 6
 
+# What a token answers when the session it had is gone (the HSM restarted, the module was
+# reinitialised, the token was pulled and put back): a new session, logged in, finds the key
+# again. Tried once per call; what still fails is reported.
+_SESSION_LOST = (
+    p11err.SessionHandleInvalid,
+    p11err.SessionClosed,
+    p11err.DeviceError,
+    p11err.DeviceRemoved,
+    p11err.TokenNotPresent,
+    p11err.UserNotLoggedIn,
+    p11err.ObjectHandleInvalid,
+    p11err.KeyHandleInvalid,
+)
+
+
+def _drop_session(ref: KeyRef, session: Session, exc: Exception) -> None:
+    """Forget this process's session on the token of ``ref`` if it is still ``session``; the caller holds
+    ``_lock``. The next ``_login_session`` opens a new one and logs in."""
+    log.warning("%s: the session was lost (%s); opening a new one", _token_name(ref), type(exc).__name__)
+    if _sessions.get((ref.module, ref.token_label)) is session:
+        del _sessions[(ref.module, ref.token_label)]
+        with contextlib.suppress(p11err.PKCS11Error):
+            session.close()
+
 
 def _login_session(ref: KeyRef) -> Session:
     """This process's logged-in session on the token of ``ref``; the caller holds ``_lock``."""
@@ -151,6 +175,8 @@ def _find(session: Session, ref: KeyRef, object_class: ObjectClass) -> Object:
     kind = "private" if object_class == ObjectClass.PRIVATE_KEY else "public"
     try:
         found = list(session.get_objects(attrs))
+    except _SESSION_LOST:
+        raise
     except p11err.PKCS11Error as exc:
         raise KeyBackendError(f"cannot search {_token_name(ref)}: {type(exc).__name__}: {exc}") from exc
     if not found:
@@ -180,12 +206,15 @@ def _public_key(obj: Object, key_type: KeyType, ref: KeyRef) -> PublicKey:
 class Pkcs11Key(ExternalKey):
     """A private key object in a token, used through this process's session."""
 
-    def __init__(self, ref: KeyRef, private: SignMixin, public: PublicKey) -> None:
+    def __init__(self, ref: KeyRef, private: SignMixin, public: PublicKey, session: Session) -> None:
         super().__init__(ref, public)
-        self._private = private
         self._closed = False
+        self._bind(private, session)
+
+    def _bind(self, private: SignMixin, session: Session) -> None:
+        self._private, self._session = private, session
         self._raw: Callable[[bytes], bytes]
-        if isinstance(public, ec.EllipticCurvePublicKey):
+        if isinstance(self._public, ec.EllipticCurvePublicKey):
             digest = hashlib.sha384 if isinstance(self._hash, hashes.SHA384) else hashlib.sha256
             self._raw = lambda data: _ecdsa_der(private.sign(digest(data).digest(), mechanism=Mechanism.ECDSA))
         else:
@@ -197,9 +226,14 @@ class Pkcs11Key(ExternalKey):
         with _lock:
             if self._closed:
                 raise KeyBackendError(f"PKCS#11 key {self._ref.describe()} is closed")
-            raw = self._raw
             try:
-                return [raw(item) for item in data]
+                try:
+                    return [self._raw(item) for item in data]
+                except _SESSION_LOST as exc:
+                    _drop_session(self._ref, self._session, exc)
+                    session = _login_session(self._ref)
+                    self._bind(cast(SignMixin, _find(session, self._ref, ObjectClass.PRIVATE_KEY)), session)
+                    return [self._raw(item) for item in data]
             except p11err.PKCS11Error as exc:
                 raise KeyBackendError(
                     f"PKCS#11 key {self._ref.describe()} failed to sign: {type(exc).__name__}: {exc}"
@@ -223,16 +257,29 @@ def _ecdsa_der(raw: bytes) -> bytes:
 
 def _open_locked(ref: KeyRef) -> Pkcs11Key:
     session = _login_session(ref)
+    try:
+        return _open_in(session, ref)
+    except _SESSION_LOST as exc:
+        _drop_session(ref, session, exc)
+    try:
+        return _open_in(_login_session(ref), ref)
+    except _SESSION_LOST as exc:
+        raise KeyBackendError(f"cannot use {_token_name(ref)}: {type(exc).__name__}: {exc}") from exc
+
+
+def _open_in(session: Session, ref: KeyRef) -> Pkcs11Key:
     private = _find(session, ref, ObjectClass.PRIVATE_KEY)
     public_obj = _find(session, ref, ObjectClass.PUBLIC_KEY)
     try:
         key_type = KeyType(private[Attribute.KEY_TYPE])
         can_sign = bool(private[Attribute.SIGN])
+    except _SESSION_LOST:
+        raise
     except (p11err.PKCS11Error, ValueError) as exc:
         raise KeyBackendError(f"cannot read the attributes of {ref.describe()}: {exc}") from exc
     if not can_sign:
         raise KeyBackendError(f"PKCS#11 key {ref.describe()} is not allowed to sign (CKA_SIGN is false)")
-    return Pkcs11Key(ref, cast(SignMixin, private), _public_key(public_obj, key_type, ref))
+    return Pkcs11Key(ref, cast(SignMixin, private), _public_key(public_obj, key_type, ref), session)
 
 
 def open_pkcs11_key(ref: KeyRef) -> Pkcs11Key:

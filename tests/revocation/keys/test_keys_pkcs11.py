@@ -19,9 +19,11 @@ import pytest
 
 from pca.config import Config, load_config
 from pca.runtime import open_runtime
+from pca.serve import build_authority
+from revocation.authority import Actor, IssueRequest
 from revocation.clock import SystemClock
 from revocation.errors import KeyBackendError
-from revocation.keys import open_key
+from revocation.keys import check_key_for_certificate, open_key
 from tests.support.environ import environ
 from tests.support.processes import init_ca
 from tests.support.signing_backends import (
@@ -40,6 +42,7 @@ PIN = "hsm-pin-5309-x"
 ROOT_PIN = "root-pin-8817-y"
 PIN_ENV = "PCA_TEST_HSM_PIN"
 TOKEN = "pca-online"
+ACTOR = Actor("test", "pkcs11")
 ROOT_TOKEN = "pca-root"
 
 _MODULE_PATHS = (
@@ -283,3 +286,39 @@ async def test_the_token_key_of_a_lost_rotation_is_destroyed(
         with pytest.raises(KeyBackendError, match="no private key"):
             await asyncio.to_thread(open_key, lost)
     assert "destroyed: another process rotated the signer first" in caplog.text
+
+
+# python-pkcs11 ends the operation that failed on the dead session in a __del__, which raises
+# SessionHandleInvalid again: Python prints and ignores it ("Exception ignored in ...").
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_after_the_hsm_restarts_its_keys_sign_again_through_a_new_session(
+    softhsm: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pkcs11
+
+    from revocation.keys import pkcs11 as backend
+
+    cfg = await init_pkcs11_ca(tmp_path / "ca", softhsm)
+    rt = open_runtime(cfg, SystemClock())
+    try:
+        authority = build_authority(rt)
+        await authority.issue(IssueRequest(subject="CN=before", dns=["before.test"]), ACTOR)
+        issuing = {i.issuer_id: i for i in await rt.view.issuers()}["issuing-ca"]
+        assert issuing.key_ref is not None
+        module = issuing.key_ref.module  # the library as the backend loaded it (pca init resolves the path)
+
+        def restart() -> None:  # every session of this process dies, its login with it
+            with backend._lock:
+                pkcs11.lib(module).reinitialize()
+
+        await asyncio.to_thread(restart)
+        # The issuing CA's key, open since the first certificate, signs through a new session.
+        after = await authority.issue(IssueRequest(subject="CN=after", dns=["after.test"]), ACTOR)
+        after.certificate.verify_directly_issued_by(issuing.cert)
+        # A key opened after the restart (the OCSP signer's) finds the token through it too.
+        await asyncio.to_thread(restart)
+        assert issuing.signer_key_ref is not None and issuing.signer_cert is not None
+        await asyncio.to_thread(check_key_for_certificate, issuing.signer_key_ref, issuing.signer_cert, "the signer")
+    finally:
+        rt.close()
+    assert "the session was lost (SessionHandleInvalid); opening a new one" in caplog.text
