@@ -26,7 +26,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pkcs11
 from cryptography.hazmat.primitives import hashes, serialization
@@ -44,6 +44,8 @@ from revocation.keys.base import ExternalKey, KeyRef, PublicKey, read_secret
 log = logging.getLogger("pca.keys")
 
 _CURVES = {"ec-p256": "secp256r1", "ec-p384": "secp384r1"}
+
+T = TypeVar("T")
 
 _lock = threading.RLock()
 _sessions: dict[tuple[str, str], Session] = {}
@@ -83,6 +85,17 @@ _SESSION_LOST = (
     p11err.ObjectHandleInvalid,
     p11err.KeyHandleInvalid,
 )
+
+
+def _on_live_session(ref: KeyRef, action: Callable[[Session], T]) -> T:
+    """``action`` on this process's session on the token of ``ref``, and once more on a new one if that
+    session was lost; the caller holds ``_lock``."""
+    session = _login_session(ref)
+    try:
+        return action(session)
+    except _SESSION_LOST as exc:
+        _drop_session(ref, session, exc)
+    return action(_login_session(ref))
 
 
 def _drop_session(ref: KeyRef, session: Session, exc: Exception) -> None:
@@ -256,13 +269,8 @@ def _ecdsa_der(raw: bytes) -> bytes:
 
 
 def _open_locked(ref: KeyRef) -> Pkcs11Key:
-    session = _login_session(ref)
     try:
-        return _open_in(session, ref)
-    except _SESSION_LOST as exc:
-        _drop_session(ref, session, exc)
-    try:
-        return _open_in(_login_session(ref), ref)
+        return _on_live_session(ref, lambda session: _open_in(session, ref))
     except _SESSION_LOST as exc:
         raise KeyBackendError(f"cannot use {_token_name(ref)}: {type(exc).__name__}: {exc}") from exc
 
@@ -315,20 +323,23 @@ def generate_pkcs11_key(template: KeyRef, name: str, algorithm: str) -> Pkcs11Ke
         "private_template": private_template,
         "public_template": public_template,
     }
+    if algorithm not in _CURVES and not algorithm.startswith("rsa-"):
+        raise ConfigError(f"key algorithm {algorithm!r} is not supported by the PKCS#11 backend")
+
+    def generate(login: Session) -> None:
+        # A read/write session opened without a PIN shares the login; closing it logs nobody out.
+        with login.token.open(rw=True) as rw:
+            if algorithm in _CURVES:
+                params = rw.create_domain_parameters(
+                    KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(_CURVES[algorithm])}, local=True
+                )
+                params.generate_keypair(**options)
+            else:
+                rw.generate_keypair(KeyType.RSA, int(algorithm[4:]), **options)
+
     with _lock:
-        login = _login_session(ref)
         try:
-            # A read/write session opened without a PIN shares the login; closing it logs nobody out.
-            with login.token.open(rw=True) as rw:
-                if algorithm in _CURVES:
-                    params = rw.create_domain_parameters(
-                        KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(_CURVES[algorithm])}, local=True
-                    )
-                    params.generate_keypair(**options)
-                elif algorithm.startswith("rsa-"):
-                    rw.generate_keypair(KeyType.RSA, int(algorithm[4:]), **options)
-                else:
-                    raise ConfigError(f"key algorithm {algorithm!r} is not supported by the PKCS#11 backend")
+            _on_live_session(ref, generate)
         except p11err.PKCS11Error as exc:
             raise KeyBackendError(
                 f"cannot generate a {algorithm} key {ref.label!r} in {_token_name(ref)}: {type(exc).__name__}: {exc}"
@@ -338,13 +349,16 @@ def generate_pkcs11_key(template: KeyRef, name: str, algorithm: str) -> Pkcs11Ke
 
 def destroy_pkcs11_key(ref: KeyRef) -> None:
     """Destroy the key pair of ``ref`` in its token (C_DestroyObject on the private and public key)."""
+
+    def destroy(login: Session) -> None:
+        with login.token.open(rw=True) as rw:
+            for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                for obj in list(rw.get_objects({**_search(ref), Attribute.CLASS: object_class})):
+                    obj.destroy()
+
     with _lock:
-        login = _login_session(ref)
         try:
-            with login.token.open(rw=True) as rw:
-                for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
-                    for obj in list(rw.get_objects({**_search(ref), Attribute.CLASS: object_class})):
-                        obj.destroy()
+            _on_live_session(ref, destroy)
         except p11err.PKCS11Error as exc:
             raise KeyBackendError(
                 f"cannot destroy key {ref.describe()} in {_token_name(ref)}: {type(exc).__name__}: {exc}"

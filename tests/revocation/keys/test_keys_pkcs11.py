@@ -319,6 +319,9 @@ async def test_after_the_hsm_restarts_its_keys_sign_again_through_a_new_session(
         await asyncio.to_thread(restart)
         assert issuing.signer_key_ref is not None and issuing.signer_cert is not None
         await asyncio.to_thread(check_key_for_certificate, issuing.signer_key_ref, issuing.signer_cert, "the signer")
+        # And a signer rotation generates its key through a new session.
+        await asyncio.to_thread(restart)
+        assert await authority.rotate_signers(ACTOR, force=True)
     finally:
         rt.close()
     assert "the session was lost (SessionHandleInvalid); opening a new one" in caplog.text
