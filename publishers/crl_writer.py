@@ -257,15 +257,17 @@ class CRLWriter:
             extensions = self._extensions(issuer, shard, None if base is None else base[0])
             try:
                 # Off the event loop: a million entries take a second or two, and OCSP may share the loop.
+                # The key is opened there too: opening a KMS or HSM key is a round trip.
                 crl_der = await asyncio.to_thread(
-                    build_crl,
-                    issuer.cert,
-                    self._key(issuer),
-                    entries,
-                    number=number,
-                    this_update=now,
-                    next_update=now + self._validity,
-                    extra_extensions=extensions,
+                    lambda: build_crl(
+                        issuer.cert,
+                        self._key(issuer),
+                        entries,
+                        number=number,
+                        this_update=now,
+                        next_update=now + self._validity,
+                        extra_extensions=extensions,
+                    )
                 )
             except ValueError as exc:
                 raise RefusedCRL(f"CRL for {issuer.issuer_id} cannot be built: {exc}") from exc

@@ -97,10 +97,38 @@ def _http_date(epoch: float) -> str:
     return formatdate(epoch, usegmt=True)
 
 
+def _etag(data: bytes) -> str:
+    return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".meta")
+
+
+def _replace_durably(target: Path, body: bytes) -> None:
+    """Write ``body`` to a temporary file, fsync it, rename it over ``target``, fsync the directory."""
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(body)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 class DirectoryStore:
     """Objects as files under a directory; metadata in a sidecar ``.meta`` JSON file.
 
     A lock file serialises writers across processes so the conditional checks hold.
+    The data is written (and renamed into place) before its sidecar, and the sidecar
+    names the data file (inode, size, modification time) and the data's hash: after a
+    crash between the two, readers see the new bytes with an ETag computed from them
+    and without the old sidecar's metadata, never one object's bytes with another's
+    ETag, CRL number or expiry.
     """
 
     def __init__(self, root: Path) -> None:
@@ -131,21 +159,20 @@ class DirectoryStore:
                 raise PreconditionFailed(f"object {key} exists already")
             if if_match is not None and (current is None or current.etag != if_match):
                 raise PreconditionFailed(f"object {key} changed since it was read (ETag {if_match} expected)")
-            etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+            etag = _etag(data)
+            _replace_durably(path, data)
+            written = path.stat()
             meta = {
                 "etag": etag,
+                "inode": written.st_ino,  # a new file each time: the old one still existed when it was made
+                "size": written.st_size,
+                "mtime_ns": written.st_mtime_ns,
                 "content_type": content_type,
                 "cache_control": cache_control,
                 "expires": expires,
                 "metadata": metadata,
             }
-            for target, body in ((path.with_name(path.name + ".meta"), json.dumps(meta).encode()), (path, data)):
-                tmp = target.with_name(target.name + ".tmp")
-                with open(tmp, "wb") as fh:
-                    fh.write(body)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, target)
+            _replace_durably(_sidecar(path), json.dumps(meta).encode())
             return etag
 
     async def put(
@@ -168,40 +195,59 @@ class DirectoryStore:
         except OSError as exc:
             raise StorageError(f"writing {key} to {self.root}: {exc}") from exc
 
-    def _meta(self, path: Path) -> tuple[dict[str, str], dict[str, str]]:
-        """The sidecar's headers (etag, content_type...) and the object's user metadata."""
+    def _meta(self, path: Path, st: os.stat_result, data: bytes | None) -> tuple[str, dict[str, str], dict[str, str]]:
+        """The ETag, the headers (content_type...) and the user metadata of the data file at ``path``
+        (``st`` its stat, ``data`` its bytes if read).
+
+        The sidecar is trusted when it names the file's inode, size and modification time, or else (a copied
+        directory, an older sidecar) when its ETag is the data's hash. Otherwise it belongs to other
+        bytes (a crash came between writing the data and the sidecar): the ETag is the data's hash,
+        and only the headers every object of a key shares (content type, Cache-Control) are kept.
+        """
         try:
-            value = json.loads(path.with_name(path.name + ".meta").read_text())
+            value = json.loads(_sidecar(path).read_text())
             headers = {str(k): str(v) for k, v in value.items() if k != "metadata"}
-            return headers, {str(k): str(v) for k, v in (value.get("metadata") or {}).items()}
+            metadata = {str(k): str(v) for k, v in (value.get("metadata") or {}).items()}
         except (OSError, ValueError, AttributeError):
-            return {}, {}
+            headers, metadata = {}, {}
+        same_file = [headers.get(k) for k in ("inode", "size", "mtime_ns")] == [
+            str(st.st_ino),
+            str(st.st_size),
+            str(st.st_mtime_ns),
+        ]
+        if same_file and headers.get("etag"):
+            return headers["etag"], headers, metadata
+        etag = _etag(path.read_bytes() if data is None else data)
+        if headers.get("etag") == etag:
+            return etag, headers, metadata
+        return etag, {k: v for k, v in headers.items() if k in ("content_type", "cache_control")}, {}
 
     def _head_sync(self, key: str) -> ObjectHead | None:
         path = self._path(key)
         try:
-            size = path.stat().st_size
+            st = path.stat()
+            etag, _, metadata = self._meta(path, st, None)
         except FileNotFoundError:
             return None
-        meta, metadata = self._meta(path)
-        return ObjectHead(key, meta.get("etag", ""), size, metadata)
+        return ObjectHead(key, etag, st.st_size, metadata)
 
     def get_sync(self, key: str) -> StoredObject | None:
         path = self._path(key)
         try:
-            data = path.read_bytes()
-            mtime = path.stat().st_mtime
+            with open(path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                data = fh.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
-        meta, metadata = self._meta(path)
+        etag, meta, metadata = self._meta(path, st, data)
         return StoredObject(
             key,
             data,
-            meta.get("etag", ""),
+            etag,
             meta.get("content_type", "application/octet-stream"),
             meta.get("cache_control", ""),
             meta.get("expires", ""),
-            _http_date(mtime),
+            _http_date(st.st_mtime),
             metadata,
         )
 

@@ -23,6 +23,12 @@ Most relying parties (nginx ``ssl_crl``, HAProxy, OpenVPN, Java's PKIX checker i
 CRL mode) read only full CRLs: a full CRL that waited for ``interval_seconds``
 would leave a revoked certificate accepted there for hours.
 
+Every ``check_seconds`` (5 minutes) it also checks that the current full and delta CRL
+of every shard it publishes is still in the store, and republishes those that are
+missing (an emptied bucket, a wiped directory): the root's CRL, renewed only every
+``interval_seconds``, would otherwise stay missing for hours. A missing CRL is
+reported in ``last_error`` (``/healthz``) until it is published again.
+
 The shards published are the configured ones plus every shard that still holds
 an unexpired certificate, so lowering or raising ``crl.shards`` never leaves a
 certificate without a CRL.
@@ -58,6 +64,7 @@ from revocation.waiting import wait_event
 
 log = logging.getLogger("pca.publisher")
 
+CHECK_SECONDS = 300.0  # how often the publisher checks that its CRLs are still in the store
 SLOW_FULL_SECONDS = 1.0  # a shard whose full CRL takes longer gets a delta before it after a change
 
 __all__ = ["CRL_TYPE", "Published", "Publisher", "RefusedCRL", "Storer", "numbered_key", "stable_key"]
@@ -93,6 +100,7 @@ class Publisher:
         delta_interval_seconds: int = 0,
         full_after_revocation: bool = True,
         retry_seconds: float = 30.0,
+        check_seconds: float = CHECK_SECONDS,
         guard: Callable[[], None] | None = None,
         on_published: Callable[[list[Published]], Awaitable[None]] | None = None,
         offload: Offload | None = None,
@@ -118,8 +126,8 @@ class Publisher:
             )
         if after_revocation_seconds < 0:
             raise ValueError(f"after_revocation_seconds must not be negative, got {after_revocation_seconds}")
-        if retry_seconds <= 0:
-            raise ValueError(f"retry_seconds must be positive, got {retry_seconds}")
+        if retry_seconds <= 0 or check_seconds <= 0:
+            raise ValueError(f"retry_seconds and check_seconds must be positive, got {retry_seconds}, {check_seconds}")
         self._view = view
         self._deltas = deltas
         self._storer = storer
@@ -132,11 +140,13 @@ class Publisher:
         self._debounce = after_revocation_seconds
         self._follow = full_after_revocation or not deltas
         self._retry = retry_seconds
+        self._check = check_seconds
         self._targets: dict[str, list[int]] = {}  # issuer -> shards, refreshed by every full cycle
         self._errors: dict[tuple[str, int, str], str] = {}
         self._next_full: float | None = None
         self._next_delta = 0.0
         self._next_retry = 0.0
+        self._next_check = 0.0
         self._dirty_since: float | None = None
         # Each shard's last full CRL: when it ended and how long it took (its spacing and delta-first).
         self._last_full: dict[tuple[str, int], _FullRun] = {}
@@ -285,6 +295,33 @@ class Publisher:
         self._report()
         return done
 
+    async def republish_missing(self) -> list[Published]:
+        """Republish (full CRL, then delta) every shard whose current full or delta CRL is gone from the store."""
+        done: list[Published] = []
+        issuers = {issuer.issuer_id: issuer for issuer in await self._issuers()}
+        for issuer_id, shards in sorted(self._targets.items()):
+            issuer = issuers.get(issuer_id)
+            for shard in shards:
+                if issuer is None or any(k[:2] == (issuer_id, shard) for k in self._errors):
+                    continue  # failing already: reported, and retried by _retry_failed
+                keys = [crl_layout.full_key(issuer_id, shard)]
+                if self._deltas:
+                    keys.append(crl_layout.delta_key(issuer_id, shard))
+                try:
+                    missing = [key for key in keys if (await self._storer.stored_number(key))[0] == 0]
+                except PCAError as exc:
+                    log.warning("cannot check the published CRLs of %s: %s", crl_layout.label(issuer_id, shard), exc)
+                    continue
+                if not missing:
+                    continue
+                log.error("published CRL %s is missing from the store: republishing", ", ".join(missing))
+                self._writer.state(issuer_id, shard).base_number = None  # the deltas' base is gone too
+                await self._full_and_delta(issuer, shard, done)
+                for key in [k for k in self._errors if k[:2] == (issuer_id, shard)]:
+                    self._errors[key] = f"{', '.join(missing)} missing from the store: {self._errors[key]}"
+        self._report()
+        return done
+
     async def tick(self) -> list[Published]:
         """Publish whatever is due now: full CRLs, deltas, retries of what failed."""
         now = self._clock.monotonic()
@@ -296,11 +333,15 @@ class Publisher:
             self._next_full = now + self._interval
             self._next_delta = now + self._delta_interval
             self._next_retry = now + self._retry
+            self._next_check = now + self._check
             return done
         done = []
         if self._errors and now >= self._next_retry:
             self._next_retry = now + self._retry
             done += await self._retry_failed()
+        if now >= self._next_check:
+            self._next_check = now + self._check
+            done += await self.republish_missing()
         debounced = self._dirty_since is not None and now - self._dirty_since >= self._debounce
         spaced = self._full_due is not None and now >= self._full_due
         refresh = self._deltas and now >= self._next_delta
@@ -317,7 +358,7 @@ class Publisher:
         now = self._clock.monotonic()
         if self._next_full is None:
             return 0.0
-        due = [self._next_full]
+        due = [self._next_full, self._next_check]
         if self._deltas:
             due.append(self._next_delta)
         if self._dirty_since is not None:

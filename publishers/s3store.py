@@ -14,6 +14,14 @@ three become ``PreconditionFailed``. Transient failures (connection errors,
 timeouts, 5xx, throttling) are retried with exponential backoff and jitter;
 what is still failing after the last attempt is a ``StorageError`` naming the
 operation, the key and the cause.
+
+A conditional write whose reply was lost (the connection broke after S3 stored
+the object) fails its condition when it is sent again, by us or by the HTTP
+client (aiohttp resends an idempotent PUT once when the connection breaks, out of
+our sight): the object in the way is our own write. So a failed condition reads
+the object back (a HEAD, then the body if size and metadata match), and if its
+bytes, content type and metadata are exactly the ones we sent, the write counts
+as done: the store holds what the caller asked for.
 """
 
 from __future__ import annotations
@@ -193,12 +201,40 @@ class S3Store:
             code = _code(exc)
             conditional = if_match is not None or if_none_match
             if code in _PRECONDITION_CODES or (conditional and code in _NOT_FOUND_CODES):
+                if (etag := await self._own_write(key, data, params)) is not None:
+                    return etag
                 raise PreconditionFailed(
                     f"object {key} is not in the state the writer expected "
                     f"({'If-Match ' + if_match if if_match is not None else 'If-None-Match: *'}): {code}"
                 ) from exc
             raise self._failure("writing", key, exc) from exc
         return str(response["ETag"])
+
+    async def _own_write(self, key: str, data: bytes, params: Mapping[str, Any]) -> str | None:
+        """The ETag of the object at ``key`` if it is exactly what ``params`` wrote (an earlier attempt
+        whose reply was lost), else None."""
+        try:
+            head = await self.head(key)
+            if head is None or head.size != len(data) or dict(head.metadata) != params["Metadata"]:
+                return None
+            stored = await self.get(key)
+        except StorageError as exc:
+            log.warning("cannot read back s3://%s/%s%s after a refused retry: %s", self.bucket, self.prefix, key, exc)
+            return None
+        if (
+            stored is None
+            or stored.data != data
+            or stored.content_type != params["ContentType"]
+            or dict(stored.metadata) != params["Metadata"]
+        ):
+            return None
+        log.warning(
+            "writing s3://%s/%s%s: the retry was refused, but the object is our own write (its reply was lost)",
+            self.bucket,
+            self.prefix,
+            key,
+        )
+        return stored.etag
 
     async def get(self, key: str) -> StoredObject | None:
         check_key(key)

@@ -3,13 +3,20 @@
 Each command loads what it needs from the projection, decides, and appends
 events with the stream version it decided on; if another writer got there first,
 the command is decided again on the new state (optimistic concurrency).
+
+Opening, generating and using keys runs in a thread (``asyncio.to_thread``): a key in
+an HSM or a cloud KMS answers over the network, and the event loop it would block
+serves the admin API, and in one process the publisher and the responders too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
+import logging
 import secrets
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +26,14 @@ from cryptography.hazmat.primitives import serialization
 from revocation import ca
 from revocation.clock import Clock
 from revocation.crl_layout import CRLLayout
-from revocation.errors import ConcurrencyError, ConflictError, IntegrityError, NotFoundError, ValidationError
+from revocation.errors import (
+    ConcurrencyError,
+    ConflictError,
+    IntegrityError,
+    NotFoundError,
+    PCAError,
+    ValidationError,
+)
 from revocation.eventlog import EventLog, NewEvent, RecordedEvent
 from revocation.events import (
     REVOCATION_REASONS,
@@ -35,6 +49,7 @@ from revocation.keys import (
     KeyRef,
     PublicKey,
     SigningKey,
+    destroy_key,
     generate_key,
     generate_private_key,
     open_key,
@@ -42,6 +57,8 @@ from revocation.keys import (
 from revocation.projection import CertificateLookup, CertificateRecord, IssuerRecord
 
 _RETRIES = 5
+
+log = logging.getLogger("pca.authority")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,14 +136,17 @@ class Authority:
         self._signer_validity = datetime.timedelta(days=signer_validity_days)
         self._signer_renew_before = datetime.timedelta(days=signer_renew_before_days)
         self._keys: dict[KeyRef, SigningKey] = {}
+        self._keys_lock = threading.Lock()  # keys are opened in threads (see the module docstring)
         # None: every leaf carries its issuer's recorded CRL URL (unsharded, no delta CRLs).
         self._crl_layout = crl_layout
 
     def _key(self, ref: KeyRef) -> SigningKey:
-        key = self._keys.get(ref)
-        if key is None:
-            key = self._keys[ref] = open_key(ref)
-        return key
+        """The open key of ``ref`` (opened on first use); call it in a thread, not on the event loop."""
+        with self._keys_lock:
+            key = self._keys.get(ref)
+            if key is None:
+                key = self._keys[ref] = open_key(ref)
+            return key
 
     @property
     def ocsp_url(self) -> str:
@@ -171,7 +191,7 @@ class Authority:
             algorithm = req.key_algorithm or self._key_algorithm
             if algorithm not in KEY_ALGORITHMS:
                 raise ValidationError(f"unknown key algorithm {algorithm!r}; choose one of {', '.join(KEY_ALGORITHMS)}")
-            private = generate_private_key(algorithm)
+            private = await asyncio.to_thread(generate_private_key, algorithm)  # RSA-4096 takes a while
             public = private.public_key()
             key_pem = private.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -184,19 +204,22 @@ class Authority:
             crl_url = self._crl_layout.full_url(issuer.issuer_id, shard)
             if self._crl_layout.deltas:
                 freshest_url = self._crl_layout.delta_url(issuer.issuer_id, shard)
-        cert = ca.issue_leaf(
-            issuer.cert,
-            self._key(issuer.key_ref),
-            public,
-            subject,
-            sans,
-            req.profile,
-            self._clock.now(),
-            self._leaf_validity_days if req.validity_days is None else req.validity_days,
-            self._ocsp_url,
-            crl_url,
-            serial=serial,
-            freshest_crl_url=freshest_url,
+        key_ref, now = issuer.key_ref, self._clock.now()
+        cert = await asyncio.to_thread(
+            lambda: ca.issue_leaf(
+                issuer.cert,
+                self._key(key_ref),
+                public,
+                subject,
+                sans,
+                req.profile,
+                now,
+                self._leaf_validity_days if req.validity_days is None else req.validity_days,
+                self._ocsp_url,
+                crl_url,
+                serial=serial,
+                freshest_crl_url=freshest_url,
+            )
         )
         event = certificate_issued(issuer.issuer_id, cert, req.profile)
         [recorded] = await self._log.append([NewEvent(event, 0, actor.name, actor.request_id)])
@@ -299,15 +322,18 @@ class Authority:
             current = issuer.signer_cert
             if current is not None and not force and current.not_valid_after_utc - now > self._signer_renew_before:
                 continue
-            event = new_signer(
-                issuer, self._key(issuer.key_ref), self._key_dir, self._key_algorithm, now, self._signer_validity
-            )
+            event = await asyncio.to_thread(self._new_signer, issuer, issuer.key_ref, now)
             try:
                 [rec] = await self._log.append([NewEvent(event, issuer.version, actor.name, actor.request_id)])
             except ConcurrencyError:
-                continue  # another process rotated it; its signer will do
+                # Another process rotated it; its signer will do, and the key made here is nobody's.
+                await asyncio.to_thread(discard_key, KeyRef.from_dict(event.key_ref), issuer.issuer_id)
+                continue
             rotated.append(rec)
         return rotated
+
+    def _new_signer(self, issuer: IssuerRecord, key_ref: KeyRef, now: datetime.datetime) -> ResponderCertRotated:
+        return new_signer(issuer, self._key(key_ref), self._key_dir, self._key_algorithm, now, self._signer_validity)
 
 
 def certificate_issued(issuer_id: str, cert: x509.Certificate, profile: str) -> CertificateIssued:
@@ -335,14 +361,28 @@ def new_signer(
     signer_key = generate_key(issuer_key.ref, name, key_algorithm, key_dir)
     try:
         cert = ca.create_ocsp_signer(issuer.cert, issuer_key, signer_key.public_key(), now, validity.days)
-    finally:
+    except BaseException:
         signer_key.close()
+        discard_key(signer_key.ref, issuer.issuer_id)
+        raise
+    signer_key.close()
     return ResponderCertRotated(
         issuer_id=issuer.issuer_id,
         cert_der_hex=cert.public_bytes(serialization.Encoding.DER).hex(),
         key_ref=signer_key.ref.to_dict(),
         not_after=cert.not_valid_after_utc,
     )
+
+
+def discard_key(ref: KeyRef, issuer_id: str) -> None:
+    """Destroy a signer key made for a rotation that did not happen, logging it (a failure is logged too:
+    the key is left behind, named, for an operator to remove)."""
+    try:
+        destroy_key(ref)
+    except PCAError as exc:
+        log.error("OCSP signer key %s of %s, made for a rotation that did not happen, is left: %s", ref, issuer_id, exc)
+        return
+    log.warning("OCSP signer key %s of %s destroyed: another process rotated the signer first", ref, issuer_id)
 
 
 def issuer_added(

@@ -52,6 +52,7 @@ __all__ = [
     "SigningKey",
     "check_key_for_certificate",
     "check_key_matches",
+    "destroy_key",
     "generate_key",
     "generate_private_key",
     "open_key",
@@ -98,6 +99,27 @@ def generate_key(template: KeyRef, name: str, algorithm: str, key_dir: Path) -> 
 
         return keys_kms.generate_kms_key(template, name, algorithm)
     raise ConfigError(f"key backend {template.backend!r} is not available (supported: {', '.join(BACKENDS)})")
+
+
+def destroy_key(ref: KeyRef) -> None:
+    """Destroy a key this process generated and nothing refers to (a rotation that lost its race):
+    a file key's file is removed, a PKCS#11 key pair destroyed (C_DestroyObject), a KMS key scheduled
+    for deletion with the shortest waiting period KMS allows (7 days; it can be cancelled meanwhile)."""
+    if ref.backend == "file":
+        try:
+            Path(ref.path).unlink(missing_ok=True)
+        except OSError as exc:
+            raise KeyBackendError(f"cannot remove key file {ref.path}: {exc.strerror}") from exc
+    elif ref.backend == "pkcs11":
+        from revocation.keys import pkcs11 as keys_pkcs11
+
+        keys_pkcs11.destroy_pkcs11_key(ref)
+    elif ref.backend == "kms":
+        from revocation.keys import kms as keys_kms
+
+        keys_kms.destroy_kms_key(ref)
+    else:
+        raise ConfigError(f"key backend {ref.backend!r} is not available (supported: {', '.join(BACKENDS)})")
 
 
 def check_key_for_certificate(ref: KeyRef, cert: x509.Certificate, what: str) -> None:

@@ -248,3 +248,27 @@ def generate_kms_key(
     finally:
         loop.stop()
     return KMSKey(KeyRef("kms", key_id=arn, region=template.region, endpoint_url=template.endpoint_url), client_factory)
+
+
+MIN_DELETION_DAYS = 7  # the shortest waiting period KMS accepts before it deletes a key
+
+
+def destroy_kms_key(ref: KeyRef, client_factory: ClientFactory | None = None) -> None:
+    """Schedule the deletion of the KMS key of ``ref`` with the shortest waiting period."""
+    factory = client_factory or _client_factory(ref, 1)
+    # The bare key id of an ARN (our keys are named by the ARN CreateKey returned, in the client's own
+    # region and account): KMS takes either, and moto's ScheduleKeyDeletion only the bare id.
+    key_id = ref.key_id.split(":key/", 1)[1] if ref.key_id.startswith("arn:") and ":key/" in ref.key_id else ref.key_id
+
+    async def schedule() -> None:
+        try:
+            async with factory() as kms:
+                await kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=MIN_DELETION_DAYS)
+        except (ClientError, BotoCoreError) as exc:
+            raise _failure(f"KMS key {ref.describe()}", "scheduling its deletion", exc) from exc
+
+    loop = _LoopThread("pca-kms-destroy")
+    try:
+        loop.run(schedule())
+    finally:
+        loop.stop()

@@ -26,7 +26,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pkcs11
 from cryptography.hazmat.primitives import hashes, serialization
@@ -44,6 +44,8 @@ from revocation.keys.base import ExternalKey, KeyRef, PublicKey, read_secret
 log = logging.getLogger("pca.keys")
 
 _CURVES = {"ec-p256": "secp256r1", "ec-p384": "secp384r1"}
+
+T = TypeVar("T")
 
 _lock = threading.RLock()
 _sessions: dict[tuple[str, str], Session] = {}
@@ -69,6 +71,41 @@ _TRANSIENT = (
     p11err.NoSuchToken,
 )
 _ATTEMPTS = 6
+
+# What a token answers when the session it had is gone (the HSM restarted, the module was
+# reinitialised, the token was pulled and put back): a new session, logged in, finds the key
+# again. Tried once per call; what still fails is reported.
+_SESSION_LOST = (
+    p11err.SessionHandleInvalid,
+    p11err.SessionClosed,
+    p11err.DeviceError,
+    p11err.DeviceRemoved,
+    p11err.TokenNotPresent,
+    p11err.UserNotLoggedIn,
+    p11err.ObjectHandleInvalid,
+    p11err.KeyHandleInvalid,
+)
+
+
+def _on_live_session(ref: KeyRef, action: Callable[[Session], T]) -> T:
+    """``action`` on this process's session on the token of ``ref``, and once more on a new one if that
+    session was lost; the caller holds ``_lock``."""
+    session = _login_session(ref)
+    try:
+        return action(session)
+    except _SESSION_LOST as exc:
+        _drop_session(ref, session, exc)
+    return action(_login_session(ref))
+
+
+def _drop_session(ref: KeyRef, session: Session, exc: Exception) -> None:
+    """Forget this process's session on the token of ``ref`` if it is still ``session``; the caller holds
+    ``_lock``. The next ``_login_session`` opens a new one and logs in."""
+    log.warning("%s: the session was lost (%s); opening a new one", _token_name(ref), type(exc).__name__)
+    if _sessions.get((ref.module, ref.token_label)) is session:
+        del _sessions[(ref.module, ref.token_label)]
+        with contextlib.suppress(p11err.PKCS11Error):
+            session.close()
 
 
 def _login_session(ref: KeyRef) -> Session:
@@ -151,6 +188,8 @@ def _find(session: Session, ref: KeyRef, object_class: ObjectClass) -> Object:
     kind = "private" if object_class == ObjectClass.PRIVATE_KEY else "public"
     try:
         found = list(session.get_objects(attrs))
+    except _SESSION_LOST:
+        raise
     except p11err.PKCS11Error as exc:
         raise KeyBackendError(f"cannot search {_token_name(ref)}: {type(exc).__name__}: {exc}") from exc
     if not found:
@@ -180,12 +219,15 @@ def _public_key(obj: Object, key_type: KeyType, ref: KeyRef) -> PublicKey:
 class Pkcs11Key(ExternalKey):
     """A private key object in a token, used through this process's session."""
 
-    def __init__(self, ref: KeyRef, private: SignMixin, public: PublicKey) -> None:
+    def __init__(self, ref: KeyRef, private: SignMixin, public: PublicKey, session: Session) -> None:
         super().__init__(ref, public)
-        self._private = private
         self._closed = False
+        self._bind(private, session)
+
+    def _bind(self, private: SignMixin, session: Session) -> None:
+        self._private, self._session = private, session
         self._raw: Callable[[bytes], bytes]
-        if isinstance(public, ec.EllipticCurvePublicKey):
+        if isinstance(self._public, ec.EllipticCurvePublicKey):
             digest = hashlib.sha384 if isinstance(self._hash, hashes.SHA384) else hashlib.sha256
             self._raw = lambda data: _ecdsa_der(private.sign(digest(data).digest(), mechanism=Mechanism.ECDSA))
         else:
@@ -197,9 +239,14 @@ class Pkcs11Key(ExternalKey):
         with _lock:
             if self._closed:
                 raise KeyBackendError(f"PKCS#11 key {self._ref.describe()} is closed")
-            raw = self._raw
             try:
-                return [raw(item) for item in data]
+                try:
+                    return [self._raw(item) for item in data]
+                except _SESSION_LOST as exc:
+                    _drop_session(self._ref, self._session, exc)
+                    session = _login_session(self._ref)
+                    self._bind(cast(SignMixin, _find(session, self._ref, ObjectClass.PRIVATE_KEY)), session)
+                    return [self._raw(item) for item in data]
             except p11err.PKCS11Error as exc:
                 raise KeyBackendError(
                     f"PKCS#11 key {self._ref.describe()} failed to sign: {type(exc).__name__}: {exc}"
@@ -222,17 +269,25 @@ def _ecdsa_der(raw: bytes) -> bytes:
 
 
 def _open_locked(ref: KeyRef) -> Pkcs11Key:
-    session = _login_session(ref)
+    try:
+        return _on_live_session(ref, lambda session: _open_in(session, ref))
+    except _SESSION_LOST as exc:
+        raise KeyBackendError(f"cannot use {_token_name(ref)}: {type(exc).__name__}: {exc}") from exc
+
+
+def _open_in(session: Session, ref: KeyRef) -> Pkcs11Key:
     private = _find(session, ref, ObjectClass.PRIVATE_KEY)
     public_obj = _find(session, ref, ObjectClass.PUBLIC_KEY)
     try:
         key_type = KeyType(private[Attribute.KEY_TYPE])
         can_sign = bool(private[Attribute.SIGN])
+    except _SESSION_LOST:
+        raise
     except (p11err.PKCS11Error, ValueError) as exc:
         raise KeyBackendError(f"cannot read the attributes of {ref.describe()}: {exc}") from exc
     if not can_sign:
         raise KeyBackendError(f"PKCS#11 key {ref.describe()} is not allowed to sign (CKA_SIGN is false)")
-    return Pkcs11Key(ref, cast(SignMixin, private), _public_key(public_obj, key_type, ref))
+    return Pkcs11Key(ref, cast(SignMixin, private), _public_key(public_obj, key_type, ref), session)
 
 
 def open_pkcs11_key(ref: KeyRef) -> Pkcs11Key:
@@ -268,22 +323,43 @@ def generate_pkcs11_key(template: KeyRef, name: str, algorithm: str) -> Pkcs11Ke
         "private_template": private_template,
         "public_template": public_template,
     }
+    if algorithm not in _CURVES and not algorithm.startswith("rsa-"):
+        raise ConfigError(f"key algorithm {algorithm!r} is not supported by the PKCS#11 backend")
+
+    def generate(login: Session) -> None:
+        # A read/write session opened without a PIN shares the login; closing it logs nobody out.
+        with login.token.open(rw=True) as rw:
+            if algorithm in _CURVES:
+                params = rw.create_domain_parameters(
+                    KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(_CURVES[algorithm])}, local=True
+                )
+                params.generate_keypair(**options)
+            else:
+                rw.generate_keypair(KeyType.RSA, int(algorithm[4:]), **options)
+
     with _lock:
-        login = _login_session(ref)
         try:
-            # A read/write session opened without a PIN shares the login; closing it logs nobody out.
-            with login.token.open(rw=True) as rw:
-                if algorithm in _CURVES:
-                    params = rw.create_domain_parameters(
-                        KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(_CURVES[algorithm])}, local=True
-                    )
-                    params.generate_keypair(**options)
-                elif algorithm.startswith("rsa-"):
-                    rw.generate_keypair(KeyType.RSA, int(algorithm[4:]), **options)
-                else:
-                    raise ConfigError(f"key algorithm {algorithm!r} is not supported by the PKCS#11 backend")
+            _on_live_session(ref, generate)
         except p11err.PKCS11Error as exc:
             raise KeyBackendError(
                 f"cannot generate a {algorithm} key {ref.label!r} in {_token_name(ref)}: {type(exc).__name__}: {exc}"
             ) from exc
         return _open_locked(ref)
+
+
+def destroy_pkcs11_key(ref: KeyRef) -> None:
+    """Destroy the key pair of ``ref`` in its token (C_DestroyObject on the private and public key)."""
+
+    def destroy(login: Session) -> None:
+        with login.token.open(rw=True) as rw:
+            for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                for obj in list(rw.get_objects({**_search(ref), Attribute.CLASS: object_class})):
+                    obj.destroy()
+
+    with _lock:
+        try:
+            _on_live_session(ref, destroy)
+        except p11err.PKCS11Error as exc:
+            raise KeyBackendError(
+                f"cannot destroy key {ref.describe()} in {_token_name(ref)}: {type(exc).__name__}: {exc}"
+            ) from exc

@@ -78,6 +78,7 @@ class FaultyProxy:
     """A TCP proxy in front of the S3 server; each new connection first takes the next fault, if any.
 
     ``reset`` closes the connection after reading the request, ``503`` answers an S3 SlowDown error,
+    ``lost`` forwards the request and drops the server's answer (the write happened, its reply is lost),
     ``down`` refuses everything until ``down`` is cleared; without faults it forwards bytes both ways.
     """
 
@@ -120,6 +121,9 @@ class FaultyProxy:
             if fault == "down":
                 writer.transport.abort()
                 return
+            if fault == "lost":
+                await self._lose_reply(reader, writer)
+                return
             if fault is not None:
                 await self._read_request(reader)
                 if fault == "503":
@@ -146,6 +150,31 @@ class FaultyProxy:
             writer.transport.abort()
         finally:
             self._handlers.discard(task)
+
+    async def _lose_reply(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Forward the request; pass "100 Continue" back, but cut the connection when the answer comes."""
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._open.add(upstream_writer)
+
+        async def forward() -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await reader.read(65536):
+                    upstream_writer.write(data)
+                    await upstream_writer.drain()
+
+        forwarding = asyncio.create_task(forward())
+        try:
+            while True:
+                head = await upstream_reader.readuntil(b"\r\n\r\n")
+                if not head.startswith(b"HTTP/1.1 100"):
+                    break  # the server has done the write and answers: that answer is lost
+                writer.write(head)
+                await writer.drain()
+        finally:
+            writer.transport.abort()
+            upstream_writer.transport.abort()
+            forwarding.cancel()
+            await asyncio.gather(forwarding, return_exceptions=True)
 
 
 class RecordingSleep:
@@ -204,6 +233,69 @@ async def test_a_lost_condition_is_not_retried(s3_server: S3Server) -> None:
         await store.close()
         await missing_bucket.close()
     assert sleep.delays == []
+
+
+async def test_a_conditional_write_whose_reply_was_lost_is_recognised_as_our_own_when_retried(
+    s3_server: S3Server,
+) -> None:
+    bucket = s3_server.new_bucket()
+    direct = s3_store(s3_server, bucket)
+    meta = {"crl-number": "7"}
+    try:
+        first = await direct.put("a.crl", b"one", content_type=CRL_TYPE)
+        conditions: list[tuple[str, dict[str, Any]]] = [
+            # New key: the retried If-None-Match: * meets the object the lost attempt stored.
+            ("b.crl", {"if_none_match": True}),
+            # Existing key: the retried If-Match meets the ETag the lost attempt changed.
+            ("a.crl", {"if_match": first}),
+        ]
+        for key, condition in conditions:
+            faults = ["lost"]
+            sleep = RecordingSleep()
+            async with FaultyProxy(s3_server.port, faults) as proxy:
+                store = S3Store(
+                    bucket, prefix="crl/", endpoint_url=f"http://127.0.0.1:{proxy.port}", region=s3_server.region,
+                    sleep=sleep,
+                )  # fmt: skip
+                try:
+                    etag = await store.put(key, b"two", content_type=CRL_TYPE, metadata=meta, **condition)
+                finally:
+                    await store.close()
+            # The first reply was lost and the PUT was sent again (by aiohttp itself, or after our backoff).
+            assert faults == [] and proxy.connections >= 2 and len(sleep.delays) <= 1
+            stored = await direct.get(key)
+            assert stored is not None and (stored.data, stored.etag, stored.metadata) == (b"two", etag, meta)
+    finally:
+        await direct.close()
+
+
+async def test_a_retried_conditional_write_refused_for_someone_elses_object_still_fails(s3_server: S3Server) -> None:
+    bucket = s3_server.new_bucket()
+    direct = s3_store(s3_server, bucket)
+    try:
+        await direct.put("c.crl", b"theirs", content_type=CRL_TYPE, metadata={"crl-number": "9"})
+        # Our first attempt never reaches the server; the retry finds another writer's object.
+        async with FaultyProxy(s3_server.port, ["reset"]) as proxy:
+            store = S3Store(
+                bucket, prefix="crl/", endpoint_url=f"http://127.0.0.1:{proxy.port}", region=s3_server.region,
+                sleep=RecordingSleep(),
+            )  # fmt: skip
+            try:
+                with pytest.raises(PreconditionFailed):
+                    await store.put("c.crl", b"ours", content_type=CRL_TYPE, if_none_match=True)
+                # The same bytes with other metadata are not ours either.
+                proxy.faults.append("lost")
+                await store.close()
+                with pytest.raises(PreconditionFailed):
+                    await store.put(
+                        "c.crl", b"theirs", content_type=CRL_TYPE, metadata={"crl-number": "8"}, if_none_match=True
+                    )
+            finally:
+                await store.close()
+        stored = await direct.get("c.crl")
+        assert stored is not None and (stored.data, stored.metadata) == (b"theirs", {"crl-number": "9"})
+    finally:
+        await direct.close()
 
 
 # --- CRLs on S3 -----------------------------------------------------------------------------------------------

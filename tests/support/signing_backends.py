@@ -15,8 +15,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 from cryptography import x509
@@ -24,13 +25,15 @@ from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
 from pca.config import Config
-from pca.runtime import open_runtime
+from pca.runtime import Runtime, open_runtime
 from pca.serve import build_authority, check_keys
 from publishers.objectstore import DirectoryStore
 from responders.presigner import PreSigner, signing_pool
 from responders.store.sqlite import SQLiteResponseStore
 from revocation.authority import Actor, IssueRequest
 from revocation.clock import SystemClock
+from revocation.eventlog import NewEvent, RecordedEvent
+from revocation.events import ResponderCertRotated
 from revocation.keys import KeyRef
 from tests.support.ca import ISSUING, ROOT
 from tests.support.crl import make_publisher
@@ -182,3 +185,35 @@ def clean_env(*drop: str) -> dict[str, str]:
 
 def have_openssl() -> bool:
     return shutil.which("openssl") is not None
+
+
+class _RacingLog:
+    """The event log, with another process's signer rotation committed just before the first append."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.lost: KeyRef | None = None  # the key of the rotation that lost
+        self.won: list[RecordedEvent] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rt.log, name)
+
+    async def append(self, events: Sequence[NewEvent]) -> list[RecordedEvent]:
+        if self.lost is None:
+            rotated = events[0].event
+            assert isinstance(rotated, ResponderCertRotated)
+            self.lost = KeyRef.from_dict(rotated.key_ref)
+            self.won = await build_authority(self.rt).rotate_signers(ACTOR, force=True)
+        return await self.rt.log.append(events)
+
+
+async def rotation_race(rt: Runtime) -> tuple[KeyRef, KeyRef]:
+    """Two authorities rotate the issuing CA's OCSP signer at once and the second to append loses:
+    returns (the winner's signer key, the key the loser had made for its rotation)."""
+    racing = _RacingLog(rt)
+    loser = build_authority(dataclasses.replace(rt, log=racing))
+    assert await loser.rotate_signers(ACTOR, force=True) == [], "the loser records nothing"
+    assert racing.lost is not None and len(racing.won) == 1
+    issuing = {i.issuer_id: i for i in await rt.view.issuers()}[ISSUING]
+    assert issuing.signer_key_ref is not None and issuing.signer_key_ref != racing.lost
+    return issuing.signer_key_ref, racing.lost

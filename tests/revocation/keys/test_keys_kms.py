@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import socket
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,18 +25,25 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from pca.config import Config, load_config
+from pca.runtime import open_runtime
+from pca.serve import build_authority
 from publishers.crl_der import CRLEntry, build_crl, verify_crl
+from publishers.objectstore import DirectoryStore
 from revocation import ca
+from revocation.authority import Actor, IssueRequest
+from revocation.clock import SystemClock
 from revocation.errors import KeyBackendError
 from revocation.keys import KeyRef, check_key_for_certificate, open_key, verify_signature
 from revocation.keys.kms import RAW_LIMIT, KMSKey
+from tests.support.crl import make_publisher
 from tests.support.environ import environ
 from tests.support.moto import moto_server
 from tests.support.ports import free_port
 from tests.support.processes import init_ca
-from tests.support.signing_backends import exercise, have_openssl
+from tests.support.signing_backends import exercise, have_openssl, rotation_race
 
 REGION = "us-east-1"
+ACTOR = Actor("test", "kms")
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -132,6 +142,123 @@ async def test_an_unreachable_endpoint_fails_init_clearly(tmp_path: Path) -> Non
     with pytest.raises(SystemExit):
         await init_kms_ca(tmp_path / "ca", endpoint)
     assert not (tmp_path / "ca" / "pca.toml").exists()
+
+
+async def test_the_kms_key_of_a_lost_rotation_is_scheduled_for_deletion(
+    kms_endpoint: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = await init_kms_ca(tmp_path / "ca", kms_endpoint)
+    rt = open_runtime(cfg, SystemClock())
+    try:
+        won, lost = await rotation_race(rt)
+    finally:
+        rt.close()
+    async with kms_client(kms_endpoint) as kms:
+        kept = (await kms.describe_key(KeyId=won.key_id))["KeyMetadata"]
+        dropped = (await kms.describe_key(KeyId=lost.key_id))["KeyMetadata"]
+    assert kept["KeyState"] == "Enabled"
+    assert dropped["KeyState"] == "PendingDeletion"
+    # The shortest waiting period KMS allows: 7 days (a mistaken deletion can still be cancelled).
+    waiting = dropped["DeletionDate"] - datetime.datetime.now(datetime.UTC)
+    assert datetime.timedelta(days=6) < waiting <= datetime.timedelta(days=7, minutes=1)
+    assert f"OCSP signer key kms:{REGION}:{lost.key_id}" in caplog.text and "destroyed" in caplog.text
+
+
+# --- a slow KMS and the event loop ----------------------------------------------------------------------
+
+
+class SlowSigning:
+    """A TCP proxy in front of the KMS server, on threads of its own (the event loop under test may not
+    serve it): every Sign request waits ``delay`` seconds before it is forwarded."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.delay = 0.0
+        self.signs = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._sockets: list[socket.socket] = []
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if requests and b"TrentService.Sign\r\n" in data:
+                    self.signs += 1
+                    time.sleep(self.delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._server.close()
+        for sock in self._sockets:
+            sock.close()
+
+
+class LoopLag:
+    """The longest time the event loop failed to wake a coroutine sleeping 10 ms, while measuring."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+
+    async def _watch(self) -> None:
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(0.01)
+            self.worst = max(self.worst, time.monotonic() - started - 0.01)
+
+    @contextlib.asynccontextmanager
+    async def measuring(self) -> AsyncIterator[None]:
+        watcher = asyncio.create_task(self._watch())
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+
+async def test_a_slow_kms_signature_does_not_stall_the_event_loop_of_the_api_and_publisher(
+    kms_endpoint: str, tmp_path: Path
+) -> None:
+    delay = 2.0  # seconds per Sign: far above what the loop may lose to anything else (a GC pass)
+    proxy = SlowSigning(int(kms_endpoint.rsplit(":", 1)[1]))
+    try:
+        cfg = await init_kms_ca(tmp_path / "ca", f"http://127.0.0.1:{proxy.port}")
+        rt = open_runtime(cfg, SystemClock())
+        try:
+            authority = build_authority(rt)
+            publisher = make_publisher(rt, DirectoryStore(cfg.crl_dir), rt.clock)
+            await authority.issue(IssueRequest(subject="CN=warm", dns=["warm.test"]), ACTOR)  # keys opened
+            proxy.delay, signs, lag, started = delay, proxy.signs, LoopLag(), time.monotonic()
+            async with lag.measuring():
+                issued = await authority.issue(IssueRequest(subject="CN=slow", dns=["slow.test"]), ACTOR)
+                assert await authority.rotate_signers(ACTOR, force=True)
+                published = await publisher.publish_all()
+            elapsed = time.monotonic() - started
+        finally:
+            rt.close()
+    finally:
+        proxy.close()
+    assert issued.certificate.subject.rfc4514_string() == "CN=slow" and len(published) == 2
+    # A leaf, a signer certificate, two CRLs: each signature took the KMS 2 s...
+    assert proxy.signs - signs >= 4 and elapsed >= 4 * delay
+    # ...and meanwhile the loop kept serving its other coroutines (requests, responders, the publisher).
+    assert lag.worst < delay / 2, f"the event loop stalled for {lag.worst:.2f} s"
 
 
 # --- the DIGEST path, against a client with the documented KMS semantics ---------------------------------

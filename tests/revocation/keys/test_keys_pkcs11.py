@@ -18,7 +18,12 @@ from pathlib import Path
 import pytest
 
 from pca.config import Config, load_config
-from revocation.keys import open_key
+from pca.runtime import open_runtime
+from pca.serve import build_authority
+from revocation.authority import Actor, IssueRequest
+from revocation.clock import SystemClock
+from revocation.errors import KeyBackendError
+from revocation.keys import check_key_for_certificate, open_key
 from tests.support.environ import environ
 from tests.support.processes import init_ca
 from tests.support.signing_backends import (
@@ -29,6 +34,7 @@ from tests.support.signing_backends import (
     have_openssl,
     openssl,
     responder_alone,
+    rotation_race,
     run_pca,
 )
 
@@ -36,6 +42,7 @@ PIN = "hsm-pin-5309-x"
 ROOT_PIN = "root-pin-8817-y"
 PIN_ENV = "PCA_TEST_HSM_PIN"
 TOKEN = "pca-online"
+ACTOR = Actor("test", "pkcs11")
 ROOT_TOKEN = "pca-root"
 
 _MODULE_PATHS = (
@@ -262,3 +269,59 @@ async def test_full_crls_made_in_the_publishers_child_process_sign_with_keys_in_
             assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == published.number
     finally:
         worker.close()
+
+
+async def test_the_token_key_of_a_lost_rotation_is_destroyed(
+    softhsm: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = await init_pkcs11_ca(tmp_path / "ca", softhsm)
+    rt = open_runtime(cfg, SystemClock())
+    try:
+        won, lost = await rotation_race(rt)
+    finally:
+        rt.close()
+    assert lost.backend == "pkcs11" and lost.token_label == TOKEN
+    with environ(**{"SOFTHSM2_CONF": str(softhsm / "softhsm2.conf"), PIN_ENV: PIN}):
+        await asyncio.to_thread(lambda: open_key(won).close())
+        with pytest.raises(KeyBackendError, match="no private key"):
+            await asyncio.to_thread(open_key, lost)
+    assert "destroyed: another process rotated the signer first" in caplog.text
+
+
+# python-pkcs11 ends the operation that failed on the dead session in a __del__, which raises
+# SessionHandleInvalid again: Python prints and ignores it ("Exception ignored in ...").
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_after_the_hsm_restarts_its_keys_sign_again_through_a_new_session(
+    softhsm: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pkcs11
+
+    from revocation.keys import pkcs11 as backend
+
+    cfg = await init_pkcs11_ca(tmp_path / "ca", softhsm)
+    rt = open_runtime(cfg, SystemClock())
+    try:
+        authority = build_authority(rt)
+        await authority.issue(IssueRequest(subject="CN=before", dns=["before.test"]), ACTOR)
+        issuing = {i.issuer_id: i for i in await rt.view.issuers()}["issuing-ca"]
+        assert issuing.key_ref is not None
+        module = issuing.key_ref.module  # the library as the backend loaded it (pca init resolves the path)
+
+        def restart() -> None:  # every session of this process dies, its login with it
+            with backend._lock:
+                pkcs11.lib(module).reinitialize()
+
+        await asyncio.to_thread(restart)
+        # The issuing CA's key, open since the first certificate, signs through a new session.
+        after = await authority.issue(IssueRequest(subject="CN=after", dns=["after.test"]), ACTOR)
+        after.certificate.verify_directly_issued_by(issuing.cert)
+        # A key opened after the restart (the OCSP signer's) finds the token through it too.
+        await asyncio.to_thread(restart)
+        assert issuing.signer_key_ref is not None and issuing.signer_cert is not None
+        await asyncio.to_thread(check_key_for_certificate, issuing.signer_key_ref, issuing.signer_cert, "the signer")
+        # And a signer rotation generates its key through a new session.
+        await asyncio.to_thread(restart)
+        assert await authority.rotate_signers(ACTOR, force=True)
+    finally:
+        rt.close()
+    assert "the session was lost (SessionHandleInvalid); opening a new one" in caplog.text
