@@ -155,15 +155,10 @@ class Authority:
         if req.csr is not None:
             csr = ca.parse_csr(req.csr)
             public: PublicKey = csr.public_key()  # type: ignore[assignment]
-            subject = ca.parse_subject(subject_text) if subject_text else csr.subject
-            if not list(subject):
-                raise ValidationError("the CSR has an empty subject; give one with subject")
-            if not sans:
-                try:
-                    ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-                    sans = list(ext.value)
-                except x509.ExtensionNotFound:
-                    pass
+            # What the request names wins; only what is taken from the CSR is read (and checked) there.
+            csr_subject, csr_sans = ca.csr_names(csr, subject=not subject_text, sans=not sans)
+            subject = ca.parse_subject(subject_text) if subject_text else csr_subject
+            sans = sans or csr_sans
         else:
             if not subject_text:
                 raise ValidationError("subject is required when no CSR is given")

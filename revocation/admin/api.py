@@ -33,12 +33,15 @@ from revocation.admin.http import (
     BodyLimit,
     Problem,
     TooLarge,
+    check_fields,
+    check_query,
     int_param,
     is_http_url,
     json_body,
     not_allowed,
     not_found,
     opt_str,
+    opt_time,
     problem_response,
     str_list,
 )
@@ -56,6 +59,9 @@ from revocation.projection import CertificateRecord, IssuerRecord, IssuerStats
 from revocation.propagation.timeline import Timeline
 
 log = logging.getLogger("pca.api")
+
+ISSUE_FIELDS = ("subject", "dns", "ips", "emails", "uris", "profile", "validity_days", "csr", "key_algorithm", "issuer")
+MAX_VALIDITY_DAYS = 3650
 
 # Permission -> the token roles holding it. A prober reads (events, issuers) and reports probes, nothing more.
 ROLES_BY_PERMISSION: dict[str, tuple[str, ...]] = {
@@ -208,12 +214,13 @@ class AdminAPI:
 
     async def issue(self, request: Request, actor: Actor) -> Response:
         body = await json_body(request)
-        csr = body.get("csr")
-        if csr is not None and not isinstance(csr, str):
-            raise ValidationError("csr must be a PEM string")
+        check_fields(body, ISSUE_FIELDS)
+        csr = opt_str(body, "csr", max_length=32 * 1024)
         validity = body.get("validity_days")
-        if validity is not None and (not isinstance(validity, int) or isinstance(validity, bool)):
-            raise ValidationError(f"validity_days must be an integer, got {validity!r}")
+        if validity is not None and (
+            not isinstance(validity, int) or isinstance(validity, bool) or not 1 <= validity <= MAX_VALIDITY_DAYS
+        ):
+            raise ValidationError(f"validity_days must be an integer from 1 to {MAX_VALIDITY_DAYS}, got {validity!r}")
         req = IssueRequest(
             subject=opt_str(body, "subject"),
             dns=str_list(body, "dns"),
@@ -249,6 +256,7 @@ class AdminAPI:
         return JSONResponse(out, status_code=status)
 
     async def get_certificate(self, request: Request, actor: Actor) -> Response:
+        check_query(request, ("issuer",))
         serial = parse_serial(request.path_params["serial"])
         rec = await self._authority.find(serial, request.query_params.get("issuer"))
         return JSONResponse(certificate_json(rec))
@@ -256,18 +264,11 @@ class AdminAPI:
     async def revoke(self, request: Request, actor: Actor) -> Response:
         serial = parse_serial(request.path_params["serial"])
         body = await json_body(request)
+        check_fields(body, ("reason", "invalidity_date", "issuer"))
         reason = body.get("reason")
         if not isinstance(reason, str):
             raise ValidationError("reason is required (a string such as keyCompromise)")
-        invalidity = body.get("invalidity_date")
-        inv = None
-        if invalidity is not None:
-            if not isinstance(invalidity, str):
-                raise ValidationError("invalidity_date must be an ISO 8601 string")
-            try:
-                inv = parse_iso(invalidity)
-            except ValueError as exc:
-                raise ValidationError(f"invalidity_date {invalidity!r} is not an ISO 8601 time: {exc}") from exc
+        inv = opt_time(body, "invalidity_date")
         outcome = await self._authority.revoke(
             serial, reason, actor, invalidity_date=inv, issuer_id=opt_str(body, "issuer")
         )
@@ -276,16 +277,19 @@ class AdminAPI:
     async def release_hold(self, request: Request, actor: Actor) -> Response:
         serial = parse_serial(request.path_params["serial"])
         body = await json_body(request, allow_empty=True)
+        check_fields(body, ("issuer",))
         rec = await self._authority.release_hold(serial, actor, opt_str(body, "issuer"))
         return JSONResponse({"serial": f"{serial:x}", "status": "good", "event": rec.to_json()})
 
     async def events(self, request: Request, actor: Actor) -> Response:
+        check_query(request, ("after", "limit"))
         after = int_param(request, "after", 0, 0, 2**62)
         limit = int_param(request, "limit", 100, 1, 1000)
         events = await self._log.read(after, limit)
         return JSONResponse({"events": [e.to_json() for e in events], "head": await self._log.head()})
 
     async def propagation(self, request: Request, actor: Actor) -> Response:
+        check_query(request, ("issuer",))
         serial = parse_serial(request.path_params["serial"])
         if self._tracker is None:
             raise Problem(503, "Service Unavailable", "propagation tracking is not configured on this server")
@@ -296,6 +300,7 @@ class AdminAPI:
         return JSONResponse(timeline.to_json())
 
     async def issuers(self, request: Request, actor: Actor) -> Response:
+        check_query(request, ())
         ocsp_url = self._authority.ocsp_url
         records = await self._authority.issuers()
         out = [issuer_json(i, ocsp_url) for i in records]
@@ -315,9 +320,12 @@ class AdminAPI:
         if self._coordination is None:
             raise Problem(503, "Service Unavailable", "probe results cannot be stored: no coordination store")
         body = await json_body(request)
+        check_fields(body, ("issuer_id", "serial", "seq", "responder_url", "seen_at"))
         issuer_id = body.get("issuer_id")
-        if not isinstance(issuer_id, str) or not issuer_id:
-            raise ValidationError(f"issuer_id must be a non-empty string, got {issuer_id!r}")
+        if not isinstance(issuer_id, str) or not 0 < len(issuer_id) <= 64:
+            raise ValidationError(
+                f"issuer_id must be a non-empty string of at most 64 characters, got {issuer_id!r:.80}"
+            )
         raw_serial = body.get("serial")
         if not isinstance(raw_serial, str):
             raise ValidationError(f"serial must be a hexadecimal string, got {raw_serial!r}")
@@ -334,7 +342,7 @@ class AdminAPI:
         try:
             seen_at = parse_iso(raw_seen).timestamp()
         except (ValueError, OverflowError) as exc:
-            raise ValidationError(f"seen_at {raw_seen!r} is not an ISO 8601 time: {exc}") from exc
+            raise ValidationError(f"seen_at {raw_seen[:64]!r} is not an ISO 8601 time: {exc}") from None
         await self._check_revocation(issuer_id, serial, seq)
         result = ProbeResult(issuer_id, serial, seq, url, seen_at)
         await self._coordination.record_probe(result)
@@ -372,6 +380,7 @@ class AdminAPI:
             raise ValidationError(f"seq {seq} revokes serial {event.payload.get('serial')}, not serial {serial:x}")
 
     async def audit_verify(self, request: Request, actor: Actor) -> Response:
+        check_query(request, ())
         try:
             count = await self._log.verify_chain()
         except IntegrityError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from revocation.admin.http import Problem
+from revocation.admin.http import Problem, check_fields
 from revocation.authority import Actor
 from revocation.clock import parse_iso
 from revocation.errors import ConcurrencyError, ConflictError, NotFoundError, ValidationError
@@ -46,8 +46,8 @@ def _time(value: object, what: str) -> datetime.datetime:
         raise ValidationError(f"{what} must be an ISO 8601 string, got {value!r}")
     try:
         return parse_iso(value).replace(microsecond=0)
-    except ValueError as exc:
-        raise ValidationError(f"{what} {value!r} is not an ISO 8601 time with a zone: {exc}") from exc
+    except (ValueError, OverflowError) as exc:
+        raise ValidationError(f"{what} {value[:64]!r} is not an ISO 8601 time with a zone: {exc}") from None
 
 
 def _revocation(value: object, where: str) -> Revocation | None:
@@ -55,6 +55,7 @@ def _revocation(value: object, where: str) -> Revocation | None:
         return None
     if not isinstance(value, dict):
         raise ValidationError(f"{where}.revoked must be an object with revoked_at and reason")
+    check_fields(value, ("revoked_at", "reason", "invalidity_date"), f"{where}.revoked")
     reason = value.get("reason", "unspecified")
     if not isinstance(reason, str):
         raise ValidationError(f"{where}.revoked.reason must be a string such as keyCompromise")
@@ -69,6 +70,7 @@ def _revocation(value: object, where: str) -> Revocation | None:
 def _entries(body: dict[str, Any]) -> list[tuple[str, x509.Certificate, Revocation | None]]:
     if ("certificate" in body) == ("certificates" in body):
         raise ValidationError('give either "certificate" (one PEM) or "certificates" (a list)')
+    check_fields(body, ("issuer", "certificate", "revoked") if "certificate" in body else ("issuer", "certificates"))
     single = "certificate" in body
     raw = [body] if single else body["certificates"]
     if not isinstance(raw, list) or not raw:
@@ -80,6 +82,7 @@ def _entries(body: dict[str, Any]) -> list[tuple[str, x509.Certificate, Revocati
         where = "certificate" if single else f"certificates[{n}]"
         revoked: object = None
         if isinstance(entry, dict) and not single:
+            check_fields(entry, ("certificate", "revoked"), where)
             revoked, entry = entry.get("revoked"), entry.get("certificate")
         elif single:
             revoked, entry = body.get("revoked"), body.get("certificate")
