@@ -17,6 +17,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from revocation import ca
+from revocation.ca_status import (
+    CACertificateError,
+    CAStatusView,
+    ca_record,
+    is_ca_certificate,
+    issuer_of_record,
+    issuer_problem,
+)
 from revocation.clock import Clock
 from revocation.crl_layout import CRLLayout
 from revocation.errors import ConcurrencyError, ConflictError, IntegrityError, NotFoundError, ValidationError
@@ -39,7 +47,7 @@ from revocation.keys import (
     generate_private_key,
     open_key,
 )
-from revocation.projection import CertificateLookup, CertificateRecord, IssuerRecord
+from revocation.projection import CertificateRecord, IssuerRecord
 
 _RETRIES = 5
 
@@ -94,7 +102,7 @@ class Authority:
     def __init__(
         self,
         log: EventLog,
-        view: CertificateLookup,
+        view: CAStatusView,
         clock: Clock,
         *,
         key_dir: Path,
@@ -149,6 +157,9 @@ class Authority:
         issuer = await self._issuer(req.issuer_id)
         if issuer.key_ref is None or issuer.kind != "intermediate":
             raise ValidationError(f"issuer {issuer.issuer_id!r} does not issue leaf certificates")
+        problem = await issuer_problem(self._view, issuer, self._clock.now())
+        if problem is not None:
+            raise ConflictError(f"{problem}: it issues no more certificates")
         key_pem: bytes | None = None
         subject_text = req.subject
         sans = ca.build_sans(req.dns, req.ips, req.emails, req.uris)
@@ -217,7 +228,9 @@ class Authority:
         *,
         invalidity_date: datetime.datetime | None = None,
         issuer_id: str | None = None,
+        allow_ca: bool = False,
     ) -> RevokeOutcome:
+        """Revoke a certificate; a CA certificate only with ``allow_ca`` (``revoke_ca`` passes it)."""
         if reason not in REVOCATION_REASONS:
             raise ValidationError(f"unknown revocation reason {reason!r}; use one of {', '.join(REVOCATION_REASONS)}")
         # Whole seconds: CRLs and OCSP encode no more, and the API must show what they say.
@@ -228,6 +241,8 @@ class Authority:
             raise ValidationError(f"invalidity date {invalidity_date.isoformat()} is in the future")
         for _ in range(_RETRIES):
             cert = await self.find(serial, issuer_id)
+            if not allow_ca and await self._is_ca(cert):
+                raise CACertificateError(cert.serial_hex, await self._issuer_id_of(cert))
             if cert.status == "revoked":
                 previous = await self._last_revocation(cert)
                 prev_event = previous.event
@@ -254,6 +269,49 @@ class Authority:
                 continue
             return RevokeOutcome(recorded, created=True)
         raise ConflictError(f"certificate {serial:x} changed {_RETRIES} times while revoking it; try again")
+
+    async def revoke_ca(
+        self,
+        issuer_id: str,
+        reason: str,
+        actor: Actor,
+        *,
+        invalidity_date: datetime.datetime | None = None,
+    ) -> RevokeOutcome:
+        """Revoke issuer ``issuer_id``'s own CA certificate, as recorded under the CA that issued it.
+
+        The parent's CRL and OCSP then list it, and issuance under it stops (``issue``).
+        """
+        issuers = await self._view.issuers()
+        issuer = next((i for i in issuers if i.issuer_id == issuer_id), None)
+        if issuer is None:
+            raise NotFoundError(f"unknown issuer {issuer_id!r}")
+        if issuer.cert.issuer == issuer.cert.subject:
+            raise ValidationError(
+                f"issuer {issuer_id} is a self-signed root: no CA above it can revoke it; remove it from the "
+                "relying parties' trust stores instead"
+            )
+        rec = await ca_record(self._view, issuer, issuers)
+        if rec is None:
+            raise NotFoundError(
+                f"the CA certificate of issuer {issuer_id} (serial {issuer.cert.serial_number:x}) is not recorded "
+                "under any issuer pca knows: register the CA that issued it and import the certificate there first"
+            )
+        return await self.revoke(
+            rec.serial, reason, actor, invalidity_date=invalidity_date, issuer_id=rec.issuer_id, allow_ca=True
+        )
+
+    async def _is_ca(self, cert: CertificateRecord) -> bool:
+        if cert.profile == "ca":
+            return True
+        if cert.profile in ca.PROFILES:  # a leaf pca issued
+            return False
+        recorded = await self._view.recorded_certificates(cert.issuer_id, [cert.serial])
+        return any(is_ca_certificate(r.cert_der) for r in recorded)
+
+    async def _issuer_id_of(self, cert: CertificateRecord) -> str | None:
+        found = issuer_of_record(cert, await self._view.issuers())
+        return None if found is None else found.issuer_id
 
     async def _last_revocation(self, cert: CertificateRecord) -> RecordedEvent:
         events = await self._log.read_stream(cert_stream(cert.issuer_id, cert.serial))

@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from revocation.admin.ca_revocation import revoke_ca
 from revocation.admin.http import (
     MAX_URL_LENGTH,
     BodyLimit,
@@ -49,13 +50,14 @@ from revocation.admin.installations import InstallationRecorder
 from revocation.admin.recording import CertificateRecorder
 from revocation.admin.tokens import Principal, TokenStore
 from revocation.authority import Actor, Authority, IssueRequest, parse_serial
+from revocation.ca_status import CACertificateError
 from revocation.clock import iso, parse_iso
 from revocation.coordination import ProbeResult
 from revocation.errors import ConflictError, IntegrityError, NotFoundError, PCAError, ValidationError
 from revocation.eventlog import EventLog, RecordedEvent
 from revocation.events import CertificateRevoked
-from revocation.issuer_summary import PcaURLs, issuer_summaries
-from revocation.projection import CertificateRecord, IssuerRecord, IssuerStats
+from revocation.issuer_summary import PcaURLs, SummaryView, issuer_summaries
+from revocation.projection import CertificateRecord, IssuerRecord
 from revocation.propagation.timeline import Timeline
 
 log = logging.getLogger("pca.api")
@@ -67,6 +69,8 @@ MAX_VALIDITY_DAYS = 3650
 ROLES_BY_PERMISSION: dict[str, tuple[str, ...]] = {
     "issue": ("admin",),
     "revoke": ("admin", "revoker"),
+    # Revoking an issuing CA's own certificate stops its issuance: an explicit, admin-only operation.
+    "revoke a CA": ("admin",),
     "read": ("admin", "revoker", "auditor", "prober"),
     "probe": ("admin", "prober"),
     # An external CA's issuing core records what it issued (revocation.admin.recording), nothing more.
@@ -108,7 +112,7 @@ class AdminAPI:
         health: HealthCheck | None = None,
         tracker: Tracker | None = None,
         coordination: ProbeRecorder | None = None,
-        issuer_stats: tuple[IssuerStats, PcaURLs] | None = None,
+        issuer_stats: tuple[SummaryView, PcaURLs] | None = None,
         recorder: CertificateRecorder | None = None,
         installations: InstallationRecorder | None = None,
     ) -> None:
@@ -137,6 +141,7 @@ class AdminAPI:
             Route("/v1/certificates/{serial}/release-hold", self._wrap("revoke", self.release_hold), methods=["POST"]),
             Route("/v1/certificates/{serial}/propagation", self._wrap("read", self.propagation), methods=["GET"]),
             Route("/v1/issuers", self._wrap("read", self.issuers), methods=["GET"]),
+            Route("/v1/issuers/{issuer_id}/revoke", self._wrap("revoke a CA", self.revoke_ca), methods=["POST"]),
             Route("/v1/propagation/probes", self._wrap("probe", self.record_probe), methods=["POST"]),
             Route(
                 "/v1/propagation/crl-installations",
@@ -269,10 +274,17 @@ class AdminAPI:
         if not isinstance(reason, str):
             raise ValidationError("reason is required (a string such as keyCompromise)")
         inv = opt_time(body, "invalidity_date")
-        outcome = await self._authority.revoke(
-            serial, reason, actor, invalidity_date=inv, issuer_id=opt_str(body, "issuer")
-        )
+        try:
+            outcome = await self._authority.revoke(
+                serial, reason, actor, invalidity_date=inv, issuer_id=opt_str(body, "issuer")
+            )
+        except CACertificateError as exc:  # not by this route, whatever the role: see revoke_ca
+            raise Problem(403, "Forbidden", str(exc)) from exc
         return JSONResponse(_revocation_json(outcome.event), status_code=201 if outcome.created else 200)
+
+    async def revoke_ca(self, request: Request, actor: Actor) -> Response:
+        """``POST /v1/issuers/{issuer_id}/revoke``: admin only (``revocation.admin.ca_revocation``)."""
+        return await revoke_ca(self._authority, request, actor)
 
     async def release_hold(self, request: Request, actor: Actor) -> Response:
         serial = parse_serial(request.path_params["serial"])

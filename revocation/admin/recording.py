@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from revocation.admin.http import Problem, check_fields
 from revocation.authority import Actor
+from revocation.ca_status import CAStatusView, issuer_problem
 from revocation.clock import parse_iso
 from revocation.errors import ConcurrencyError, ConflictError, NotFoundError, ValidationError
 from revocation.eventlog import EventLog
@@ -34,7 +35,7 @@ from revocation.importing.plan import (
     Revocation,
     plan,
 )
-from revocation.projection import IssuerRecord, RecordedCertificates
+from revocation.projection import IssuerRecord
 
 MAX_BATCH = 1000  # certificates per request
 _SHOWN = 10  # refusals named in a problem's detail
@@ -129,7 +130,7 @@ def _refusal(refusals: list[Outcome]) -> Problem:
 class CertificateRecorder:
     """Records certificates another CA issued, through the same decisions as ``pca import``."""
 
-    def __init__(self, log: EventLog, view: RecordedCertificates) -> None:
+    def __init__(self, log: EventLog, view: CAStatusView) -> None:
         self._log = log
         self._view = view
 
@@ -137,6 +138,10 @@ class CertificateRecorder:
         """The HTTP status and JSON body of recording ``body``; raises Problem or PCAError on refusal."""
         entries = _entries(body)
         issuer = _issuer(await self._view.issuers(), body.get("issuer"), entries[0][1])
+        # A CA whose own certificate expired or was revoked issues nothing pca should vouch for.
+        problem = await issuer_problem(self._view, issuer, datetime.datetime.now(datetime.UTC))
+        if problem is not None:
+            raise Problem(422, "Unprocessable Content", f"nothing recorded: {problem}")
         issuer_der = issuer.cert.public_bytes(Encoding.DER)
         ders = [cert.public_bytes(Encoding.DER) for _, cert, _ in entries]
         # signature checks off the event loop: a full batch takes tens of milliseconds

@@ -368,7 +368,7 @@ async def test_the_root_gets_no_responses_and_the_intermediate_certificate_is_no
     leaf = await issue(authority)
     intermediate = await issuer_cert(rt)
     # Revoking the intermediate is an event about a root-issued certificate: still nothing to sign.
-    await authority.revoke(intermediate.serial_number, "superseded", ACTOR, issuer_id=ROOT)
+    await authority.revoke_ca(ISSUING, "superseded", ACTOR)
 
     await make_presigner(rt, store, fake_clock, executor).catch_up()
 

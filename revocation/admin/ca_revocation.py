@@ -1,0 +1,48 @@
+"""``POST /v1/issuers/{issuer_id}/revoke``: revoke an issuing CA's own certificate (admin only).
+
+Body ``{"reason": "cACompromise", "invalidity_date"?: ISO 8601}``. The CA's certificate, as recorded
+under the CA above it (pca's root, or the external CA it was imported under), is revoked: that CA's
+CRL and OCSP list it, issuance under the revoked CA stops with a 409, ``/healthz`` names it. A
+repeat answers 200 with the original event. The route for leaves refuses CA certificates (403) so
+that a revoker, or a slip of the serial, cannot stop a CA.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from revocation.admin.http import check_fields, json_body, opt_time
+from revocation.authority import Actor, Authority
+from revocation.errors import ValidationError
+
+log = logging.getLogger("pca.api")
+
+
+async def revoke_ca(authority: Authority, request: Request, actor: Actor) -> Response:
+    issuer_id = request.path_params["issuer_id"]
+    if not 0 < len(issuer_id) <= 64:
+        raise ValidationError("issuer id must be 1 to 64 characters")
+    body = await json_body(request)
+    check_fields(body, ("reason", "invalidity_date"))
+    reason = body.get("reason")
+    if not isinstance(reason, str):
+        raise ValidationError("reason is required (a string such as cACompromise)")
+    outcome = await authority.revoke_ca(issuer_id, reason, actor, invalidity_date=opt_time(body, "invalidity_date"))
+    p = outcome.event.payload
+    log.warning(
+        "CA certificate of issuer %s revoked by %s (request %s): %s", issuer_id, actor.name, actor.request_id, reason
+    )
+    out = {
+        "issuer_id": issuer_id,
+        "serial": p["serial"],
+        "issuer": p["issuer_id"],
+        "status": "revoked",
+        "reason": p["reason"],
+        "revoked_at": p["revoked_at"],
+        "invalidity_date": p.get("invalidity_date"),
+        "event": outcome.event.to_json(),
+    }
+    return JSONResponse(out, status_code=201 if outcome.created else 200)
