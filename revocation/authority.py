@@ -339,13 +339,13 @@ class Authority:
     async def rotate_signers(
         self, actor: Actor, force: bool = False, issuer_id: str | None = None
     ) -> list[RecordedEvent]:
-        """Give every intermediate, and every external issuer whose key we hold, a fresh OCSP signer when
-        its current one nears expiry (only ``issuer_id``'s when given). External issuers without a key
-        get theirs through ``pca issuer set-signer``."""
+        """Give every issuer whose key we hold (the root too: its OCSP answers for the intermediates it
+        issued, a revoked one included) a fresh OCSP signer when its current one nears expiry (only
+        ``issuer_id``'s when given). External issuers without a key get theirs through ``pca issuer set-signer``."""
         now = self._clock.now()
         rotated = []
         for issuer in await self._view.issuers():
-            if issuer.kind not in ("intermediate", "external") or issuer.key_ref is None:
+            if issuer.key_ref is None:
                 continue
             if issuer_id is not None and issuer.issuer_id != issuer_id:
                 continue

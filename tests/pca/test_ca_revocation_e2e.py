@@ -59,6 +59,12 @@ def test_revoking_pcas_issuing_ca_lists_it_in_the_root_crl_and_stops_issuance(tm
             assert "verify OK" in text and serial.upper() in text.replace(":", "")
             assert "CA Compromise" in text
 
+            # The root's OCSP signer answers for the issuing CA's certificate.
+            ocsp = openssl("ocsp", "-issuer", d / "root-ca.pem", "-cert", d / "issuing-ca.pem",
+                           "-url", f"{srv.public_url}/ocsp", "-CAfile", d / "root-ca.pem", "-no_nonce")  # fmt: skip
+            assert "Response verify OK" in ocsp and f"{d / 'issuing-ca.pem'}: revoked" in ocsp, ocsp
+            assert "Reason: cACompromise" in ocsp
+
             health = httpx.get(f"{srv.admin_url}/healthz", timeout=5)
             assert health.status_code == 503
             assert health.json()["ca_certificates"]["issuers"] == ["issuing-ca"]
