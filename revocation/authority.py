@@ -20,10 +20,10 @@ from revocation import ca
 from revocation.ca_status import (
     CACertificateError,
     CAStatusView,
-    ca_record,
     is_ca_certificate,
     issuer_of_record,
     issuer_problem,
+    own_certificate,
 )
 from revocation.clock import Clock
 from revocation.crl_layout import CRLLayout
@@ -282,21 +282,7 @@ class Authority:
 
         The parent's CRL and OCSP then list it, and issuance under it stops (``issue``).
         """
-        issuers = await self._view.issuers()
-        issuer = next((i for i in issuers if i.issuer_id == issuer_id), None)
-        if issuer is None:
-            raise NotFoundError(f"unknown issuer {issuer_id!r}")
-        if issuer.cert.issuer == issuer.cert.subject:
-            raise ValidationError(
-                f"issuer {issuer_id} is a self-signed root: no CA above it can revoke it; remove it from the "
-                "relying parties' trust stores instead"
-            )
-        rec = await ca_record(self._view, issuer, issuers)
-        if rec is None:
-            raise NotFoundError(
-                f"the CA certificate of issuer {issuer_id} (serial {issuer.cert.serial_number:x}) is not recorded "
-                "under any issuer pca knows: register the CA that issued it and import the certificate there first"
-            )
+        rec = await own_certificate(self._view, issuer_id)
         return await self.revoke(
             rec.serial, reason, actor, invalidity_date=invalidity_date, issuer_id=rec.issuer_id, allow_ca=True
         )
@@ -320,9 +306,18 @@ class Authority:
                 return rec
         raise NotFoundError(f"certificate {cert.serial_hex} has no revocation event")
 
-    async def release_hold(self, serial: int, actor: Actor, issuer_id: str | None = None) -> RecordedEvent:
+    async def release_ca_hold(self, issuer_id: str, actor: Actor) -> RecordedEvent:
+        """Release issuer ``issuer_id``'s own CA certificate from ``certificateHold``."""
+        rec = await own_certificate(self._view, issuer_id)
+        return await self.release_hold(rec.serial, actor, rec.issuer_id, allow_ca=True)
+
+    async def release_hold(
+        self, serial: int, actor: Actor, issuer_id: str | None = None, *, allow_ca: bool = False
+    ) -> RecordedEvent:
         for _ in range(_RETRIES):
             cert = await self.find(serial, issuer_id)
+            if not allow_ca and await self._is_ca(cert):
+                raise CACertificateError(cert.serial_hex, await self._issuer_id_of(cert), "release-hold")
             if cert.status != "revoked" or cert.reason != "certificateHold":
                 state = "not revoked" if cert.status != "revoked" else f"revoked with reason {cert.reason}"
                 raise ConflictError(f"certificate {serial:x} is not on hold ({state})")

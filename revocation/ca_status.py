@@ -15,7 +15,7 @@ from typing import Protocol
 from cryptography import x509
 
 from revocation.clock import iso
-from revocation.errors import ConflictError
+from revocation.errors import ConflictError, NotFoundError, ValidationError
 from revocation.projection import CertificateLookup, CertificateRecord, IssuerRecord, RecordedCertificates
 
 
@@ -61,6 +61,26 @@ async def ca_record(
     return None
 
 
+async def own_certificate(view: CertificateLookup, issuer_id: str) -> CertificateRecord:
+    """The record of issuer ``issuer_id``'s own CA certificate; NotFound or Validation errors say why there is none."""
+    issuers = await view.issuers()
+    issuer = next((i for i in issuers if i.issuer_id == issuer_id), None)
+    if issuer is None:
+        raise NotFoundError(f"unknown issuer {issuer_id!r}")
+    if is_self_signed(issuer.cert):
+        raise ValidationError(
+            f"issuer {issuer_id} is a self-signed root: no CA above it can revoke it; remove it from the "
+            "relying parties' trust stores instead"
+        )
+    rec = await ca_record(view, issuer, issuers)
+    if rec is None:
+        raise NotFoundError(
+            f"the CA certificate of issuer {issuer_id} (serial {issuer.cert.serial_number:x}) is not recorded "
+            "under any issuer pca knows: register the CA that issued it and import the certificate there first"
+        )
+    return rec
+
+
 def issuer_of_record(rec: CertificateRecord, issuers: list[IssuerRecord]) -> IssuerRecord | None:
     """The issuer whose CA certificate ``rec`` is, if it is one pca knows as an issuer."""
     for issuer in issuers:
@@ -104,14 +124,14 @@ async def ca_problems(view: CertificateLookup, now: datetime.datetime) -> dict[s
 class CACertificateError(ConflictError):
     """A CA certificate asked to be revoked by the route for leaves: that takes the explicit operation."""
 
-    def __init__(self, serial_hex: str, issuer_id: str | None) -> None:
+    def __init__(self, serial_hex: str, issuer_id: str | None, action: str = "revoke") -> None:
         self.issuer_id = issuer_id
         where = (
-            f"POST /v1/issuers/{issuer_id}/revoke"
+            f"POST /v1/issuers/{issuer_id}/{action}"
             if issuer_id is not None
-            else "POST /v1/issuers/{id}/revoke (register the CA as an issuer first)"
+            else f"POST /v1/issuers/{{id}}/{action} (register the CA as an issuer first)"
         )
         what = f"the CA certificate of issuer {issuer_id}" if issuer_id is not None else "a CA certificate"
         super().__init__(
-            f"certificate {serial_hex} is {what}; revoking a CA is an admin-only operation of its own: {where}"
+            f"certificate {serial_hex} is {what}; changing a CA's status is an admin-only operation of its own: {where}"
         )

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from revocation.admin.ca_revocation import revoke_ca
+from revocation.admin.ca_revocation import ca_operation
 from revocation.admin.http import (
     MAX_URL_LENGTH,
     BodyLimit,
@@ -41,6 +41,7 @@ from revocation.admin.http import (
     json_body,
     not_allowed,
     not_found,
+    opt_int,
     opt_str,
     opt_time,
     problem_response,
@@ -141,7 +142,7 @@ class AdminAPI:
             Route("/v1/certificates/{serial}/release-hold", self._wrap("revoke", self.release_hold), methods=["POST"]),
             Route("/v1/certificates/{serial}/propagation", self._wrap("read", self.propagation), methods=["GET"]),
             Route("/v1/issuers", self._wrap("read", self.issuers), methods=["GET"]),
-            Route("/v1/issuers/{issuer_id}/revoke", self._wrap("revoke a CA", self.revoke_ca), methods=["POST"]),
+            Route("/v1/issuers/{issuer_id}/{operation}", self._wrap("revoke a CA", self.ca_status), methods=["POST"]),
             Route("/v1/propagation/probes", self._wrap("probe", self.record_probe), methods=["POST"]),
             Route(
                 "/v1/propagation/crl-installations",
@@ -221,11 +222,7 @@ class AdminAPI:
         body = await json_body(request)
         check_fields(body, ISSUE_FIELDS)
         csr = opt_str(body, "csr", max_length=32 * 1024)
-        validity = body.get("validity_days")
-        if validity is not None and (
-            not isinstance(validity, int) or isinstance(validity, bool) or not 1 <= validity <= MAX_VALIDITY_DAYS
-        ):
-            raise ValidationError(f"validity_days must be an integer from 1 to {MAX_VALIDITY_DAYS}, got {validity!r}")
+        validity = opt_int(body, "validity_days", 1, MAX_VALIDITY_DAYS)
         req = IssueRequest(
             subject=opt_str(body, "subject"),
             dns=str_list(body, "dns"),
@@ -278,19 +275,22 @@ class AdminAPI:
             outcome = await self._authority.revoke(
                 serial, reason, actor, invalidity_date=inv, issuer_id=opt_str(body, "issuer")
             )
-        except CACertificateError as exc:  # not by this route, whatever the role: see revoke_ca
+        except CACertificateError as exc:  # not by this route, whatever the role: see ca_status
             raise Problem(403, "Forbidden", str(exc)) from exc
         return JSONResponse(_revocation_json(outcome.event), status_code=201 if outcome.created else 200)
 
-    async def revoke_ca(self, request: Request, actor: Actor) -> Response:
-        """``POST /v1/issuers/{issuer_id}/revoke``: admin only (``revocation.admin.ca_revocation``)."""
-        return await revoke_ca(self._authority, request, actor)
+    async def ca_status(self, request: Request, actor: Actor) -> Response:
+        """``POST /v1/issuers/{issuer_id}/revoke`` and ``.../release-hold``: admin only (``admin.ca_revocation``)."""
+        return await ca_operation(self._authority, request, actor)
 
     async def release_hold(self, request: Request, actor: Actor) -> Response:
         serial = parse_serial(request.path_params["serial"])
         body = await json_body(request, allow_empty=True)
         check_fields(body, ("issuer",))
-        rec = await self._authority.release_hold(serial, actor, opt_str(body, "issuer"))
+        try:
+            rec = await self._authority.release_hold(serial, actor, opt_str(body, "issuer"))
+        except CACertificateError as exc:  # not by this route, whatever the role: see ca_status
+            raise Problem(403, "Forbidden", str(exc)) from exc
         return JSONResponse({"serial": f"{serial:x}", "status": "good", "event": rec.to_json()})
 
     async def events(self, request: Request, actor: Actor) -> Response:

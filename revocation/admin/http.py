@@ -106,6 +106,14 @@ def str_list(body: dict[str, Any], key: str, max_items: int = 100, max_length: i
     return value
 
 
+def opt_int(body: dict[str, Any], key: str, low: int, high: int) -> int | None:
+    """An optional integer (a JSON number, not a boolean) within ``low``..``high``."""
+    value = body.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high):
+        raise ValidationError(f"{key} must be an integer from {low} to {high}, got {_short(value)}")
+    return value
+
+
 def opt_time(body: dict[str, Any], key: str) -> datetime.datetime | None:
     """An optional ISO 8601 time with a zone."""
     value = body.get(key)

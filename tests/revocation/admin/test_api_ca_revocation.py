@@ -127,3 +127,28 @@ async def test_issuance_under_an_expired_ca_stops_and_health_names_it(
     health = await client.get("/healthz")
     assert health.status_code == 503
     assert ISSUING in health.json()["ca_certificates"]["issuers"]
+
+
+async def test_a_ca_on_hold_is_released_only_by_an_admin_by_its_own_route(api: Client, rt: Runtime) -> None:
+    client, tokens = api
+    serial = await ca_serial(rt)
+    held = await client.post(
+        f"/v1/issuers/{ISSUING}/revoke", json={"reason": "certificateHold"}, headers=bearer(tokens, "admin")
+    )
+    assert held.status_code == 201, held.text
+    assert (await client.post("/v1/certificates", json=ISSUE, headers=bearer(tokens, "admin"))).status_code == 409
+
+    for role in ("revoker", "admin"):
+        by_leaf_route = await client.post(f"/v1/certificates/{serial}/release-hold", headers=bearer(tokens, role))
+        assert_problem(by_leaf_route, 403, f"POST /v1/issuers/{ISSUING}/release-hold")
+    by_revoker = await client.post(f"/v1/issuers/{ISSUING}/release-hold", headers=bearer(tokens, "revoker"))
+    assert_problem(by_revoker, 403, "may not revoke a CA")
+    unknown = await client.post(f"/v1/issuers/{ISSUING}/unrevoke", headers=bearer(tokens, "admin"))
+    assert_problem(unknown, 404, "no such operation on an issuer: 'unrevoke'")
+
+    released = await client.post(f"/v1/issuers/{ISSUING}/release-hold", headers=bearer(tokens, "admin"))
+
+    assert released.status_code == 200, released.text
+    assert (released.json()["serial"], released.json()["status"]) == (serial, "good")
+    assert (await client.post("/v1/certificates", json=ISSUE, headers=bearer(tokens, "admin"))).status_code == 201
+    assert (await client.get("/healthz")).status_code == 200
