@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from revocation.admin.ca_revocation import ca_operation
+from revocation.admin.ca_revocation import ca_operation, leaf_only
 from revocation.admin.http import (
     MAX_URL_LENGTH,
     BodyLimit,
@@ -51,7 +51,6 @@ from revocation.admin.installations import InstallationRecorder
 from revocation.admin.recording import CertificateRecorder
 from revocation.admin.tokens import Principal, TokenStore
 from revocation.authority import Actor, Authority, IssueRequest, parse_serial
-from revocation.ca_status import CACertificateError
 from revocation.clock import iso, parse_iso
 from revocation.coordination import ProbeResult
 from revocation.errors import ConflictError, IntegrityError, NotFoundError, PCAError, ValidationError
@@ -70,8 +69,7 @@ MAX_VALIDITY_DAYS = 3650
 ROLES_BY_PERMISSION: dict[str, tuple[str, ...]] = {
     "issue": ("admin",),
     "revoke": ("admin", "revoker"),
-    # Revoking an issuing CA's own certificate stops its issuance: an explicit, admin-only operation.
-    "revoke a CA": ("admin",),
+    "revoke a CA": ("admin",),  # an issuing CA's own certificate: revoke, release-hold
     "read": ("admin", "revoker", "auditor", "prober"),
     "probe": ("admin", "prober"),
     # An external CA's issuing core records what it issued (revocation.admin.recording), nothing more.
@@ -271,12 +269,10 @@ class AdminAPI:
         if not isinstance(reason, str):
             raise ValidationError("reason is required (a string such as keyCompromise)")
         inv = opt_time(body, "invalidity_date")
-        try:
-            outcome = await self._authority.revoke(
-                serial, reason, actor, invalidity_date=inv, issuer_id=opt_str(body, "issuer")
-            )
-        except CACertificateError as exc:  # not by this route, whatever the role: see ca_status
-            raise Problem(403, "Forbidden", str(exc)) from exc
+        issuer_id = opt_str(body, "issuer")
+        outcome = await leaf_only(
+            self._authority.revoke(serial, reason, actor, invalidity_date=inv, issuer_id=issuer_id)
+        )
         return JSONResponse(_revocation_json(outcome.event), status_code=201 if outcome.created else 200)
 
     async def ca_status(self, request: Request, actor: Actor) -> Response:
@@ -287,10 +283,7 @@ class AdminAPI:
         serial = parse_serial(request.path_params["serial"])
         body = await json_body(request, allow_empty=True)
         check_fields(body, ("issuer",))
-        try:
-            rec = await self._authority.release_hold(serial, actor, opt_str(body, "issuer"))
-        except CACertificateError as exc:  # not by this route, whatever the role: see ca_status
-            raise Problem(403, "Forbidden", str(exc)) from exc
+        rec = await leaf_only(self._authority.release_hold(serial, actor, opt_str(body, "issuer")))
         return JSONResponse({"serial": f"{serial:x}", "status": "good", "event": rec.to_json()})
 
     async def events(self, request: Request, actor: Actor) -> Response:
@@ -335,9 +328,7 @@ class AdminAPI:
         check_fields(body, ("issuer_id", "serial", "seq", "responder_url", "seen_at"))
         issuer_id = body.get("issuer_id")
         if not isinstance(issuer_id, str) or not 0 < len(issuer_id) <= 64:
-            raise ValidationError(
-                f"issuer_id must be a non-empty string of at most 64 characters, got {issuer_id!r:.80}"
-            )
+            raise ValidationError(f"issuer_id must be a string of 1 to 64 characters, got {issuer_id!r:.80}")
         raw_serial = body.get("serial")
         if not isinstance(raw_serial, str):
             raise ValidationError(f"serial must be a hexadecimal string, got {raw_serial!r}")

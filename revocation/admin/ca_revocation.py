@@ -11,15 +11,29 @@ of the serial, cannot stop a CA or restart one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from revocation.admin.http import check_fields, json_body, opt_time
+from revocation.admin.http import Problem, check_fields, json_body, opt_time
 from revocation.authority import Actor, Authority
+from revocation.ca_status import CACertificateError
 from revocation.errors import NotFoundError, ValidationError
 
 log = logging.getLogger("pca.api")
+
+T = TypeVar("T")
+
+
+async def leaf_only(operation: Awaitable[T]) -> T:
+    """Run a change of a certificate's status by a route for leaves: a CA certificate is a 403 there,
+    whatever the role (``CACertificateError`` names the issuer route to use)."""
+    try:
+        return await operation
+    except CACertificateError as exc:
+        raise Problem(403, "Forbidden", str(exc)) from exc
 
 
 async def ca_operation(authority: Authority, request: Request, actor: Actor) -> Response:
