@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pca.config import Config
 from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
+from revocation.ca_status import ca_problems
 from revocation.clock import Clock
 from revocation.coordination import Coordination
 from revocation.eventlog import RecordedEvent, StoredEventLog
@@ -194,6 +195,18 @@ class PrefixDispatcher:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def ca_certificates_health(rt: Runtime) -> HealthReport:
+    """``/healthz`` entry naming every issuer whose own CA certificate expired or was revoked (a problem: 503)."""
+
+    async def report() -> dict[str, Any]:
+        problems = await ca_problems(rt.view, rt.clock.now())
+        if not problems:
+            return {}
+        return {"issuers": sorted(problems), "problem": "; ".join(problems[i] for i in sorted(problems))}
+
+    return report
 
 
 class HealthApp:

@@ -30,6 +30,7 @@ from pca.runtime import (
     HealthApp,
     PrefixDispatcher,
     Runtime,
+    ca_certificates_health,
     connect_runtime,
     run_forever,
 )
@@ -212,6 +213,7 @@ async def serve(
             rt.on_log_change(tracker.wake)
             coros.append(tracker.run())
         if "api" in roles:
+            rt.health["ca_certificates"] = ca_certificates_health(rt)  # issuers whose CA cert expired or was revoked
             authority = build_authority(rt)
             await authority.rotate_signers(Actor("system:signer-rotation", "startup"))
             coros.append(_rotate_signers(authority))

@@ -24,6 +24,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from revocation import ca
+from revocation.ca_status import (
+    CACertificateError,
+    CAStatusView,
+    is_ca_certificate,
+    issuer_of_record,
+    issuer_problem,
+    own_certificate,
+)
 from revocation.clock import Clock
 from revocation.crl_layout import CRLLayout
 from revocation.errors import (
@@ -54,7 +62,7 @@ from revocation.keys import (
     generate_private_key,
     open_key,
 )
-from revocation.projection import CertificateLookup, CertificateRecord, IssuerRecord
+from revocation.projection import CertificateRecord, IssuerRecord
 
 _RETRIES = 5
 
@@ -111,7 +119,7 @@ class Authority:
     def __init__(
         self,
         log: EventLog,
-        view: CertificateLookup,
+        view: CAStatusView,
         clock: Clock,
         *,
         key_dir: Path,
@@ -169,21 +177,19 @@ class Authority:
         issuer = await self._issuer(req.issuer_id)
         if issuer.key_ref is None or issuer.kind != "intermediate":
             raise ValidationError(f"issuer {issuer.issuer_id!r} does not issue leaf certificates")
+        problem = await issuer_problem(self._view, issuer, self._clock.now())
+        if problem is not None:
+            raise ConflictError(f"{problem}: it issues no more certificates")
         key_pem: bytes | None = None
         subject_text = req.subject
         sans = ca.build_sans(req.dns, req.ips, req.emails, req.uris)
         if req.csr is not None:
             csr = ca.parse_csr(req.csr)
             public: PublicKey = csr.public_key()  # type: ignore[assignment]
-            subject = ca.parse_subject(subject_text) if subject_text else csr.subject
-            if not list(subject):
-                raise ValidationError("the CSR has an empty subject; give one with subject")
-            if not sans:
-                try:
-                    ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-                    sans = list(ext.value)
-                except x509.ExtensionNotFound:
-                    pass
+            # What the request names wins; only what is taken from the CSR is read (and checked) there.
+            csr_subject, csr_sans = ca.csr_names(csr, subject=not subject_text, sans=not sans)
+            subject = ca.parse_subject(subject_text) if subject_text else csr_subject
+            sans = sans or csr_sans
         else:
             if not subject_text:
                 raise ValidationError("subject is required when no CSR is given")
@@ -245,7 +251,9 @@ class Authority:
         *,
         invalidity_date: datetime.datetime | None = None,
         issuer_id: str | None = None,
+        allow_ca: bool = False,
     ) -> RevokeOutcome:
+        """Revoke a certificate; a CA certificate only with ``allow_ca`` (``revoke_ca`` passes it)."""
         if reason not in REVOCATION_REASONS:
             raise ValidationError(f"unknown revocation reason {reason!r}; use one of {', '.join(REVOCATION_REASONS)}")
         # Whole seconds: CRLs and OCSP encode no more, and the API must show what they say.
@@ -256,6 +264,8 @@ class Authority:
             raise ValidationError(f"invalidity date {invalidity_date.isoformat()} is in the future")
         for _ in range(_RETRIES):
             cert = await self.find(serial, issuer_id)
+            if not allow_ca and await self._is_ca(cert):
+                raise CACertificateError(cert.serial_hex, await self._issuer_id_of(cert))
             if cert.status == "revoked":
                 previous = await self._last_revocation(cert)
                 prev_event = previous.event
@@ -283,6 +293,35 @@ class Authority:
             return RevokeOutcome(recorded, created=True)
         raise ConflictError(f"certificate {serial:x} changed {_RETRIES} times while revoking it; try again")
 
+    async def revoke_ca(
+        self,
+        issuer_id: str,
+        reason: str,
+        actor: Actor,
+        *,
+        invalidity_date: datetime.datetime | None = None,
+    ) -> RevokeOutcome:
+        """Revoke issuer ``issuer_id``'s own CA certificate, as recorded under the CA that issued it.
+
+        The parent's CRL and OCSP then list it, and issuance under it stops (``issue``).
+        """
+        rec = await own_certificate(self._view, issuer_id)
+        return await self.revoke(
+            rec.serial, reason, actor, invalidity_date=invalidity_date, issuer_id=rec.issuer_id, allow_ca=True
+        )
+
+    async def _is_ca(self, cert: CertificateRecord) -> bool:
+        if cert.profile == "ca":
+            return True
+        if cert.profile in ca.PROFILES:  # a leaf pca issued
+            return False
+        recorded = await self._view.recorded_certificates(cert.issuer_id, [cert.serial])
+        return any(is_ca_certificate(r.cert_der) for r in recorded)
+
+    async def _issuer_id_of(self, cert: CertificateRecord) -> str | None:
+        found = issuer_of_record(cert, await self._view.issuers())
+        return None if found is None else found.issuer_id
+
     async def _last_revocation(self, cert: CertificateRecord) -> RecordedEvent:
         events = await self._log.read_stream(cert_stream(cert.issuer_id, cert.serial))
         for rec in reversed(events):
@@ -290,9 +329,18 @@ class Authority:
                 return rec
         raise NotFoundError(f"certificate {cert.serial_hex} has no revocation event")
 
-    async def release_hold(self, serial: int, actor: Actor, issuer_id: str | None = None) -> RecordedEvent:
+    async def release_ca_hold(self, issuer_id: str, actor: Actor) -> RecordedEvent:
+        """Release issuer ``issuer_id``'s own CA certificate from ``certificateHold``."""
+        rec = await own_certificate(self._view, issuer_id)
+        return await self.release_hold(rec.serial, actor, rec.issuer_id, allow_ca=True)
+
+    async def release_hold(
+        self, serial: int, actor: Actor, issuer_id: str | None = None, *, allow_ca: bool = False
+    ) -> RecordedEvent:
         for _ in range(_RETRIES):
             cert = await self.find(serial, issuer_id)
+            if not allow_ca and await self._is_ca(cert):
+                raise CACertificateError(cert.serial_hex, await self._issuer_id_of(cert), "release-hold")
             if cert.status != "revoked" or cert.reason != "certificateHold":
                 state = "not revoked" if cert.status != "revoked" else f"revoked with reason {cert.reason}"
                 raise ConflictError(f"certificate {serial:x} is not on hold ({state})")
@@ -309,13 +357,13 @@ class Authority:
     async def rotate_signers(
         self, actor: Actor, force: bool = False, issuer_id: str | None = None
     ) -> list[RecordedEvent]:
-        """Give every intermediate, and every external issuer whose key we hold, a fresh OCSP signer when
-        its current one nears expiry (only ``issuer_id``'s when given). External issuers without a key
-        get theirs through ``pca issuer set-signer``."""
+        """Give every issuer whose key we hold (the root too: its OCSP answers for the intermediates it
+        issued, a revoked one included) a fresh OCSP signer when its current one nears expiry (only
+        ``issuer_id``'s when given). External issuers without a key get theirs through ``pca issuer set-signer``."""
         now = self._clock.now()
         rotated = []
         for issuer in await self._view.issuers():
-            if issuer.kind not in ("intermediate", "external") or issuer.key_ref is None:
+            if issuer.key_ref is None:
                 continue
             if issuer_id is not None and issuer.issuer_id != issuer_id:
                 continue

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import ipaddress
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
-from revocation import der
+from revocation import der, names
 from revocation.errors import KeyBackendError, ValidationError
 from revocation.keys import PrivateKey, PublicKey, SigningKey, verify_signature
 
@@ -37,13 +36,16 @@ def random_serial() -> int:
 
 def parse_subject(subject: str) -> x509.Name:
     """Parse an RFC 4514 string like ``CN=svc1,O=Example``."""
+    if len(subject) > 4096:
+        raise ValidationError(f"subject of {len(subject)} characters is too long")
     try:
         name = x509.Name.from_rfc4514_string(subject)
     except ValueError as exc:
-        raise ValidationError(f"subject {subject!r} is not an RFC 4514 name: {exc}") from exc
-    if not list(name):
-        raise ValidationError("subject must not be empty")
-    return name
+        why = "an attribute is longer than RFC 5280 allows (64 for CN)" if "length must be" in str(exc) else ""
+        raise ValidationError(
+            f"subject {subject!r} is not an RFC 4514 name such as CN=svc1,O=Example" + (f": {why}" if why else "")
+        ) from None
+    return names.subject(name, f"subject {subject!r}:")
 
 
 def _ski(public_key: PublicKey) -> x509.SubjectKeyIdentifier:
@@ -216,53 +218,50 @@ def parse_csr(pem_or_der: bytes) -> x509.CertificateSigningRequest:
             csr = x509.load_pem_x509_csr(pem_or_der)
         else:
             csr = x509.load_der_x509_csr(pem_or_der)
-    except ValueError as exc:
-        raise ValidationError(f"CSR cannot be parsed: {exc}") from exc
+    except ValueError:
+        # Not the library's wording (ParseError { kind: ShortData ... }): it names parser internals.
+        raise ValidationError("CSR cannot be parsed: it is not a PEM or DER PKCS#10 request") from None
+    try:
+        key = csr.public_key()
+    except (ValueError, TypeError):  # an unknown key type, or a point not on its curve
+        raise ValidationError("CSR public key is of a type or on a curve pca does not issue for") from None
+    names.public_key(key, "the CSR")
     try:
         valid = csr.is_signature_valid
-    except (ValueError, InvalidSignature, TypeError) as exc:
-        raise ValidationError(f"CSR signature cannot be checked: {exc}") from exc
+    except (ValueError, InvalidSignature, TypeError):
+        raise ValidationError("CSR signature cannot be checked: its algorithm or encoding is not supported") from None
     if not valid:
         raise ValidationError("CSR signature is invalid: the CSR was not signed by the key it contains")
-    key = csr.public_key()
-    if not isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
-        raise ValidationError(f"CSR key type {type(key).__name__} is not supported (use ECDSA or RSA)")
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
-        raise ValidationError(f"CSR RSA key of {key.key_size} bits is too small (at least 2048)")
     return csr
+
+
+def csr_names(
+    csr: x509.CertificateSigningRequest, *, subject: bool = True, sans: bool = True
+) -> tuple[x509.Name, list[x509.GeneralName]]:
+    """The CSR's subject and subject alternative names (those asked for), each checked; never copied verbatim."""
+    name, general_names = x509.Name([]), []
+    try:
+        if subject:
+            name = csr.subject
+        if sans:
+            try:
+                general_names = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+            except x509.ExtensionNotFound:
+                pass
+    except (ValueError, TypeError):  # a malformed or duplicated extension, an undecodable name
+        raise ValidationError("the CSR's subject or extensions do not parse") from None
+    if subject:
+        if not list(name):
+            raise ValidationError("the CSR has an empty subject; give one with subject")
+        names.subject(name, "the CSR's subject:")
+    return name, names.general_names(general_names, "the CSR")
 
 
 def build_sans(
     dns: Sequence[str] = (), ips: Sequence[str] = (), emails: Sequence[str] = (), uris: Sequence[str] = ()
 ) -> list[x509.GeneralName]:
-    names: list[x509.GeneralName] = []
-    for d in dns:
-        if not d or " " in d or len(d) > 253:
-            raise ValidationError(f"DNS name {d!r} is not valid")
-        names.append(_general_name(x509.DNSName, d, "DNS name"))
-    for ip in ips:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(ip)))
-        except ValueError as exc:
-            raise ValidationError(f"IP address {ip!r} is not valid") from exc
-    for e in emails:
-        if "@" not in e:
-            raise ValidationError(f"email address {e!r} is not valid")
-        names.append(_general_name(x509.RFC822Name, e, "email address"))
-    for u in uris:
-        if ":" not in u:
-            raise ValidationError(f"URI {u!r} is not valid")
-        names.append(_general_name(x509.UniformResourceIdentifier, u, "URI"))
-    return names
-
-
-def _general_name(
-    kind: type[x509.DNSName | x509.RFC822Name | x509.UniformResourceIdentifier], value: str, what: str
-) -> x509.GeneralName:
-    try:
-        return kind(value)
-    except ValueError as exc:  # e.g. an internationalised name not given as an A-label (xn--...)
-        raise ValidationError(f"{what} {value!r} is not valid: {exc}") from exc
+    """Subject alternative names from a request, each checked (``revocation.names``)."""
+    return names.build_sans(dns, ips, emails, uris)
 
 
 def issue_leaf(

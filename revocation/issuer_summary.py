@@ -8,17 +8,19 @@ newest ones, each marked with whether it reaches pca.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from collections import Counter
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
+from revocation.ca_status import ca_problem, ca_record, is_self_signed
 from revocation.clock import iso
 from revocation.crl_layout import CRLLayout
-from revocation.projection import IssuerRecord, IssuerStats
+from revocation.projection import CertificateLookup, IssuerRecord, IssuerStats
 
 SAMPLE = 1000  # newest certificates read per issuer for the URL survey
 NO_KEY = "not published: no key (pca cannot sign this issuer's CRLs; its own CA publishes them)"
@@ -100,7 +102,31 @@ def _signer(rec: IssuerRecord) -> dict[str, Any]:
     return out
 
 
-async def issuer_summary(view: IssuerStats, rec: IssuerRecord, urls: PcaURLs, served: set[str]) -> dict[str, Any]:
+class SummaryView(IssuerStats, CertificateLookup, Protocol):
+    """What the summaries read: counts, newest certificates, and the record of each CA's own certificate."""
+
+
+async def _ca_certificate(view: SummaryView, rec: IssuerRecord, issuers: list[IssuerRecord]) -> dict[str, Any]:
+    """The state of the issuer's own certificate: good, revoked (by the CA above it) or expired."""
+    if is_self_signed(rec.cert):
+        state: dict[str, Any] = {"status": "self-signed root"}
+    else:
+        record = await ca_record(view, rec, issuers)
+        if record is None:
+            state = {"status": "not recorded under any issuer pca knows"}
+        else:
+            state = {"status": record.status, "recorded_under": record.issuer_id}
+            if record.status == "revoked":
+                state.update(revoked_at=iso(record.revoked_at) if record.revoked_at else None, reason=record.reason)
+    problem = ca_problem(rec, None, datetime.datetime.now(datetime.UTC))  # expiry alone
+    if problem is not None:
+        state["status"] = "expired"
+    return state
+
+
+async def issuer_summary(
+    view: SummaryView, rec: IssuerRecord, urls: PcaURLs, served: set[str], issuers: list[IssuerRecord] | None = None
+) -> dict[str, Any]:
     """One issuer as JSON; ``served`` are the CRL URLs pca serves over all issuers."""
     total, revoked = await view.issuer_counts(rec.issuer_id)
     sample = await view.newest_certificates(rec.issuer_id, SAMPLE)
@@ -120,6 +146,7 @@ async def issuer_summary(view: IssuerStats, rec: IssuerRecord, urls: PcaURLs, se
         "not_after": iso(rec.cert.not_valid_after_utc),
         "certificate_pem": rec.cert.public_bytes(serialization.Encoding.PEM).decode(),
         "key_held": rec.key_ref is not None,
+        "ca_certificate": await _ca_certificate(view, rec, issuers if issuers is not None else await view.issuers()),
         "crl_url": rec.crl_url,
         "ocsp_signer": _signer(rec),
         "certificates": {"total": total, "revoked": revoked},
@@ -149,7 +176,7 @@ def served_crl_urls(issuers: list[IssuerRecord], urls: PcaURLs) -> set[str]:
     return served
 
 
-async def issuer_summaries(view: IssuerStats, urls: PcaURLs) -> list[dict[str, Any]]:
+async def issuer_summaries(view: SummaryView, urls: PcaURLs) -> list[dict[str, Any]]:
     issuers = await view.issuers()
     served = served_crl_urls(issuers, urls)
-    return [await issuer_summary(view, rec, urls, served) for rec in issuers]
+    return [await issuer_summary(view, rec, urls, served, issuers) for rec in issuers]

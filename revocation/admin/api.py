@@ -28,17 +28,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from revocation.admin.ca_revocation import ca_operation, leaf_only
 from revocation.admin.http import (
     MAX_URL_LENGTH,
     BodyLimit,
     Problem,
     TooLarge,
+    check_fields,
+    check_query,
     int_param,
     is_url,
     json_body,
     not_allowed,
     not_found,
+    opt_int,
     opt_str,
+    opt_time,
     problem_response,
     str_list,
 )
@@ -51,16 +56,20 @@ from revocation.coordination import ProbeResult
 from revocation.errors import ConflictError, IntegrityError, NotFoundError, PCAError, ValidationError
 from revocation.eventlog import EventLog, RecordedEvent
 from revocation.events import CertificateRevoked
-from revocation.issuer_summary import PcaURLs, issuer_summaries
-from revocation.projection import CertificateRecord, IssuerRecord, IssuerStats
+from revocation.issuer_summary import PcaURLs, SummaryView, issuer_summaries
+from revocation.projection import CertificateRecord, IssuerRecord
 from revocation.propagation.timeline import Timeline
 
 log = logging.getLogger("pca.api")
+
+ISSUE_FIELDS = ("subject", "dns", "ips", "emails", "uris", "profile", "validity_days", "csr", "key_algorithm", "issuer")
+MAX_VALIDITY_DAYS = 3650
 
 # Permission -> the token roles holding it. A prober reads (events, issuers) and reports probes, nothing more.
 ROLES_BY_PERMISSION: dict[str, tuple[str, ...]] = {
     "issue": ("admin",),
     "revoke": ("admin", "revoker"),
+    "revoke a CA": ("admin",),  # an issuing CA's own certificate: revoke, release-hold
     "read": ("admin", "revoker", "auditor", "prober"),
     "probe": ("admin", "prober"),
     # An external CA's issuing core records what it issued (revocation.admin.recording), nothing more.
@@ -102,7 +111,7 @@ class AdminAPI:
         health: HealthCheck | None = None,
         tracker: Tracker | None = None,
         coordination: ProbeRecorder | None = None,
-        issuer_stats: tuple[IssuerStats, PcaURLs] | None = None,
+        issuer_stats: tuple[SummaryView, PcaURLs] | None = None,
         recorder: CertificateRecorder | None = None,
         installations: InstallationRecorder | None = None,
         client_auth: Callable[[Request], Awaitable[Principal | None]] | None = None,
@@ -133,6 +142,7 @@ class AdminAPI:
             Route("/v1/certificates/{serial}/release-hold", self._wrap("revoke", self.release_hold), methods=["POST"]),
             Route("/v1/certificates/{serial}/propagation", self._wrap("read", self.propagation), methods=["GET"]),
             Route("/v1/issuers", self._wrap("read", self.issuers), methods=["GET"]),
+            Route("/v1/issuers/{issuer_id}/{operation}", self._wrap("revoke a CA", self.ca_status), methods=["POST"]),
             Route("/v1/propagation/probes", self._wrap("probe", self.record_probe), methods=["POST"]),
             Route(
                 "/v1/propagation/crl-installations",
@@ -217,12 +227,9 @@ class AdminAPI:
 
     async def issue(self, request: Request, actor: Actor) -> Response:
         body = await json_body(request)
-        csr = body.get("csr")
-        if csr is not None and not isinstance(csr, str):
-            raise ValidationError("csr must be a PEM string")
-        validity = body.get("validity_days")
-        if validity is not None and (not isinstance(validity, int) or isinstance(validity, bool)):
-            raise ValidationError(f"validity_days must be an integer, got {validity!r}")
+        check_fields(body, ISSUE_FIELDS)
+        csr = opt_str(body, "csr", max_length=32 * 1024)
+        validity = opt_int(body, "validity_days", 1, MAX_VALIDITY_DAYS)
         req = IssueRequest(
             subject=opt_str(body, "subject"),
             dns=str_list(body, "dns"),
@@ -258,6 +265,7 @@ class AdminAPI:
         return JSONResponse(out, status_code=status)
 
     async def get_certificate(self, request: Request, actor: Actor) -> Response:
+        check_query(request, ("issuer",))
         serial = parse_serial(request.path_params["serial"])
         rec = await self._authority.find(serial, request.query_params.get("issuer"))
         return JSONResponse(certificate_json(rec))
@@ -265,36 +273,37 @@ class AdminAPI:
     async def revoke(self, request: Request, actor: Actor) -> Response:
         serial = parse_serial(request.path_params["serial"])
         body = await json_body(request)
+        check_fields(body, ("reason", "invalidity_date", "issuer"))
         reason = body.get("reason")
         if not isinstance(reason, str):
             raise ValidationError("reason is required (a string such as keyCompromise)")
-        invalidity = body.get("invalidity_date")
-        inv = None
-        if invalidity is not None:
-            if not isinstance(invalidity, str):
-                raise ValidationError("invalidity_date must be an ISO 8601 string")
-            try:
-                inv = parse_iso(invalidity)
-            except ValueError as exc:
-                raise ValidationError(f"invalidity_date {invalidity!r} is not an ISO 8601 time: {exc}") from exc
-        outcome = await self._authority.revoke(
-            serial, reason, actor, invalidity_date=inv, issuer_id=opt_str(body, "issuer")
+        inv = opt_time(body, "invalidity_date")
+        issuer_id = opt_str(body, "issuer")
+        outcome = await leaf_only(
+            self._authority.revoke(serial, reason, actor, invalidity_date=inv, issuer_id=issuer_id)
         )
         return JSONResponse(_revocation_json(outcome.event), status_code=201 if outcome.created else 200)
+
+    async def ca_status(self, request: Request, actor: Actor) -> Response:
+        """``POST /v1/issuers/{issuer_id}/revoke`` and ``.../release-hold``: admin only (``admin.ca_revocation``)."""
+        return await ca_operation(self._authority, request, actor)
 
     async def release_hold(self, request: Request, actor: Actor) -> Response:
         serial = parse_serial(request.path_params["serial"])
         body = await json_body(request, allow_empty=True)
-        rec = await self._authority.release_hold(serial, actor, opt_str(body, "issuer"))
+        check_fields(body, ("issuer",))
+        rec = await leaf_only(self._authority.release_hold(serial, actor, opt_str(body, "issuer")))
         return JSONResponse({"serial": f"{serial:x}", "status": "good", "event": rec.to_json()})
 
     async def events(self, request: Request, actor: Actor) -> Response:
+        check_query(request, ("after", "limit"))
         after = int_param(request, "after", 0, 0, 2**62)
         limit = int_param(request, "limit", 100, 1, 1000)
         events = await self._log.read(after, limit)
         return JSONResponse({"events": [e.to_json() for e in events], "head": await self._log.head()})
 
     async def propagation(self, request: Request, actor: Actor) -> Response:
+        check_query(request, ("issuer",))
         serial = parse_serial(request.path_params["serial"])
         if self._tracker is None:
             raise Problem(503, "Service Unavailable", "propagation tracking is not configured on this server")
@@ -305,6 +314,7 @@ class AdminAPI:
         return JSONResponse(timeline.to_json())
 
     async def issuers(self, request: Request, actor: Actor) -> Response:
+        check_query(request, ())
         ocsp_url = self._authority.ocsp_url
         records = await self._authority.issuers()
         out = [issuer_json(i, ocsp_url) for i in records]
@@ -324,9 +334,10 @@ class AdminAPI:
         if self._coordination is None:
             raise Problem(503, "Service Unavailable", "probe results cannot be stored: no coordination store")
         body = await json_body(request)
+        check_fields(body, ("issuer_id", "serial", "seq", "responder_url", "seen_at"))
         issuer_id = body.get("issuer_id")
-        if not isinstance(issuer_id, str) or not issuer_id:
-            raise ValidationError(f"issuer_id must be a non-empty string, got {issuer_id!r}")
+        if not isinstance(issuer_id, str) or not 0 < len(issuer_id) <= 64:
+            raise ValidationError(f"issuer_id must be a string of 1 to 64 characters, got {issuer_id!r:.80}")
         raw_serial = body.get("serial")
         if not isinstance(raw_serial, str):
             raise ValidationError(f"serial must be a hexadecimal string, got {raw_serial!r}")
@@ -343,7 +354,7 @@ class AdminAPI:
         try:
             seen_at = parse_iso(raw_seen).timestamp()
         except (ValueError, OverflowError) as exc:
-            raise ValidationError(f"seen_at {raw_seen!r} is not an ISO 8601 time: {exc}") from exc
+            raise ValidationError(f"seen_at {raw_seen[:64]!r} is not an ISO 8601 time: {exc}") from None
         await self._check_revocation(issuer_id, serial, seq)
         result = ProbeResult(issuer_id, serial, seq, url, seen_at)
         await self._coordination.record_probe(result)
@@ -381,6 +392,7 @@ class AdminAPI:
             raise ValidationError(f"seq {seq} revokes serial {event.payload.get('serial')}, not serial {serial:x}")
 
     async def audit_verify(self, request: Request, actor: Actor) -> Response:
+        check_query(request, ())
         try:
             count = await self._log.verify_chain()
         except IntegrityError as exc:

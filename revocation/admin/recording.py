@@ -17,8 +17,9 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from revocation.admin.http import Problem
+from revocation.admin.http import Problem, check_fields
 from revocation.authority import Actor
+from revocation.ca_status import CAStatusView, issuer_problem
 from revocation.clock import parse_iso
 from revocation.errors import ConcurrencyError, ConflictError, NotFoundError, ValidationError
 from revocation.eventlog import EventLog
@@ -34,7 +35,7 @@ from revocation.importing.plan import (
     Revocation,
     plan,
 )
-from revocation.projection import IssuerRecord, RecordedCertificates
+from revocation.projection import IssuerRecord
 
 MAX_BATCH = 1000  # certificates per request
 _SHOWN = 10  # refusals named in a problem's detail
@@ -46,8 +47,8 @@ def _time(value: object, what: str) -> datetime.datetime:
         raise ValidationError(f"{what} must be an ISO 8601 string, got {value!r}")
     try:
         return parse_iso(value).replace(microsecond=0)
-    except ValueError as exc:
-        raise ValidationError(f"{what} {value!r} is not an ISO 8601 time with a zone: {exc}") from exc
+    except (ValueError, OverflowError) as exc:
+        raise ValidationError(f"{what} {value[:64]!r} is not an ISO 8601 time with a zone: {exc}") from None
 
 
 def _revocation(value: object, where: str) -> Revocation | None:
@@ -55,6 +56,7 @@ def _revocation(value: object, where: str) -> Revocation | None:
         return None
     if not isinstance(value, dict):
         raise ValidationError(f"{where}.revoked must be an object with revoked_at and reason")
+    check_fields(value, ("revoked_at", "reason", "invalidity_date"), f"{where}.revoked")
     reason = value.get("reason", "unspecified")
     if not isinstance(reason, str):
         raise ValidationError(f"{where}.revoked.reason must be a string such as keyCompromise")
@@ -69,6 +71,7 @@ def _revocation(value: object, where: str) -> Revocation | None:
 def _entries(body: dict[str, Any]) -> list[tuple[str, x509.Certificate, Revocation | None]]:
     if ("certificate" in body) == ("certificates" in body):
         raise ValidationError('give either "certificate" (one PEM) or "certificates" (a list)')
+    check_fields(body, ("issuer", "certificate", "revoked") if "certificate" in body else ("issuer", "certificates"))
     single = "certificate" in body
     raw = [body] if single else body["certificates"]
     if not isinstance(raw, list) or not raw:
@@ -80,6 +83,7 @@ def _entries(body: dict[str, Any]) -> list[tuple[str, x509.Certificate, Revocati
         where = "certificate" if single else f"certificates[{n}]"
         revoked: object = None
         if isinstance(entry, dict) and not single:
+            check_fields(entry, ("certificate", "revoked"), where)
             revoked, entry = entry.get("revoked"), entry.get("certificate")
         elif single:
             revoked, entry = body.get("revoked"), body.get("certificate")
@@ -126,7 +130,7 @@ def _refusal(refusals: list[Outcome]) -> Problem:
 class CertificateRecorder:
     """Records certificates another CA issued, through the same decisions as ``pca import``."""
 
-    def __init__(self, log: EventLog, view: RecordedCertificates) -> None:
+    def __init__(self, log: EventLog, view: CAStatusView) -> None:
         self._log = log
         self._view = view
 
@@ -134,6 +138,10 @@ class CertificateRecorder:
         """The HTTP status and JSON body of recording ``body``; raises Problem or PCAError on refusal."""
         entries = _entries(body)
         issuer = _issuer(await self._view.issuers(), body.get("issuer"), entries[0][1])
+        # A CA whose own certificate expired or was revoked issues nothing pca should vouch for.
+        problem = await issuer_problem(self._view, issuer, datetime.datetime.now(datetime.UTC))
+        if problem is not None:
+            raise Problem(422, "Unprocessable Content", f"nothing recorded: {problem}")
         issuer_der = issuer.cert.public_bytes(Encoding.DER)
         ders = [cert.public_bytes(Encoding.DER) for _, cert, _ in entries]
         # signature checks off the event loop: a full batch takes tens of milliseconds

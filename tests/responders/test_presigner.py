@@ -166,7 +166,8 @@ async def test_catch_up_signs_a_good_response_for_every_issued_certificate(
             to_epoch(now),
             to_epoch(now) + VALIDITY,
         )
-    assert registry.get_sample_value("ocsp_presigned_responses_total", {"status": "good"}) == 3
+    # and the intermediate's, by the root's signer
+    assert registry.get_sample_value("ocsp_presigned_responses_total", {"status": "good"}) == len(leaves) + 1
 
 
 async def test_revoked_certificate_gets_a_revoked_response_with_reason_time_and_invalidity_date(
@@ -284,7 +285,7 @@ async def test_responses_are_re_signed_at_half_their_validity_and_not_before(
         assert new.next_update == to_epoch(now) + VALIDITY
         resp = ocsp.load_der_ocsp_response(new.der)
         assert all(s.this_update_utc == now for s in resp.responses)
-    assert await store.last_change() == last_change + len(leaves)
+    assert await store.last_change() == last_change + len(leaves) + 1  # and the intermediate's, by the root
 
 
 async def test_a_restarted_presigner_resumes_from_its_stored_position(
@@ -358,7 +359,7 @@ async def test_rotation_re_signs_every_response_with_the_new_signer(
 # --- what is never signed -------------------------------------------------------------------------------------
 
 
-async def test_the_root_gets_no_responses_and_the_intermediate_certificate_is_not_signed(
+async def test_the_root_signs_the_status_of_the_intermediate_and_its_revocation(
     rt: Runtime,
     authority: Authority,
     store: SQLiteResponseStore,
@@ -366,15 +367,27 @@ async def test_the_root_gets_no_responses_and_the_intermediate_certificate_is_no
     executor: concurrent.futures.Executor,
 ) -> None:
     leaf = await issue(authority)
-    intermediate = await issuer_cert(rt)
-    # Revoking the intermediate is an event about a root-issued certificate: still nothing to sign.
-    await authority.revoke(intermediate.serial_number, "superseded", ACTOR, issuer_id=ROOT)
+    intermediate, root = await issuer_cert(rt), await issuer_cert(rt, ROOT)
+    root_signer = await signer_cert(rt, ROOT)
+    presigner = make_presigner(rt, store, fake_clock, executor)
+    await presigner.catch_up()
+    fake_clock.advance(5)
 
-    await make_presigner(rt, store, fake_clock, executor).catch_up()
+    # Revoking the intermediate (the explicit operation) is answered by the root's OCSP signer.
+    await authority.revoke_ca(ISSUING, "cACompromise", ACTOR)
+    await presigner.catch_up()
 
-    assert await store.get(ROOT, intermediate.serial_number) is None
-    changes = await store.changes(0, 1000)
-    assert [(c.issuer_id, c.serial) for c in changes] == [(ISSUING, leaf.serial_number)]
+    stored = await store.get(ROOT, intermediate.serial_number)
+    assert stored is not None
+    resp = ocsp.load_der_ocsp_response(stored.der)
+    for single in resp.responses:
+        assert single.certificate_status == ocsp.OCSPCertStatus.REVOKED
+        assert single.revocation_reason == x509.ReasonFlags.ca_compromise
+    check_cert_ids(resp, intermediate, root)
+    assert resp.certificates == [root_signer]
+    root_signer.verify_directly_issued_by(root)
+    verify_signature(resp, root_signer)
+    assert await store.get(ISSUING, leaf.serial_number) is not None
 
 
 async def test_responses_never_outlive_the_signer_certificate(

@@ -27,6 +27,7 @@ from tests.support.processes import init_ca
 UTC = datetime.UTC
 ACTOR = Actor("tester", "req-1")
 ISSUING = "issuing-ca"
+ROOT = "root-ca"
 
 
 def mode(path: Path | str) -> int:
@@ -270,7 +271,7 @@ def test_init_creates_ca_keys_of_the_chosen_algorithm_readable_only_by_the_owner
         assert isinstance(public, key_type)
         assert public.key_size == size
     key_files = sorted((cfg.data_dir / "keys").glob("*.key"))
-    assert len(key_files) == 3  # root, issuing CA, OCSP signer
+    assert len(key_files) == 4  # root, issuing CA, the OCSP signers of both
     for path in key_files:
         assert mode(path) == 0o600, path
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -494,7 +495,7 @@ async def _signer(rt: Runtime) -> x509.Certificate:
 async def test_forced_rotation_issues_a_proper_ocsp_signer(runtime: Runtime) -> None:
     before = await _signer(runtime)
 
-    [rec] = await build_authority(runtime).rotate_signers(ACTOR, force=True)
+    [rec] = await build_authority(runtime).rotate_signers(ACTOR, force=True, issuer_id=ISSUING)
 
     event = rec.event
     assert isinstance(event, ResponderCertRotated) and event.issuer_id == ISSUING
@@ -533,7 +534,10 @@ async def test_signer_is_rotated_once_it_nears_expiry(ca_config: Config) -> None
         assert await authority.rotate_signers(ACTOR) == []
 
         clock.advance(2 * 86400)  # now within signer_renew_before_days of expiry
-        [rec] = await authority.rotate_signers(ACTOR)
+        rotated = await authority.rotate_signers(ACTOR)
+        # The root's signer (its OCSP answers for the intermediates) was made with the same validity.
+        assert sorted(r.payload["issuer_id"] for r in rotated) == sorted([ROOT, ISSUING])
+        [rec] = [r for r in rotated if r.payload["issuer_id"] == ISSUING]
 
         new = await _signer(rt)
         assert rec.type == "ResponderCertRotated"

@@ -188,9 +188,9 @@ async def test_issuers_lists_the_hierarchy_with_certificates(env: Env) -> None:
         on_disk = x509.load_pem_x509_certificate((cfg.data_dir / f"{issuer_id}.pem").read_bytes())
         assert x509.load_pem_x509_certificate(rec["certificate_pem"].encode()) == on_disk
         assert rec["crl_url"] == cfg.crl_url(issuer_id)
-    # Only the issuing CA has an OCSP signer, so only it is answered by OCSP.
+    # Both have an OCSP signer (the root's answers for the issuing CA's certificate).
     assert issuing["ocsp_url"] == cfg.ocsp_url
-    assert "ocsp_url" not in root
+    assert root["ocsp_url"] == cfg.ocsp_url
 
 
 async def test_issuers_needs_the_read_permission(env: Env) -> None:
