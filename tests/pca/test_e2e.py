@@ -814,6 +814,7 @@ def test_issue_key_out_is_private_even_over_an_existing_file(shared: ServerProce
         ca_dir(shared) / "reissue.pem",
         "--key-out",
         key,
+        "--force",  # without it an existing file is refused (tests/pca/test_operator_mistakes.py)
     )
     assert "PRIVATE KEY" in key.read_text()
     assert stat.S_IMODE(key.stat().st_mode) == 0o600, oct(key.stat().st_mode)
