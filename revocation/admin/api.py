@@ -14,6 +14,7 @@ revocation has got to (the tracker's timeline); a black-box prober reads
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 import uuid
@@ -44,7 +45,7 @@ from revocation.admin.http import (
 )
 from revocation.admin.installations import InstallationRecorder
 from revocation.admin.recording import CertificateRecorder
-from revocation.admin.tokens import Principal, TokenStore
+from revocation.admin.tokens import Principal, TokenRefused, TokenStore
 from revocation.authority import Actor, Authority, IssueRequest, parse_serial
 from revocation.clock import iso, parse_iso
 from revocation.coordination import ProbeResult
@@ -198,11 +199,11 @@ class AdminAPI:
         except PCAError as exc:  # say nothing about the server's files to an unauthenticated caller
             log.error("cannot load the admin tokens: %s", exc)
             raise Problem(503, "Service Unavailable", "the token store cannot be read; see the server log") from exc
-        principal = tokens.authenticate(token.strip())
-        if principal is None:
-            log.warning("rejected an unknown bearer token from %s", request.client.host if request.client else "?")
-            raise Problem(401, "Unauthorized", "the bearer token is not valid", challenge)
-        return principal
+        try:
+            return tokens.check(token.strip(), datetime.datetime.now(datetime.UTC))
+        except TokenRefused as exc:  # unknown, revoked or expired: only a holder of the token learns which
+            log.warning("rejected a bearer token from %s: %s", request.client.host if request.client else "?", exc)
+            raise Problem(401, "Unauthorized", str(exc), challenge) from None
 
     # --- handlers -----------------------------------------------------------------
 

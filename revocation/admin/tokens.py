@@ -1,23 +1,33 @@
-"""Admin API bearer tokens: stored as SHA-256 hashes, compared in constant time.
+"""Admin API bearer tokens: stored as SHA-256 hashes, compared in constant time, optionally expiring, revocable.
 
 Tokens carry 256 random bits, so a plain SHA-256 (no slow KDF) is enough to
-make the stored file useless to a reader.
+make the stored file useless to a reader. The file (``admin.tokens_file``) keeps, per token, its
+name, role, hash, creation time, expiry (or none) and revocation time (or none); a revoked token
+stays listed, so its name is not given to another token and ``pca token list`` shows when it went.
+The server re-reads the file when it changes (``TokenFile``), so a revocation applies at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from revocation.errors import ConfigError, ValidationError
+from revocation.clock import iso, parse_iso
+from revocation.errors import ConfigError, NotFoundError, ValidationError
 
 # agent: a relying party's CRL sync agent (``pca crl-sync``), which only reports the CRLs it installed.
 ROLES = ("admin", "revoker", "auditor", "prober", "recorder", "agent")
+MAX_NAME = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,14 +37,58 @@ class Principal:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Entry:
+class TokenInfo:
+    """What may be shown of a token: never its secret nor its hash."""
+
     name: str
     role: str
+    created: datetime.datetime | None  # None: made before tokens recorded it
+    expires: datetime.datetime | None
+    revoked: datetime.datetime | None
+
+    def state(self, now: datetime.datetime) -> str:
+        if self.revoked is not None:
+            return "revoked"
+        if self.expires is not None and now >= self.expires:
+            return "expired"
+        return "active"
+
+    def to_json(self, now: datetime.datetime) -> dict[str, Any]:
+        def when(t: datetime.datetime | None) -> str | None:
+            return None if t is None else iso(t)
+
+        return {
+            "name": self.name,
+            "role": self.role,
+            "created": when(self.created),
+            "expires": when(self.expires),
+            "revoked": when(self.revoked),
+            "state": self.state(now),
+        }
+
+
+class TokenRefused(Exception):
+    """A bearer token the API does not accept; the message is safe to show to whoever sent it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    info: TokenInfo
     digest: bytes
 
 
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+def _time(raw: object) -> datetime.datetime | None:
+    return None if raw is None else parse_iso(str(raw))
+
+
+def _entry(e: dict[str, Any]) -> _Entry:
+    info = TokenInfo(str(e["name"]), str(e["role"]), _time(e.get("created")), _time(e.get("expires")), None)
+    info = dataclasses.replace(info, revoked=_time(e.get("revoked")))
+    return _Entry(info, bytes.fromhex(str(e["sha256"])))
 
 
 class TokenStore:
@@ -45,65 +99,145 @@ class TokenStore:
     def load(cls, path: Path) -> TokenStore:
         try:
             data = json.loads(path.read_text())
-            entries = [_Entry(str(e["name"]), str(e["role"]), bytes.fromhex(str(e["sha256"]))) for e in data["tokens"]]
+            entries = [_entry(e) for e in data["tokens"]]
         except FileNotFoundError:
             return cls([])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"token file {path} is unreadable or malformed: {exc!r}") from exc
         for e in entries:
-            if e.role not in ROLES:
-                raise ConfigError(f"token {e.name!r} in {path} has unknown role {e.role!r}")
+            if e.info.role not in ROLES:
+                raise ConfigError(f"token {e.info.name!r} in {path} has unknown role {e.info.role!r}")
         return cls(entries)
 
-    def authenticate(self, token: str) -> Principal | None:
-        """The token's principal, or None. Compares against every entry, in constant time each."""
+    def check(self, token: str, now: datetime.datetime) -> Principal:
+        """The token's principal; raises TokenRefused (unknown, revoked or expired).
+
+        Every entry is compared, each in constant time, so the time taken says nothing about
+        which (or whether any) matched. Only a holder of the token can learn that it was
+        revoked or has expired; to anyone else it is "not valid".
+        """
         digest = _digest(token)
-        found: Principal | None = None
+        found: _Entry | None = None
         for entry in self._entries:
             if hmac.compare_digest(entry.digest, digest):
-                found = Principal(entry.name, entry.role)
-        return found
+                found = entry
+        if found is None:
+            raise TokenRefused("the bearer token is not valid")
+        state = found.info.state(now)
+        if state == "revoked":
+            raise TokenRefused("the bearer token has been revoked; ask an administrator for a new one")
+        if state == "expired":
+            raise TokenRefused("the bearer token has expired; ask an administrator for a new one")
+        return Principal(found.info.name, found.info.role)
+
+    def authenticate(self, token: str, now: datetime.datetime | None = None) -> Principal | None:
+        """The token's principal, or None when it is refused for any reason."""
+        try:
+            return self.check(token, now or datetime.datetime.now(datetime.UTC))
+        except TokenRefused:
+            return None
+
+    def tokens(self) -> list[TokenInfo]:
+        return [e.info for e in self._entries]
 
     def names(self) -> list[tuple[str, str]]:
-        return [(e.name, e.role) for e in self._entries]
+        return [(e.info.name, e.info.role) for e in self._entries]
 
 
 class TokenFile:
-    """The token file, re-read only when it changes (tokens added by `pca token create` apply at once)."""
+    """The token file, re-read whenever it changes: tokens created or revoked by `pca token` apply at once.
+
+    A change is any new (inode, mtime, ctime, size): the file is always replaced by a rename,
+    so even a rewrite of the same size within one clock tick is seen.
+    """
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int, int] | None = None
         self._store = TokenStore([])
 
     def __call__(self) -> TokenStore:
         try:
             st = self._path.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
         except FileNotFoundError:
-            stamp = (0, 0)
+            stamp = (0, 0, 0, 0)
         if stamp != self._stamp:
             self._store = TokenStore.load(self._path)
             self._stamp = stamp
         return self._store
 
 
-def add_token(path: Path, name: str, role: str) -> str:
-    """Create a token, store its hash in ``path``; returns the token (shown once)."""
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[dict[str, Any]]:
+    """The token file's data, under an exclusive lock held until the caller has written it back."""
+    lock_path = path.with_name(f".{path.name}.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            data = json.loads(path.read_text()) if path.exists() else {"tokens": []}
+            if not isinstance(data.get("tokens"), list):
+                raise ValueError("no list of tokens")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"token file {path} is unreadable: {exc!r}") from exc
+        yield data
+    finally:
+        os.close(fd)
+
+
+def check_new_token(path: Path, name: str, role: str) -> None:
+    """Refuse what ``add_token`` would refuse, before anything is recorded."""
     if role not in ROLES:
         raise ValidationError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
-    if not name:
-        raise ValidationError("token name must not be empty")
-    try:
-        data = json.loads(path.read_text()) if path.exists() else {"tokens": []}
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"token file {path} is unreadable: {exc!r}") from exc
-    if any(e.get("name") == name for e in data["tokens"]):
-        raise ValidationError(f"a token named {name!r} exists already")
-    token = "pca_" + secrets.token_urlsafe(32)
-    data["tokens"].append({"name": name, "role": role, "sha256": _digest(token).hex()})
-    write_secret_file(path, json.dumps(data, indent=2))
+    if not name or len(name) > MAX_NAME or not name.isprintable():
+        raise ValidationError(f"a token name must be 1 to {MAX_NAME} printable characters")
+    names = [e.name for e in TokenStore.load(path).tokens()]
+    if name in names:
+        raise ValidationError(f"a token named {name!r} exists already (revoked tokens keep their names)")
+
+
+def add_token(
+    path: Path,
+    name: str,
+    role: str,
+    *,
+    now: datetime.datetime | None = None,
+    expires: datetime.datetime | None = None,
+) -> str:
+    """Create a token, store its hash in ``path``; returns the token (shown once)."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    if expires is not None and expires <= now:
+        raise ValidationError(f"the expiry {iso(expires)} is not in the future")
+    check_new_token(path, name, role)
+    with _locked(path) as data:
+        if any(e.get("name") == name for e in data["tokens"]):
+            raise ValidationError(f"a token named {name!r} exists already (revoked tokens keep their names)")
+        token = "pca_" + secrets.token_urlsafe(32)
+        entry = {
+            "name": name,
+            "role": role,
+            "sha256": _digest(token).hex(),
+            "created": iso(now),
+            "expires": None if expires is None else iso(expires),
+        }
+        data["tokens"].append(entry)
+        write_secret_file(path, json.dumps(data, indent=2))
     return token
+
+
+def revoke_token(path: Path, name: str, now: datetime.datetime | None = None) -> TokenInfo:
+    """Mark the token ``name`` revoked; the API refuses it from its next request on."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    with _locked(path) as data:
+        entry = next((e for e in data["tokens"] if e.get("name") == name), None)
+        if entry is None:
+            raise NotFoundError(f"no token named {name!r} in {path}")
+        if entry.get("revoked") is not None:
+            raise ValidationError(f"the token {name!r} was revoked already, at {entry['revoked']}")
+        entry["revoked"] = iso(now)
+        write_secret_file(path, json.dumps(data, indent=2))
+    return _entry(entry).info
 
 
 def write_secret_file(path: Path, secret: str) -> None:

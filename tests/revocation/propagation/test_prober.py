@@ -4,6 +4,7 @@ would, and whole runs against a real ``pca serve`` process while certificates ar
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime
 import json
 import random
@@ -335,7 +336,10 @@ def prober_token(srv: ServerProcess, capsys: pytest.CaptureFixture[str]) -> str:
     global _tokens
     _tokens += 1
     capsys.readouterr()
-    pca_main(["token", "create", "--config", str(srv.config_path), "--name", f"prober-{_tokens}", "--role", "prober"])
+    argv = ["token", "create", "--config", str(srv.config_path), "--name", f"prober-{_tokens}", "--role", "prober"]
+    # Called from async tests: the command runs its own event loop (to record the token), so in a thread.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(pca_main, argv).result()
     return capsys.readouterr().out.strip()
 
 
