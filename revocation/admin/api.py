@@ -1,13 +1,14 @@
 """The admin API (Starlette), served on the admin listener only.
 
-Authentication: bearer tokens (hashed at rest, compared in constant time), with
-roles admin, revoker, auditor, prober, recorder and agent. Every error is ``application/problem+json``
+Authentication: bearer tokens (hashed at rest, compared in constant time, optionally expiring,
+revocable), with roles admin, revoker, auditor, prober, recorder and agent; which role may call which
+route is ``revocation.admin.access.ACCESS``. Every error is ``application/problem+json``
 with a title and a detail saying what was wrong. A 2xx is sent only after the
 event is committed.
 
 Propagation: ``GET /v1/certificates/{serial}/propagation`` shows where a
 revocation has got to (the tracker's timeline); a black-box prober reads
-``/v1/events`` and ``/v1/issuers`` and reports what it saw over HTTP with
+``/v1/revocations`` and ``/v1/issuers`` and reports what it saw over HTTP with
 ``POST /v1/propagation/probes``; a relying party's CRL sync agent reports each CRL it installed with
 ``POST /v1/propagation/crl-installations`` (``revocation.admin.installations``).
 """
@@ -29,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from revocation.admin import access
 from revocation.admin.http import (
     MAX_URL_LENGTH,
     BodyLimit,
@@ -45,6 +47,7 @@ from revocation.admin.http import (
 )
 from revocation.admin.installations import InstallationRecorder
 from revocation.admin.recording import CertificateRecorder
+from revocation.admin.revocations import revocation_page
 from revocation.admin.tokens import Principal, TokenRefused, TokenStore
 from revocation.authority import Actor, Authority, IssueRequest, parse_serial
 from revocation.clock import iso, parse_iso
@@ -57,18 +60,6 @@ from revocation.projection import CertificateRecord, IssuerRecord, IssuerStats
 from revocation.propagation.timeline import Timeline
 
 log = logging.getLogger("pca.api")
-
-# Permission -> the token roles holding it. A prober reads (events, issuers) and reports probes, nothing more.
-ROLES_BY_PERMISSION: dict[str, tuple[str, ...]] = {
-    "issue": ("admin",),
-    "revoke": ("admin", "revoker"),
-    "read": ("admin", "revoker", "auditor", "prober"),
-    "probe": ("admin", "prober"),
-    # An external CA's issuing core records what it issued (revocation.admin.recording), nothing more.
-    "record": ("admin", "recorder"),
-    # A relying party's CRL sync agent (``pca crl-sync``) reports the CRLs it installed, nothing more.
-    "report installations": ("admin", "agent"),
-}
 
 
 class Tracker(Protocol):
@@ -124,30 +115,32 @@ class AdminAPI:
         self._latency = Histogram("admin_request_seconds", "Admin API request time", ["route"], registry=registry)
 
     def app(self) -> ASGIApp:
+        # Each route's roles come from revocation.admin.access (one table, shown in the README).
+        route = self._route
         routes = [
-            Route("/v1/certificates", self._wrap("issue", self.issue), methods=["POST"]),
-            Route("/v1/certificates/import", self._wrap("record", self.record), methods=["POST"]),
-            Route("/v1/certificates/{serial}", self._wrap("read", self.get_certificate), methods=["GET"]),
-            Route("/v1/certificates/{serial}/revoke", self._wrap("revoke", self.revoke), methods=["POST"]),
-            Route("/v1/certificates/{serial}/release-hold", self._wrap("revoke", self.release_hold), methods=["POST"]),
-            Route("/v1/certificates/{serial}/propagation", self._wrap("read", self.propagation), methods=["GET"]),
-            Route("/v1/issuers", self._wrap("read", self.issuers), methods=["GET"]),
-            Route("/v1/propagation/probes", self._wrap("probe", self.record_probe), methods=["POST"]),
-            Route(
-                "/v1/propagation/crl-installations",
-                self._wrap("report installations", self.record_installation),
-                methods=["POST"],
-            ),
-            Route("/v1/events", self._wrap("read", self.events), methods=["GET"]),
-            Route("/v1/audit/verify", self._wrap("read", self.audit_verify), methods=["GET"]),
-            Route("/metrics", self.metrics, methods=["GET"]),
-            Route("/healthz", self.healthz, methods=["GET"]),
+            route("POST", "/v1/certificates", self.issue),
+            route("POST", "/v1/certificates/import", self.record),
+            route("GET", "/v1/certificates/{serial}", self.get_certificate),
+            route("POST", "/v1/certificates/{serial}/revoke", self.revoke),
+            route("POST", "/v1/certificates/{serial}/release-hold", self.release_hold),
+            route("GET", "/v1/certificates/{serial}/propagation", self.propagation),
+            route("GET", "/v1/issuers", self.issuers),
+            route("GET", "/v1/revocations", self.revocations),
+            route("POST", "/v1/propagation/probes", self.record_probe),
+            route("POST", "/v1/propagation/crl-installations", self.record_installation),
+            route("GET", "/v1/events", self.events),
+            route("GET", "/v1/audit/verify", self.audit_verify),
+            Route("/metrics", self.metrics, methods=[access.rule("GET", "/metrics").method]),
+            Route("/healthz", self.healthz, methods=[access.rule("GET", "/healthz").method]),
         ]
         app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
         return BodyLimit(app, self._max_body)
 
+    def _route(self, method: str, path: str, handler: Callable[[Request, Actor], Awaitable[Response]]) -> Route:
+        return Route(path, self._wrap(access.rule(method, path), handler), methods=[method])
+
     def _wrap(
-        self, permission: str, handler: Callable[[Request, Actor], Awaitable[Response]]
+        self, rule: access.Rule, handler: Callable[[Request, Actor], Awaitable[Response]]
     ) -> Callable[[Request], Awaitable[Response]]:
         route = handler.__name__
 
@@ -156,8 +149,8 @@ class AdminAPI:
             request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
             try:
                 principal = self._authenticate(request)
-                if principal.role not in ROLES_BY_PERMISSION[permission]:
-                    raise Problem(403, "Forbidden", f"role {principal.role!r} may not {permission}")
+                if principal.role not in rule.roles:
+                    raise Problem(403, "Forbidden", f"role {principal.role!r} may not {rule.action}")
                 response = await handler(request, Actor(principal.name, request_id[:128]))
             except Problem as p:
                 response = problem_response(p.status, p.title, p.detail, p.headers)
@@ -285,6 +278,11 @@ class AdminAPI:
         limit = int_param(request, "limit", 100, 1, 1000)
         events = await self._log.read(after, limit)
         return JSONResponse({"events": [e.to_json() for e in events], "head": await self._log.head()})
+
+    async def revocations(self, request: Request, actor: Actor) -> Response:
+        """The revocations in the log, without actors, request ids or key references: what a prober follows."""
+        after = int_param(request, "after", 0, 0, 2**62)
+        return JSONResponse(await revocation_page(self._log, after, int_param(request, "limit", 100, 1, 1000)))
 
     async def propagation(self, request: Request, actor: Actor) -> Response:
         serial = parse_serial(request.path_params["serial"])

@@ -242,8 +242,9 @@ class StandIns:
         self.posts: list[dict[str, Any]] = []
         self.revocation = {
             "seq": 5,
-            "type": "CertificateRevoked",
-            "payload": {"issuer_id": "ca", "serial": f"{pki.leaf.serial_number:x}", "reason": "keyCompromise"},
+            "issuer_id": "ca",
+            "serial": f"{pki.leaf.serial_number:x}",
+            "reason": "keyCompromise",
             "recorded_at": "2026-01-01T00:00:00Z",
         }
 
@@ -252,12 +253,13 @@ class StandIns:
             pem = self.pki.ca.public_bytes(serialization.Encoding.PEM).decode()
             issuer = {"issuer_id": "ca", "certificate_pem": pem, "ocsp_url": "http://r/ocsp"}
             return httpx.Response(200, json={"issuers": [issuer]})
-        if request.url.path == "/v1/events":
+        if request.url.path == "/v1/revocations":
             self.event_reads += 1
             if self.event_reads == 1:
                 return httpx.Response(500, json={"title": "Internal Server Error", "detail": "boom"})
             after = int(request.url.params["after"])
-            return httpx.Response(200, json={"events": [self.revocation] if after < 5 else [], "head": 5})
+            page = {"revocations": [self.revocation] if after < 5 else [], "last_seq": 5, "head": 5}
+            return httpx.Response(200, json=page)
         if request.url.path == "/v1/propagation/probes":
             self.posts.append(json.loads(request.content))
             status = self.post_status[min(len(self.posts), len(self.post_status)) - 1]
