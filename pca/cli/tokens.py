@@ -20,7 +20,15 @@ from collections.abc import Sequence
 from pca.cli.common import cli_actor, fail
 from pca.config import Config, load_config
 from pca.runtime import connect_runtime
-from revocation.admin.tokens import ROLES, TokenInfo, TokenStore, add_token, check_new_token, revoke_token
+from revocation.admin.tokens import (
+    ROLES,
+    TokenInfo,
+    TokenStore,
+    add_token,
+    check_new_token,
+    read_last_used,
+    revoke_token,
+)
 from revocation.clock import SystemClock, iso, parse_iso
 from revocation.errors import PCAError, ValidationError
 from revocation.eventlog import NewEvent, RecordedEvent
@@ -112,20 +120,29 @@ def cmd_token_revoke(args: argparse.Namespace) -> None:
 def cmd_token_list(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     tokens = TokenStore.load(cfg.tokens_db).tokens()
+    used = read_last_used(cfg.tokens_db)
     now = _now()
     if args.json:
-        print(json.dumps({"tokens": [t.to_json(now) for t in tokens]}, indent=2))
+        print(json.dumps({"tokens": [{**t.to_json(now), "last_used": used.get(t.name)} for t in tokens]}, indent=2))
         return
-    print(_table(tokens, now))
+    print(_table(tokens, used, now))
 
 
-def _table(tokens: Sequence[TokenInfo], now: datetime.datetime) -> str:
+def _table(tokens: Sequence[TokenInfo], used: dict[str, str], now: datetime.datetime) -> str:
     def when(t: datetime.datetime | None, none: str) -> str:
         return none if t is None else iso(t)
 
-    rows = [("NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "REVOKED")]
+    rows = [("NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "REVOKED", "LAST USED")]
     rows += [
-        (t.name, t.role, t.state(now), when(t.created, "unknown"), when(t.expires, "never"), when(t.revoked, "-"))
+        (
+            t.name,
+            t.role,
+            t.state(now),
+            when(t.created, "unknown"),
+            when(t.expires, "never"),
+            when(t.revoked, "-"),
+            used.get(t.name, "-"),
+        )
         for t in tokens
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -156,9 +173,10 @@ def add_token_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     t.set_defaults(func=cmd_token_create)
     t = tok.add_parser(
         "list",
-        help="list tokens: name, role, state, created, expires, revoked (never a secret)",
+        help="list tokens: name, role, state, created, expires, revoked, last used (never a secret)",
         description="List the tokens of the token file: name, role, state (active, expired, revoked), creation, "
-        "expiry and revocation times. Secrets are never stored, so never shown.",
+        "expiry and revocation times, and when the API on this host last accepted each (to the minute). "
+        "Secrets are never stored, so never shown.",
     )
     t.add_argument("--config", required=True)
     t.add_argument("--json", action="store_true", help="print JSON")

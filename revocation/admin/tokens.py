@@ -16,9 +16,10 @@ import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from revocation.clock import iso, parse_iso
 from revocation.errors import ConfigError, NotFoundError, ValidationError
 
 # agent: a relying party's CRL sync agent (``pca crl-sync``), which only reports the CRLs it installed.
+log = logging.getLogger("pca.tokens")
+
 ROLES = ("admin", "revoker", "auditor", "prober", "recorder", "agent")
 MAX_NAME = 128
 
@@ -92,8 +95,9 @@ def _entry(e: dict[str, Any]) -> _Entry:
 
 
 class TokenStore:
-    def __init__(self, entries: list[_Entry]) -> None:
+    def __init__(self, entries: list[_Entry], on_use: Callable[[str, datetime.datetime], None] | None = None) -> None:
         self._entries = entries
+        self.on_use = on_use  # told the name of each token accepted, and when
 
     @classmethod
     def load(cls, path: Path) -> TokenStore:
@@ -128,6 +132,8 @@ class TokenStore:
             raise TokenRefused("the bearer token has been revoked; ask an administrator for a new one")
         if state == "expired":
             raise TokenRefused("the bearer token has expired; ask an administrator for a new one")
+        if self.on_use is not None:
+            self.on_use(found.info.name, now)
         return Principal(found.info.name, found.info.role)
 
     def authenticate(self, token: str, now: datetime.datetime | None = None) -> Principal | None:
@@ -148,13 +154,17 @@ class TokenFile:
     """The token file, re-read whenever it changes: tokens created or revoked by `pca token` apply at once.
 
     A change is any new (inode, mtime, ctime, size): the file is always replaced by a rename,
-    so even a rewrite of the same size within one clock tick is seen.
+    so even a rewrite of the same size within one clock tick is seen. When each token was last
+    accepted is kept beside it (``last_used_path``): the first use in each minute is written, so
+    the record is right to the minute and costs at most one write a minute per token.
     """
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._stamp: tuple[int, int, int, int] | None = None
         self._store = TokenStore([])
+        self._used: dict[str, str] = {}
+        self._written: dict[str, datetime.datetime] = {}
 
     def __call__(self) -> TokenStore:
         try:
@@ -164,8 +174,34 @@ class TokenFile:
             stamp = (0, 0, 0, 0)
         if stamp != self._stamp:
             self._store = TokenStore.load(self._path)
+            self._store.on_use = self._note_use
             self._stamp = stamp
         return self._store
+
+    def _note_use(self, name: str, now: datetime.datetime) -> None:
+        minute = now.replace(second=0, microsecond=0)
+        if self._written.get(name) == minute:  # recorded in this minute already: right to the minute
+            return
+        self._written[name] = minute
+        self._used[name] = iso(now)
+        try:
+            merged = {**read_last_used(self._path), **self._used}
+            write_secret_file(last_used_path(self._path), json.dumps({"last_used": merged}, indent=2))
+        except (OSError, ValueError) as exc:  # a record of use must never refuse the request
+            log.warning("cannot record when tokens were last used: %s", exc)
+
+
+def last_used_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.last-used.json")
+
+
+def read_last_used(path: Path) -> dict[str, str]:
+    """Token name -> when the API on this host last accepted it (to the minute); {} when never recorded."""
+    try:
+        data = json.loads(last_used_path(path).read_text())
+        return {str(k): str(v) for k, v in data["last_used"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing or damaged: nothing recorded
+        return {}
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from revocation.admin.tokens import TokenFile, add_token, revoke_token, write_secret_file
+from revocation.admin.tokens import TokenFile, add_token, read_last_used, revoke_token, write_secret_file
 from tests.support.processes import ServerProcess, running_server
 from tests.support.scaled import pca
 
@@ -54,8 +54,11 @@ def test_a_token_is_created_used_listed_revoked_and_refused_at_once(srv: ServerP
     assert line.split()[1:3] == ["auditor", "active"]
     in_30_days = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30)
     assert in_30_days.strftime("%Y-%m-%d") in line
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    assert line.split()[-1].startswith(today)  # LAST USED: the request above
     as_json = json.loads(_ok(pca("token", "list", "--config", config, "--json")))
     assert {t["name"] for t in as_json["tokens"]} >= {"admin", "ops-1"}
+    assert next(t for t in as_json["tokens"] if t["name"] == "ops-1")["last_used"].startswith(today)
     # Neither the secrets nor their hashes: nothing a reader could use.
     stored = json.loads(srv.config.tokens_db.read_text())["tokens"]
     for text in (listing, json.dumps(as_json)):
@@ -93,6 +96,8 @@ def test_every_creation_and_revocation_is_an_event_with_its_actor(srv: ServerPro
     assert all(str(e["actor"]).startswith("cli:") for e in mine)
     assert mine[0]["payload"] == {"v": 1, "name": "audited", "role": "prober", "expires": None}
     assert "audit OK" in _ok(pca("audit", "verify", "--config", config))
+    listed = json.loads(_ok(pca("token", "list", "--config", config, "--json")))["tokens"]
+    assert next(t for t in listed if t["name"] == "audited")["last_used"] is None  # never used
 
 
 def test_an_expired_token_is_refused_and_says_so(srv: ServerProcess) -> None:
@@ -167,3 +172,16 @@ def test_a_revocation_the_log_missed_is_recorded_by_revoking_again(srv: ServerPr
     assert [e["type"] for e in _events(srv) if e["stream"] == "token/missed"] == ["TokenCreated", "TokenRevoked"]
     again = pca("token", "revoke", "--config", config, "--name", "missed")
     assert again.returncode == 1 and "revoked already" in again.stderr
+
+
+def test_last_use_is_recorded_to_the_minute_with_one_write_a_minute(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    token = add_token(path, "busy", "auditor")
+    tokens = TokenFile(path)
+    t0 = datetime.datetime(2026, 12, 6, 8, 0, 5, tzinfo=datetime.UTC)
+    for seconds in (0, 20, 50):  # one minute: written once, at its first use
+        tokens().check(token, t0 + datetime.timedelta(seconds=seconds))
+    assert read_last_used(path) == {"busy": "2026-12-06T08:00:05Z"}
+    tokens().check(token, t0 + datetime.timedelta(seconds=70))
+    assert read_last_used(path) == {"busy": "2026-12-06T08:01:15Z"}
+    assert "busy" in path.with_name("tokens.last-used.json").read_text()
