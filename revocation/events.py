@@ -161,6 +161,35 @@ class CertificateHoldReleased(DomainEvent):
         return cert_stream(self.issuer_id, int(self.serial, 16))
 
 
+def token_stream(name: str) -> str:
+    return f"token/{name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenCreated(DomainEvent):
+    """An admin API token was created (``pca init``, ``pca token create``); the log never holds the secret."""
+
+    TYPE: ClassVar[str] = "TokenCreated"
+    name: str
+    role: str
+    expires: datetime.datetime | None = None
+
+    def stream(self) -> str:
+        return token_stream(self.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenRevoked(DomainEvent):
+    """An admin API token was revoked (``pca token revoke``): the API refuses it from then on."""
+
+    TYPE: ClassVar[str] = "TokenRevoked"
+    name: str
+    role: str
+
+    def stream(self) -> str:
+        return token_stream(self.name)
+
+
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
     cls.TYPE: cls
     for cls in (
@@ -170,6 +199,8 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
         CertificateIssued,
         CertificateRevoked,
         CertificateHoldReleased,
+        TokenCreated,
+        TokenRevoked,
     )
 }
 

@@ -29,6 +29,7 @@ SCENARIOS = (
     "record_latency",
     "crl_follow",
     "enforcement",
+    "ocsp_fuzz",
 )
 
 
@@ -53,7 +54,7 @@ def test_every_scenario_runs_at_smoke_sizes(tmp_path: Path) -> None:
     report = (tmp_path / "benchmarks.md").read_text()
     headings = ("## Goals", "## OCSP serving", "## Pre-signing", "## CRL building", "## Responder memory")
     imports = ("## Importing an openssl ca database", "## Recording an issued certificate")
-    for heading in (*headings, "## Propagation in the scaled shape", *imports):
+    for heading in (*headings, "## Propagation in the scaled shape", *imports, "## OCSP responder fuzzing"):
         assert heading in report
     # A smoke run never touches the committed report.
     assert (docs.read_bytes() if docs.exists() else None) == before
@@ -71,3 +72,16 @@ def test_the_import_scenarios_run_at_smoke_sizes(tmp_path: Path) -> None:
     assert re.search(r"^RESULT record_latency: p50 \d+ ms, p99 \d+ ms, max \d+ ms, all: True$", proc.stdout, re.M)
     report = (tmp_path / "benchmarks.md").read_text()
     assert "## Importing an openssl ca database" in report and "## Recording an issued certificate" in report
+
+
+def test_the_ocsp_fuzzer_runs_at_smoke_sizes(tmp_path: Path) -> None:
+    # A few thousand inputs in-process and a few hundred to uvicorn and granian: no failures, servers up.
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadtests.run_all", "--smoke", "--only", "ocsp_fuzz", "--out-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-6000:]}"
+    line = re.search(r"^RESULT ocsp_fuzz: 3,000 inputs in-process at [\d,]+/s, 0 failures; (.+)$", proc.stdout, re.M)
+    assert line is not None, proc.stdout
+    assert line.group(1).count("300 inputs, 0 failures, up after: True") == 2
+    assert "## OCSP responder fuzzing (issue 13)" in (tmp_path / "benchmarks.md").read_text()

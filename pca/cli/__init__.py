@@ -13,8 +13,8 @@ from pca.cli.common import fail
 from pca.cli.crlsync import add_crlsync_parser
 from pca.cli.importing import add_import_parser
 from pca.cli.issuers import add_issuer_parsers
+from pca.cli.tokens import add_token_parsers
 from revocation import __version__, ca
-from revocation.admin.tokens import ROLES
 from revocation.errors import PCAError
 from revocation.events import REVOCATION_REASONS
 from revocation.keys import BACKENDS, KEY_ALGORITHMS
@@ -224,15 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.set_defaults(func=local.cmd_migrate)
 
-    p = sub.add_parser("token", help="manage admin API tokens", description="Manage admin API tokens.")
-    tok = p.add_subparsers(dest="token_command", required=True, metavar="SUBCOMMAND")
-    t = tok.add_parser(
-        "create", help="create a token and print it once", description="Create a token and print it once."
-    )
-    t.add_argument("--config", required=True)
-    t.add_argument("--name", required=True)
-    t.add_argument("--role", required=True, choices=ROLES)
-    t.set_defaults(func=local.cmd_token_create)
+    add_token_parsers(sub)
     return parser
 
 

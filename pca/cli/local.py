@@ -1,4 +1,5 @@
-"""The commands that work on this host's files and database: init, serve, migrate, rebuild, token, audit --local."""
+"""The commands that work on this host's files and database: init, serve, migrate, rebuild, audit --local
+(``pca token`` is in ``pca.cli.tokens``)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from revocation.authority import Actor, certificate_issued, issuer_added
 from revocation.clock import SystemClock
 from revocation.errors import IntegrityError, PCAError
 from revocation.eventlog import NewEvent
+from revocation.events import TokenCreated
 from revocation.files import check_writable, write_file
 from revocation.keys import KeyRef, SigningKey, generate_key
 
@@ -205,6 +207,8 @@ async def _init_hierarchy(
                     rid,
                 ),
                 NewEvent(certificate_issued(ROOT_ID, issuing_cert, "ca"), 0, actor, rid),
+                # The admin token cmd_init writes next: audited like every token.
+                NewEvent(TokenCreated("admin", "admin"), 0, actor, rid),
             ]
         )
         if recorded is not None:
@@ -271,12 +275,6 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
 
     count = asyncio.run(run())
     print(f"rebuilt the certificate-status projection from {count} events")
-
-
-def cmd_token_create(args: argparse.Namespace) -> None:
-    cfg = load_config(args.config)
-    token = add_token(cfg.tokens_db, args.name, args.role)
-    print(token)
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> None:

@@ -1,19 +1,21 @@
 """The admin API (Starlette), served on the admin listener only.
 
-Authentication: bearer tokens (hashed at rest, compared in constant time), with
-roles admin, revoker, auditor, prober, recorder and agent. Every error is ``application/problem+json``
+Authentication: bearer tokens (hashed at rest, compared in constant time, optionally expiring,
+revocable), with roles admin, revoker, auditor, prober, recorder and agent; which role may call which
+route is ``revocation.admin.access.ACCESS``. Every error is ``application/problem+json``
 with a title and a detail saying what was wrong. A 2xx is sent only after the
 event is committed.
 
 Propagation: ``GET /v1/certificates/{serial}/propagation`` shows where a
 revocation has got to (the tracker's timeline); a black-box prober reads
-``/v1/events`` and ``/v1/issuers`` and reports what it saw over HTTP with
+``/v1/revocations`` and ``/v1/issuers`` and reports what it saw over HTTP with
 ``POST /v1/propagation/probes``; a relying party's CRL sync agent reports each CRL it installed with
 ``POST /v1/propagation/crl-installations`` (``revocation.admin.installations``).
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 import uuid
@@ -28,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from revocation.admin import access
 from revocation.admin.ca_revocation import ca_operation, leaf_only
 from revocation.admin.http import (
     MAX_URL_LENGTH,
@@ -49,7 +52,8 @@ from revocation.admin.http import (
 )
 from revocation.admin.installations import InstallationRecorder
 from revocation.admin.recording import CertificateRecorder
-from revocation.admin.tokens import Principal, TokenStore
+from revocation.admin.revocations import revocation_page
+from revocation.admin.tokens import Principal, TokenRefused, TokenStore
 from revocation.authority import Actor, Authority, IssueRequest, parse_serial
 from revocation.clock import iso, parse_iso
 from revocation.coordination import ProbeResult
@@ -64,19 +68,6 @@ log = logging.getLogger("pca.api")
 
 ISSUE_FIELDS = ("subject", "dns", "ips", "emails", "uris", "profile", "validity_days", "csr", "key_algorithm", "issuer")
 MAX_VALIDITY_DAYS = 3650
-
-# Permission -> the token roles holding it. A prober reads (events, issuers) and reports probes, nothing more.
-ROLES_BY_PERMISSION: dict[str, tuple[str, ...]] = {
-    "issue": ("admin",),
-    "revoke": ("admin", "revoker"),
-    "revoke a CA": ("admin",),  # an issuing CA's own certificate: revoke, release-hold
-    "read": ("admin", "revoker", "auditor", "prober"),
-    "probe": ("admin", "prober"),
-    # An external CA's issuing core records what it issued (revocation.admin.recording), nothing more.
-    "record": ("admin", "recorder"),
-    # A relying party's CRL sync agent (``pca crl-sync``) reports the CRLs it installed, nothing more.
-    "report installations": ("admin", "agent"),
-}
 
 
 class Tracker(Protocol):
@@ -134,31 +125,34 @@ class AdminAPI:
         self._latency = Histogram("admin_request_seconds", "Admin API request time", ["route"], registry=registry)
 
     def app(self) -> ASGIApp:
+        # Each route's roles come from revocation.admin.access (one table, shown in the README).
+        route = self._route
         routes = [
-            Route("/v1/certificates", self._wrap("issue", self.issue), methods=["POST"]),
-            Route("/v1/certificates/import", self._wrap("record", self.record), methods=["POST"]),
-            Route("/v1/certificates/{serial}", self._wrap("read", self.get_certificate), methods=["GET"]),
-            Route("/v1/certificates/{serial}/revoke", self._wrap("revoke", self.revoke), methods=["POST"]),
-            Route("/v1/certificates/{serial}/release-hold", self._wrap("revoke", self.release_hold), methods=["POST"]),
-            Route("/v1/certificates/{serial}/propagation", self._wrap("read", self.propagation), methods=["GET"]),
-            Route("/v1/issuers", self._wrap("read", self.issuers), methods=["GET"]),
-            Route("/v1/issuers/{issuer_id}/{operation}", self._wrap("revoke a CA", self.ca_status), methods=["POST"]),
-            Route("/v1/propagation/probes", self._wrap("probe", self.record_probe), methods=["POST"]),
-            Route(
-                "/v1/propagation/crl-installations",
-                self._wrap("report installations", self.record_installation),
-                methods=["POST"],
-            ),
-            Route("/v1/events", self._wrap("read", self.events), methods=["GET"]),
-            Route("/v1/audit/verify", self._wrap("read", self.audit_verify), methods=["GET"]),
-            Route("/metrics", self.metrics, methods=["GET"]),
-            Route("/healthz", self.healthz, methods=["GET"]),
+            route("POST", "/v1/certificates", self.issue),
+            route("POST", "/v1/certificates/import", self.record),
+            route("GET", "/v1/certificates/{serial}", self.get_certificate),
+            route("POST", "/v1/certificates/{serial}/revoke", self.revoke),
+            route("POST", "/v1/certificates/{serial}/release-hold", self.release_hold),
+            route("GET", "/v1/certificates/{serial}/propagation", self.propagation),
+            route("GET", "/v1/issuers", self.issuers),
+            route("GET", "/v1/revocations", self.revocations),
+            route("POST", "/v1/issuers/{id}/revoke", self.revoke_ca),
+            route("POST", "/v1/issuers/{id}/release-hold", self.release_ca),
+            route("POST", "/v1/propagation/probes", self.record_probe),
+            route("POST", "/v1/propagation/crl-installations", self.record_installation),
+            route("GET", "/v1/events", self.events),
+            route("GET", "/v1/audit/verify", self.audit_verify),
+            Route("/metrics", self.metrics, methods=[access.rule("GET", "/metrics").method]),
+            Route("/healthz", self.healthz, methods=[access.rule("GET", "/healthz").method]),
         ]
         app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
         return BodyLimit(app, self._max_body)
 
+    def _route(self, method: str, path: str, handler: Callable[[Request, Actor], Awaitable[Response]]) -> Route:
+        return Route(path, self._wrap(access.rule(method, path), handler), methods=[method])
+
     def _wrap(
-        self, permission: str, handler: Callable[[Request, Actor], Awaitable[Response]]
+        self, rule: access.Rule, handler: Callable[[Request, Actor], Awaitable[Response]]
     ) -> Callable[[Request], Awaitable[Response]]:
         route = handler.__name__
 
@@ -167,8 +161,8 @@ class AdminAPI:
             request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
             try:
                 principal = await self._principal(request)
-                if principal.role not in ROLES_BY_PERMISSION[permission]:
-                    raise Problem(403, "Forbidden", f"role {principal.role!r} may not {permission}")
+                if principal.role not in rule.roles:
+                    raise Problem(403, "Forbidden", f"role {principal.role!r} may not {rule.action}")
                 response = await handler(request, Actor(principal.name, request_id[:128]))
             except Problem as p:
                 response = problem_response(p.status, p.title, p.detail, p.headers)
@@ -179,9 +173,7 @@ class AdminAPI:
             except ConflictError as exc:
                 response = problem_response(409, "Conflict", str(exc))
             except TooLarge:
-                response = problem_response(
-                    413, "Payload Too Large", f"request bodies are limited to {self._max_body} bytes"
-                )
+                response = problem_response(413, "Payload Too Large", f"bodies are limited to {self._max_body} bytes")
             except IntegrityError as exc:
                 response = problem_response(500, "Integrity Error", str(exc))
             except PCAError as exc:
@@ -217,11 +209,11 @@ class AdminAPI:
         except PCAError as exc:  # say nothing about the server's files to an unauthenticated caller
             log.error("cannot load the admin tokens: %s", exc)
             raise Problem(503, "Service Unavailable", "the token store cannot be read; see the server log") from exc
-        principal = tokens.authenticate(token.strip())
-        if principal is None:
-            log.warning("rejected an unknown bearer token from %s", request.client.host if request.client else "?")
-            raise Problem(401, "Unauthorized", "the bearer token is not valid", challenge)
-        return principal
+        try:
+            return tokens.check(token.strip(), datetime.datetime.now(datetime.UTC))
+        except TokenRefused as exc:  # unknown, revoked or expired: only a holder of the token learns which
+            log.warning("rejected a bearer token from %s: %s", request.client.host if request.client else "?", exc)
+            raise Problem(401, "Unauthorized", str(exc), challenge) from None
 
     # --- handlers -----------------------------------------------------------------
 
@@ -284,9 +276,11 @@ class AdminAPI:
         )
         return JSONResponse(_revocation_json(outcome.event), status_code=201 if outcome.created else 200)
 
-    async def ca_status(self, request: Request, actor: Actor) -> Response:
-        """``POST /v1/issuers/{issuer_id}/revoke`` and ``.../release-hold``: admin only (``admin.ca_revocation``)."""
-        return await ca_operation(self._authority, request, actor)
+    async def revoke_ca(self, request: Request, actor: Actor) -> Response:  # a CA's own certificate: admin only
+        return await ca_operation(self._authority, request, actor, "revoke")
+
+    async def release_ca(self, request: Request, actor: Actor) -> Response:
+        return await ca_operation(self._authority, request, actor, "release-hold")
 
     async def release_hold(self, request: Request, actor: Actor) -> Response:
         serial = parse_serial(request.path_params["serial"])
@@ -301,6 +295,11 @@ class AdminAPI:
         limit = int_param(request, "limit", 100, 1, 1000)
         events = await self._log.read(after, limit)
         return JSONResponse({"events": [e.to_json() for e in events], "head": await self._log.head()})
+
+    async def revocations(self, request: Request, actor: Actor) -> Response:
+        """The revocations in the log, without actors, request ids or key references: what a prober follows."""
+        after = int_param(request, "after", 0, 0, 2**62)
+        return JSONResponse(await revocation_page(self._log, after, int_param(request, "limit", 100, 1, 1000)))
 
     async def propagation(self, request: Request, actor: Actor) -> Response:
         check_query(request, ("issuer",))

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from revocation.admin.http import Problem, check_fields, json_body, opt_time
 from revocation.authority import Actor, Authority
 from revocation.ca_status import CACertificateError
-from revocation.errors import NotFoundError, ValidationError
+from revocation.errors import ValidationError
 
 log = logging.getLogger("pca.api")
 
@@ -36,8 +36,8 @@ async def leaf_only(operation: Awaitable[T]) -> T:
         raise Problem(403, "Forbidden", str(exc)) from exc
 
 
-async def ca_operation(authority: Authority, request: Request, actor: Actor) -> Response:
-    issuer_id, operation = request.path_params["issuer_id"], request.path_params["operation"]
+async def ca_operation(authority: Authority, request: Request, actor: Actor, operation: str) -> Response:
+    issuer_id = request.path_params["id"]
     if not 0 < len(issuer_id) <= 64:
         raise ValidationError("issuer id must be 1 to 64 characters")
     if operation == "release-hold":
@@ -47,8 +47,6 @@ async def ca_operation(authority: Authority, request: Request, actor: Actor) -> 
         released = event.payload
         out = {"issuer_id": issuer_id, "serial": released["serial"], "issuer": released["issuer_id"], "status": "good"}
         return JSONResponse({**out, "event": event.to_json()})
-    if operation != "revoke":
-        raise NotFoundError(f"no such operation on an issuer: {operation[:64]!r} (revoke, release-hold)")
     body = await json_body(request)
     check_fields(body, ("reason", "invalidity_date"))
     reason = body.get("reason")

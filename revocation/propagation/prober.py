@@ -205,7 +205,7 @@ class Prober:
         return resp.json()
 
     async def head(self) -> int:
-        return int((await self._get("/v1/events?after=0&limit=1"))["head"])
+        return int((await self._get("/v1/revocations?after=0&limit=1"))["head"])
 
     async def load_issuers(self) -> None:
         """The issuers' certificates, to build OCSP requests and check the answers' signatures."""
@@ -254,24 +254,24 @@ class Prober:
         try:
             while not stop.is_set() and (deadline is None or self._clock.monotonic() < deadline):
                 try:
-                    page = await self._get(f"/v1/events?after={after}&limit={PAGE}")
-                    events: list[dict[str, Any]] = page["events"]
-                    seqs = [int(event["seq"]) for event in events]
+                    page = await self._get(f"/v1/revocations?after={after}&limit={PAGE}")
+                    revocations: list[dict[str, Any]] = page["revocations"]
+                    last, head = int(page["last_seq"]), int(page["head"])
                 except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
                     self.summary.admin_errors += 1
-                    log.warning("reading events after %d failed (retrying): %r", after, exc)
+                    log.warning("reading revocations after %d failed (retrying): %r", after, exc)
                     await _wait(stop, ADMIN_RETRY_SECONDS, deadline, self._clock)
                     continue
-                for seq, event in zip(seqs, events, strict=True):
-                    after = seq
-                    rev = self._revocation(event)
+                for item in revocations:
+                    rev = self._revocation(item)
                     if rev is not None and self._rng.random() < self._sample:
                         if rev.issuer_id not in self._issuers:
                             await self._reload_issuers()  # an issuer added since we started
                         task = asyncio.create_task(self._probe(rev))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
-                if len(events) < PAGE:
+                after = max(after, last)
+                if after >= head:
                     await _wait(stop, self._poll, deadline, self._clock)
             # Every probe ends by its own timeout; a stop meanwhile cancels the rest.
             stopper = asyncio.ensure_future(stop.wait())
@@ -294,20 +294,18 @@ class Prober:
             self.summary.admin_errors += 1
             log.warning("reading the issuers failed: %r", exc)
 
-    def _revocation(self, event: dict[str, Any]) -> Revocation | None:
-        if event.get("type") != "CertificateRevoked":
-            return None
+    def _revocation(self, item: dict[str, Any]) -> Revocation | None:
+        """A revocation as ``GET /v1/revocations`` lists it."""
         self.summary.revocations += 1
         try:
-            payload = event["payload"]
             return Revocation(
-                str(payload["issuer_id"]),
-                int(payload["serial"], 16),
-                int(event["seq"]),
-                parse_iso(event["recorded_at"]).timestamp(),
+                str(item["issuer_id"]),
+                int(item["serial"], 16),
+                int(item["seq"]),
+                parse_iso(item["recorded_at"]).timestamp(),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            log.warning("cannot read revocation event %s: %r", event.get("seq"), exc)
+            log.warning("cannot read revocation %s: %r", item.get("seq"), exc)
             return None
 
     # --- probing one revocation ----------------------------------------------------------

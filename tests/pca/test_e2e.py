@@ -243,6 +243,8 @@ COMMANDS = [
     ("migrate",),
     ("token",),
     ("token", "create"),
+    ("token", "list"),
+    ("token", "revoke"),
 ]
 
 

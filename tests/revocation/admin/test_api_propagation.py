@@ -239,7 +239,9 @@ async def test_only_probers_and_admins_may_report_probes(env: Env, role: str) ->
 
 async def test_a_prober_may_read_but_not_change_anything(env: Env) -> None:
     serial = await env.issue("svc1")
-    assert (await env.client.get("/v1/events?after=0", headers=env.auth("prober"))).status_code == 200
+    assert (await env.client.get("/v1/revocations?after=0", headers=env.auth("prober"))).status_code == 200
+    # The log itself names actors, request ids and key references: admin and auditor only.
+    assert_problem(await env.client.get("/v1/events", headers=env.auth("prober")), 403, "may not read the event log")
     assert (await env.client.get(f"/v1/certificates/{serial}", headers=env.auth("prober"))).status_code == 200
     revoke = await env.client.post(
         f"/v1/certificates/{serial}/revoke", json={"reason": "keyCompromise"}, headers=env.auth("prober")

@@ -4,6 +4,7 @@ would, and whole runs against a real ``pca serve`` process while certificates ar
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime
 import json
 import random
@@ -241,8 +242,9 @@ class StandIns:
         self.posts: list[dict[str, Any]] = []
         self.revocation = {
             "seq": 5,
-            "type": "CertificateRevoked",
-            "payload": {"issuer_id": "ca", "serial": f"{pki.leaf.serial_number:x}", "reason": "keyCompromise"},
+            "issuer_id": "ca",
+            "serial": f"{pki.leaf.serial_number:x}",
+            "reason": "keyCompromise",
             "recorded_at": "2026-01-01T00:00:00Z",
         }
 
@@ -251,12 +253,13 @@ class StandIns:
             pem = self.pki.ca.public_bytes(serialization.Encoding.PEM).decode()
             issuer = {"issuer_id": "ca", "certificate_pem": pem, "ocsp_url": "http://r/ocsp"}
             return httpx.Response(200, json={"issuers": [issuer]})
-        if request.url.path == "/v1/events":
+        if request.url.path == "/v1/revocations":
             self.event_reads += 1
             if self.event_reads == 1:
                 return httpx.Response(500, json={"title": "Internal Server Error", "detail": "boom"})
             after = int(request.url.params["after"])
-            return httpx.Response(200, json={"events": [self.revocation] if after < 5 else [], "head": 5})
+            page = {"revocations": [self.revocation] if after < 5 else [], "last_seq": 5, "head": 5}
+            return httpx.Response(200, json=page)
         if request.url.path == "/v1/propagation/probes":
             self.posts.append(json.loads(request.content))
             status = self.post_status[min(len(self.posts), len(self.post_status)) - 1]
@@ -335,7 +338,10 @@ def prober_token(srv: ServerProcess, capsys: pytest.CaptureFixture[str]) -> str:
     global _tokens
     _tokens += 1
     capsys.readouterr()
-    pca_main(["token", "create", "--config", str(srv.config_path), "--name", f"prober-{_tokens}", "--role", "prober"])
+    argv = ["token", "create", "--config", str(srv.config_path), "--name", f"prober-{_tokens}", "--role", "prober"]
+    # Called from async tests: the command runs its own event loop (to record the token), so in a thread.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(pca_main, argv).result()
     return capsys.readouterr().out.strip()
 
 
