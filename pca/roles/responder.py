@@ -78,13 +78,8 @@ async def start_presigner(rt: Runtime) -> None:
     async def health() -> dict[str, Any]:
         head = await rt.log.head()
         applied = await store.position(CONSUMER)
-        return {
-            "lease": "active" if lease.active else "standby",
-            "holder": lease.holder,
-            "log_head": head,
-            "applied": applied,
-            "lag_events": head - applied,
-        }
+        # A problem (503) while no process pre-signs: revocations would be answered "good".
+        return {**await lease.health("pre-signs"), "log_head": head, "applied": applied, "lag_events": head - applied}
 
     rt.health["presigner"] = health
     await start_signer_expiry(rt)
