@@ -28,6 +28,7 @@ from typing import IO, Any
 from loadtests.enforcement_report import enforcement_headline
 from loadtests.facts import load_average, machine, product_digest
 from loadtests.report import goals, render
+from loadtests.report_crash import crash_headline
 
 SCENARIOS = (
     "ocsp_serve",
@@ -41,6 +42,7 @@ SCENARIOS = (
     "record_latency",
     "crl_follow",
     "enforcement",
+    "crash",
 )
 ROOT = Path(__file__).resolve().parent.parent
 PY = ".venv/bin/python"
@@ -58,6 +60,7 @@ COMMANDS = {
     "record_latency": f"{PY} -m loadtests.record_latency     # --count 200 --poll-ms 10",
     "crl_follow": f"{PY} -m loadtests.crl_follow         # --revoked 1000000 --burst 6000 --rate 100",
     "enforcement": f"{PY} -m loadtests.enforcement        # --revocations 30 --spacing 3 --timeout 60 --poll-ms 100",
+    "crash": f"{PY} -m loadtests.crash              # --revocations 600 --kills 6 --clients 8 --shapes embedded scaled",
 }
 TIMEOUT = {"smoke": 300, "full": 3600}
 
@@ -116,6 +119,8 @@ def headline(name: str, r: dict[str, Any]) -> str:
         return "; ".join(parts)
     if name == "enforcement":
         return enforcement_headline(r)
+    if name == "crash":
+        return crash_headline(r)
     return json.dumps(r)[:200]
 
 
