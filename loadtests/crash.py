@@ -1,11 +1,12 @@
 """Crash consistency: kill -9 during a revocation burst, restart, and nothing acknowledged is lost.
 
-    python -m loadtests.crash [--smoke] [--revocations 600] [--kills 6] [--clients 8] [--shapes embedded scaled]
+    python -m loadtests.crash [--smoke] [--revocations 600] [--kills 6] [--clients 8] [--rate 50]
+                              [--shapes embedded scaled]
 
 Two shapes: ``embedded`` (one ``pca serve`` with every role on SQLite) and ``scaled``
 (PostgreSQL, a throwaway cluster, and ``pca serve --roles R`` once per role: api, tracker,
 presigner, publisher, one responder). Certificates are issued through the admin API, then
-``--clients`` connections revoke them one after another as fast as the server acknowledges.
+``--clients`` connections revoke them, a new one every 1/``--rate`` s.
 Meanwhile the harness kills a process ``--kills`` times with SIGKILL (its whole process
 group, so nothing is released or flushed) at a bad moment: right after a revocation was
 acknowledged (it is not pre-signed, let alone in a CRL, yet) while others are in flight;
@@ -84,15 +85,38 @@ class Burst:
     sent: dict[int, float] = dataclasses.field(default_factory=dict)  # serial -> when the acknowledged request went
     cut_off: set[int] = dataclasses.field(default_factory=set)  # cut off by a kill (then sent again)
     acked_event: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    over: bool = False  # every revocation acknowledged (or the burst failed)
+
+    async def next_ack(self, what: str) -> None:
+        """Wait for the next acknowledgement; fail if the burst is over (``what`` would never happen)."""
+        if self.over:
+            raise RuntimeError(f"the burst ended before {what}: raise --revocations or lower --kills")
+        self.acked_event.clear()
+        try:
+            async with asyncio.timeout(WATCH_TIMEOUT_S):
+                await self.acked_event.wait()
+        except TimeoutError:
+            raise RuntimeError(f"nothing acknowledged for {WATCH_TIMEOUT_S:.0f} s, waiting for {what}") from None
 
 
-async def revoke_all(target: Target, serials: Sequence[int], clients: int, burst: Burst) -> None:
+async def revoke_all(target: Target, serials: Sequence[int], clients: int, rate: float, burst: Burst) -> None:
+    """Revoke every serial, a new one every 1/``rate`` s over ``clients`` connections; one cut off is sent again."""
     queue = list(reversed(serials))
+    next_at = time.monotonic()
+
+    async def pace() -> None:
+        nonlocal next_at
+        now = time.monotonic()
+        slot = max(next_at, now)
+        next_at = slot + 1 / rate
+        await asyncio.sleep(slot - now)
+
     async with target.admin() as admin:
 
         async def worker() -> None:
             while queue:
                 serial = queue.pop()
+                await pace()
                 while True:
                     sent = time.monotonic()
                     try:
@@ -111,7 +135,11 @@ async def revoke_all(target: Target, serials: Sequence[int], clients: int, burst
                     burst.cut_off.add(serial)  # a 5xx from a process going down: send it again
                     await asyncio.sleep(0.05)
 
-        await asyncio.gather(*(worker() for _ in range(clients)))
+        try:
+            await asyncio.gather(*(worker() for _ in range(clients)))
+        finally:
+            burst.over = True
+            burst.acked_event.set()  # wake the killer: it fails if it still waited for something
 
 
 async def first_revoked(client: httpx.AsyncClient, hashes: IssuerHashes, serial: int) -> float:
@@ -142,21 +170,13 @@ async def kill_during(target: Target, burst: Burst, kills: int, every: int, ocsp
         victim = target.victims[k % len(target.victims)]
         goal = len(burst.acked) + every
         while len(burst.acked) < goal:
-            burst.acked_event.clear()
-            await burst.acked_event.wait()  # right after an acknowledgement: a bad moment
+            await burst.next_ack(f"kill {k + 1}")  # right after an acknowledgement: a bad moment
         restarted = crash(victim)
         known = set(burst.acked)
         # The first revocation sent to the restarted process (an answer the killed one wrote before it died
         # may still be read after the restart).
         while not (after := [s for s in burst.acked if s not in known and burst.sent[s] > restarted]):
-            burst.acked_event.clear()
-            try:
-                async with asyncio.timeout(WATCH_TIMEOUT_S):
-                    await burst.acked_event.wait()
-            except TimeoutError:
-                raise RuntimeError(
-                    f"nothing acknowledged {WATCH_TIMEOUT_S:.0f} s after restarting {victim.name}"
-                ) from None
+            await burst.next_ack(f"a revocation sent after restarting {victim.name}")
         first = min(after, key=lambda s: burst.acked[s])
         seen = await wait_revoked(ocsp, hashes, first, WATCH_TIMEOUT_S)
         acked = burst.acked[first]
@@ -224,13 +244,18 @@ async def _full_crl_lists(target: Target, serials: set[int], began: float) -> tu
             await asyncio.sleep(0.2)
 
 
-async def scenario(target: Target, serials: Sequence[int], kills: int, clients: int) -> dict[str, Any]:
+async def scenario(target: Target, serials: Sequence[int], kills: int, clients: int, rate: float) -> dict[str, Any]:
     burst = Burst()
-    every = max(1, len(serials) // (kills + 2))
+    every = max(1, len(serials) // (3 * kills))  # acknowledgements between a restart's measure and the next kill
     async with httpx.AsyncClient(base_url=target.ocsp_url, timeout=5) as ocsp:
-        revoking = asyncio.create_task(revoke_all(target, serials, clients, burst))
+        revoking = asyncio.create_task(revoke_all(target, serials, clients, rate, burst))
         try:
-            rows = await kill_during(target, burst, kills, every, ocsp)
+            try:
+                rows = await kill_during(target, burst, kills, every, ocsp)
+            except RuntimeError:
+                if revoking.done() and not revoking.cancelled() and revoking.exception() is not None:
+                    await revoking  # the burst's own failure is the one to report
+                raise
             await revoking
         finally:
             revoking.cancel()
@@ -273,7 +298,9 @@ SHAPE_STARTERS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Tar
 }
 
 
-def run(*, smoke: bool, shapes: Sequence[str], revocations: int, kills: int, clients: int) -> dict[str, Any]:
+def run(
+    *, smoke: bool, shapes: Sequence[str], revocations: int, kills: int, clients: int, rate: float
+) -> dict[str, Any]:
     if smoke:
         revocations, kills = min(revocations, 40), min(kills, 1)
     results: dict[str, Any] = {}
@@ -282,11 +309,17 @@ def run(*, smoke: bool, shapes: Sequence[str], revocations: int, kills: int, cli
             log(f"crash ({name}): issuing {revocations} certificates")
             serials = asyncio.run(issue(target, revocations))  # type: ignore[arg-type]  # it only calls admin()
             log(f"crash ({name}): revoking them with {clients} clients, {kills} kill -9")
-            results[name] = asyncio.run(scenario(target, serials, kills, clients))
+            results[name] = asyncio.run(scenario(target, serials, kills, clients, rate))
             log(f"crash: {shape_line(name, results[name])}")
     return {
         "scenario": "crash",
-        "params": {"revocations": revocations, "kills": kills, "clients": clients, "shapes": list(shapes)},
+        "params": {
+            "revocations": revocations,
+            "kills": kills,
+            "clients": clients,
+            "rate_per_s": rate,
+            "shapes": list(shapes),
+        },
         "shapes": results,
     }
 
@@ -296,10 +329,16 @@ def main() -> None:
     p.add_argument("--revocations", type=int, default=600)
     p.add_argument("--kills", type=int, default=6)
     p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--rate", type=float, default=50.0, help="revocations sent per second")
     p.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES))
     args = p.parse_args()
     result = run(
-        smoke=args.smoke, shapes=args.shapes, revocations=args.revocations, kills=args.kills, clients=args.clients
+        smoke=args.smoke,
+        shapes=args.shapes,
+        revocations=args.revocations,
+        kills=args.kills,
+        clients=args.clients,
+        rate=args.rate,
     )
     emit(result, args.json_out)
 
