@@ -15,7 +15,7 @@ from pca.roles.signer_expiry import start_signer_expiry
 from pca.runtime import Runtime
 from responders.app import OCSPApp
 from responders.cache_metrics import CacheCounters
-from responders.presigner import CONSUMER, PreSigner, signing_pool
+from responders.presigner import CONSUMER, PreSigner, signing_pool, start_workers
 from responders.source import CachingSource, IssuerIndex, StoreSource
 from responders.store import ResponseStore
 from responders.store.sqlite import SQLiteResponseStore
@@ -51,6 +51,7 @@ async def start_presigner(rt: Runtime) -> None:
     workers = cfg.workers or os.cpu_count() or 1
     pool = signing_pool(workers)
     rt.closers.append(lambda: pool.shutdown(wait=False, cancel_futures=True))
+    await start_workers(pool, workers)  # before the listeners: no revocation acknowledged waits for them
     store = response_store(rt)
     lease = LeaseKeeper(
         rt.coord,

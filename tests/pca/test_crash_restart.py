@@ -109,7 +109,12 @@ def test_after_kill_9_and_restart_a_revocation_is_answered_revoked_at_once(tmp_p
 
         status = wait_for_status(srv, cert, "revoked", acknowledged + DEADLINE)
         took = time.monotonic() - acknowledged
-        print(f"\nrevoked in OCSP {took:.3f}s after the acknowledgement, right after a restart from kill -9")
+        with srv.admin() as admin:
+            timeline = admin.get(f"/v1/certificates/{serial}/propagation").json()
+        print(
+            f"\nrevoked in OCSP {took:.3f}s after the acknowledgement, right after a restart from kill -9 "
+            f"(pre-signed {timeline['presigned']}, responders {[r['seconds'] for r in timeline['responders']]})"
+        )
         assert status == "revoked", f"still {status} {DEADLINE:.0f}s after the revocation"
         assert took < REVOKED_WITHIN, f"OCSP said revoked only {took:.2f}s after the acknowledgement"
 
