@@ -1,6 +1,6 @@
 """Crash consistency: kill -9 during a revocation burst, restart, and nothing acknowledged is lost.
 
-    python -m loadtests.crash [--smoke] [--revocations 600] [--kills 6] [--clients 8] [--rate 50]
+    python -m loadtests.crash [--smoke] [--revocations 1200] [--kills 6] [--clients 8] [--rate 50]
                               [--shapes embedded scaled]
 
 Two shapes: ``embedded`` (one ``pca serve`` with every role on SQLite) and ``scaled``
@@ -326,7 +326,7 @@ def run(
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--revocations", type=int, default=600)
+    p.add_argument("--revocations", type=int, default=1200)
     p.add_argument("--kills", type=int, default=6)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--rate", type=float, default=50.0, help="revocations sent per second")

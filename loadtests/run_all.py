@@ -60,7 +60,7 @@ COMMANDS = {
     "record_latency": f"{PY} -m loadtests.record_latency     # --count 200 --poll-ms 10",
     "crl_follow": f"{PY} -m loadtests.crl_follow         # --revoked 1000000 --burst 6000 --rate 100",
     "enforcement": f"{PY} -m loadtests.enforcement        # --revocations 30 --spacing 3 --timeout 60 --poll-ms 100",
-    "crash": f"{PY} -m loadtests.crash              # --revocations 600 --kills 6 --rate 50 --shapes embedded scaled",
+    "crash": f"{PY} -m loadtests.crash              # --revocations 1200 --kills 6 --rate 50 --shapes embedded scaled",
 }
 TIMEOUT = {"smoke": 300, "full": 3600}
 
