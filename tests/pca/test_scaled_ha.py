@@ -270,6 +270,12 @@ def test_a_second_presigner_and_publisher_stand_by_and_take_over(tmp_path: Path,
             active: RoleProcess = wait_for(f"exactly one active {role}", lambda: exactly_one_active(procs, role))
             row = lease_row(dsn, role)
             assert row is not None and row[0] == active.health()[role]["holder"], row
+            for standby in procs:
+                if standby is not active:  # healthy, and saying whose lease it waits for
+                    resp = httpx.get(standby.health_url, timeout=5)
+                    waiting = resp.json()[role].get("standby", "")
+                    assert resp.status_code == 200, resp.text
+                    assert waiting.startswith(f"standing by, lease held by {row[0]} until "), waiting
             return active
 
         def took_over(role: str, successor: RoleProcess, before: tuple[str, float, float], since: float) -> float:
