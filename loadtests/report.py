@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from loadtests.enforcement_report import enforcement_goals, enforcement_section
+from loadtests.report_crash import crash_goals, crash_section
 from loadtests.report_crl import crl_follow_goals, crl_follow_section
 from loadtests.report_fuzz import fuzz_goals, fuzz_section
 from loadtests.report_import import import_goals, import_sections
@@ -129,6 +130,8 @@ def goals(all_results: dict[str, Result]) -> list[dict[str, str]]:
         add(measure, goal, measured, met)
     for measure, goal, measured, met in fuzz_goals(all_results):
         add(measure, goal, measured, met)
+    for measure, goal, measured, met in crash_goals(all_results):
+        add(measure, goal, measured, met)
     return rows
 
 
@@ -191,6 +194,7 @@ def render(data: Result, commands: dict[str, str], notes: str | None) -> str:
     lines += crl_follow_section(r.get("crl_follow"))
     lines += enforcement_section(r.get("enforcement"))
     lines += fuzz_section(r.get("ocsp_fuzz"))
+    lines += crash_section(r.get("crash"))
     failed = data.get("failed", {})
     if failed:
         lines += ["## Scenarios that failed in this run", ""]

@@ -28,6 +28,7 @@ from typing import IO, Any
 from loadtests.enforcement_report import enforcement_headline
 from loadtests.facts import load_average, machine, product_digest
 from loadtests.report import goals, render
+from loadtests.report_crash import crash_headline
 from loadtests.report_fuzz import fuzz_headline
 
 SCENARIOS = (
@@ -43,6 +44,7 @@ SCENARIOS = (
     "crl_follow",
     "enforcement",
     "ocsp_fuzz",
+    "crash",
 )
 ROOT = Path(__file__).resolve().parent.parent
 PY = ".venv/bin/python"
@@ -61,6 +63,7 @@ COMMANDS = {
     "crl_follow": f"{PY} -m loadtests.crl_follow         # --revoked 1000000 --burst 6000 --rate 100",
     "enforcement": f"{PY} -m loadtests.enforcement        # --revocations 30 --spacing 3 --timeout 60 --poll-ms 100",
     "ocsp_fuzz": f"{PY} -m loadtests.ocsp_fuzz          # --inputs 1000000 --http-inputs 20000 --seed 5019",
+    "crash": f"{PY} -m loadtests.crash              # --revocations 1200 --kills 6 --rate 50 --shapes embedded scaled",
 }
 TIMEOUT = {"smoke": 300, "full": 3600}
 
@@ -121,6 +124,8 @@ def headline(name: str, r: dict[str, Any]) -> str:
         return enforcement_headline(r)
     if name == "ocsp_fuzz":
         return fuzz_headline(r)
+    if name == "crash":
+        return crash_headline(r)
     return json.dumps(r)[:200]
 
 

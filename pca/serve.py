@@ -207,6 +207,7 @@ async def serve(
                 rt.registry if "tracker" in roles else CollectorRegistry(),
                 slo_seconds=cfg.scale.slo_seconds,
                 gone_after=cfg.scale.responder_gone_seconds,
+                down_after=min(3 * cfg.scale.heartbeat_seconds, cfg.scale.responder_gone_seconds),
                 now=rt.clock.time,
             )
         if "tracker" in roles and tracker is not None:

@@ -110,6 +110,17 @@ def _init_worker(environment: dict[str, str]) -> None:
     os.environ.update(environment)
 
 
+def _started() -> None:
+    """Nothing: submitted to each worker once, so the pool is running before the first revocation."""
+
+
+async def start_workers(executor: Executor, workers: int) -> None:
+    """Start the signing processes now (a pool starts them at its first job): a restarted server
+    that acknowledges a revocation then signs it at once, not after its workers have started."""
+    loop = asyncio.get_running_loop()
+    await asyncio.gather(*(loop.run_in_executor(executor, _started) for _ in range(workers)))
+
+
 def signing_pool(workers: int) -> ProcessPoolExecutor:
     import multiprocessing
 

@@ -225,6 +225,9 @@ def format_timeline(t: dict[str, Any]) -> str:
             lines.append(f"  probe {probe.get('responder_url', '?')}: saw revoked {_stage(probe)}")
     slo, met = t.get("slo_seconds"), t.get("slo_met")
     verdict = "not decided yet" if met is None else ("met" if met else "NOT met")
+    gone = [str(g) for g in t.get("gone_without") or []]
+    if met and gone:  # responders that died before they had it: met by the ones still live only
+        verdict = f"met by live responders; {', '.join(gone)} gone"
     lines.append(f"  SLO{'' if slo is None else f' {slo:g}s'}: {verdict}")
     return "\n".join(lines)
 

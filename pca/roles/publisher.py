@@ -125,8 +125,7 @@ async def start_publisher(rt: Runtime) -> None:
     async def health() -> dict[str, Any]:
         head = await rt.log.head()
         report: dict[str, Any] = {
-            "lease": "active" if lease.active else "standby",
-            "holder": lease.holder,
+            **await lease.health("publishes CRLs"),
             "published_position": publisher.published_position,
             "log_head": head,
         }

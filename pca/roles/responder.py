@@ -16,7 +16,7 @@ from pca.roles.standby import report_standby
 from pca.runtime import Runtime
 from responders.app import OCSPApp
 from responders.cache_metrics import CacheCounters
-from responders.presigner import CONSUMER, PreSigner, signing_pool
+from responders.presigner import CONSUMER, PreSigner, signing_pool, start_workers
 from responders.source import CachingSource, IssuerIndex, StoreSource
 from responders.store import ResponseStore
 from responders.store.sqlite import SQLiteResponseStore
@@ -52,6 +52,7 @@ async def start_presigner(rt: Runtime) -> None:
     workers = cfg.workers or os.cpu_count() or 1
     pool = signing_pool(workers)
     rt.closers.append(lambda: pool.shutdown(wait=False, cancel_futures=True))
+    await start_workers(pool, workers)  # before the listeners: no revocation acknowledged waits for them
     store = response_store(rt)
     lease = LeaseKeeper(
         rt.coord,
@@ -80,13 +81,8 @@ async def start_presigner(rt: Runtime) -> None:
     async def health() -> dict[str, Any]:
         head = await rt.log.head()
         applied = await store.position(CONSUMER)
-        return {
-            "lease": "active" if lease.active else "standby",
-            "holder": lease.holder,
-            "log_head": head,
-            "applied": applied,
-            "lag_events": head - applied,
-        }
+        # A problem (503) while no process pre-signs: revocations would be answered "good".
+        return {**await lease.health("pre-signs"), "log_head": head, "applied": applied, "lag_events": head - applied}
 
     rt.health["presigner"] = health
     await start_signer_expiry(rt)

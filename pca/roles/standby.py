@@ -11,13 +11,17 @@ import asyncio
 import logging
 
 from pca.runtime import Runtime
+from revocation.coordination.holders import parse_holder
 from revocation.coordination.leases import LeaseKeeper
 
 log = logging.getLogger("pca.lease")
 
 
 def describe_holder(holder: str) -> str:
-    """``host:pid`` (how ``pca serve`` names itself as a holder) as "pid N on host H"."""
+    """A lease holder's name (``host:pid:start@machine``, or ``host:pid``) as "pid N on host H"."""
+    parsed = parse_holder(holder)
+    if parsed is not None:
+        return f"pid {parsed.pid} on host {parsed.host}"
     host, _, pid = holder.rpartition(":")
     return f"pid {pid} on host {host}" if host and pid.isdigit() else holder
 

@@ -99,20 +99,22 @@ class SavedTimeline:
 class LeaseStore(Protocol):
     """Leases that keep a role running in one process at a time."""
 
-    async def try_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
+    async def try_lease(self, name: str, holder: str, ttl: float, now: float, *, replacing: str | None = None) -> bool:
         """Acquire ``name`` for ``holder`` or renew it if ``holder`` already holds it.
 
         Succeeds when the lease is free, expired (``expires_at <= now``) or held by
-        ``holder``; then ``expires_at = now + ttl``. Atomic across processes.
+        ``holder`` (or by ``replacing``: a holder known to be dead, whose unexpired lease
+        is taken over at once); then ``expires_at = now + ttl``. Atomic across processes:
+        if the lease has changed hands since ``replacing`` was read, it fails.
         """
+        ...
+
+    async def lease(self, name: str) -> LeaseState | None:
+        """Who holds ``name`` and until when (None: nobody ever has, or it was released)."""
         ...
 
     async def release_lease(self, name: str, holder: str) -> None:
         """Give the lease up (only if ``holder`` holds it), so a standby takes over at once."""
-        ...
-
-    async def lease(self, name: str) -> LeaseState | None:
-        """Who holds ``name`` until when (None: no one ever did, or it was released); for messages."""
         ...
 
 

@@ -4,7 +4,9 @@ A role that must run once takes a lease in the database (``LeaseStore.try_lease`
 and renews it every third of its time to live. A second copy started by mistake,
 or a standby on another host, waits and retries; when the holder dies, its lease
 runs out and the standby takes over within ``ttl`` seconds. A holder that stops
-cleanly releases the lease, so the standby takes over at once.
+cleanly releases the lease, so the standby takes over at once; so does a process
+that finds the lease held by a dead process of its own machine (a crashed
+predecessor on the same host: ``revocation.coordination.holders``).
 
 A holder that cannot renew (the database is unreachable) stops its work when its
 lease has run out by its own clock, before anyone else can have taken it over.
@@ -23,10 +25,13 @@ import socket
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from revocation.coordination import LeaseStore
+from revocation.coordination import LeaseState, LeaseStore
+from revocation.coordination.holders import holder_is_dead, lease_holder
 from revocation.errors import PCAError
 
 log = logging.getLogger("pca.lease")
@@ -50,7 +55,12 @@ def _lease_gauge(registry: CollectorRegistry) -> Gauge:
 
 
 def default_holder() -> str:
+    """``host:pid``: how a process names itself where no lease is at stake (a responder's id)."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 _STOP_RETRY_SECONDS = 1.0
@@ -83,15 +93,17 @@ class LeaseKeeper:
         registry: CollectorRegistry | None = None,
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        is_dead: Callable[[str], bool] = holder_is_dead,
     ) -> None:
         if ttl <= 0:
             raise ValueError(f"lease time to live must be positive, got {ttl}")
         self.name = name
-        self.holder = holder or default_holder()
+        self.holder = holder or lease_holder()
         self._coord = coord
         self._ttl = ttl
         self._wall = wall
         self._monotonic = monotonic
+        self._is_dead = is_dead
         self._valid_until = 0.0  # monotonic; a margin below the database's expiry
         self.active = False
         self.takeovers = 0
@@ -116,6 +128,8 @@ class LeaseKeeper:
         started = self._monotonic()
         try:
             got = await self._coord.try_lease(self.name, self.holder, self._ttl, self._wall())
+            if not got and not self.active:
+                got = await self._take_over_dead()
         except PCAError as exc:
             log.warning("cannot reach the lease table for %s: %s", self.name, exc)
             return None
@@ -123,6 +137,46 @@ class LeaseKeeper:
             # Count from before the request: the database's expiry is at least this late.
             self._valid_until = started + self._ttl * 0.9
         return got
+
+    async def _take_over_dead(self) -> bool:
+        """Take the lease from a holder known to be dead (see ``holders``), without waiting it out."""
+        state = await self._coord.lease(self.name)
+        if state is None or state.holder == self.holder or not self._is_dead(state.holder):
+            return False
+        got = await self._coord.try_lease(self.name, self.holder, self._ttl, self._wall(), replacing=state.holder)
+        if got:
+            log.warning(
+                "%s lease taken over from %s, a dead process on this machine (it would have run until %s)",
+                self.name,
+                state.holder,
+                _iso(state.expires_at),
+            )
+        return got
+
+    async def health(self, doing: str) -> dict[str, Any]:
+        """For ``/healthz``: a ``problem`` (503) while nobody ``doing`` the work holds the lease.
+
+        A standby behind a live holder is healthy and says whose lease it waits for.
+        """
+        report: dict[str, Any] = {"lease": "active" if self.active else "standby", "holder": self.holder}
+        if self.active:
+            return report
+        try:
+            state: LeaseState | None = await self._coord.lease(self.name)
+        except PCAError as exc:
+            report["problem"] = f"cannot read the {self.name} lease: {exc}"
+            return report
+        if state is None or state.expires_at <= self._wall():
+            ran_out = "" if state is None else f" ({state.holder}'s ran out at {_iso(state.expires_at)})"
+            report["problem"] = f"nothing {doing}: no process holds the {self.name} lease{ran_out}"
+        elif self._is_dead(state.holder):
+            report["problem"] = (
+                f"nothing {doing}: the {self.name} lease is held by {state.holder}, a dead process on this "
+                f"machine, until {_iso(state.expires_at)}; taking it over"
+            )
+        else:
+            report["standby"] = f"standing by, lease held by {state.holder} until {_iso(state.expires_at)}"
+        return report
 
     async def run(self, work: Callable[[], Awaitable[None]]) -> None:
         """Wait for the lease, run ``work`` while it is held, and start over when it is lost.

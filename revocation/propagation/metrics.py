@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from revocation.coordination import PresignedPositions, ResponderRegistry, ResponderState
 from revocation.propagation.timeline import Moment, Timeline
+
+log = logging.getLogger("pca.tracker")
 
 CHANNELS = ("presigned", "ocsp_all_responders", "crl", "probe")
 # Relying parties' CRL sync agents: optional, observed once per (revocation, agent) when first seen; no
@@ -50,7 +57,7 @@ class PropagationMetrics:
         )
         self._up = Gauge(
             "ocsp_responder_up",
-            "1 while the responder heartbeats, 0 once it is gone",
+            "1 while the responder heartbeats, 0 once it has been silent for a few heartbeats",
             ["responder_id"],
             registry=registry,
         )
@@ -97,3 +104,35 @@ class PropagationMetrics:
         """Drop the responder's series: one gone for good must not stay on dashboards as down."""
         self._up.remove(responder_id)
         self._lag.remove(responder_id)
+
+
+class ResponderRecords(ResponderRegistry, PresignedPositions, Protocol):
+    """What the responder gauges read: the responders, and the response store's last change."""
+
+
+async def gauge_responders(
+    coord: ResponderRecords,
+    metrics: PropagationMetrics,
+    responders: Sequence[ResponderState],
+    now: float,
+    *,
+    down_after: float,
+    forget_after: float,
+    gauged: set[str],
+) -> set[str]:
+    """Set each responder's ``up`` (silent at most ``down_after``) and lag; forget those silent past
+    ``forget_after`` (in the store too); drop the series of responders gone from ``gauged``. Returns the
+    ids gauged now."""
+    last = await coord.last_change() if responders else 0
+    present: set[str] = set()
+    for r in responders:
+        silent = now - r.last_seen
+        if silent > forget_after:
+            log.info("forgetting responder %s, silent for %.0f s", r.responder_id, silent)
+            await coord.forget_responder(r.responder_id)
+            continue
+        present.add(r.responder_id)
+        metrics.gauge_responder(r.responder_id, silent <= down_after, max(0, last - r.applied_change))
+    for rid in gauged - present:
+        metrics.forget_responder(rid)
+    return present

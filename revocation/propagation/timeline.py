@@ -40,6 +40,25 @@ def is_live(responder: ResponderState, now: float, gone_after: float) -> bool:
     return now - responder.last_seen <= gone_after
 
 
+def gone_without(
+    responder: ResponderState,
+    presigned: PresignedState | None,
+    applied: bool,
+    now: float,
+    committed_at: float,
+    gone_after: float,
+) -> bool:
+    """Whether the responder was live at the commit and went gone without applying the revocation: the
+    SLO can then be met only by the responders still live, and the timeline says so."""
+    stored_at = None if presigned is None else presigned.stored_at
+    return (
+        not applied
+        and not is_live(responder, now, gone_after)
+        and is_live(responder, committed_at, gone_after)
+        and (stored_at is None or responder.started_at <= stored_at)
+    )
+
+
 def counts(responder: ResponderState, presigned: PresignedState | None, now: float, gone_after: float) -> bool:
     """Whether the responder must have the revocation before ``ocsp_all_responders`` is complete:
     it is live, and it was running when the response was stored (one started later loaded it at
@@ -204,6 +223,8 @@ class Timeline:
     crl_published: bool = True
     # Relying parties' CRL sync agents that installed a CRL listing it; optional, never in slo_met or missing().
     relying_parties: tuple[RelyingPartySighting, ...] = ()
+    # Responders live at the commit that went gone without it: slo_met is then met by the live ones only.
+    gone_without: tuple[str, ...] = ()
 
     def missing(self) -> list[str]:
         """The channels the revocation has not reached (a CRL only where pca publishes one). Relying
@@ -230,6 +251,7 @@ class Timeline:
             "slo_met": self.slo_met,
             "crl_published": self.crl_published,
             "relying_parties": [r.to_json() for r in self.relying_parties],
+            "gone_without": list(self.gone_without),
         }
 
     @classmethod
@@ -253,6 +275,7 @@ class Timeline:
             crl_published=data.get("crl_published", True),
             # Saved before relying parties were tracked: none.
             relying_parties=tuple(RelyingPartySighting.from_json(r) for r in data.get("relying_parties", ())),
+            gone_without=tuple(data.get("gone_without", ())),  # saved before it was recorded: none known
         )
 
 
@@ -279,6 +302,7 @@ def build_timeline(
     entries: list[ResponderProgress] = []
     counted_times: list[float] = []
     pending: list[str] = []
+    missed: list[str] = []
     for r in responders:
         live = is_live(r, now, gone_after)
         at = applied.get(r.responder_id)
@@ -296,6 +320,8 @@ def build_timeline(
                 counted=counted,
             )
         )
+        if gone_without(r, presigned, at is not None, now, committed_at, gone_after):
+            missed.append(r.responder_id)
         if counted:
             if at is None:
                 pending.append(r.responder_id)
@@ -334,4 +360,5 @@ def build_timeline(
         slo_met=slo_met,
         crl_published=crl_published,
         relying_parties=relying_party_sightings(installations, seq, committed_at),
+        gone_without=tuple(missed),
     )

@@ -25,7 +25,8 @@ finished timeline, which outlives the progress rows pruned after ``keep_progress
 
 Times are epoch seconds from the hosts' wall clocks (NTP); seconds are counted
 from the commit. A responder whose last heartbeat is older than ``gone_after`` is
-"gone": it is listed but no longer holds ``ocsp_all_responders`` open.
+"gone": it is listed but no longer holds ``ocsp_all_responders`` open (one gone without the revocation is
+named in ``gone_without``). Its ``ocsp_responder_up`` is 0 once silent for ``down_after`` (a few heartbeats).
 
 An on-demand timeline of a revocation the tracker did not save is the best the
 stored rows can say: after a response is re-signed (refresh) or progress rows are
@@ -60,7 +61,7 @@ from revocation.errors import ConfigError
 from revocation.eventlog import EventLog, RecordedEvent, read_seqs
 from revocation.events import CertificateHoldReleased, CertificateRevoked, cert_stream
 from revocation.projection import CRLEntries, IssuerDirectory
-from revocation.propagation.metrics import PropagationMetrics
+from revocation.propagation.metrics import PropagationMetrics, gauge_responders
 from revocation.propagation.relying_parties import KEEP_INSTALLATIONS, AgentWatch, watch_agents
 from revocation.propagation.timeline import (
     CRLSighting,
@@ -123,6 +124,7 @@ class PropagationTracker:
         *,
         slo_seconds: float = 5.0,
         gone_after: float = 30.0,
+        down_after: float | None = None,
         poll_seconds: float = 0.25,
         give_up_after: float = 600.0,
         keep_progress: float = 3600.0,
@@ -144,6 +146,8 @@ class PropagationTracker:
                 f"keep_progress ({keep_progress}) must be longer than give_up_after ({give_up_after}): "
                 "a revocation still followed needs its progress rows"
             )
+        if down_after is not None and not 0 < down_after <= gone_after:
+            raise ConfigError(f"down_after must be positive and at most gone_after ({gone_after}), got {down_after}")
         if forget_after <= gone_after:
             raise ConfigError(f"forget_after ({forget_after}) must be longer than gone_after ({gone_after})")
         self._log = log
@@ -151,6 +155,7 @@ class PropagationTracker:
         self._coord = coord
         self.slo_seconds = slo_seconds
         self.gone_after = gone_after
+        self._down_after = gone_after if down_after is None else down_after
         self._poll = poll_seconds
         self._give_up_after = give_up_after
         self._keep_progress = keep_progress
@@ -391,6 +396,9 @@ class PropagationTracker:
         for t, timeline, complete in done:
             del self._tracked[t.key]
             self._metrics.observe(timeline)
+            if timeline.gone_without:
+                gone = ", ".join(timeline.gone_without)
+                log.warning("revocation of %s/%x (seq %d): responders gone without it: %s", *t.key, t.seq, gone)
             if not complete:
                 missing = timeline.missing()
                 # Only relying parties lacking it: optional agents, outside pca's control; not a warning.
@@ -434,16 +442,7 @@ class PropagationTracker:
         )
 
     async def _gauge_responders(self, responders: Sequence[ResponderState], now: float) -> None:
-        last = await self._coord.last_change() if responders else 0
-        present: set[str] = set()
-        for r in responders:
-            silent = now - r.last_seen
-            if silent > self._forget_after:
-                log.info("forgetting responder %s, silent for %.0f s", r.responder_id, silent)
-                await self._coord.forget_responder(r.responder_id)
-                continue
-            present.add(r.responder_id)
-            self._metrics.gauge_responder(r.responder_id, silent <= self.gone_after, max(0, last - r.applied_change))
-        for rid in self._gauged - present:
-            self._metrics.forget_responder(rid)
-        self._gauged = present
+        down, forget = self._down_after, self._forget_after
+        self._gauged = await gauge_responders(
+            self._coord, self._metrics, responders, now, down_after=down, forget_after=forget, gauged=self._gauged
+        )

@@ -98,6 +98,20 @@ def test_propagation_when_everything_arrived(
     assert out.splitlines()[-1] == "  SLO 1s: met"
 
 
+def test_an_slo_met_without_a_responder_that_went_gone_names_it(
+    api: Callable[[Handler], list[httpx.Request]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """r2 died after the commit without the revocation: "met" alone would hide that it never had it."""
+    gone = sample_timeline(T0 + 0.12, slo_seconds=1.0, now=T0 + 31.5, r2_last_seen=T0 + 1).to_json()
+    api(lambda request: httpx.Response(200, json=gone))
+
+    cli.main(["propagation", *ARGS, "1f2e3d"])
+
+    out = capsys.readouterr().out
+    assert "  responder r2 http://r2/ocsp: gone (not counted)\n" in out
+    assert out.splitlines()[-1] == "  SLO 1s: met by live responders; r2 gone"
+
+
 def test_a_released_hold_says_so(
     api: Callable[[Handler], list[httpx.Request]], capsys: pytest.CaptureFixture[str]
 ) -> None:

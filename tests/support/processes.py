@@ -66,7 +66,8 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = config_path.parent / "serve.log"
 
-    def start(self) -> None:
+    def start(self, *, ready: bool = True) -> None:
+        """Start ``pca serve``; unless ``ready`` is False, wait until /healthz says ok and CRLs are served."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pca.cli", "serve", "--config", str(self.config_path)],
@@ -74,6 +75,8 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
+        if not ready:
+            return
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

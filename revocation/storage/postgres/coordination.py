@@ -118,18 +118,19 @@ class PostgresCoordination(PostgresInstallations):
 
     # --- leases ---
 
-    async def try_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
+    async def try_lease(self, name: str, holder: str, ttl: float, now: float, *, replacing: str | None = None) -> bool:
         rows = await self._fetch(
             f"taking the {name} lease",
             "INSERT INTO leases AS l (name, holder, expires_at, acquired_at) VALUES ($1, $2, $3, $4) "
             "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, "
             "acquired_at = CASE WHEN l.holder = excluded.holder THEN l.acquired_at ELSE excluded.acquired_at END "
-            "WHERE l.expires_at <= $4 OR l.holder = $2 "
+            "WHERE l.expires_at <= $4 OR l.holder = $2 OR l.holder = $5 "
             "RETURNING holder",
             name,
             holder,
             now + ttl,
             now,
+            replacing,
         )
         return bool(rows)
 

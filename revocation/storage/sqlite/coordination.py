@@ -127,11 +127,11 @@ class SQLiteCoordination(SQLiteInstallations):
 
     # --- leases ---
 
-    async def try_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
+    async def try_lease(self, name: str, holder: str, ttl: float, now: float, *, replacing: str | None = None) -> bool:
         def w(conn: sqlite3.Connection) -> bool:
             # Inside the writer's BEGIN IMMEDIATE: no other process writes between the read and the write.
             row = conn.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
-            if row is not None and row[0] != holder and float(row[1]) > now:
+            if row is not None and row[0] not in (holder, replacing) and float(row[1]) > now:
                 return False
             conn.execute(
                 "INSERT INTO leases (name, holder, expires_at, acquired_at) VALUES (?, ?, ?, ?) "

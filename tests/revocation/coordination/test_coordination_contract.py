@@ -113,6 +113,21 @@ async def test_lease_acquire_renew_expire_take_over_and_release(subject: Subject
     assert await coord.lease("presigner") == LeaseState("presigner", "a", 128.0, 118.0)
 
 
+async def test_an_unexpired_lease_is_taken_from_the_holder_named_dead_only_while_it_still_holds_it(
+    subject: Subject,
+) -> None:
+    coord = subject.coord
+    assert await coord.try_lease("presigner", "dead", 10.0, 100.0)
+    assert not await coord.try_lease("presigner", "b", 10.0, 101.0)
+    assert not await coord.try_lease("presigner", "b", 10.0, 101.0, replacing="someone-else")
+    assert await coord.lease("presigner") == LeaseState("presigner", "dead", 110.0, 100.0)
+    assert await coord.try_lease("presigner", "b", 10.0, 101.0, replacing="dead")
+    assert await coord.lease("presigner") == LeaseState("presigner", "b", 111.0, 101.0)
+    # Another claimant that also saw the dead holder comes too late: the lease has changed hands.
+    assert not await coord.try_lease("presigner", "c", 10.0, 102.0, replacing="dead")
+    assert await coord.lease("presigner") == LeaseState("presigner", "b", 111.0, 101.0)
+
+
 async def test_leases_are_independent_by_name(subject: Subject) -> None:
     coord = subject.coord
     assert await coord.try_lease("presigner", "a", 10.0, 100.0)

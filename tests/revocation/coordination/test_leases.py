@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import sqlite3
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -21,6 +24,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from pca.schemas import SQLITE_SCHEMAS
+from revocation.coordination.holders import holder_is_dead, lease_holder, parse_holder, this_machine
 from revocation.coordination.leases import LeaseKeeper, LeaseLost
 from revocation.errors import StorageError
 from revocation.storage.sqlite.coordination import SQLiteCoordination
@@ -70,14 +74,14 @@ class FlakyCoordination(SQLiteCoordination):
             self.failed += 1
             raise StorageError("writing to the lease table: database is unreachable")
 
-    async def try_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
+    async def try_lease(self, name: str, holder: str, ttl: float, now: float, *, replacing: str | None = None) -> bool:
         self.attempts += 1
         gate = self._gate
         if gate is not None:
             self.hanging.set()
             await gate.wait()
         self._pass()
-        got = await super().try_lease(name, holder, ttl, now)
+        got = await super().try_lease(name, holder, ttl, now, replacing=replacing)
         if not got:
             self.refused += 1
         return got
@@ -464,3 +468,154 @@ async def test_two_leases_in_one_registry_do_not_clash(handles: Callable[[], Fla
         assert presign_work.running
         presigner.check()
         assert table(db_path, "SELECT name FROM leases") == [("presigner",)]
+
+
+# --- a holder that is dead for certain (same machine, process gone) is replaced at once -------------------------
+
+linux_proc = pytest.mark.skipif(this_machine() is None, reason="needs /proc to tell a process's start time")
+
+
+@contextlib.contextmanager
+def other_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A real process of this machine that the test can kill (it sleeps until then)."""
+    proc = subprocess.Popen(["sleep", "600"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def held_until_far_future(db_path: Path, holder: str) -> None:
+    """``holder`` holds the lease well past the frozen wall clock: only a takeover can end it early."""
+    table(
+        db_path,
+        "INSERT INTO leases (name, holder, expires_at, acquired_at) VALUES (?, ?, ?, ?)",
+        NAME,
+        holder,
+        WALL + 1000,
+        WALL - 1,
+    )
+
+
+@linux_proc
+def test_a_lease_holder_names_its_host_pid_start_time_and_process_table() -> None:
+    me = lease_holder()
+    parsed = parse_holder(me)
+    assert parsed is not None
+    assert (parsed.host, parsed.pid, parsed.machine) == (socket.gethostname(), os.getpid(), this_machine())
+    assert not holder_is_dead(me)
+    # Names without the suffix (leases taken before this scheme, other systems) are never judged.
+    assert parse_holder(f"{socket.gethostname()}:{os.getpid()}") is None
+
+
+@linux_proc
+@pytest.mark.parametrize("reaped", [False, True], ids=["zombie", "reaped"])
+async def test_a_lease_held_by_a_killed_process_of_this_machine_is_taken_over_at_once(
+    handles: Callable[[], FlakyCoordination], db_path: Path, reaped: bool
+) -> None:
+    """kill -9 leaves the lease in the table until it expires; the successor does not wait for that.
+    Until its parent reaps it, the killed process is a zombie: it holds nothing either."""
+    with other_process() as proc:
+        dead = lease_holder(proc.pid)
+        held_until_far_future(db_path, dead)
+        proc.kill()
+        if reaped:
+            proc.wait()
+        await wait_until("the signal to land", lambda: holder_is_dead(dead))
+        coord = handles()
+        successor, work = keeper(coord, lease_holder()), Work()
+        async with running((successor, work)):
+            await wait_until("the successor to work", lambda: work.running)
+            assert holder_in_table(db_path) == successor.holder
+            # At its first attempt: refused by the table, then the dead holder's lease taken over.
+            assert (coord.attempts, coord.refused) == (2, 1)
+
+
+@linux_proc
+async def test_a_live_holder_on_this_machine_keeps_its_lease(
+    handles: Callable[[], FlakyCoordination], db_path: Path
+) -> None:
+    with other_process() as proc:
+        alive = lease_holder(proc.pid)
+        held_until_far_future(db_path, alive)
+        coord = handles()
+        standby, work = keeper(coord, lease_holder()), Work()
+        async with running((standby, work)):
+            await wait_until("five refusals", lambda: coord.refused >= 5)
+            assert work.starts == 0 and not standby.active
+            assert holder_in_table(db_path) == alive
+            report = await standby.health("pre-signs")
+            assert "problem" not in report
+            assert report["standby"] == f"standing by, lease held by {alive} until 1970-01-12T14:03:20Z"
+            # Once it dies, the standby takes over at its next attempt, long before the lease would end.
+            proc.kill()
+            await wait_until("the standby to work", lambda: work.running)
+            assert holder_in_table(db_path) == standby.holder
+
+
+@linux_proc
+async def test_a_reused_pid_does_not_keep_a_dead_holders_lease(
+    handles: Callable[[], FlakyCoordination], db_path: Path
+) -> None:
+    """The pid now belongs to a live process that started at another time: not the holder."""
+    with other_process() as proc:
+        parsed = parse_holder(lease_holder(proc.pid))
+        assert parsed is not None
+        earlier = f"{parsed.host}:{parsed.pid}:{int(parsed.start) - 1}@{parsed.machine}"
+        assert not holder_is_dead(lease_holder(proc.pid)) and holder_is_dead(earlier)
+        held_until_far_future(db_path, earlier)
+        successor, work = keeper(handles(), lease_holder()), Work()
+        async with running((successor, work)):
+            await wait_until("the successor to work", lambda: work.running)
+            assert holder_in_table(db_path) == successor.holder
+
+
+@linux_proc
+@pytest.mark.parametrize("where", ["another host", "an old-style name"])
+async def test_a_holder_this_machine_cannot_see_is_waited_out(
+    handles: Callable[[], FlakyCoordination], db_path: Path, where: str
+) -> None:
+    """Its pid means nothing here (another host, container or boot), even a pid free on this machine."""
+    with other_process() as proc:
+        pass  # killed and reaped: its pid is free here
+    other = f"elsewhere:{proc.pid}:12345@000000000000" if where == "another host" else f"elsewhere:{proc.pid}"
+    assert not holder_is_dead(other)
+    held_until_far_future(db_path, other)
+    wall = ManualClock(WALL)
+    coord = handles()
+    standby = LeaseKeeper(coord, NAME, ttl=TTL, holder=lease_holder(), wall=wall)
+    work = Work()
+    async with running((standby, work)):
+        await wait_until("five refusals", lambda: coord.refused >= 5)
+        assert work.starts == 0
+        assert (await standby.health("pre-signs"))["standby"].startswith(f"standing by, lease held by {other} until ")
+        wall.now = WALL + 1000  # the lease runs out
+        await wait_until("the standby to work", lambda: work.running)
+        assert holder_in_table(db_path) == standby.holder
+
+
+async def test_health_names_a_problem_while_nobody_holds_the_lease(
+    handles: Callable[[], FlakyCoordination], db_path: Path
+) -> None:
+    wall = ManualClock(WALL)
+    dead = {"host:dead"}
+    coord = handles()
+    standby = LeaseKeeper(coord, NAME, ttl=TTL, holder="host:me", wall=wall, is_dead=lambda h: h in dead)
+    report = await standby.health("pre-signs")
+    assert report["problem"] == "nothing pre-signs: no process holds the presigner lease"
+    held_until_far_future(db_path, "host:dead")
+    assert (await standby.health("pre-signs"))["problem"] == (
+        "nothing pre-signs: the presigner lease is held by host:dead, a dead process on this machine, "
+        "until 1970-01-12T14:03:20Z; taking it over"
+    )
+    dead.clear()
+    assert "problem" not in await standby.health("pre-signs")
+    wall.now = WALL + 1000
+    assert (await standby.health("pre-signs"))["problem"] == (
+        "nothing pre-signs: no process holds the presigner lease (host:dead's ran out at 1970-01-12T14:03:20Z)"
+    )
+    work = Work()
+    async with running((standby, work)):
+        await wait_until("the keeper to work", lambda: work.running)
+        assert await standby.health("pre-signs") == {"lease": "active", "holder": "host:me"}

@@ -62,7 +62,24 @@ def test_the_json_is_what_the_admin_api_serves() -> None:
         "relying_parties": [
             {"agent": "nginx-1", "at": "2026-01-01T00:00:03.250000Z", "seconds": 3.25, "kind": "delta", "number": 7}
         ],
+        "gone_without": [],  # r3 was gone before the revocation: it is not one that missed it
     }
+
+
+def test_a_responder_that_dies_after_the_commit_without_it_is_named_when_the_slo_is_met_without_it() -> None:
+    """r2 was live at the commit, never applied the revocation, and went silent: once it is gone,
+    the live r1 alone completes the OCSP channel, and the timeline names r2 as gone without it."""
+    while_silent = _timeline(T0 + 0.12, now=T0 + 20, r2_last_seen=T0 + 1)
+    assert (while_silent.pending, while_silent.slo_met, while_silent.gone_without) == (("r2",), False, ())
+    gone = _timeline(T0 + 0.12, now=T0 + 31.5, r2_last_seen=T0 + 1)
+    assert [(r.responder_id, r.state, r.counted) for r in gone.responders] == [
+        ("r1", "applied", True),
+        ("r2", "gone", False),
+        ("r3", "gone", False),
+    ]
+    assert gone.ocsp_all_responders == Moment("2026-01-01T00:00:00.300000Z", 0.3)
+    assert (gone.pending, gone.slo_met, gone.gone_without) == ((), True, ("r2",))
+    assert Timeline.from_json(json.loads(json.dumps(gone.to_json()))) == gone
 
 
 @pytest.mark.parametrize("stored_at", [T0 + 0.12, None], ids=["stored-at-known", "stored-at-unrecorded"])

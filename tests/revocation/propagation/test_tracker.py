@@ -228,6 +228,7 @@ async def test_timeline_of_a_revocation_on_its_way(env: Env) -> None:
         "slo_met": None,
         "crl_published": True,
         "relying_parties": [{"agent": "nginx-1", "at": iso_at(3.0), "seconds": 3.0, "kind": "full", "number": 5}],
+        "gone_without": [],
     }
     # Still pending past the SLO: already missed.
     env.wall.t = C + 6
@@ -264,7 +265,8 @@ async def test_a_gone_responder_no_longer_holds_the_ocsp_channel_open(env: Env) 
         ("r2", "gone", False),
     ]
     assert timeline["ocsp_all_responders"] == {"at": iso_at(0.2), "seconds": 0.2}
-    assert (timeline["pending"], timeline["slo_met"]) == ([], True)
+    # Met by the live responder only: r2 was live at the commit and never had it.
+    assert (timeline["pending"], timeline["slo_met"], timeline["gone_without"]) == ([], True, ["r2"])
 
 
 async def test_no_live_responder_means_no_ocsp_figure(env: Env) -> None:
@@ -586,17 +588,26 @@ async def test_a_slow_revocation_counts_as_an_slo_breach(env: Env) -> None:
     assert saved["slo_met"] is False
 
 
-async def test_a_responder_that_stops_heartbeating_lets_the_revocation_finish(env: Env) -> None:
+async def test_a_responder_that_stops_heartbeating_lets_the_revocation_finish(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    env.make_tracker(down_after=3.0)  # serve.py: three heartbeats
     await env.tracker.step()
     await env.issue()
     rev = await env.revoke()
     await env.store_row(SERIAL, "revoked", rev.seq, 7, C + 0.1)
-    await two_responders(env, r1_change=7, r2_change=5, seen=C + 1)
+    await two_responders(env, r1_change=7, r2_change=5, seen=C + 1)  # r2's last heartbeat
     await env.coord.record_applied("r1", 7, C + 0.3)
     await env.coord.record_crl_publication(CRLPublication(ISSUER, 0, "delta", 6, rev.seq, C + 2.0))
+    env.wall.t = C + 3.5
+    await env.tracker.step()
+    assert [env.sample("ocsp_responder_up", responder_id=r) for r in ("r1", "r2")] == [1, 1]
+    await env.coord.heartbeat("r1", "http://r1.test/ocsp", 7, C - 100, C + 20)
     env.wall.t = C + 20
     await env.tracker.step()
-    assert env.tracker.pending == 1  # r2 is late, not gone
+    # r2, silent for 19 s, is shown down at once, though it is late, not gone: the revocation still waits.
+    assert [env.sample("ocsp_responder_up", responder_id=r) for r in ("r1", "r2")] == [1, 0]
+    assert env.tracker.pending == 1
     await env.coord.heartbeat("r1", "http://r1.test/ocsp", 7, C - 100, C + 40)
     env.wall.t = C + 40  # r2 silent for 39 s: gone
     await env.tracker.step()
@@ -606,6 +617,8 @@ async def test_a_responder_that_stops_heartbeating_lets_the_revocation_finish(en
     saved = await env.coord.timeline(ISSUER, SERIAL, rev.seq)
     assert saved is not None
     assert [(r["responder_id"], r["state"]) for r in saved["responders"]] == [("r1", "applied"), ("r2", "gone")]
+    assert saved["gone_without"] == ["r2"]
+    assert "responders gone without it: r2" in caplog.text
 
 
 async def test_giving_up_on_a_responder_is_a_breach_and_the_timeline_stays_live(env: Env) -> None:
@@ -774,6 +787,8 @@ def test_bad_settings_are_refused(env: Env) -> None:
     for kwargs, match in (
         ({"slo_seconds": 0}, "slo_seconds"),
         ({"gone_after": -1}, "gone_after"),
+        ({"down_after": 31}, "down_after"),
+        ({"down_after": 0}, "down_after"),
         ({"poll_seconds": 0}, "poll_seconds"),
         ({"give_up_after": 0}, "give_up_after"),
         ({"give_up_after": 4000}, "keep_progress"),
