@@ -70,6 +70,14 @@ class ScaleConfig:
     slo_seconds: float = 5.0  # OCSP propagation SLO: revocation committed -> every live responder
 
 
+@dataclasses.dataclass(frozen=True)
+class AuditConfig:
+    """``[audit]``: signed checkpoints of the event log's head, written by the publisher beside the CRLs."""
+
+    checkpoint_every_events: int = 1000  # a checkpoint after this many events
+    checkpoint_interval_seconds: int = 300  # or this long after the last one, when the log has moved
+
+
 DATABASE_URL_ENV = "PCA_DATABASE_URL"
 
 
@@ -93,6 +101,7 @@ class Config:
     crl: CRLConfig
     database_url: str = ""  # postgresql://... ; empty: the SQLite file ``database``
     scale: ScaleConfig = dataclasses.field(default_factory=ScaleConfig)
+    audit: AuditConfig = dataclasses.field(default_factory=AuditConfig)
 
     @property
     def backend(self) -> str:
@@ -309,6 +318,11 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
     if scale.responder_gone_seconds < 2 * scale.heartbeat_seconds:
         raise ConfigError("scale.responder_gone_seconds must be at least twice scale.heartbeat_seconds")
 
+    au = _section(data, "audit")
+    audit = AuditConfig(*(_typed(au, "audit", k, int, getattr(AuditConfig, k)) for k in _AUDIT_KEYS))
+    for key in _AUDIT_KEYS:
+        _positive(getattr(audit, key), f"audit.{key}")
+
     cfg = Config(
         path=path,
         data_dir=data_dir,
@@ -328,10 +342,14 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
         crl=crl,
         database_url=_database_url(_section(data, "database"), env),
         scale=scale,
+        audit=audit,
     )
     listen_from_url(cfg.public_url)
     _positive(cfg.leaf_validity_days, "ca.leaf_validity_days")
     return cfg
+
+
+_AUDIT_KEYS = ("checkpoint_every_events", "checkpoint_interval_seconds")
 
 
 def render_config(
@@ -385,6 +403,10 @@ signer_warn_days = 14        # warn (metric, /healthz, log) this many days befor
 cache_size = 1000000         # responses held in each responder's memory
 workers = 0                  # pre-signing processes (0 = one per core)
 poll_interval = 0.2          # seconds between polls of the response store's change feed
+
+[audit]
+checkpoint_every_events = 1000    # the publisher signs a checkpoint of the log's head after this many events
+checkpoint_interval_seconds = 300 # or this long after the last one, when the log has moved
 
 [crl]
 validity_seconds = 86400     # nextUpdate - thisUpdate

@@ -222,6 +222,7 @@ async def serve(
                 issuer_stats=(rt.view, pca_urls(cfg)),
                 recorder=CertificateRecorder(rt.log, rt.view),
                 installations=InstallationRecorder(rt.view, rt.coord),
+                projection=rt.view,
             )
             servers.append(_uvicorn(api.app(), *cfg.admin_listen))
         public = "responder" in roles or "publisher" in roles

@@ -161,6 +161,21 @@ class CertificateHoldReleased(DomainEvent):
         return cert_stream(self.issuer_id, int(self.serial, 16))
 
 
+@dataclasses.dataclass(frozen=True)
+class CheckpointSignerSet(DomainEvent):
+    """The key that signs the audit checkpoints of the log's head, and its certificate from an issuing CA
+    (``revocation.checkpoints``). Not part of the certificate-status projection."""
+
+    TYPE: ClassVar[str] = "CheckpointSignerSet"
+    issuer_id: str
+    cert_der_hex: str
+    key_ref: dict[str, str]
+    not_after: datetime.datetime
+
+    def stream(self) -> str:
+        return "audit/checkpoint-signer"
+
+
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
     cls.TYPE: cls
     for cls in (
@@ -170,6 +185,7 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
         CertificateIssued,
         CertificateRevoked,
         CertificateHoldReleased,
+        CheckpointSignerSet,
     )
 }
 

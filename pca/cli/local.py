@@ -1,4 +1,4 @@
-"""The commands that work on this host's files and database: init, serve, migrate, rebuild, token, audit --local."""
+"""The commands that work on this host's files and database: init, serve, migrate, rebuild, token."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
 from revocation import ca
 from revocation.admin.tokens import add_token, write_secret_file
 from revocation.authority import Actor, certificate_issued, issuer_added
+from revocation.checkpoints import ensure_signer
 from revocation.clock import SystemClock
-from revocation.errors import IntegrityError, PCAError
+from revocation.errors import PCAError
 from revocation.eventlog import NewEvent
 from revocation.keys import KeyRef, SigningKey, generate_key
 
@@ -199,6 +200,7 @@ async def _init_hierarchy(
         from pca.serve import build_authority
 
         await build_authority(rt).rotate_signers(Actor(actor, rid))
+        await ensure_signer(rt.log, rt.view, key_dir, algorithm, clock.now(), actor, rid)  # audit checkpoints
     finally:
         await rt.aclose()
     pem = serialization.Encoding.PEM
@@ -261,21 +263,3 @@ def cmd_token_create(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     token = add_token(cfg.tokens_db, args.name, args.role)
     print(token)
-
-
-def cmd_audit_verify(args: argparse.Namespace) -> None:
-    """``pca audit verify --local``: walk the hash chain in the database itself."""
-    cfg = load_config(args.config) if args.config else fail("--local needs --config")
-
-    async def run() -> int:
-        rt = await connect_runtime(cfg, SystemClock())
-        try:
-            return await rt.log.verify_chain()
-        finally:
-            await rt.aclose()
-
-    try:
-        count = asyncio.run(run())
-    except IntegrityError as exc:
-        fail(f"AUDIT FAILED: {exc}")
-    print(f"audit OK: {count} events, hash chain intact")

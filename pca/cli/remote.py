@@ -229,11 +229,3 @@ def cmd_events(args: argparse.Namespace) -> None:
     result = _Client(args).call("GET", f"/v1/events?after={args.after}&limit={args.limit}")
     for event in result["events"]:
         print(json.dumps(event, sort_keys=True))
-
-
-def cmd_audit_verify(args: argparse.Namespace) -> None:
-    """``pca audit verify``: the admin API walks the hash chain."""
-    result = _Client(args).call("GET", "/v1/audit/verify", ok=(200, 409))
-    if not result["ok"]:
-        fail(f"AUDIT FAILED: {result['detail']}")
-    print(f"audit OK: {result['events']} events, hash chain intact")

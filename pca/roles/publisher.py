@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pca.roles.crl_store import open_store
 from pca.roles.crl_worker import CRLWorker
 from pca.runtime import Runtime
+from publishers.checkpointer import Checkpointer
 from publishers.crl_writer import Offload
 from publishers.http import CRLApp
 from publishers.objectstore import ObjectStore
@@ -55,6 +56,7 @@ def build_publisher(
 
 _CHANGES = ("CertificateRevoked", "CertificateHoldReleased")
 FOLLOW_SECONDS = 0.5  # how often the publisher looks for revocations committed by other processes
+CHECKPOINT_POLL_SECONDS = 1.0  # how often the publisher looks whether an audit checkpoint is due
 
 
 async def start_publisher(rt: Runtime) -> None:
@@ -83,6 +85,27 @@ async def start_publisher(rt: Runtime) -> None:
     publisher = build_publisher(rt, store, guard=lease.check, on_published=record, offload=worker)
     wake = asyncio.Event()
     rt.on_log_change(wake.set)
+    checkpointer = Checkpointer(
+        rt.log,
+        rt.view,
+        store,
+        rt.clock,
+        rt.registry,
+        key_dir=rt.config.data_dir / "keys",
+        key_algorithm=rt.config.key_algorithm,
+        every_events=rt.config.audit.checkpoint_every_events,
+        interval_seconds=rt.config.audit.checkpoint_interval_seconds,
+        guard=lease.check,
+    )
+
+    async def checkpoints() -> None:
+        """Signed checkpoints of the log's head beside the CRLs (publishers.checkpointer)."""
+        while True:
+            try:
+                await checkpointer.tick()
+            except PCAError as exc:
+                log.warning("cannot write an audit checkpoint: %s", exc)
+            await asyncio.sleep(CHECKPOINT_POLL_SECONDS)
 
     async def follow_log() -> None:
         """Revocations committed anywhere (this process, another, another host) trigger a delta."""
@@ -105,11 +128,13 @@ async def start_publisher(rt: Runtime) -> None:
         # while its lease had lapsed) are not in the log it follows from here: publish once anyway.
         publisher.revocation_happened()
         follower = asyncio.create_task(follow_log())
+        checkpointing = asyncio.create_task(checkpoints())
         try:
             await publisher.run()
         finally:
             follower.cancel()
-            await asyncio.gather(follower, return_exceptions=True)
+            checkpointing.cancel()
+            await asyncio.gather(follower, checkpointing, return_exceptions=True)
 
     async def run() -> None:
         try:
@@ -130,6 +155,8 @@ async def start_publisher(rt: Runtime) -> None:
         }
         if publisher.last_error:
             report["problem"] = publisher.last_error
+        if checkpointer.last_error:
+            report["audit_checkpoints"] = checkpointer.last_error
         return report
 
     rt.health["publisher"] = health

@@ -45,6 +45,7 @@ from revocation.admin.http import (
 from revocation.admin.installations import InstallationRecorder
 from revocation.admin.recording import CertificateRecorder
 from revocation.admin.tokens import Principal, TokenStore
+from revocation.audit import compare_projection
 from revocation.authority import Actor, Authority, IssueRequest, parse_serial
 from revocation.clock import iso, parse_iso
 from revocation.coordination import ProbeResult
@@ -52,7 +53,7 @@ from revocation.errors import ConflictError, IntegrityError, NotFoundError, PCAE
 from revocation.eventlog import EventLog, RecordedEvent
 from revocation.events import CertificateRevoked
 from revocation.issuer_summary import PcaURLs, issuer_summaries
-from revocation.projection import CertificateRecord, IssuerRecord, IssuerStats
+from revocation.projection import CertificateRecord, IssuerRecord, IssuerStats, StatusView
 from revocation.propagation.timeline import Timeline
 
 log = logging.getLogger("pca.api")
@@ -105,6 +106,7 @@ class AdminAPI:
         issuer_stats: tuple[IssuerStats, PcaURLs] | None = None,
         recorder: CertificateRecorder | None = None,
         installations: InstallationRecorder | None = None,
+        projection: StatusView | None = None,
     ) -> None:
         """``issuer_stats`` (the projection and pca's URLs) adds counts, signer, CRL and URL survey to
         ``GET /v1/issuers`` (``revocation.issuer_summary``)."""
@@ -119,6 +121,7 @@ class AdminAPI:
         self._issuer_stats = issuer_stats
         self._recorder = recorder
         self._installations = installations
+        self._projection = projection  # audit verify compares it with a replay of the log
         self._requests = Counter("admin_requests_total", "Admin API requests", ["route", "status"], registry=registry)
         self._latency = Histogram("admin_request_seconds", "Admin API request time", ["route"], registry=registry)
 
@@ -374,9 +377,15 @@ class AdminAPI:
     async def audit_verify(self, request: Request, actor: Actor) -> Response:
         try:
             count = await self._log.verify_chain()
+            if self._projection is None:
+                return JSONResponse({"ok": True, "events": count, "projection": None})
+            report = await compare_projection(self._log, self._projection)  # the projection against a replay
         except IntegrityError as exc:
             return JSONResponse({"ok": False, "first_bad_seq": exc.seq, "detail": str(exc)}, status_code=409)
-        return JSONResponse({"ok": True, "events": count})
+        body: dict[str, Any] = {"ok": report.ok, "events": count, "projection": report.to_json()}
+        if not report.ok:
+            body["detail"] = f"the status projection disagrees with a replay of the log: {report.differences[0]}"
+        return JSONResponse(body, status_code=200 if report.ok else 409)
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
