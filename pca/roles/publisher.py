@@ -37,7 +37,13 @@ def build_publisher(
     offload: Offload | None = None,
 ) -> Publisher:
     cfg = rt.config.crl
-    storer = Storer(store, rt.view, layout=rt.config.crl_layout, expired_grace_seconds=cfg.expired_grace_seconds)
+    storer = Storer(
+        store,
+        rt.view,
+        layout=rt.config.crl_layout,
+        expired_grace_seconds=cfg.expired_grace_seconds,
+        log_check=rt.log.projection_drops,
+    )
     return Publisher(
         rt.view,
         storer,

@@ -20,10 +20,12 @@ from cryptography import x509
 
 from pca.cli import main as pca_main
 from pca.config import Config, load_config
+from pca.roles.publisher import build_publisher
 from pca.runtime import Runtime, connect_runtime
 from pca.serve import build_authority
 from publishers.checkpointer import LATEST_KEY, Checkpointer
 from publishers.objectstore import DirectoryStore
+from publishers.storer import RefusedCRL
 from revocation import ca
 from revocation.authority import Authority
 from revocation.checkpoints import Checkpoint, sign_checkpoint
@@ -263,3 +265,51 @@ async def test_the_checkpoint_signer_is_made_by_init_and_certified_by_the_issuin
     cert.verify_directly_issued_by(issuing)
     assert cert.not_valid_after_utc - now_utc() > datetime.timedelta(days=300)
     assert ca.CHECKPOINT_SIGNING in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+
+
+# --- the storer answers to the log, not only to the projection ----------------------------------
+
+
+def crl_serials(path: Path) -> set[int]:
+    return {entry.serial_number for entry in x509.load_der_x509_crl(path.read_bytes())}
+
+
+@pytest.mark.parametrize("tamper", ["un-revoke", "delete-row"])
+async def test_the_storer_refuses_a_full_crl_that_drops_a_revocation_the_log_has(ca_db: CA, tamper: str) -> None:
+    certs = await history(ca_db)
+    serial = certs[1].serial_number
+    publisher = build_publisher(ca_db.rt, ca_db.store)
+    issuer = next(i for i in await ca_db.rt.view.issuers() if i.issuer_id == "issuing-ca")
+    first = await publisher.publish(issuer)
+    crl_path = ca_db.config.crl_dir / "issuing-ca.crl"
+    assert serial in crl_serials(crl_path)
+
+    if tamper == "un-revoke":
+        await ca_db.raw("UPDATE certificates SET status = 'good', revoked_at = NULL, reason = NULL, version = 1 "
+                        "WHERE serial = ?", f"{serial:x}")  # fmt: skip
+    else:
+        await ca_db.raw("DELETE FROM certificates WHERE serial = ?", f"{serial:x}")
+    with pytest.raises(RefusedCRL, match=f"e.g. serial {serial:x}, revoked by seq") as refused:
+        await publisher.publish(issuer)
+    assert "pca rebuild" in str(refused.value)
+    assert serial in crl_serials(crl_path)  # the CRL in the store still lists it
+    labels = {"issuer": "issuing-ca", "kind": "full", "result": "projection_disagrees"}
+    assert ca_db.rt.registry.get_sample_value("crl_publishes_total", labels) == 1
+
+    await asyncio.to_thread(pca_main, ["rebuild", "--config", str(ca_db.config.path)])
+    again = await publisher.publish(issuer)
+    assert again.number > first.number
+    assert serial in crl_serials(crl_path)
+
+
+async def test_a_released_hold_and_expired_revocations_are_no_disagreement(ca_db: CA) -> None:
+    certs = await history(ca_db)
+    await ca_db.authority.revoke(certs[0].serial_number, "certificateHold", ACTOR)
+    await ca_db.authority.release_hold(certs[0].serial_number, ACTOR)
+    await ca_db.authority.revoke(certs[2].serial_number, "certificateHold", ACTOR)
+    await ca_db.authority.revoke(certs[2].serial_number, "keyCompromise", ACTOR)
+    assert await ca_db.rt.log.projection_drops("issuing-ca") == []
+    publisher = build_publisher(ca_db.rt, ca_db.store)
+    issuer = next(i for i in await ca_db.rt.view.issuers() if i.issuer_id == "issuing-ca")
+    await publisher.publish(issuer)
+    assert crl_serials(ca_db.config.crl_dir / "issuing-ca.crl") == {certs[1].serial_number, certs[2].serial_number}
