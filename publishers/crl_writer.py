@@ -202,7 +202,7 @@ class CRLWriter:
             published = await offload(issuer.issuer_id, shard, state.last_number)
         except (RefusedCRL, PreconditionFailed) as exc:
             self._count.labels(issuer.issuer_id, FULL, _refusal(exc)).inc()
-            raise RefusedCRL(str(exc)) from exc
+            raise _refused(exc) from exc
         except StorageError:
             self._count.labels(issuer.issuer_id, FULL, "error").inc()
             raise
@@ -277,7 +277,7 @@ class CRLWriter:
             self._count.labels(issuer.issuer_id, kind, _refusal(exc)).inc()
             if isinstance(exc, BaseNotPublished):
                 state.base_number = None  # deltas wait for a new full CRL, which the retry publishes
-            raise RefusedCRL(str(exc)) from exc
+            raise _refused(exc) from exc
         except StorageError:
             self._count.labels(issuer.issuer_id, kind, "error").inc()
             raise
@@ -316,6 +316,11 @@ class CRLWriter:
             base_number,
             published_at=self._clock.time(),
         )
+
+
+def _refused(exc: Exception) -> RefusedCRL:
+    """The RefusedCRL to raise for ``exc``, keeping a projection disagreement's kind (across processes too)."""
+    return ProjectionDisagrees(str(exc)) if isinstance(exc, ProjectionDisagrees) else RefusedCRL(str(exc))
 
 
 def _refusal(exc: Exception) -> str:
