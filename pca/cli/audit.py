@@ -70,7 +70,7 @@ def _report(
 ) -> None:
     print(f"audit OK: {events} events, hash chain intact")
     if projection is not None:
-        print(f"  projection matches a replay of the log ({projection['certificates']} certificates)")
+        print(f"  projection matches a replay of the log ({projection['certificates']} certificates compared)")
     if anchored is not None:
         checkpoint, signer = anchored
         print(
