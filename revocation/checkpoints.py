@@ -115,13 +115,11 @@ def verify_checkpoint(data: bytes, trusted: Sequence[x509.Certificate]) -> tuple
     except (KeyError, IndexError, TypeError, ValueError, binascii.Error) as exc:
         raise CheckpointError(f"checkpoint document without a readable signature or certificate: {exc!r}") from exc
     who = signer.subject.rfc4514_string()
-    issuer = next((c for c in trusted if c.subject == signer.issuer), None)
-    if issuer is None:
+    issuers = [c for c in trusted if c.subject == signer.issuer]
+    if not issuers:
         raise CheckpointError(f"checkpoint signer {who} was not issued by any of the trusted CA certificates")
-    try:
-        signer.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature) as exc:
-        raise CheckpointError(f"checkpoint signer {who}: its certificate does not verify with its CA's key") from exc
+    if not any(_issued_by(signer, issuer) for issuer in issuers):
+        raise CheckpointError(f"checkpoint signer {who}: its certificate does not verify with its CA's key")
     try:
         usages = signer.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
@@ -139,6 +137,14 @@ def verify_checkpoint(data: bytes, trusted: Sequence[x509.Certificate]) -> tuple
     except InvalidSignature:
         raise CheckpointError(f"the checkpoint's signature does not verify with the key of {who}") from None
     return checkpoint, signer
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 async def check_log_against(log: EventLog, checkpoint: Checkpoint) -> None:

@@ -38,9 +38,9 @@ def _admin_access(args: argparse.Namespace) -> tuple[str, str]:
 
 
 class _Client:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, timeout: float = 30.0) -> None:
         url, token = _admin_access(args)
-        self._http = httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=30.0)
+        self._http = httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=timeout)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, ok: tuple[int, ...] = (200, 201)) -> Any:
         try:

@@ -106,11 +106,15 @@ async def start_publisher(rt: Runtime) -> None:
 
     async def checkpoints() -> None:
         """Signed checkpoints of the log's head beside the CRLs (publishers.checkpointer)."""
+        problem = ""
         while True:
             try:
                 await checkpointer.tick()
+                problem = ""
             except PCAError as exc:
-                log.warning("cannot write an audit checkpoint: %s", exc)
+                if str(exc) != problem:  # once per new problem, not every second
+                    log.warning("cannot write an audit checkpoint: %s", exc)
+                problem = str(exc)
             await asyncio.sleep(CHECKPOINT_POLL_SECONDS)
 
     async def follow_log() -> None:

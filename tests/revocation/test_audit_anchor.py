@@ -191,15 +191,22 @@ async def test_a_forged_checkpoint_is_refused(ca_db: CA, capsys: pytest.CaptureF
     [(head_hash,)] = await ca_db.raw("SELECT hash FROM events WHERE seq = ?", head)
     [(first_hash,)] = await ca_db.raw("SELECT hash FROM events WHERE seq = 1")
     now = now_utc()
-    # An intruder's own CA and checkpoint signer (the same EKU, any name): not the CA's.
+    # An intruder's own CA, named as the issuing CA, and its checkpoint signer (the same EKU): not the CA's key.
+    issuing = x509.load_pem_x509_certificate((ca_db.config.data_dir / "issuing-ca.pem").read_bytes())
     other_key = generate_key(KeyRef("file"), "other-ca", "ec-p256", tmp_path)
-    other_ca = ca.create_root(other_key, ca.parse_subject("CN=issuing-ca"), now, 30)
+    other_ca = ca.create_root(other_key, issuing.subject, now, 30)
     signer_key = generate_key(KeyRef("file"), "forger", "ec-p256", tmp_path)
     signer = ca.create_checkpoint_signer(other_ca, other_key, signer_key.public_key(), now, 30)
     forged = tmp_path / "forged.json"
     forged.write_bytes(sign_checkpoint(Checkpoint(first_hash, head, head_hash, now), signer_key, signer))
     err = await audit_fails(ca_db, capsys, "--checkpoint", str(forged))
-    assert "does not verify with its CA's key" in err or "not issued by any of the trusted CA" in err
+    assert "its certificate does not verify with its CA's key" in err
+    stranger = tmp_path / "stranger.json"
+    other = ca.create_root(other_key, ca.parse_subject("CN=Stranger CA"), now, 30)
+    stranger_signer = ca.create_checkpoint_signer(other, other_key, signer_key.public_key(), now, 30)
+    stranger.write_bytes(sign_checkpoint(Checkpoint(first_hash, head, head_hash, now), signer_key, stranger_signer))
+    err = await audit_fails(ca_db, capsys, "--checkpoint", str(stranger))
+    assert "was not issued by any of the trusted CA certificates" in err
 
     # A certificate the CA issued for something else (a TLS leaf, whose key its holder has): refused
     # for what it is, before its signature is even looked at.
