@@ -28,8 +28,8 @@ from publishers.objectstore import DirectoryStore
 from publishers.storer import RefusedCRL
 from revocation import ca
 from revocation.authority import Authority
-from revocation.checkpoints import Checkpoint, sign_checkpoint
-from revocation.clock import SystemClock
+from revocation.checkpoints import SIGNER_RENEW_BEFORE, Checkpoint, ensure_signer, sign_checkpoint
+from revocation.clock import Clock, FakeClock, SystemClock
 from revocation.eventlog import row_hash
 from revocation.keys import KeyRef, generate_key
 from tests.support.ca import ACTOR, issue, now_utc
@@ -46,14 +46,14 @@ class CA:
         self.authority: Authority = build_authority(rt)
         self.store = DirectoryStore(config.crl_dir)
 
-    def checkpointer(self) -> Checkpointer:
+    def checkpointer(self, clock: Clock | None = None) -> Checkpointer:
         from prometheus_client import CollectorRegistry
 
         return Checkpointer(
             self.rt.log,
             self.rt.view,
             self.store,
-            self.rt.clock,
+            clock or self.rt.clock,
             CollectorRegistry(),
             key_dir=self.config.data_dir / "keys",
             key_algorithm=self.config.key_algorithm,
@@ -320,3 +320,28 @@ async def test_a_released_hold_and_expired_revocations_are_no_disagreement(ca_db
     issuer = next(i for i in await ca_db.rt.view.issuers() if i.issuer_id == "issuing-ca")
     await publisher.publish(issuer)
     assert crl_serials(ca_db.config.crl_dir / "issuing-ca.crl") == {certs[1].serial_number, certs[2].serial_number}
+
+
+async def test_a_signer_near_its_expiry_is_replaced_and_checkpoints_verify_with_the_new_one(
+    ca_db: CA, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await history(ca_db)
+    [first] = await ca_db.rt.log.read_stream("audit/checkpoint-signer")
+    not_after = datetime.datetime.fromisoformat(first.payload["not_after"].replace("Z", "+00:00"))
+    later = not_after - SIGNER_RENEW_BEFORE + datetime.timedelta(seconds=1)
+    renewed = await ensure_signer(ca_db.rt.log, ca_db.rt.view, ca_db.config.data_dir / "keys", "ec-p256", later,
+                                  "tester", "renew")  # fmt: skip
+    assert renewed.key_ref != first.payload["key_ref"]
+    assert [e.type for e in await ca_db.rt.log.read_stream("audit/checkpoint-signer")] == ["CheckpointSignerSet"] * 2
+    # Asked again before the new one nears its end: the same signer.
+    assert await ensure_signer(ca_db.rt.log, ca_db.rt.view, ca_db.config.data_dir / "keys", "ec-p256", later,
+                               "tester", "renew") == renewed  # fmt: skip
+
+    await issue(ca_db.authority, "svc-after-renewal")
+    checkpoint = await ca_db.checkpointer(FakeClock(later)).tick()  # signed in the new signer's lifetime
+    assert checkpoint is not None
+    doc = json.loads(ca_db.latest.read_bytes())
+    signer = x509.load_pem_x509_certificate(doc["certificates"][0].encode())
+    assert signer.serial_number == x509.load_der_x509_certificate(bytes.fromhex(renewed.cert_der_hex)).serial_number
+    await asyncio.to_thread(audit, ca_db, "--checkpoint", str(ca_db.latest))
+    assert f"checkpoint seq {checkpoint.seq} of " in capsys.readouterr().out
