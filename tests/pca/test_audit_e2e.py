@@ -9,6 +9,7 @@ import json
 import re
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -30,6 +31,12 @@ def served_checkpoint(url: str, seq: int) -> dict[str, object] | None:
     checkpoint = doc["checkpoint"]
     assert isinstance(checkpoint, dict)
     return doc if int(checkpoint["seq"]) >= seq else None
+
+
+def last_event(config_path: Path) -> dict[str, Any]:
+    lines = pca("events", "--config", config_path, "--after", "0", "--limit", "1000").stdout.splitlines()
+    event: dict[str, Any] = json.loads(lines[-1])
+    return event
 
 
 def crl_lists(srv: ServerProcess, serial: int) -> bool:
@@ -54,9 +61,7 @@ def test_checkpoints_are_served_beside_the_crls_and_an_edited_projection_stops_t
     try:
         certs = [issue(srv, f"svc{i}") for i in range(2)]
         revoke(srv, certs[0], "keyCompromise")
-        head = json.loads(
-            pca("events", "--config", config_path, "--after", "0", "--limit", "1000").stdout.splitlines()[-1]
-        )["seq"]
+        head = last_event(config_path)["seq"]
         url = f"{srv.public_url}/crl/checkpoints/latest.json"
         doc = poll(lambda: served_checkpoint(url, head), WAIT_SECONDS, interval=0.2)
         assert doc is not None, f"no checkpoint of seq {head} served at {url}"
@@ -86,6 +91,24 @@ def test_checkpoints_are_served_beside_the_crls_and_an_edited_projection_stops_t
 
         pca("rebuild", "--config", config_path)
         assert "audit OK" in pca("audit", "verify", "--config", config_path, "--checkpoint", url).stdout
+
+        # Someone deletes the last event and rewinds the head: the chain still verifies, the checkpoint does not.
+        last = last_event(config_path)
+        assert poll(lambda: served_checkpoint(url, last["seq"]), WAIT_SECONDS, interval=0.2)
+        with contextlib.closing(sqlite3.connect(ca_dir(srv) / "pca.db")) as conn:
+            conn.execute("DELETE FROM events WHERE seq = ?", (last["seq"],))
+            conn.execute("UPDATE log_head SET seq = ?, hash = ? WHERE id = 1", (last["seq"] - 1, last["prev_hash"]))
+            conn.commit()
+        rewound = pca("audit", "verify", "--config", config_path, "--checkpoint", url, check=False)
+        assert rewound.returncode == 1
+        assert f"event log broken at seq {last['seq']}:" in rewound.stderr
+        assert f"the log ends at seq {last['seq'] - 1}" in rewound.stderr
+
+        # The publisher notices too: it signs no checkpoint of the rewound log and says so in /healthz.
+        def alarm() -> bool:
+            return "audit checkpoints stopped" in httpx.get(f"{srv.admin_url}/healthz", timeout=10).text
+
+        assert poll(alarm, WAIT_SECONDS, interval=0.2), httpx.get(f"{srv.admin_url}/healthz", timeout=10).text
     finally:
         srv.stop()
     assert_clean_log(srv)
