@@ -7,29 +7,28 @@ projection (``revocation.storage.sqlite.projection.apply_sqlite``), into a throw
 and every issuer and certificate is compared with what the database holds, on either backend.
 
 Certificates changed by an event after the replayed position (appends during the audit) are left
-out of the comparison, as their stored state is newer than the replay's.
+out of the comparison, as their stored state is newer than the replay's. Certificates are compared
+a page at a time, as OCSP and CRLs use them (status, revocation time, reason, invalidity date,
+notAfter, CRL shard); memory stays flat, except when the projection holds more certificates
+than the log issued, when the issuer's are read whole to name the extra ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import tempfile
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from revocation.clock import iso
+from revocation.clock import from_epoch, iso
 from revocation.eventlog import EventLog
-from revocation.projection import CertificateRecord, IssuerRecord, StatusView
+from revocation.projection import CRL_COLUMNS, CRLRecord, IssuerRecord, StatusView, crl_rows
 from revocation.storage.sqlite.db import SQLiteDatabase
 from revocation.storage.sqlite.projection import PROJECTION_SCHEMA, SQLiteStatusView, apply_sqlite
 
 _PAGE = 5000
 MAX_REPORTED = 10  # differences named in a report (all are counted)
-
-# The certificate fields compared, as a relying party would notice them.
-_FIELDS = ("status", "revoked_at", "reason", "invalidity_date", "not_before", "not_after", "subject", "profile")
 
 
 @dataclasses.dataclass
@@ -58,15 +57,21 @@ class ProjectionReport:
             self.differences.append(text)
 
 
-def _value(value: object) -> str:
+_TIMES = ("not_after", "revoked_at", "invalidity_date")
+# CRLRecord fields compared, as OCSP and CRLs use them; "shard" is named as its column.
+_FIELDS = ("status", "revoked_at", "reason", "invalidity_date", "not_after", "shard")
+_SQL_REPLAYED = f"SELECT {CRL_COLUMNS} FROM certificates WHERE issuer_id = ? AND serial > ? ORDER BY serial LIMIT ?"
+
+
+def _value(name: str, value: object) -> str:
     if value is None:
         return "none"
-    return iso(value) if isinstance(value, datetime.datetime) else str(value)
+    return iso(from_epoch(int(str(value)))) if name in _TIMES else str(value)
 
 
-def _describe(rec: CertificateRecord) -> str:
+def _describe(rec: CRLRecord) -> str:
     if rec.status == "revoked":
-        return f"revoked ({rec.reason}, {_value(rec.revoked_at)})"
+        return f"revoked ({rec.reason}, {_value('revoked_at', rec.revoked_at)})"
     return rec.status
 
 
@@ -81,37 +86,56 @@ async def compare_projection(log: EventLog, view: StatusView) -> ProjectionRepor
                 pairs = [(rec, rec.event) for rec in rows]
                 await replay_db.write(lambda conn, p=pairs: apply_sqlite(conn, p), durable=False)  # type: ignore[misc]
                 position = rows[-1].seq
-            return await _compare(view, SQLiteStatusView(replay_db), position)
+            return await _compare(view, replay_db, position)
         finally:
             replay_db.close()
 
 
-async def _compare(stored: StatusView, replayed: SQLiteStatusView, position: int) -> ProjectionReport:
+async def _replayed(db: SQLiteDatabase, issuer_id: str) -> AsyncIterator[list[CRLRecord]]:
+    """The replayed certificates of the issuer, a page at a time (memory stays flat)."""
+    after = ""
+    while True:
+        page = await db.read(lambda conn, a=after: crl_rows(conn.execute(_SQL_REPLAYED, (issuer_id, a, _PAGE))))  # type: ignore[misc]
+        if not page:
+            return
+        yield page
+        after = f"{page[-1].serial:x}"
+
+
+async def _compare(stored: StatusView, replay_db: SQLiteDatabase, position: int) -> ProjectionReport:
     report = ProjectionReport(position, 0)
     have = {i.issuer_id: i for i in await stored.issuers()}
-    want = {i.issuer_id: i for i in await replayed.issuers()}
+    want = {i.issuer_id: i for i in await SQLiteStatusView(replay_db).issuers()}
     for issuer_id in sorted(have.keys() | want.keys()):
         _compare_issuer(report, issuer_id, have.get(issuer_id), want.get(issuer_id))
-        got = {c.serial: c for c in await stored.issuer_certificates(issuer_id, position + 1)}
-        expected = {c.serial: c for c in await replayed.issuer_certificates(issuer_id)}
-        report.certificates += len(expected)
-        absent = sorted(s for s in expected if s not in got)
-        if absent:  # changed after the replayed position, or gone from the projection
-            later = {r.serial for r in await stored.crl_records(issuer_id, absent) if r.updated_seq > position}
-            absent = [s for s in absent if s not in later]
-        for serial in absent:
-            report.add(
-                f"certificate {issuer_id}/{serial:x}: the log says {_describe(expected[serial])}, "
-                "the projection has no such certificate"
-            )
-        for serial in sorted(got.keys() - expected.keys()):
-            report.add(
-                f"certificate {issuer_id}/{serial:x}: in the projection ({_describe(got[serial])}), "
-                "never issued in the log"
-            )
-        for serial in sorted(got.keys() & expected.keys()):
-            _compare_certificate(report, got[serial], expected[serial])
+        replayed = 0
+        async for page in _replayed(replay_db, issuer_id):
+            replayed += len(page)
+            got = {r.serial: r for r in await stored.crl_records(issuer_id, [r.serial for r in page])}
+            for want_rec in page:
+                got_rec = got.get(want_rec.serial)
+                if got_rec is None:
+                    report.add(
+                        f"certificate {issuer_id}/{want_rec.serial:x}: the log says {_describe(want_rec)}, "
+                        "the projection has no such certificate"
+                    )
+                elif got_rec.updated_seq <= position:  # else changed after the replayed position
+                    _compare_certificate(report, issuer_id, got_rec, want_rec)
+        report.certificates += replayed
+        if (await stored.issuer_counts(issuer_id))[0] > replayed:  # more than the log issued, or issued since
+            await _extras(report, stored, replay_db, issuer_id, position)
     return report
+
+
+async def _extras(
+    report: ProjectionReport, stored: StatusView, replay_db: SQLiteDatabase, issuer_id: str, position: int
+) -> None:
+    """Certificates in the projection that the log never issued (read whole: only when the counts differ)."""
+    known = {r.serial async for page in _replayed(replay_db, issuer_id) for r in page}
+    for cert in await stored.issuer_certificates(issuer_id, position + 1):
+        if cert.serial not in known:
+            state = f"revoked ({cert.reason})" if cert.status == "revoked" else cert.status
+            report.add(f"certificate {issuer_id}/{cert.serial:x}: in the projection ({state}), never issued in the log")
 
 
 def _compare_issuer(
@@ -126,11 +150,15 @@ def _compare_issuer(
         report.add(f"issuer {issuer_id}: the projection differs from the log in {', '.join(fields)}")
 
 
-def _compare_certificate(report: ProjectionReport, got: CertificateRecord, want: CertificateRecord) -> None:
+def _compare_certificate(report: ProjectionReport, issuer_id: str, got: CRLRecord, want: CRLRecord) -> None:
     diffs: Sequence[str] = [
-        f"{name} {_value(getattr(got, name))} (the log says {_value(getattr(want, name))})"
+        f"{_label(name)} {_value(name, getattr(got, name))} (the log says {_value(name, getattr(want, name))})"
         for name in _FIELDS
         if getattr(got, name) != getattr(want, name)
     ]
     if diffs:
-        report.add(f"certificate {want.issuer_id}/{want.serial:x}: the projection has {'; '.join(diffs)}")
+        report.add(f"certificate {issuer_id}/{want.serial:x}: the projection has {'; '.join(diffs)}")
+
+
+def _label(name: str) -> str:
+    return "crl_shard" if name == "shard" else name

@@ -345,3 +345,16 @@ async def test_a_signer_near_its_expiry_is_replaced_and_checkpoints_verify_with_
     assert signer.serial_number == x509.load_der_x509_certificate(bytes.fromhex(renewed.cert_der_hex)).serial_number
     await asyncio.to_thread(audit, ca_db, "--checkpoint", str(ca_db.latest))
     assert f"checkpoint seq {checkpoint.seq} of " in capsys.readouterr().out
+
+
+async def test_a_certificate_planted_in_the_projection_is_named_by_audit_verify(
+    ca_db: CA, capsys: pytest.CaptureFixture[str]
+) -> None:
+    certs = await history(ca_db)
+    columns = "status, subject, profile, not_before, not_after, cert_der, revoked_at, reason, version, updated_seq"
+    await ca_db.raw(f"INSERT INTO certificates (issuer_id, serial, {columns}) "
+                    f"SELECT issuer_id, 'abcdef0123', {columns} FROM certificates WHERE serial = ?",
+                    f"{certs[1].serial_number:x}")  # fmt: skip
+    err = await audit_fails(ca_db, capsys)
+    planted = "certificate issuing-ca/abcdef0123: in the projection (revoked (keyCompromise))"
+    assert f"{planted}, never issued in the log" in err
