@@ -73,6 +73,14 @@ class ScaleConfig:
     slo_seconds: float = 5.0  # OCSP propagation SLO: revocation committed -> every live responder
 
 
+@dataclasses.dataclass(frozen=True)
+class AuditConfig:
+    """``[audit]``: signed checkpoints of the event log's head, written by the publisher beside the CRLs."""
+
+    checkpoint_every_events: int = 1000  # a checkpoint after this many events
+    checkpoint_interval_seconds: int = 300  # or this long after the last one, when the log has moved
+
+
 DATABASE_URL_ENV = "PCA_DATABASE_URL"
 
 
@@ -97,6 +105,7 @@ class Config:
     database_url: str = ""  # postgresql://... ; empty: the SQLite file ``database``
     scale: ScaleConfig = dataclasses.field(default_factory=ScaleConfig)
     admin_tls: AdminTLSConfig = dataclasses.field(default_factory=AdminTLSConfig)
+    audit: AuditConfig = dataclasses.field(default_factory=AuditConfig)
 
     @property
     def backend(self) -> str:
@@ -327,6 +336,11 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Config:
     if scale.responder_gone_seconds < 2 * scale.heartbeat_seconds:
         raise ConfigError("scale.responder_gone_seconds must be at least twice scale.heartbeat_seconds")
 
+    au = _section(data, "audit")
+    audit = AuditConfig(*(_typed(au, "audit", k, int, getattr(AuditConfig, k)) for k in _AUDIT_KEYS))
+    for key in _AUDIT_KEYS:
+        _positive(getattr(audit, key), f"audit.{key}")
+
     cfg = Config(
         path=path,
         data_dir=data_dir,
@@ -347,92 +361,11 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Config:
         database_url=_database_url(_section(data, "database"), env),
         scale=scale,
         admin_tls=admin_tls,
+        audit=audit,
     )
     listen_from_url(cfg.public_url)
     _positive(cfg.leaf_validity_days, "ca.leaf_validity_days")
     return cfg
 
 
-def render_config(
-    *,
-    public_url: str,
-    admin_listen: str,
-    key_algorithm: str,
-    default_issuer: str = "issuing-ca",
-    database_url: str = "",
-    admin_tls: bool = True,
-    admin_url: str = "",
-) -> str:
-    """The pca.toml written by ``pca init``: every setting with its default, commented."""
-    host, port = listen_from_url(public_url)
-    url_line = f'url = "{admin_url}"' if admin_url else '# url = "https://HOST:PORT"'
-    return f"""# pca configuration. Relative paths are relative to this file's directory.
-
-[paths]
-data_dir = "."
-database = "pca.db"          # SQLite event log, projection and OCSP response store
-crl_dir = "crl"              # directory object store for CRLs
-
-[database]
-url = "{database_url}"  # postgresql://user@host:port/db for the scaled shape; empty: SQLite (paths.database).
-# No password here: use PGPASSWORD or ~/.pgpass, or give the whole URL in PCA_DATABASE_URL.
-
-[scale]
-lease_seconds = 10           # a pre-signer or publisher that stops renewing its lease is replaced after this
-heartbeat_seconds = 1        # responders report their applied position this often
-responder_gone_seconds = 30  # a responder silent this long is marked gone (no longer holds propagation open)
-slo_seconds = 5              # OCSP propagation SLO: revocation committed -> answered by every live responder
-
-[public]
-url = "{public_url}"      # base of the OCSP URL (AIA) and CRL URLs put into certificates
-listen = "{host}:{port}"
-
-[admin]
-listen = "{admin_listen}"
-token_file = "admin.token"   # the bearer token the CLI sends (mode 0600)
-tokens_file = "tokens.json"  # hashes of the tokens the admin API accepts, with roles
-max_body_bytes = 65536
-{url_line}  # where the CLI finds the API (default: https:// + listen); its host goes into the certificate
-tls = {"true" if admin_tls else "false"}  # false: plain HTTP (refused on a non-loopback listen)
-tls_cert = ""                # your own certificate and key (PEM); empty: pca issues keys/admin-tls.pem and renews it
-tls_key = ""
-tls_validity_days = 30       # of the certificate pca issues
-tls_renew_before_days = 10   # the running server re-issues it this long before it expires
-ca_file = "ca-chain.pem"     # the CLI verifies the admin API's certificate against this bundle
-client_ca = ""               # a CA bundle: accept client certificates issued under it (role from the subject's OU)
-
-[ca]
-default_issuer = "{default_issuer}"
-leaf_validity_days = 90
-key_algorithm = "{key_algorithm}"  # ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096
-
-[ocsp]
-validity_seconds = 86400     # nextUpdate - thisUpdate of pre-signed responses
-refresh_fraction = 0.5       # re-sign when this fraction of the validity has passed
-signer_validity_days = 30    # delegated OCSP signer certificates
-signer_renew_before_days = 10
-signer_warn_days = 14        # warn (metric, /healthz, log) this many days before an issuer's OCSP signer expires
-cache_size = 1000000         # responses held in each responder's memory
-workers = 0                  # pre-signing processes (0 = one per core)
-poll_interval = 0.2          # seconds between polls of the response store's change feed
-
-[crl]
-validity_seconds = 86400     # nextUpdate - thisUpdate
-interval_seconds = 21600     # publish a full CRL at least this often
-delta_interval_seconds = 300 # and a delta CRL at least this often (0: no delta CRLs)
-after_revocation_seconds = 2 # and the changed shards' CRLs this soon after a revocation (debounced)
-full_after_revocation = true # a revocation triggers a full CRL of its shard too (nginx, HAProxy, Java read only those)
-shards = 1                   # CRL shards per issuing CA; raising it later never moves old certificates
-expired_grace_seconds = 0    # entries leave the CRL this long after the certificate's notAfter
-base_url = ""                # CRL URL prefix in certificates; empty: public.url + "/crl"
-
-[crl.store]
-type = "directory"           # "directory" (paths.crl_dir, served on the public listener) or "s3"
-# For S3 (credentials from the standard AWS chain: environment, ~/.aws, instance role):
-# bucket = "my-crls"
-# prefix = ""                # prepended to object keys, e.g. "crl/"
-# endpoint_url = ""          # empty: AWS; or MinIO, Ceph RGW, any S3-compatible endpoint
-# region = ""
-# addressing_style = "auto"  # auto, path or virtual
-# profile = ""               # an AWS profile name
-"""
+_AUDIT_KEYS = ("checkpoint_every_events", "checkpoint_interval_seconds")

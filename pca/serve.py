@@ -231,6 +231,7 @@ async def serve(
                 recorder=CertificateRecorder(rt.log, rt.view),
                 installations=InstallationRecorder(rt.view, rt.coord),
                 client_auth=ClientCertAuth(rt.view) if cfg.admin_tls.client_ca else None,
+                projection=rt.view,
             )
             tls, renewal = await admin_listener_tls(cfg, authority, insecure_admin_http)
             coros.extend([renewal] if renewal is not None else [])

@@ -27,6 +27,7 @@ from publishers.objectstore import PreconditionFailed
 from publishers.storer import (
     BaseNotPublished,
     Candidate,
+    ProjectionDisagrees,
     RefusedCRL,
     Storer,
     idp_url,
@@ -200,8 +201,8 @@ class CRLWriter:
                 self._guard()
             published = await offload(issuer.issuer_id, shard, state.last_number)
         except (RefusedCRL, PreconditionFailed) as exc:
-            self._count.labels(issuer.issuer_id, FULL, "refused").inc()
-            raise RefusedCRL(str(exc)) from exc
+            self._count.labels(issuer.issuer_id, FULL, _refusal(exc)).inc()
+            raise _refused(exc) from exc
         except StorageError:
             self._count.labels(issuer.issuer_id, FULL, "error").inc()
             raise
@@ -275,10 +276,10 @@ class CRLWriter:
                 self._guard()
             await self._storer.store(Candidate(issuer, shard, crl_der, position, None if base is None else base[1]))
         except (RefusedCRL, PreconditionFailed) as exc:
-            self._count.labels(issuer.issuer_id, kind, "refused").inc()
+            self._count.labels(issuer.issuer_id, kind, _refusal(exc)).inc()
             if isinstance(exc, BaseNotPublished):
                 state.base_number = None  # deltas wait for a new full CRL, which the retry publishes
-            raise RefusedCRL(str(exc)) from exc
+            raise _refused(exc) from exc
         except StorageError:
             self._count.labels(issuer.issuer_id, kind, "error").inc()
             raise
@@ -317,3 +318,13 @@ class CRLWriter:
             base_number,
             published_at=self._clock.time(),
         )
+
+
+def _refused(exc: Exception) -> RefusedCRL:
+    """The RefusedCRL to raise for ``exc``, keeping a projection disagreement's kind (across processes too)."""
+    return ProjectionDisagrees(str(exc)) if isinstance(exc, ProjectionDisagrees) else RefusedCRL(str(exc))
+
+
+def _refusal(exc: Exception) -> str:
+    """The ``result`` label of a refused CRL: a projection that disagrees with the log is told apart."""
+    return "projection_disagrees" if isinstance(exc, ProjectionDisagrees) else "refused"

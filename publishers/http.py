@@ -40,7 +40,9 @@ class CRLApp:
         else:
             key = scope["path"][len(self._prefix) :]
         try:
-            obj = await self._store.get(key) if key.endswith(".crl") else None
+            # CRLs, and the audit checkpoints of the event log written beside them (publishers.checkpointer).
+            servable = key.endswith(".crl") or (key.startswith("checkpoints/") and key.endswith(".json"))
+            obj = await self._store.get(key) if servable else None
         except ValueError:  # a key with "..", an absolute path, an empty or overlong segment
             obj = None
         except StorageError as exc:

@@ -15,6 +15,8 @@ Before every upload it parses the CRL back and checks, in this order:
    reason and invalidity date (a delta: what changed since its base's position,
    with ``removeFromCRL`` for a released hold); entries for certificates that
    changed after the claimed position are the only ones left to judgement;
+   a full CRL also answers to the log (``log_check``): refused while the log says a certificate of
+   the shard is revoked and the projection, edited behind pca's back, does not (it would drop the entry);
 4. its number is strictly above the numbers stored now for the shard, full and
    delta (one numbering sequence), read back from the store, not from memory
    (the CRL of the same kind is downloaded and parsed; the other kind's number
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from email.utils import formatdate
 
 from cryptography import x509
@@ -42,6 +44,7 @@ from cryptography.x509.oid import ExtensionOID
 from publishers.crl_der import REMOVE_FROM_CRL, EntryValues, read_entries, verify_crl
 from publishers.objectstore import ObjectStore
 from revocation import crl_layout
+from revocation.chain import Drop
 from revocation.clock import to_epoch
 from revocation.crl_layout import CRLLayout
 from revocation.errors import IntegrityError, PCAError
@@ -62,6 +65,14 @@ META_POSITION = "log-position"
 
 class RefusedCRL(PCAError):
     """The storer refused a CRL that failed a check before upload."""
+
+
+class ProjectionDisagrees(RefusedCRL):
+    """The projection the CRL was made from does not hold as revoked a certificate the log revoked."""
+
+
+# The log check: certificates the log says are revoked and the projection does not (``StoredEventLog``).
+LogCheck = Callable[[str], Awaitable[Sequence[Drop]]]
 
 
 class BaseNotPublished(RefusedCRL):
@@ -171,6 +182,7 @@ class Storer:
         layout: CRLLayout | None = None,
         deltas: bool = False,
         expired_grace_seconds: int = 0,
+        log_check: LogCheck | None = None,
     ) -> None:
         if expired_grace_seconds < 0:
             raise ValueError(f"expired_grace_seconds must not be negative, got {expired_grace_seconds}")
@@ -179,6 +191,7 @@ class Storer:
         self._layout = layout
         self._deltas = layout.deltas if layout is not None else deltas
         self._grace = expired_grace_seconds
+        self._log_check = log_check
 
     def layout(self, issuer: IssuerRecord) -> CRLLayout:
         return layout_for(issuer, self._layout, deltas=self._deltas)
@@ -246,6 +259,8 @@ class Storer:
         except ValueError as exc:
             raise RefusedCRL(f"{what}: entries cannot be read back: {exc}") from exc
         await self._check_entries(candidate, crl, got, what)
+        if not candidate.is_delta:
+            await self._check_log(candidate, what)
 
         full_key = crl_layout.full_key(issuer.issuer_id, shard)
         delta_key = crl_layout.delta_key(issuer.issuer_id, shard)
@@ -298,6 +313,22 @@ class Storer:
             metadata=metadata,
         )
         return number
+
+    async def _check_log(self, candidate: Candidate, what: str) -> None:
+        """Refuse a full CRL of a shard where the projection it was made from disagrees with the log."""
+        if self._log_check is None:
+            return
+        issuer_id = candidate.issuer.issuer_id
+        drops = await self._log_check(issuer_id)
+        # A certificate without a projection row has no known shard: it holds back every shard's CRL.
+        here = [d for d in drops if d.shard is None or d.shard == candidate.shard]
+        if here:
+            first = here[0]
+            raise ProjectionDisagrees(
+                f"{what} not published: the log revoked {len(here)} certificate(s) of the shard that the status "
+                f"projection does not hold as revoked (e.g. serial {first.serial:x}, revoked by seq {first.seq}); "
+                "the CRL would drop them. Check with pca audit verify, repair with pca rebuild"
+            )
 
     def _check_extensions(self, candidate: Candidate, crl: x509.CertificateRevocationList, what: str) -> int | None:
         """Kind, IDP and Freshest CRL; returns the delta's base number (None for a full CRL)."""

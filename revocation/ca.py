@@ -137,6 +137,39 @@ def create_ocsp_signer(
     return _sign_certificate(builder, issuer_key, issuer_cert.public_key())  # type: ignore[arg-type]
 
 
+# The extended key usage of audit checkpoint signers (``revocation.checkpoints``): an OID of the
+# 2.25 (UUID) arc, which anyone may assign without registration (ITU-T X.667).
+CHECKPOINT_SIGNING = x509.ObjectIdentifier("2.25.69252448998054820625270984272883882123")
+
+
+def create_checkpoint_signer(
+    issuer_cert: x509.Certificate,
+    issuer_key: SigningKey,
+    public: PublicKey,
+    now: datetime.datetime,
+    validity_days: int,
+) -> x509.Certificate:
+    """The certificate of the key that signs audit checkpoints: digitalSignature, EKU ``CHECKPOINT_SIGNING`` only."""
+    cn = issuer_cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    label = str(cn[0].value) if cn else "CA"
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, f"{label} Audit Checkpoint Signer")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_cert.subject)
+        .public_key(public)
+        .serial_number(random_serial())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(_not_after(now, validity_days, issuer_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(digital_signature=True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([CHECKPOINT_SIGNING]), critical=True)
+        .add_extension(_ski(public), critical=False)
+        .add_extension(_aki(issuer_cert), critical=False)
+    )
+    return _sign_certificate(builder, issuer_key, issuer_cert.public_key())  # type: ignore[arg-type]
+
+
 @functools.cache
 def _stand_in(kind: str) -> PrivateKey:
     """A throwaway key whose only use is to make a builder write the right signatureAlgorithm."""

@@ -193,6 +193,11 @@ class StoredEventLog(EventLog, Protocol):
         """Recreate the status projection from the log alone; returns the number of events applied."""
         ...
 
+    async def projection_drops(self, issuer_id: str) -> list[Any]:
+        """``revocation.chain.Drop``s: the issuer's certificates the log says are revoked and the projection
+        does not."""
+        ...
+
 
 async def read_seqs(log: EventLog, seqs: Sequence[int]) -> list[RecordedEvent]:
     """The events at these seqs (ascending), one read per run of consecutive seqs."""

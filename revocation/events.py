@@ -190,6 +190,21 @@ class TokenRevoked(DomainEvent):
         return token_stream(self.name)
 
 
+@dataclasses.dataclass(frozen=True)
+class CheckpointSignerSet(DomainEvent):
+    """The key that signs the audit checkpoints of the log's head, and its certificate from an issuing CA
+    (``revocation.checkpoints``). Not part of the certificate-status projection."""
+
+    TYPE: ClassVar[str] = "CheckpointSignerSet"
+    issuer_id: str
+    cert_der_hex: str
+    key_ref: dict[str, str]
+    not_after: datetime.datetime
+
+    def stream(self) -> str:
+        return "audit/checkpoint-signer"
+
+
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
     cls.TYPE: cls
     for cls in (
@@ -201,6 +216,7 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
         CertificateHoldReleased,
         TokenCreated,
         TokenRevoked,
+        CheckpointSignerSet,
     )
 }
 

@@ -21,11 +21,10 @@ from revocation.keys import BACKENDS, KEY_ALGORITHMS
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> None:
-    # One subcommand, two paths: --local reads the database, otherwise the admin API is asked.
-    if args.local:
-        local.cmd_audit_verify(args)
-    else:
-        remote.cmd_audit_verify(args)
+    # One subcommand, two paths: --local reads the database, otherwise the admin API is asked (pca.cli.audit).
+    from pca.cli import audit
+
+    audit.cmd_audit_verify(args)
 
 
 def _remote(p: argparse.ArgumentParser) -> None:
@@ -203,11 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
     audit = p.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
     v = audit.add_parser(
         "verify",
-        help="walk the hash chain; fails naming the first bad seq",
-        description="Walk the hash chain; fails naming the first bad seq.",
+        help="walk the hash chain, compare the projection with a replay of the log, check a signed checkpoint",
+        description="Walk the hash chain (fails naming the first bad seq), compare the status projection with a "
+        "replay of the log (naming the first differences), and with --checkpoint check that the log still holds "
+        "a signed checkpoint's seq and hash.",
     )
     _remote(v)
     v.add_argument("--local", action="store_true", help="read the database directly instead of asking the API")
+    v.add_argument(
+        "--checkpoint",
+        metavar="FILE|URL",
+        help="a signed checkpoint (checkpoints/latest.json beside the CRLs): the log must still hold its seq and hash",
+    )
+    v.add_argument("--ca", metavar="FILE", help="CA certificates (PEM) the checkpoint signer must chain to "
+                   "(default: ca-chain.pem beside the configuration)")  # fmt: skip
     v.set_defaults(func=cmd_audit_verify)
 
     p = sub.add_parser(

@@ -1,5 +1,5 @@
-"""The commands that work on this host's files and database: init, serve, migrate, rebuild, audit --local
-(``pca token`` is in ``pca.cli.tokens``)."""
+"""The commands that work on this host's files and database: init, serve, migrate, rebuild
+(``pca token`` is in ``pca.cli.tokens``, ``pca audit`` in ``pca.cli.audit``)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,16 @@ from cryptography.hazmat.primitives import serialization
 
 from pca.admin_tls import issue_certificate
 from pca.cli.common import fail
-from pca.config import Config, listen_from_url, load_config, parse_listen, render_config
+from pca.config import Config, listen_from_url, load_config, parse_listen
+from pca.config_template import render_config
 from pca.runtime import connect_runtime
 from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
 from revocation import ca
 from revocation.admin.tokens import add_token, write_secret_file
 from revocation.authority import Actor, certificate_issued, issuer_added
+from revocation.checkpoints import ensure_signer
 from revocation.clock import SystemClock
-from revocation.errors import IntegrityError, PCAError
+from revocation.errors import PCAError
 from revocation.eventlog import NewEvent
 from revocation.events import TokenCreated
 from revocation.files import check_writable, write_file
@@ -217,6 +219,7 @@ async def _init_hierarchy(
 
         authority = build_authority(rt)
         await authority.rotate_signers(Actor(actor, rid))
+        await ensure_signer(rt.log, rt.view, key_dir, algorithm, clock.now(), actor, rid)  # audit checkpoints
         if cfg.admin_tls.enabled and cfg.admin_tls.cert is None:
             await issue_certificate(cfg, authority, Actor(actor, rid))
     finally:
@@ -275,21 +278,3 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
 
     count = asyncio.run(run())
     print(f"rebuilt the certificate-status projection from {count} events")
-
-
-def cmd_audit_verify(args: argparse.Namespace) -> None:
-    """``pca audit verify --local``: walk the hash chain in the database itself."""
-    cfg = load_config(args.config) if args.config else fail("--local needs --config")
-
-    async def run() -> int:
-        rt = await connect_runtime(cfg, SystemClock())
-        try:
-            return await rt.log.verify_chain()
-        finally:
-            await rt.aclose()
-
-    try:
-        count = asyncio.run(run())
-    except IntegrityError as exc:
-        fail(f"AUDIT FAILED: {exc}")
-    print(f"audit OK: {count} events, hash chain intact")

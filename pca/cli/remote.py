@@ -64,10 +64,10 @@ def _tls_context(ca_file: str | None, client_cert: str | None, client_key: str |
 
 
 class _Client:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, timeout: float = 30.0) -> None:
         url, token, tls = _admin_access(args)
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=url, headers=headers, timeout=30.0, verify=tls)
+        self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout, verify=tls)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, ok: tuple[int, ...] = (200, 201)) -> Any:
         try:
@@ -299,11 +299,3 @@ def cmd_events(args: argparse.Namespace) -> None:
     result = _Client(args).call("GET", f"/v1/events?after={args.after}&limit={args.limit}")
     for event in result["events"]:
         print(json.dumps(event, sort_keys=True))
-
-
-def cmd_audit_verify(args: argparse.Namespace) -> None:
-    """``pca audit verify``: the admin API walks the hash chain."""
-    result = _Client(args).call("GET", "/v1/audit/verify", ok=(200, 409))
-    if not result["ok"]:
-        fail(f"AUDIT FAILED: {result['detail']}")
-    print(f"audit OK: {result['events']} events, hash chain intact")

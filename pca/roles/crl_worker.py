@@ -51,7 +51,11 @@ class _Child:
             cfg = self.config
             rt = await connect_runtime(cfg, SystemClock(), migrate=False)
             storer = Storer(
-                open_store(cfg), rt.view, layout=cfg.crl_layout, expired_grace_seconds=cfg.crl.expired_grace_seconds
+                open_store(cfg),
+                rt.view,
+                layout=cfg.crl_layout,
+                expired_grace_seconds=cfg.crl.expired_grace_seconds,
+                log_check=rt.log.projection_drops,  # a full CRL answers to the log, not only the projection
             )
             registry = CollectorRegistry()  # the parent counts what the child publishes
             self.writer = CRLWriter(rt.view, storer, rt.clock, registry, validity_seconds=cfg.crl.validity_seconds)

@@ -12,6 +12,7 @@ from pca.roles.crl_store import open_store
 from pca.roles.crl_worker import CRLWorker
 from pca.roles.standby import report_standby
 from pca.runtime import Runtime
+from publishers.checkpointer import Checkpointer
 from publishers.crl_writer import Offload
 from publishers.http import CRLApp
 from publishers.objectstore import ObjectStore
@@ -37,7 +38,13 @@ def build_publisher(
     offload: Offload | None = None,
 ) -> Publisher:
     cfg = rt.config.crl
-    storer = Storer(store, rt.view, layout=rt.config.crl_layout, expired_grace_seconds=cfg.expired_grace_seconds)
+    storer = Storer(
+        store,
+        rt.view,
+        layout=rt.config.crl_layout,
+        expired_grace_seconds=cfg.expired_grace_seconds,
+        log_check=rt.log.projection_drops,
+    )
     return Publisher(
         rt.view,
         storer,
@@ -56,6 +63,7 @@ def build_publisher(
 
 _CHANGES = ("CertificateRevoked", "CertificateHoldReleased")
 FOLLOW_SECONDS = 0.5  # how often the publisher looks for revocations committed by other processes
+CHECKPOINT_POLL_SECONDS = 1.0  # how often the publisher looks whether an audit checkpoint is due
 
 
 async def start_publisher(rt: Runtime) -> None:
@@ -84,6 +92,31 @@ async def start_publisher(rt: Runtime) -> None:
     publisher = build_publisher(rt, store, guard=lease.check, on_published=record, offload=worker)
     wake = asyncio.Event()
     rt.on_log_change(wake.set)
+    checkpointer = Checkpointer(
+        rt.log,
+        rt.view,
+        store,
+        rt.clock,
+        rt.registry,
+        key_dir=rt.config.data_dir / "keys",
+        key_algorithm=rt.config.key_algorithm,
+        every_events=rt.config.audit.checkpoint_every_events,
+        interval_seconds=rt.config.audit.checkpoint_interval_seconds,
+        guard=lease.check,
+    )
+
+    async def checkpoints() -> None:
+        """Signed checkpoints of the log's head beside the CRLs (publishers.checkpointer)."""
+        problem = ""
+        while True:
+            try:
+                await checkpointer.tick()
+                problem = ""
+            except PCAError as exc:
+                if str(exc) != problem:  # once per new problem, not every second
+                    log.warning("cannot write an audit checkpoint: %s", exc)
+                problem = str(exc)
+            await asyncio.sleep(CHECKPOINT_POLL_SECONDS)
 
     async def follow_log() -> None:
         """Revocations committed anywhere (this process, another, another host) trigger a delta."""
@@ -106,11 +139,13 @@ async def start_publisher(rt: Runtime) -> None:
         # while its lease had lapsed) are not in the log it follows from here: publish once anyway.
         publisher.revocation_happened()
         follower = asyncio.create_task(follow_log())
+        checkpointing = asyncio.create_task(checkpoints())
         try:
             await publisher.run()
         finally:
             follower.cancel()
-            await asyncio.gather(follower, return_exceptions=True)
+            checkpointing.cancel()
+            await asyncio.gather(follower, checkpointing, return_exceptions=True)
 
     async def run() -> None:
         try:
@@ -131,6 +166,8 @@ async def start_publisher(rt: Runtime) -> None:
         }
         if publisher.last_error:
             report["problem"] = publisher.last_error
+        if checkpointer.last_error:
+            report["audit_checkpoints"] = checkpointer.last_error
         return report
 
     rt.health["publisher"] = health

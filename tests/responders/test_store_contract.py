@@ -656,7 +656,7 @@ async def test_pg_migrations_are_idempotent(postgres_database: str) -> None:
     conn = await asyncpg.connect(postgres_database)
     try:
         first = await migrate_schema(conn, PG_SCHEMAS)
-        assert first[:2] == ["log 1", "projection 1"]
+        assert first[:3] == ["log 1", "log 2", "projection 1"]
         assert await migrate_schema(conn, PG_SCHEMAS) == []
         columns = {
             r["column_name"]: r["data_type"]

@@ -30,6 +30,7 @@ from revocation.events import (
     UPCASTERS,
     CertificateHoldReleased,
     CertificateRevoked,
+    CheckpointSignerSet,
     DomainEvent,
     IssuerAdded,
     OCSPSignerKeyPrepared,
@@ -344,6 +345,12 @@ SAMPLE_EVENTS: list[DomainEvent] = [
         invalidity_date=T0 - datetime.timedelta(days=2, microseconds=7),
     ),
     CertificateHoldReleased(issuer_id=ISSUER, serial="beef", released_at=T0 + datetime.timedelta(hours=1)),
+    CheckpointSignerSet(
+        issuer_id="issuing-ca",
+        cert_der_hex="3082",
+        key_ref={"backend": "file", "path": "/keys/checkpoint.key"},
+        not_after=T0 + datetime.timedelta(days=365),
+    ),
 ]
 
 

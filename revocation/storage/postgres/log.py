@@ -27,7 +27,15 @@ from typing import Any
 
 import asyncpg
 
-from revocation.chain import EVENT_COLUMNS, ChainCheck, recorded_event
+from revocation.chain import (
+    EVENT_COLUMNS,
+    STATUS_CHANGES_INDEX,
+    ChainCheck,
+    Drop,
+    drop_rows,
+    projection_drops_sql,
+    recorded_event,
+)
 from revocation.clock import Clock
 from revocation.errors import ConcurrencyError
 from revocation.eventlog import GENESIS_HASH, Listener, NewEvent, RecordedEvent, call_listeners, chain_events
@@ -35,6 +43,9 @@ from revocation.storage.postgres.db import EVENTS_CHANNEL, PG_ERRORS, open_pg_po
 from revocation.storage.schema import Schema
 
 _COLUMNS = EVENT_COLUMNS
+_DROPS = projection_drops_sql(
+    "split_part(e.stream, '/', 2)", "split_part(e.stream, '/', 3)", "split_part(e.stream, '/', 2) = $1"
+)
 
 # The key of the advisory lock every append holds until it commits ("pcalog" in ASCII).
 APPEND_LOCK_KEY = 0x7063616C6F67
@@ -68,6 +79,7 @@ LOG_SCHEMA = Schema(
             INSERT INTO log_head (id, seq, hash) VALUES (1, 0, '{GENESIS_HASH}');
             """,
         ),
+        (2, STATUS_CHANGES_INDEX),
     ),
     legacy={1: 1},
 )
@@ -201,3 +213,7 @@ class PostgresEventLog:
         except PG_ERRORS as exc:
             raise storage_error("verifying the event log", exc) from exc
         return check.finish(head)
+
+    async def projection_drops(self, issuer_id: str) -> list[Drop]:
+        """The issuer's certificates the log says are revoked and the projection does not (``revocation.chain``)."""
+        return drop_rows(await self._fetch(_DROPS, issuer_id))

@@ -15,7 +15,15 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 
-from revocation.chain import EVENT_COLUMNS, ChainCheck, recorded_event
+from revocation.chain import (
+    EVENT_COLUMNS,
+    STATUS_CHANGES_INDEX,
+    ChainCheck,
+    Drop,
+    drop_rows,
+    projection_drops_sql,
+    recorded_event,
+)
 from revocation.clock import Clock
 from revocation.eventlog import GENESIS_HASH, Listener, NewEvent, RecordedEvent, call_listeners, chain_events
 from revocation.events import DomainEvent
@@ -48,12 +56,19 @@ LOG_SCHEMA = Schema(
             );
             """,
         ),
+        (2, STATUS_CHANGES_INDEX),
     ),
     legacy={1: 1},
 )
 
 _COLUMNS = EVENT_COLUMNS
 _IN_CHUNK = 500  # bound parameters per IN (...) query
+# "cert/ISSUER/SERIAL": the issuer id is what lies between the first and second "/" after "cert".
+_ISSUER_OF_STREAM = "substr(e.stream, 6, instr(substr(e.stream, 6), '/') - 1)"
+# The issuer's streams lie between "cert/ISSUER/" and "cert/ISSUER0" ("0" follows "/"): a range of the index.
+_DROPS = projection_drops_sql(
+    _ISSUER_OF_STREAM, "substr(e.stream, 6 + instr(substr(e.stream, 6), '/'))", "e.stream >= ? AND e.stream < ?"
+)
 _INSERT_EVENT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 Result = list[RecordedEvent] | BaseException
@@ -175,6 +190,10 @@ class SQLiteEventLog:
 
     async def verify_chain(self) -> int:
         return await self._db.read(verify_chain_sqlite)
+
+    async def projection_drops(self, issuer_id: str) -> list[Drop]:
+        bounds = (f"cert/{issuer_id}/", f"cert/{issuer_id}0")
+        return await self._db.read_bulk(lambda conn: drop_rows(conn.execute(_DROPS, bounds).fetchall()))
 
     async def rebuild_projection(self) -> int:
         """Drop the projection and replay the whole log into it; returns events applied."""

@@ -64,6 +64,7 @@ async def admin(runtime: Runtime) -> AsyncIterator[Admin]:
         lambda: TokenStore.load(cfg.tokens_db),
         CollectorRegistry(),
         max_body_bytes=MAX_BODY,
+        projection=runtime.view,
     )
     transport = httpx.ASGITransport(app=api.app())
     async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
@@ -247,7 +248,9 @@ async def test_audit_verify_reports_an_intact_and_a_broken_chain(admin: Admin) -
 
     ok = await admin.client.get("/v1/audit/verify", headers=admin.auth("auditor"))
     assert ok.status_code == 200
-    assert ok.json() == {"ok": True, "events": await admin.head()}
+    head = await admin.head()
+    projection = {"ok": True, "position": head, "certificates": 3, "count": 0, "differences": []}
+    assert ok.json() == {"ok": True, "events": head, "projection": projection}
 
     with contextlib.closing(sqlite3.connect(admin.rt.db.path)) as conn:
         conn.execute(
@@ -260,6 +263,26 @@ async def test_audit_verify_reports_an_intact_and_a_broken_chain(admin: Admin) -
     assert broken.json()["ok"] is False
     assert broken.json()["first_bad_seq"] == revocation
     assert f"seq {revocation}" in broken.json()["detail"]
+
+
+async def test_audit_verify_names_a_projection_that_disagrees_with_the_log(admin: Admin) -> None:
+    serial = (await admin.issue())["serial"]
+    await admin.revoke(serial, "keyCompromise")
+    with contextlib.closing(sqlite3.connect(admin.rt.db.path)) as conn:
+        conn.execute("UPDATE certificates SET status = 'good', revoked_at = NULL, reason = NULL WHERE serial = ?",
+                     (serial,))  # fmt: skip
+        conn.commit()
+
+    broken = await admin.client.get("/v1/audit/verify", headers=admin.auth("auditor"))
+    assert broken.status_code == 409
+    body = broken.json()
+    assert body["ok"] is False and body["events"] == await admin.head()
+    assert body["projection"]["count"] == 1
+    [difference] = body["projection"]["differences"]
+    assert difference.startswith(
+        f"certificate issuing-ca/{serial}: the projection has status good (the log says revoked)"
+    )
+    assert difference in body["detail"]
 
 
 # --- errors -------------------------------------------------------------------------------

@@ -66,9 +66,15 @@ def test_a_database_of_the_single_schema_migrates_only_what_it_lacks(tmp_path: P
     _old_database(path, [1, 2, 3])
     db = SQLiteDatabase(path)
     try:
-        # Its tables are recognised: only the crl_state drop, the pending signer columns (projection 4) and
-        # coordination's tables (old migration 4) remain.
-        assert db.migrate_sync(SQLITE_SCHEMAS) == ["projection 3", "projection 4", "coordination 1", "coordination 2"]
+        # Its tables are recognised: only the status-change index (log 2), the crl_state drop, the pending
+        # signer columns (projection 4) and coordination's tables (old migration 4) remain.
+        assert db.migrate_sync(SQLITE_SCHEMAS) == [
+            "log 2",
+            "projection 3",
+            "projection 4",
+            "coordination 1",
+            "coordination 2",
+        ]
         assert db.migrate_sync(SQLITE_SCHEMAS) == []
     finally:
         db.close()
@@ -88,7 +94,7 @@ def test_a_fully_migrated_old_database_only_loses_crl_state_and_gains_new_tables
     _old_database(path, [1, 2, 3, 4])
     db = SQLiteDatabase(path)
     try:
-        assert db.migrate_sync(SQLITE_SCHEMAS) == ["projection 3", "projection 4", "coordination 2"]
+        assert db.migrate_sync(SQLITE_SCHEMAS) == ["log 2", "projection 3", "projection 4", "coordination 2"]
     finally:
         db.close()
     assert "crl_state" not in _tables(path)
@@ -108,7 +114,7 @@ def test_owners_can_migrate_separately(tmp_path: Path) -> None:
     log, _, store, _ = SQLITE_SCHEMAS
     db = SQLiteDatabase(tmp_path / "new.db")
     try:
-        assert db.migrate_sync([log]) == ["log 1"]
+        assert db.migrate_sync([log]) == ["log 1", "log 2"]
         assert db.migrate_sync([store]) == ["response_store 1", "response_store 2"]
         assert db.migrate_sync(SQLITE_SCHEMAS) == [
             "projection 1",
