@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pca.listener_limits import LimitsConfig, parse_limits
 from revocation.crl_layout import MAX_SHARDS, CRLLayout
 from revocation.errors import ConfigError
 
@@ -93,6 +94,7 @@ class Config:
     crl: CRLConfig
     database_url: str = ""  # postgresql://... ; empty: the SQLite file ``database``
     scale: ScaleConfig = dataclasses.field(default_factory=ScaleConfig)
+    limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)  # header sizes, timeouts, connections
 
     @property
     def backend(self) -> str:
@@ -328,6 +330,7 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
         crl=crl,
         database_url=_database_url(_section(data, "database"), env),
         scale=scale,
+        limits=parse_limits(_section(data, "limits")),
     )
     listen_from_url(cfg.public_url)
     _positive(cfg.leaf_validity_days, "ca.leaf_validity_days")
@@ -405,4 +408,13 @@ type = "directory"           # "directory" (paths.crl_dir, served on the public 
 # region = ""
 # addressing_style = "auto"  # auto, path or virtual
 # profile = ""               # an AWS profile name
+
+[limits]                     # what one client may hold on a listener (admin and public)
+header_line_bytes = 8192     # request line or one header line; longer: 431
+header_bytes = 32768         # a request's whole head; more: 431
+header_timeout_seconds = 10  # a head must arrive this soon after its first byte, else 408
+body_timeout_seconds = 10    # and its body this soon after the head, else 408
+idle_timeout_seconds = 5     # a connection with no request under way is closed after this
+public_connections = 0       # open connections per public listener process (0: from the open-files limit)
+admin_connections = 0        # open connections of the admin listener (0: from the open-files limit)
 """

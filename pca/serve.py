@@ -23,6 +23,9 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.types import ASGIApp
 
 from pca.config import DATABASE_URL_ENV, Config
+from pca.listener_limits import Budget, connection_budget, raise_descriptor_limit
+from pca.listener_protocol import listener_config
+from pca.listeners import ListenerGuard, granian_args, quiet_resource_errors, uvicorn_guards
 from pca.roles import start_role
 from pca.runtime import (
     HealthApp,
@@ -108,20 +111,18 @@ async def _rotate_signers(authority: Authority) -> None:
         await asyncio.sleep(SIGNER_CHECK_SECONDS)
 
 
-def _uvicorn(app: ASGIApp, host: str, port: int) -> _Server:
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", server_header=False
-    )
-    return _Server(config)
+def _uvicorn(app: ASGIApp, host: str, port: int, guard: ListenerGuard, backlog: int, **extra: Any) -> _Server:
+    """A listener bounded by ``[limits]``; ``extra`` goes to ``uvicorn.Config`` (TLS settings, say)."""
+    return _Server(listener_config(app, host, port, guard, backlog=backlog, **extra))
 
 
-def _granian(cfg: Config, workers: int, identity: dict[str, str]) -> subprocess.Popen[bytes]:
+def _granian(cfg: Config, workers: int, identity: dict[str, str], budget: Budget) -> subprocess.Popen[bytes]:
     """The public listener (OCSP and CRLs) under granian, in its own worker processes."""
     host, port = cfg.public_listen
     cmd = [
         sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--host", host, "--port", str(port),
         "--workers", str(workers), "--no-ws", "--log-level", "warning", "--backlog", "2048",
-        "pca.public_app:create_app",
+        *granian_args(cfg.limits, budget.descriptors), "pca.public_app:create_app",
     ]  # fmt: skip
     env = public_listener_env(cfg)
     env.update(identity)
@@ -179,6 +180,10 @@ async def serve(
         raise ConfigError(f"unknown server {server!r}; choose from {', '.join(SERVERS)}")
     if workers < 1 or (server == "uvicorn" and workers != 1):
         raise ConfigError(f"--workers {workers}: uvicorn runs the public listener in this process (1); use granian")
+    # Listener limits: each listener's connection cap fits the open-files limit, raised to the hard one.
+    budget = connection_budget(cfg.limits, raise_descriptor_limit(), admin="api" in roles)
+    admin_guard, public_guard = uvicorn_guards(cfg.limits, budget)
+    quiet_resource_errors(asyncio.get_running_loop())
     rt = await connect_runtime(cfg, SystemClock(), listen=True)
     rt.responder_id = responder_id or None
     rt.responder_url = responder_url or None
@@ -223,7 +228,7 @@ async def serve(
                 recorder=CertificateRecorder(rt.log, rt.view),
                 installations=InstallationRecorder(rt.view, rt.coord),
             )
-            servers.append(_uvicorn(api.app(), *cfg.admin_listen))
+            servers.append(_uvicorn(api.app(), *cfg.admin_listen, admin_guard, budget.admin_backlog))
         public = "responder" in roles or "publisher" in roles
         for role in roles:
             if role == "responder" and server == "granian":
@@ -234,7 +239,7 @@ async def serve(
         if granian_public:
             given = (("PCA_RESPONDER_ID", responder_id), ("PCA_RESPONDER_URL", responder_url))
             identity = {k: v for k, v in given if v}
-            granian = _granian(cfg, workers, identity)
+            granian = _granian(cfg, workers, identity, budget)
             coros.append(_watch(granian))
         elif public:
             await start_role("crlserver", rt)
@@ -244,7 +249,7 @@ async def serve(
             apps: list[tuple[str, ASGIApp]] = [*rt.public_apps, ("/healthz", health)]
             if "api" not in roles:
                 apps.append(("/metrics", make_asgi_app(rt.registry)))
-            servers.append(_uvicorn(PrefixDispatcher(apps), *cfg.public_listen))
+            servers.append(_uvicorn(PrefixDispatcher(apps), *cfg.public_listen, public_guard, budget.public_backlog))
         serving = rt.serving = asyncio.Event()  # the listeners are up (responders wait for it)
         coros.extend(rt.tasks)
         coros.extend(s.serve() for s in servers)
@@ -269,6 +274,12 @@ async def serve(
             cfg.database_label,
             *cfg.public_listen,
             *cfg.admin_listen,
+        )
+        log.info(
+            "open connections at most: public %d (per process), admin %d; open-files limit %d",
+            budget.public_connections,
+            budget.admin_connections,
+            budget.descriptors,
         )
         with contextlib.suppress(asyncio.CancelledError):
             await run_forever([*coros, wait_stop()])

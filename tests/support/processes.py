@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -50,8 +50,10 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> N
 class ServerProcess:
     """``pca serve`` as a real process on free ports."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, *args: str, preexec_fn: Callable[[], None] | None = None) -> None:
         self.config_path = config_path
+        self.args = args  # more ``pca serve`` arguments (``--server granian``, say)
+        self.preexec_fn = preexec_fn  # run in the child before ``pca serve`` starts (resource limits, say)
         self.config = load_config(config_path)
         self.public_url = self.config.public_url
         self.admin_url = self.config.admin_url
@@ -62,10 +64,11 @@ class ServerProcess:
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pca.cli", "serve", "--config", str(self.config_path)],
+                [sys.executable, "-m", "pca.cli", "serve", "--config", str(self.config_path), *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=self.preexec_fn,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -85,6 +88,24 @@ class ServerProcess:
 
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.admin_url, headers={"authorization": f"Bearer {self.token}"}, timeout=30)
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` (granian and its workers below ``pca serve``), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    below: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - below
+        below |= frontier
+    return below
 
 
 @contextlib.contextmanager
