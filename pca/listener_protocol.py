@@ -33,7 +33,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from pca.listeners import HEAD_TOO_LARGE, MALFORMED, OVER_CAP, SLOW_BODY, SLOW_HEAD, ListenerGuard, RequestGuard
+from pca.listeners import HEAD_TOO_LARGE, MALFORMED, OVER_CAP, SLOW_BODY, SLOW_HEAD, ListenerGuard
 
 LINGER_SECONDS = 1.0  # after a 431, how long input is still read (and dropped) before the connection closes
 
@@ -64,7 +64,7 @@ def listener_config(
         "backlog": backlog,
         **extra,
     }
-    config = ListenerConfig(RequestGuard(app, guard), host=host, port=port, http=BoundedHttpToolsProtocol, **options)
+    config = ListenerConfig(app, host=host, port=port, http=BoundedHttpToolsProtocol, **options)
     config.guard = guard
     return config
 
@@ -114,10 +114,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         while data:
             if not self._head:
-                self._feed(data)
-                return
-            if self._deadline is None:
-                self._arm(self.guard.limits.header_timeout_seconds, self._head_late)
+                if not self._feed(data):
+                    return
+                break
             end = self._count_head(data)
             if end < 0:
                 self._too_large()
@@ -125,12 +124,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if not self._feed(data if end == len(data) else data[:end]):
                 return
             data = data[end:]
+        if self._deadline is None and (self._head_bytes or not self._head):
+            self._watch()
+
+    def _watch(self) -> None:
+        """Set the deadline of a head or body left incomplete by this read (none when complete:
+        a request that arrives whole, as nearly all do, costs no timer)."""
+        if self._deadline is not None or self.transport.is_closing():
+            return
+        # Armed once, at the end of the read that brought the head's first bytes (or the head's end).
+        if self._head and self._head_bytes:
+            self._deadline = self.loop.call_later(self.guard.limits.header_timeout_seconds, self._head_late)
+        elif not self._head:
+            self._deadline = self.loop.call_later(self.guard.limits.body_timeout_seconds, self._body_late)
 
     def _count_head(self, data: bytes) -> int:
         """Count ``data`` as head bytes up to the blank line ending the head: the index after it,
         ``len(data)`` when the head goes on, or -1 when a limit is exceeded."""
         limits = self.guard.limits
-        pos, size = 0, len(data)
+        size = len(data)
+        if not self._head_bytes and size <= limits.header_line_bytes:
+            # Fast path, a fresh head in one small read: no line nor the whole can be over a limit.
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:
+                self._head_bytes = end + 4
+                return end + 4
+            self._head_bytes = size
+            self._line_bytes = size - data.rfind(b"\n") - 1
+            self._cr = data[size - 1] == 0x0D
+            return size
+        pos = 0
         while pos < size:
             newline = data.find(b"\n", pos)
             if newline < 0:
@@ -169,12 +192,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head = False
-        self._cancel_deadline()
+        if self._deadline is not None:
+            self._cancel_deadline()
         super().on_headers_complete()
-        self._arm(self.guard.limits.body_timeout_seconds, self._body_late)
 
     def on_message_complete(self) -> None:
-        self._cancel_deadline()
+        if self._deadline is not None:
+            self._cancel_deadline()
         self._head, self._head_bytes, self._line_bytes, self._cr = True, 0, 0, False
         super().on_message_complete()
 

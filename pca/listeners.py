@@ -114,16 +114,15 @@ def granian_args(limits: LimitsConfig, descriptors: int) -> list[str]:
 
 
 class RequestGuard:
-    """ASGI middleware: a deadline on the request body, and quiet ends for clients that left.
+    """ASGI middleware for granian: a deadline on the request body, and quiet ends for clients that left.
 
-    The body must arrive within ``body_timeout`` of the head (``None``: the server enforces
-    it, as our uvicorn protocol does); past it the application is told the client
-    disconnected and the client gets 408. An application that fails only because its client
-    disconnected (Starlette raises ``ClientDisconnect``) is not logged as a server error: a
-    flood of such clients would otherwise fill the log with tracebacks.
+    The body must arrive within ``body_timeout`` of the head; past it the application is told
+    the client disconnected and the client gets 408. An application that fails only because
+    its client disconnected is not logged as a server error: a flood of such clients would
+    otherwise fill the log with tracebacks. (Our uvicorn protocol enforces the deadline itself.)
     """
 
-    def __init__(self, app: ASGIApp, guard: ListenerGuard, body_timeout: float | None = None) -> None:
+    def __init__(self, app: ASGIApp, guard: ListenerGuard, body_timeout: float) -> None:
         self.app = app
         self.guard = guard
         self.body_timeout = body_timeout
@@ -133,13 +132,13 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.body_timeout if self.body_timeout is not None else None
+        deadline = loop.time() + self.body_timeout
         state = {"body_done": False, "gone": False, "late": False, "started": False}
 
         async def guarded_receive() -> Message:
             if state["gone"]:
                 return {"type": "http.disconnect"}
-            if deadline is None or state["body_done"]:
+            if state["body_done"]:
                 message = await receive()
             else:
                 try:

@@ -231,6 +231,19 @@ def test_a_body_shorter_than_its_content_length_gets_408(server: ServerProcess, 
     assert took < 1 + MARGIN
 
 
+def test_the_admin_api_cuts_off_a_short_body_quietly(server: ServerProcess) -> None:
+    """The admin listener has the same limits; a body cut off there is a 408, not a traceback."""
+    with connect(server.config.admin_listen) as sock:
+        sock.sendall(
+            b"POST /v1/certificates HTTP/1.1\r\nHost: pca\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + server.token.encode() + b'\r\nContent-Length: 100\r\n\r\n{"subject"'
+        )
+        answer, took = until_closed(sock)
+    assert status_of(answer) == 408, answer
+    assert took < 1 + MARGIN
+    assert not log_lines(server, r"Traceback|Exception in ASGI application")
+
+
 def test_a_trickled_body_is_cut_off_at_the_body_timeout(server: ServerProcess) -> None:
     with connect(public_address(server)) as sock:
         sock.sendall(
