@@ -47,33 +47,38 @@ class RefusalLog:
 
     def refused(self, reason: str, detail: str = "") -> None:
         self.totals[reason] += 1
-        now = time.monotonic()
-        if self._window_end is not None and now < self._window_end:
+        if self._window_end is not None and time.monotonic() >= self._window_end:
+            self._flush()  # its timer is late (or there is no loop to run it)
+        if self._window_end is not None:  # a flood under way: counted, summarised at the window's end
             self.counts[reason] += 1
             return
-        if self._window_end is not None:
-            self._flush()
         log.warning(
-            "%s listener: refusing %s%s; further refusals are summarised every %d s",
+            "%s listener: refusing %s%s; further refusals are summarised every %g s",
             self.listener,
             reason,
             f" ({detail})" if detail else "",
             self.interval,
         )
-        self._window_end = now + self.interval
+        self._open_window()
+
+    def _open_window(self) -> None:
+        self._window_end = time.monotonic() + self.interval
         try:
             asyncio.get_running_loop().call_later(self.interval, self._flush)
         except RuntimeError:  # no loop (a test calling it directly): the next refusal flushes
             pass
 
     def _flush(self) -> None:
-        if self._window_end is None or time.monotonic() < self._window_end - 0.001:
+        """End the window: summarise its refusals and open another, or, if there were none, the flood is over."""
+        if self._window_end is None:
             return
-        if self.counts:
-            what = ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items()))
-            log.warning("%s listener: refused %s in the last %d s", self.listener, what, self.interval)
+        if not self.counts:
+            self._window_end = None
+            return
+        what = ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items()))
+        log.warning("%s listener: refused %s in the last %g s", self.listener, what, self.interval)
         self.counts.clear()
-        self._window_end = None
+        self._open_window()
 
 
 class ListenerGuard:

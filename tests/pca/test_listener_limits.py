@@ -9,8 +9,11 @@ listener its descriptors.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import http.client
+import logging
 import re
 import resource
 import select
@@ -25,6 +28,7 @@ import pytest
 from cryptography import x509
 
 from pca.listener_limits import LimitsConfig, connection_budget, parse_limits
+from pca.listeners import OVER_CAP, SLOW_BODY, SLOW_HEAD, RefusalLog, quiet_resource_errors
 from revocation.errors import ConfigError
 from tests.support.processes import ServerProcess, descendants, init_ca
 from tests.support.scaled import ocsp_get_url
@@ -409,3 +413,38 @@ def test_connection_caps_fit_the_open_files_limit(descriptors: int) -> None:
     assert workers.admin_connections == 0 and workers.public_connections >= budget.public_connections
     configured = connection_budget(LimitsConfig(public_connections=10**6), descriptors)
     assert configured.public_connections <= descriptors
+
+
+async def test_refusals_are_logged_once_then_summarised(caplog: pytest.LogCaptureFixture) -> None:
+    refusals = RefusalLog("public", interval=0.3)
+    with caplog.at_level(logging.WARNING, logger="pca.listeners"):
+        for _ in range(500):
+            refusals.refused(OVER_CAP, "16 open")
+        refusals.refused(SLOW_HEAD)
+        assert [r.getMessage() for r in caplog.records] == [
+            "public listener: refusing connections over the cap (503) (16 open); "
+            "further refusals are summarised every 0.3 s"
+        ]
+        await asyncio.sleep(0.5)
+        assert caplog.records[-1].getMessage() == (
+            "public listener: refused 499 connections over the cap (503), "
+            "1 request heads not received in time (408) in the last 0.3 s"
+        )
+        await asyncio.sleep(0.5)  # a quiet window logs nothing
+        assert len(caplog.records) == 2
+        refusals.refused(SLOW_BODY)  # a new flood is announced again
+        assert len(caplog.records) == 3 and "refusing request bodies" in caplog.records[-1].getMessage()
+
+
+async def test_out_of_descriptors_is_logged_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.get_running_loop()
+    quiet_resource_errors(loop)
+    try:
+        with caplog.at_level(logging.ERROR, logger="pca.listeners"):
+            for _ in range(100):
+                error = OSError(errno.EMFILE, "Too many open files")
+                loop.call_exception_handler({"message": "socket.accept() out of system resource", "exception": error})
+        assert len(caplog.records) == 1
+        assert "Too many open files" in caplog.records[0].getMessage()
+    finally:
+        loop.set_exception_handler(None)
