@@ -92,11 +92,11 @@ def raise_descriptor_limit() -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """Connection caps and accept backlogs of one process's listeners."""
+    """Connection caps and accept bursts of one process's listeners."""
 
     descriptors: int  # the soft RLIMIT_NOFILE they were computed from
     public_connections: int
-    public_backlog: int
+    public_backlog: int  # asyncio's backlog: connections accepted at once (the kernel queue is deeper)
     admin_connections: int
     admin_backlog: int
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import socket
 from asyncio import TimerHandle
 from collections.abc import Callable
 from typing import Any, cast
@@ -35,6 +36,7 @@ from uvicorn.server import ServerState
 
 from pca.listeners import HEAD_TOO_LARGE, MALFORMED, OVER_CAP, SLOW_BODY, SLOW_HEAD, ListenerGuard
 
+LISTEN_BACKLOG = 2048  # connections the kernel queues for a listener (they hold no descriptor of ours)
 LINGER_SECONDS = 1.0  # after a 431, how long input is still read (and dropped) before the connection closes
 
 
@@ -67,6 +69,22 @@ def listener_config(
     config = ListenerConfig(app, host=host, port=port, http=BoundedHttpToolsProtocol, **options)
     config.guard = guard
     return config
+
+
+class ListenerServer(uvicorn.Server):
+    """A uvicorn server with a deep kernel queue and small accept bursts.
+
+    asyncio accepts up to ``backlog`` connections at a time, each a descriptor until it is
+    refused, and the budget charges that burst; the kernel's queue of connections not yet
+    accepted costs no descriptor, so it is deepened again once the server listens.
+    """
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        for server in getattr(self, "servers", []):
+            for sock in server.sockets:
+                with socket.fromfd(sock.fileno(), sock.family, sock.type) as same:
+                    same.listen(LISTEN_BACKLOG)
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):

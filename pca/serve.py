@@ -18,13 +18,12 @@ import sys
 from collections.abc import Generator
 from typing import Any
 
-import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.types import ASGIApp
 
 from pca.config import DATABASE_URL_ENV, Config
 from pca.listener_limits import Budget, connection_budget, raise_descriptor_limit
-from pca.listener_protocol import listener_config
+from pca.listener_protocol import ListenerServer, listener_config
 from pca.listeners import ListenerGuard, granian_args, quiet_resource_errors, uvicorn_guards
 from pca.roles import start_role
 from pca.runtime import (
@@ -52,7 +51,7 @@ SERVERS = ("uvicorn", "granian")
 SIGNER_CHECK_SECONDS = 3600
 
 
-class _Server(uvicorn.Server):
+class _Server(ListenerServer):
     """A uvicorn server that leaves signal handling to us (two servers share one loop)."""
 
     @contextlib.contextmanager
