@@ -274,9 +274,10 @@ async def serve(
             *cfg.public_listen,
             *cfg.admin_listen,
         )
+        public_budget = connection_budget(cfg.limits, budget.descriptors, admin=False) if granian_public else budget
         log.info(
             "open connections at most: public %d (per process), admin %d; open-files limit %d",
-            budget.public_connections,
+            public_budget.public_connections,
             budget.admin_connections,
             budget.descriptors,
         )
