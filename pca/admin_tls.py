@@ -221,15 +221,6 @@ class _WithClientCert:
         await self._app({**scope, "extensions": extensions}, receive, send)
 
 
-def protocol_class() -> type:
-    """uvicorn's HTTP protocol (httptools when installed, as uvicorn's "auto"), with the tls extension."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
-    except ImportError:
-        from uvicorn.protocols.http.h11_impl import H11Protocol as Base  # type: ignore[assignment]
-    return type(f"{Base.__name__}WithClientCert", (_PeerCertificate, Base), {})
-
-
 class AdminTLS:
     """The admin listener's TLS: the kwargs of its uvicorn Config and the task that keeps it valid."""
 
@@ -250,7 +241,8 @@ class AdminTLS:
         self.context = context = server_context(self._cfg)
         self._loaded = cert.serial_number if (cert := read_managed(self._cfg)) is not None else None
         factory: Callable[[Any, Any], ssl.SSLContext] = lambda _config, _default: context  # noqa: E731
-        return {"ssl_context_factory": factory, "http": protocol_class()}
+        # The listener's bounded protocol takes this mixin (pca.listener_protocol.listener_config).
+        return {"ssl_context_factory": factory, "protocol_mixin": _PeerCertificate}
 
     async def run(self) -> None:
         """Re-issue pca's certificate before it expires and load it into the live context (new

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from pca.admin_tls_config import AdminTLSConfig, default_admin_url, parse_admin_tls
 from pca.config_keys import Schema, TracedTable, trace_schema, unknown_keys
+from pca.listener_limits import LimitsConfig, parse_limits
 from revocation.crl_layout import MAX_SHARDS, CRLLayout
 from revocation.errors import ConfigError
 
@@ -106,6 +107,7 @@ class Config:
     scale: ScaleConfig = dataclasses.field(default_factory=ScaleConfig)
     admin_tls: AdminTLSConfig = dataclasses.field(default_factory=AdminTLSConfig)
     audit: AuditConfig = dataclasses.field(default_factory=AuditConfig)
+    limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)  # header sizes, timeouts, connections
 
     @property
     def backend(self) -> str:
@@ -362,6 +364,7 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Config:
         scale=scale,
         admin_tls=admin_tls,
         audit=audit,
+        limits=parse_limits(_section(data, "limits")),
     )
     listen_from_url(cfg.public_url)
     _positive(cfg.leaf_validity_days, "ca.leaf_validity_days")

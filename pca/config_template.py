@@ -91,4 +91,13 @@ type = "directory"           # "directory" (paths.crl_dir, served on the public 
 # region = ""
 # addressing_style = "auto"  # auto, path or virtual
 # profile = ""               # an AWS profile name
+
+[limits]                     # what one client may hold on a listener (admin and public)
+header_line_bytes = 8192     # request line or one header line; longer: 431
+header_bytes = 32768         # a request's whole head; more: 431
+header_timeout_seconds = 10  # a head must arrive this soon after its first byte, else 408
+body_timeout_seconds = 10    # and its body this soon after the head, else 408
+idle_timeout_seconds = 5     # a connection with no request under way is closed after this
+public_connections = 0       # open connections per public listener process (0: from the open-files limit)
+admin_connections = 0        # open connections of the admin listener (0: from the open-files limit)
 """

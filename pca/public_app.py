@@ -13,9 +13,10 @@ import logging
 import os
 from typing import Any
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pca.config import load_config
+from pca.listeners import ListenerGuard, RequestGuard
 from pca.roles import start_role
 from pca.runtime import HealthApp, PrefixDispatcher, Runtime, connect_runtime
 from revocation.clock import SystemClock
@@ -29,17 +30,21 @@ class PublicApp:
     def __init__(self, config_path: str) -> None:
         self._config_path = config_path
         self._runtime: Runtime | None = None
-        self._dispatch: PrefixDispatcher | None = None
+        self._dispatch: ASGIApp | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
 
     async def _startup(self) -> None:
-        rt = await connect_runtime(load_config(self._config_path), SystemClock(), migrate=False, listen=True)
+        cfg = load_config(self._config_path)
+        rt = await connect_runtime(cfg, SystemClock(), migrate=False, listen=True)
         rt.serving = serving = asyncio.Event()
         for role in PUBLIC_ROLES:
             await start_role(role, rt)
         self._tasks = [asyncio.create_task(c) for c in rt.tasks]
-        self._dispatch = PrefixDispatcher([*rt.public_apps, ("/healthz", HealthApp(rt.health))])
+        dispatch = PrefixDispatcher([*rt.public_apps, ("/healthz", HealthApp(rt.health))])
+        # granian bounds heads and connections (pca.listeners.granian_args); the body deadline is ours.
+        guard = ListenerGuard("public", cfg.limits, 0)
+        self._dispatch = RequestGuard(dispatch, guard, cfg.limits.body_timeout_seconds)
         serving.set()  # granian serves once the lifespan startup completes, right after this
         self._runtime = rt
 

@@ -18,13 +18,15 @@ import sys
 from collections.abc import Generator
 from typing import Any
 
-import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.types import ASGIApp
 
 from pca.admin_tls import admin_listener_tls
+from pca.bind_check import check_listeners
 from pca.config import DATABASE_URL_ENV, Config
-from pca.listeners import check_listeners
+from pca.listener_limits import Budget, connection_budget, raise_descriptor_limit
+from pca.listener_protocol import ListenerServer, listener_config
+from pca.listeners import ListenerGuard, granian_args, quiet_resource_errors, uvicorn_guards
 from pca.roles import start_role
 from pca.runtime import (
     HealthApp,
@@ -53,7 +55,7 @@ SERVERS = ("uvicorn", "granian")
 SIGNER_CHECK_SECONDS = 3600
 
 
-class _Server(uvicorn.Server):
+class _Server(ListenerServer):
     """A uvicorn server that leaves signal handling to us (two servers share one loop)."""
 
     @contextlib.contextmanager
@@ -112,20 +114,18 @@ async def _rotate_signers(authority: Authority) -> None:
         await asyncio.sleep(SIGNER_CHECK_SECONDS)
 
 
-def _uvicorn(app: ASGIApp, host: str, port: int, **tls: Any) -> _Server:
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", server_header=False, **tls
-    )
-    return _Server(config)
+def _uvicorn(app: ASGIApp, host: str, port: int, guard: ListenerGuard, backlog: int, **extra: Any) -> _Server:
+    """A listener bounded by ``[limits]``; ``extra`` goes to ``uvicorn.Config`` (TLS settings, say)."""
+    return _Server(listener_config(app, host, port, guard, backlog=backlog, **extra))
 
 
-def _granian(cfg: Config, workers: int, identity: dict[str, str]) -> subprocess.Popen[bytes]:
+def _granian(cfg: Config, workers: int, identity: dict[str, str], budget: Budget) -> subprocess.Popen[bytes]:
     """The public listener (OCSP and CRLs) under granian, in its own worker processes."""
     host, port = cfg.public_listen
     cmd = [
         sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--host", host, "--port", str(port),
         "--workers", str(workers), "--no-ws", "--log-level", "warning", "--backlog", "2048",
-        "pca.public_app:create_app",
+        *granian_args(cfg.limits, budget.descriptors), "pca.public_app:create_app",
     ]  # fmt: skip
     env = public_listener_env(cfg)
     env.update(identity)
@@ -185,6 +185,10 @@ async def serve(
     if workers < 1 or (server == "uvicorn" and workers != 1):
         raise ConfigError(f"--workers {workers}: uvicorn runs the public listener in this process (1); use granian")
     check_listeners(cfg, roles)
+    # Listener limits: each listener's connection cap fits the open-files limit, raised to the hard one.
+    budget = connection_budget(cfg.limits, raise_descriptor_limit(), admin="api" in roles)
+    admin_guard, public_guard = uvicorn_guards(cfg.limits, budget)
+    quiet_resource_errors(asyncio.get_running_loop())
     rt = await connect_runtime(cfg, SystemClock(), listen=True)
     rt.responder_id = responder_id or None
     rt.responder_url = responder_url or None
@@ -235,7 +239,7 @@ async def serve(
             )
             tls, renewal = await admin_listener_tls(cfg, authority, insecure_admin_http)
             coros.extend([renewal] if renewal is not None else [])
-            servers.append(_uvicorn(api.app(), *cfg.admin_listen, **tls))
+            servers.append(_uvicorn(api.app(), *cfg.admin_listen, admin_guard, budget.admin_backlog, **tls))
         public = "responder" in roles or "publisher" in roles
         for role in roles:
             if role == "responder" and server == "granian":
@@ -246,7 +250,7 @@ async def serve(
         if granian_public:
             given = (("PCA_RESPONDER_ID", responder_id), ("PCA_RESPONDER_URL", responder_url))
             identity = {k: v for k, v in given if v}
-            granian = _granian(cfg, workers, identity)
+            granian = _granian(cfg, workers, identity, budget)
             coros.append(_watch(granian))
         elif public:
             await start_role("crlserver", rt)
@@ -256,7 +260,7 @@ async def serve(
             apps: list[tuple[str, ASGIApp]] = [*rt.public_apps, ("/healthz", health)]
             if "api" not in roles:
                 apps.append(("/metrics", make_asgi_app(rt.registry)))
-            servers.append(_uvicorn(PrefixDispatcher(apps), *cfg.public_listen))
+            servers.append(_uvicorn(PrefixDispatcher(apps), *cfg.public_listen, public_guard, budget.public_backlog))
         serving = rt.serving = asyncio.Event()  # the listeners are up (responders wait for it)
         coros.extend(rt.tasks)
         coros.extend(s.serve() for s in servers)
@@ -281,6 +285,13 @@ async def serve(
             cfg.database_label,
             *cfg.public_listen,
             *cfg.admin_listen,
+        )
+        public_budget = connection_budget(cfg.limits, budget.descriptors, admin=False) if granian_public else budget
+        log.info(
+            "open connections at most: public %d (per process), admin %d; open-files limit %d",
+            public_budget.public_connections,
+            budget.admin_connections,
+            budget.descriptors,
         )
         with contextlib.suppress(asyncio.CancelledError):
             await run_forever([*coros, wait_stop()])

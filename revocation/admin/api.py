@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
@@ -175,6 +175,9 @@ class AdminAPI:
                 response = problem_response(404, "Not Found", str(exc))
             except ConflictError as exc:
                 response = problem_response(409, "Conflict", str(exc))
+            except ClientDisconnect:  # gone, or cut off at the body timeout (408 sent): nobody to answer
+                log.info("request %s: the client left before its body arrived", request_id)
+                response = problem_response(408, "Request Timeout", "the request body did not arrive")
             except TooLarge:
                 response = problem_response(413, "Payload Too Large", f"bodies are limited to {self._max_body} bytes")
             except IntegrityError as exc:

@@ -9,7 +9,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -54,8 +54,10 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> N
 class ServerProcess:
     """``pca serve`` as a real process on free ports."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, *args: str, preexec_fn: Callable[[], None] | None = None) -> None:
         self.config_path = config_path
+        self.args = args  # more ``pca serve`` arguments (``--server granian``, say)
+        self.preexec_fn = preexec_fn  # run in the child before ``pca serve`` starts (resource limits, say)
         self.config = load_config(config_path)
         self.public_url = self.config.public_url
         self.admin_url = self.config.admin_url
@@ -70,10 +72,11 @@ class ServerProcess:
         """Start ``pca serve``; unless ``ready`` is False, wait until /healthz says ok and CRLs are served."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pca.cli", "serve", "--config", str(self.config_path)],
+                [sys.executable, "-m", "pca.cli", "serve", "--config", str(self.config_path), *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=self.preexec_fn,
             )
         if not ready:
             return
@@ -96,6 +99,24 @@ class ServerProcess:
     def admin(self) -> httpx.Client:
         headers = {"authorization": f"Bearer {self.token}"}
         return httpx.Client(base_url=self.admin_url, headers=headers, timeout=30, verify=self.verify)
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` (granian and its workers below ``pca serve``), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    below: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - below
+        below |= frontier
+    return below
 
 
 @contextlib.contextmanager
