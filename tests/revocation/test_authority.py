@@ -271,7 +271,7 @@ def test_init_creates_ca_keys_of_the_chosen_algorithm_readable_only_by_the_owner
         assert isinstance(public, key_type)
         assert public.key_size == size
     key_files = sorted((cfg.data_dir / "keys").glob("*.key"))
-    assert len(key_files) == 4  # root, issuing CA, the OCSP signers of both
+    assert len(key_files) == 5  # root, issuing CA, the OCSP signers of both, the audit checkpoint signer
     for path in key_files:
         assert mode(path) == 0o600, path
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)

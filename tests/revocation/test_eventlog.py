@@ -35,6 +35,8 @@ from revocation.events import (
     IssuerAdded,
     OCSPSignerKeyPrepared,
     ResponderCertRotated,
+    TokenCreated,
+    TokenRevoked,
     decode,
 )
 from revocation.storage.sqlite.db import SQLiteDatabase
@@ -351,6 +353,9 @@ SAMPLE_EVENTS: list[DomainEvent] = [
         key_ref={"backend": "file", "path": "/keys/checkpoint.key"},
         not_after=T0 + datetime.timedelta(days=365),
     ),
+    TokenCreated(name="ops-alice", role="revoker", expires=T0 + datetime.timedelta(days=90)),
+    TokenCreated(name="forever", role="auditor"),
+    TokenRevoked(name="ops-alice", role="revoker"),
 ]
 
 

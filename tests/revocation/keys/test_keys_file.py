@@ -51,7 +51,8 @@ async def test_encrypted_file_keys_sign_everything_with_the_passphrase_from_the_
 
     assert all(r.backend == "file" and r.passphrase_env == ENV for r in done.key_refs)
     key_files = sorted((cfg.data_dir / "keys").iterdir())
-    assert len(key_files) == 6  # root, issuing CA, the first and the rotated OCSP signer of each
+    # root, issuing CA, the first and the rotated OCSP signer of each, the audit checkpoint signer
+    assert len(key_files) == 7
     for path in key_files:
         assert path.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----"), path
         assert path.stat().st_mode & 0o777 == 0o600

@@ -257,8 +257,9 @@ async def test_a_slow_kms_signature_does_not_stall_the_event_loop_of_the_api_and
     assert issued.certificate.subject.rfc4514_string() == "CN=slow" and len(published) == 2
     # A leaf, a signer certificate, two CRLs: each signature took the KMS 2 s...
     assert proxy.signs - signs >= 4 and elapsed >= 4 * delay
-    # ...and meanwhile the loop kept serving its other coroutines (requests, responders, the publisher).
-    assert lag.worst < delay / 2, f"the event loop stalled for {lag.worst:.2f} s"
+    # ...and meanwhile the loop kept serving its other coroutines (requests, responders, the publisher): a
+    # signature made on the loop would stall it for a whole round trip; a loaded machine loses it less.
+    assert lag.worst < delay, f"the event loop stalled for {lag.worst:.2f} s"
 
 
 # --- the DIGEST path, against a client with the documented KMS semantics ---------------------------------
