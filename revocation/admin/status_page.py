@@ -83,6 +83,9 @@ class StatusPage:
                     response = HTMLResponse(login_page(p.detail, nonce=nonce), status_code=p.status)
                 else:
                     response = problem_response(p.status, p.title, p.detail, p.headers)
+            except PCAError as exc:  # a store out of reach: say so, as the API does
+                log.error("the status page failed: %s", exc)
+                response = problem_response(503, "Service Unavailable", "the status cannot be read; see the server log")
             except Exception:
                 log.exception("the status page failed")
                 response = problem_response(500, "Internal Server Error", "the status page failed; see the server log")

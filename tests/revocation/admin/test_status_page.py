@@ -6,21 +6,30 @@ A real CA database, the real tracker, the real token file; the browser test
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pca.runtime import Runtime
+from pca.config import load_config
+from pca.runtime import Runtime, connect_runtime
 from pca.serve import build_authority, status_page
+from revocation.admin.status_data import gather
 from revocation.admin.tokens import add_token, revoke_token
 from revocation.authority import Actor, IssueRequest
+from revocation.clock import SystemClock
+from revocation.coordination import CRLPublication
 from revocation.propagation.tracker import PropagationTracker
+from revocation.storage.postgres.coordination import PostgresCoordination
 from revocation.storage.sqlite.coordination import SQLiteCoordination
 from tests.support.admin import assert_problem
+from tests.support.processes import init_ca
 
 HTML = {"accept": "text/html,application/xhtml+xml"}
 
@@ -125,3 +134,57 @@ async def test_values_from_the_stores_are_escaped(page: tuple, runtime: Runtime)
     assert resp.status_code == 200
     assert "<script>" not in resp.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in resp.text
     assert "<b>" not in resp.text
+
+
+async def _page_data(runtime: Runtime) -> dict[str, Any]:
+    tracker = PropagationTracker(runtime.log, runtime.view, runtime.coord, CollectorRegistry())
+    return await gather(status_page(runtime.config, runtime, tracker, None)._sources)
+
+
+async def _freshness_and_liveness(runtime: Runtime) -> None:
+    """CRL shards fresh or late by their latest publications, responders up/down/gone by their heartbeats."""
+    coord = runtime.coord
+    assert isinstance(coord, SQLiteCoordination | PostgresCoordination)
+    now, head = time.time(), await runtime.log.head()
+    day = 86400.0
+    await coord.record_crl_publication(CRLPublication("issuing-ca", 0, "full", 7, head, now - 10))
+    await coord.record_crl_publication(CRLPublication("issuing-ca", 0, "delta", 8, head, now - 5))
+    await coord.record_crl_publication(CRLPublication("root-ca", 0, "full", 3, head, now - day))  # past 6 h
+    await coord.record_crl_publication(CRLPublication("root-ca", 0, "delta", 4, head, now - 5))
+    for name, silent in (("r-up", 0.0), ("r-down", 10.0), ("r-gone", 100.0)):
+        await coord.heartbeat(name, f"http://{name}/ocsp", 0, now - 200, now - silent)
+    data = await _page_data(runtime)
+    shards = {(s["issuer_id"], s["shard"]): s for s in data["crl_shards"]}
+    assert shards[("issuing-ca", 0)]["fresh"] and shards[("issuing-ca", 0)]["full"]["number"] == 7
+    assert not shards[("root-ca", 0)]["fresh"]
+    states = {r["responder_id"]: r["state"] for r in data["responders"]}
+    assert states == {"r-up": "up", "r-down": "down", "r-gone": "gone"}
+    [issuing] = [i for i in data["issuers"] if i["issuer_id"] == "issuing-ca"]
+    assert issuing["certificates"]["revoked"] >= 1
+
+
+async def test_crl_freshness_and_responder_liveness_on_sqlite(page: tuple, runtime: Runtime) -> None:
+    await _freshness_and_liveness(runtime)
+
+
+async def test_crl_freshness_and_responder_liveness_on_postgres(tmp_path: Path, postgres_database: str) -> None:
+    config_path = await asyncio.to_thread(init_ca, tmp_path / "pca", "--database-url", postgres_database)
+    rt = await connect_runtime(load_config(config_path), SystemClock())
+    try:
+        authority = build_authority(rt)
+        issued = await authority.issue(IssueRequest(subject="CN=pg", dns=["pg.example"]), Actor("t", "r"))
+        await authority.revoke(issued.certificate.serial_number, "superseded", Actor("t", "r"))
+        await _freshness_and_liveness(rt)
+        data = await _page_data(rt)
+        assert [r["serial"] for r in data["recent"]] == [f"{issued.certificate.serial_number:x}"]
+        assert data["window_revocations"] == 1
+    finally:
+        await rt.aclose()
+
+
+async def test_an_unreadable_token_file_is_a_503_naming_no_file(page: tuple, runtime: Runtime) -> None:
+    client, tokens = page
+    runtime.config.tokens_db.write_text("{not json")
+    resp = await client.get("/status", headers={"authorization": f"Bearer {tokens['auditor']}"})
+    assert_problem(resp, 503, "the token store cannot be read")
+    assert str(runtime.config.tokens_db) not in resp.text and "Traceback" not in resp.text
