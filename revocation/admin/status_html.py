@@ -17,9 +17,9 @@ from revocation.clock import iso
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;white-space:nowrap}
 th{background:#f3f3f3}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .bad{color:#b00020;font-weight:600}.ok{color:#176b2c}
 form.inline{display:inline}
 """
@@ -176,9 +176,9 @@ def chart(hist: dict[str, list[int]]) -> str:
             f'text-anchor="middle">{_e(labels[i])}</text>'
         )
     for j, channel in enumerate(("ocsp", "crl")):
-        y = 12 + 14 * j
-        parts.append(f'<rect x="{PAD}" y="{y - 9}" width="10" height="10" fill="{COLOURS[channel]}"/>')
-        parts.append(f'<text x="{PAD + 14}" y="{y}" font-size="11">{_e(LABELS[channel])}</text>')
+        x, y = CHART_W - PAD - 170, 12 + 14 * j  # the legend, top right, clear of the first bars' counts
+        parts.append(f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{COLOURS[channel]}"/>')
+        parts.append(f'<text x="{x + 14}" y="{y}" font-size="11">{_e(LABELS[channel])}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
