@@ -188,3 +188,10 @@ async def test_an_unreadable_token_file_is_a_503_naming_no_file(page: tuple, run
     resp = await client.get("/status", headers={"authorization": f"Bearer {tokens['auditor']}"})
     assert_problem(resp, 503, "the token store cannot be read")
     assert str(runtime.config.tokens_db) not in resp.text and "Traceback" not in resp.text
+
+
+async def test_unknown_paths_and_methods_under_status_are_problems(page: tuple) -> None:
+    client, _ = page
+    assert_problem(await client.get("/status/nope"), 404, "")
+    assert_problem(await client.get("/status/login"), 405, "")
+    assert_problem(await client.delete("/status"), 405, "")
