@@ -40,6 +40,8 @@ from revocation.admin.api import AdminAPI
 from revocation.admin.client_certs import ClientCertAuth
 from revocation.admin.installations import InstallationRecorder
 from revocation.admin.recording import CertificateRecorder
+from revocation.admin.status_data import StatusSettings, StatusSources
+from revocation.admin.status_page import StatusPage
 from revocation.admin.tokens import TokenFile
 from revocation.authority import Actor, Authority
 from revocation.clock import SystemClock
@@ -82,6 +84,23 @@ def build_authority(rt: Runtime) -> Authority:
 
 def pca_urls(cfg: Config) -> PcaURLs:
     return PcaURLs(cfg.ocsp_url, cfg.crl_layout, cfg.public_url)
+
+
+def status_page(
+    cfg: Config, rt: Runtime, tracker: PropagationTracker | None, client_auth: ClientCertAuth | None
+) -> StatusPage:
+    """``GET /status`` on the admin listener (``revocation.admin.status_page``); the API role has a tracker."""
+    assert tracker is not None
+    settings = StatusSettings(
+        pca_urls(cfg),
+        cfg.crl.interval_seconds,
+        cfg.crl.delta_interval_seconds,
+        cfg.scale.heartbeat_seconds,
+        cfg.scale.responder_gone_seconds,
+        cfg.scale.slo_seconds,
+    )
+    sources = StatusSources(rt.view, rt.log, rt.coord, tracker, settings, rt.clock.time)
+    return StatusPage(sources, TokenFile(cfg.tokens_db), client_auth)
 
 
 async def check_keys(rt: Runtime) -> None:
@@ -239,7 +258,9 @@ async def serve(
             )
             tls, renewal = await admin_listener_tls(cfg, authority, insecure_admin_http)
             coros.extend([renewal] if renewal is not None else [])
-            servers.append(_uvicorn(api.app(), *cfg.admin_listen, admin_guard, budget.admin_backlog, **tls))
+            page = status_page(cfg, rt, tracker, ClientCertAuth(rt.view) if cfg.admin_tls.client_ca else None)
+            admin_app = PrefixDispatcher([("/status", page.app()), ("", api.app())])  # the page beside the API
+            servers.append(_uvicorn(admin_app, *cfg.admin_listen, admin_guard, budget.admin_backlog, **tls))
         public = "responder" in roles or "publisher" in roles
         for role in roles:
             if role == "responder" and server == "granian":

@@ -46,6 +46,10 @@ ACCESS: tuple[Rule, ...] = (
     Rule("GET", "/v1/audit/verify", ("admin", "auditor"), "verify the audit chain"),
     Rule("GET", "/metrics", PUBLIC, "read metrics"),
     Rule("GET", "/healthz", PUBLIC, "read health"),
+    # The status page for a browser (revocation.admin.status_page): signing in exchanges a token for a cookie.
+    Rule("GET", "/status", ("admin", "auditor"), "read the status page"),
+    Rule("POST", "/status/login", PUBLIC, "sign in"),
+    Rule("POST", "/status/logout", PUBLIC, "sign out"),
 )
 
 _BY_ROUTE = {(r.method, r.path): r for r in ACCESS}

@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from pca.runtime import Runtime
-from pca.serve import build_authority
+from pca.serve import build_authority, status_page
 from revocation.admin import access
 from revocation.admin.api import AdminAPI
 from revocation.admin.http import BodyLimit
@@ -127,10 +127,13 @@ async def test_every_route_answers_every_caller_as_the_table_says(api: Api) -> N
     assert wrong == []
 
 
-def test_the_table_has_one_rule_per_route_of_the_app_and_names_only_known_roles(api: Api) -> None:
+def test_the_table_has_one_rule_per_route_of_the_app_and_names_only_known_roles(api: Api, runtime: Runtime) -> None:
     table = [(r.method, r.path) for r in access.ACCESS]
     assert len(set(table)) == len(table)
-    assert set(table) == set(_app_routes(api.app))
+    # The status page is served beside the API on the admin listener (its callers: tests/.../test_status_page.py).
+    tracker = PropagationTracker(runtime.log, runtime.view, runtime.coord, CollectorRegistry())
+    page = status_page(runtime.config, runtime, tracker, None)
+    assert set(table) == set(_app_routes(api.app)) | set(_app_routes(page.app()))
     assert {role for r in access.ACCESS for role in r.roles} <= set(ROLES)
 
 
