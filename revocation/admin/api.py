@@ -31,6 +31,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from revocation.admin import access
+from revocation.admin.answers import certificate_json, issuer_json
 from revocation.admin.ca_revocation import ca_operation, leaf_only
 from revocation.admin.http import (
     MAX_URL_LENGTH,
@@ -62,7 +63,7 @@ from revocation.errors import ConflictError, IntegrityError, NotFoundError, PCAE
 from revocation.eventlog import EventLog, RecordedEvent
 from revocation.events import CertificateRevoked
 from revocation.issuer_summary import PcaURLs, SummaryView, issuer_summaries
-from revocation.projection import CertificateRecord, IssuerRecord, StatusView
+from revocation.projection import StatusView
 from revocation.propagation.timeline import Timeline
 
 log = logging.getLogger("pca.api")
@@ -409,34 +410,6 @@ class AdminAPI:
         if self._health is not None:
             report.update(await self._health())
         return JSONResponse(report, status_code=200 if report.get("status") == "ok" else 503)
-
-
-def certificate_json(rec: CertificateRecord) -> dict[str, Any]:
-    return {
-        "serial": rec.serial_hex,
-        "issuer": rec.issuer_id,
-        "subject": rec.subject,
-        "profile": rec.profile,
-        "status": rec.status,
-        "not_before": iso(rec.not_before),
-        "not_after": iso(rec.not_after),
-        "revoked_at": None if rec.revoked_at is None else iso(rec.revoked_at),
-        "reason": rec.reason,
-        "invalidity_date": None if rec.invalidity_date is None else iso(rec.invalidity_date),
-    }
-
-
-def issuer_json(rec: IssuerRecord, ocsp_url: str) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "issuer_id": rec.issuer_id,
-        "kind": rec.kind,
-        "parent_id": rec.parent_id,
-        "certificate_pem": rec.cert.public_bytes(serialization.Encoding.PEM).decode(),
-        "crl_url": rec.crl_url,
-    }
-    if rec.signer_cert is not None:  # only issuers with an OCSP signer have pre-signed OCSP responses
-        out["ocsp_url"] = ocsp_url
-    return out
 
 
 def _revocation_json(event: RecordedEvent) -> dict[str, Any]:
