@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from pca.admin_tls import issue_certificate
 from pca.cli.common import fail
+from pca.cli.progress import Progress
 from pca.config import Config, listen_from_url, load_config, parse_listen
 from pca.config_template import render_config
 from pca.runtime import connect_runtime
@@ -269,12 +270,13 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 def cmd_rebuild(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
 
-    async def run() -> int:
+    async def run(progress: Progress) -> int:
         rt = await connect_runtime(cfg, SystemClock())
         try:
-            return await rt.log.rebuild_projection()
+            return await rt.log.rebuild_projection(lambda done, total: progress.update(done, total))
         finally:
             await rt.aclose()
 
-    count = asyncio.run(run())
+    with Progress("rebuild", "events") as progress:  # a bar on a terminal, a line per tenth otherwise
+        count = asyncio.run(run(progress))
     print(f"rebuilt the certificate-status projection from {count} events")
