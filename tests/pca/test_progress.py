@@ -8,6 +8,7 @@ import fcntl
 import os
 import pty
 import re
+import select
 import struct
 import subprocess
 import sys
@@ -42,7 +43,11 @@ def on_a_terminal(argv: list[str]) -> tuple[int, str, str]:
     finally:
         os.close(terminal)
     shown = bytearray()
+    deadline = time.monotonic() + 120
     while True:
+        if not select.select([controller], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            proc.kill()
+            pytest.fail(f"{argv} still running after 120 s; the terminal showed {bytes(shown)!r}")
         try:
             chunk = os.read(controller, 65536)
         except OSError:  # EIO: every process holding the terminal has exited
