@@ -152,10 +152,9 @@ class Working:
         if self._out.isatty():
             self._bar = tqdm(
                 total=None,
-                desc=label,
+                desc=f"{label}: ",
                 file=self._out,
-                bar_format="{desc}: {postfix} {elapsed}",
-                postfix="",
+                bar_format="{desc}{elapsed}",
                 leave=False,
                 **_width(self._out),
             )
@@ -166,7 +165,7 @@ class Working:
         with self._lock:
             self._phase = text
             if self._bar is not None:
-                self._bar.set_postfix_str(text)
+                self._bar.set_description_str(f"{self.label}: {text}, ")
 
     def _tick(self) -> None:
         interval = 0.5 if self._bar is not None else self._every_s

@@ -100,6 +100,19 @@ def test_rebuild_on_a_terminal_draws_a_bar(big_log: tuple[Path, int]) -> None:
     assert "rebuild: " in shown and "events/s" in shown, shown
 
 
+def test_audit_verify_on_a_terminal_says_what_it_is_doing(big_log: tuple[Path, int]) -> None:
+    config_path, events = big_log
+    status, out, shown = on_a_terminal(pca_argv("audit", "verify", "--local", "--config", config_path))
+    assert status == 0, shown
+    assert out.startswith(f"audit OK: {events} events, hash chain intact\n")  # stdout: the result alone
+    assert "audit verify: walking the hash chain, 00:0" in shown, shown
+    assert f"audit verify: replaying {events:,} events and comparing the projection, 00:0" in shown, shown
+    assert shown.endswith("\r"), shown  # the line is cleared: nothing of it stays above the prompt
+    piped = subprocess.run(pca_argv("audit", "verify", "--local", "--config", config_path), capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+    assert (piped.returncode, piped.stderr) == (0, "")  # a short wait writes nothing into a pipe
+
+
 def test_import_into_a_pipe_and_on_a_terminal(config: Path, legacy: Path, tmp_path: Path) -> None:  # noqa: F811
     piped = import_index(config, legacy, "--batch-size", "1", "--workers", "0")
     assert piped.returncode == 0, piped.stderr
