@@ -156,3 +156,15 @@ async def test_rebuild_on_postgresql_reports_each_page(tmp_path: Path, postgres_
     assert done.stdout == f"rebuilt the certificate-status projection from {events} events\n"
     percents = re.findall(rf"^rebuild: [\d,]+/{events:,} events \((\d+)%\)", done.stderr, re.M)
     assert [int(p) for p in percents] == [41, 83, 100], done.stderr
+
+
+def test_init_and_migrate_on_a_terminal_say_what_they_wait_for(tmp_path: Path) -> None:
+    status, out, shown = on_a_terminal(pca_argv("init", "--dir", tmp_path / "pca", "--no-admin-tls"))
+    assert status == 0, shown
+    assert "init: creating the CA keys (file), certificates and OCSP signers, 00:0" in shown, shown
+    assert out.startswith(f"initialised {tmp_path / 'pca'}\n")
+    config_path = tmp_path / "pca" / "pca.toml"
+    status, out, shown = on_a_terminal(pca_argv("migrate", "--config", config_path))
+    assert status == 0, shown
+    assert "migrate: applying schema migrations to /" in shown, shown  # the path is cut at the terminal's width
+    assert out == f"schema of {tmp_path / 'pca' / 'pca.db'} is up to date\n"
