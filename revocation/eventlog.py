@@ -145,6 +145,7 @@ def chain_events(
 
 
 Listener = Callable[[list["RecordedEvent"]], None]
+RebuildProgress = Callable[[int, int], None]  # (events applied, events in the log) during rebuild_projection
 
 
 def call_listeners(listeners: Sequence[Listener], committed: list[RecordedEvent]) -> None:
@@ -189,8 +190,10 @@ class StoredEventLog(EventLog, Protocol):
 
     listeners: list[Listener]  # called after each append made through this object commits
 
-    async def rebuild_projection(self) -> int:
-        """Recreate the status projection from the log alone; returns the number of events applied."""
+    async def rebuild_projection(self, progress: RebuildProgress | None = None) -> int:
+        """Recreate the status projection from the log alone; returns the number of events applied.
+
+        ``progress(applied, total)`` is called after each page of events (possibly from a worker thread)."""
         ...
 
     async def projection_drops(self, issuer_id: str) -> list[Any]:

@@ -17,6 +17,7 @@ import httpx
 from cryptography import x509
 
 from pca.cli.common import fail
+from pca.cli.progress import Working
 from pca.config import load_config
 from pca.runtime import connect_runtime
 from revocation.audit import ProjectionReport, compare_projection
@@ -101,18 +102,21 @@ def cmd_audit_verify(args: argparse.Namespace) -> None:
 def _verify_local(args: argparse.Namespace, anchored: tuple[Checkpoint, x509.Certificate] | None) -> None:
     cfg = load_config(args.config) if args.config else fail("--local needs --config")
 
-    async def run() -> tuple[int, ProjectionReport]:
+    async def run(working: Working) -> tuple[int, ProjectionReport]:
         rt = await connect_runtime(cfg, SystemClock())
         try:
+            working.phase("walking the hash chain")
             count = await rt.log.verify_chain()
             if anchored is not None:
                 await check_log_against(rt.log, anchored[0])
+            working.phase(f"replaying {count:,} events and comparing the projection")
             return count, await compare_projection(rt.log, rt.view)
         finally:
             await rt.aclose()
 
     try:
-        count, report = asyncio.run(run())
+        with Working("audit verify") as working:  # a spinner on a terminal, a line every 10 s otherwise
+            count, report = asyncio.run(run(working))
     except IntegrityError as exc:
         fail(f"AUDIT FAILED: {exc}")
     projection = report.to_json()
@@ -125,7 +129,9 @@ def _verify_remote(args: argparse.Namespace, anchored: tuple[Checkpoint, x509.Ce
     from pca.cli.remote import _Client
 
     client = _Client(args, timeout=AUDIT_TIMEOUT_SECONDS)
-    result = client.call("GET", "/v1/audit/verify", ok=(200, 409))
+    with Working("audit verify") as working:
+        working.phase("the admin API walks the hash chain and replays the log")
+        result = client.call("GET", "/v1/audit/verify", ok=(200, 409))
     if "first_bad_seq" in result:  # the hash chain is broken: the detail names the first bad seq
         fail(f"AUDIT FAILED: {result['detail']}")
     if anchored is not None:

@@ -8,13 +8,13 @@ import json
 import multiprocessing
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from pca.cli.common import cli_actor, fail
+from pca.cli.progress import Progress
 from pca.config import Config, load_config
 from pca.runtime import connect_runtime
 from revocation.authority import Actor
@@ -29,9 +29,6 @@ from revocation.importing.importer import (
     index_candidates,
 )
 from revocation.importing.plan import Outcome
-
-PLAIN_EVERY_S = 10.0  # a progress line this often when stderr is not a terminal
-TTY_EVERY_S = 0.2
 
 
 def add_import_parser(sub: Any) -> None:
@@ -65,45 +62,21 @@ def add_import_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_import)
 
 
-class Progress:
-    """One updating line on a terminal; a plain line now and then otherwise."""
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-        self._tty = out.isatty()
-        self._last = 0.0
-        self._shown = False
-
-    def __call__(self, summary: ImportSummary, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self._last < (TTY_EVERY_S if self._tty else PLAIN_EVERY_S):
-            return
-        self._last = now
-        elapsed = summary.elapsed
-        rate = summary.seen / elapsed if elapsed > 0 else 0.0
-        line = (
-            f"{summary.seen:,} certificates: {summary.imported:,} imported, {summary.already_present:,} "
-            f"already present, {summary.refused:,} refused; {rate:,.0f}/s, {_clock(elapsed)}"
+def _report_progress(progress: Progress) -> Callable[[ImportSummary], None]:
+    def report(summary: ImportSummary) -> None:
+        progress.update(
+            summary.seen,
+            detail=f"{summary.imported:,} imported, {summary.already_present:,} already present, "
+            f"{summary.refused:,} refused",
         )
-        if self._tty:
-            self._out.write(f"\r\x1b[K{line}" + ("\n" if final else ""))
-            self._shown = not final
-        elif not final:
-            self._out.write(f"import: {line}\n")
-        self._out.flush()
 
-    def interrupt(self, text: str) -> None:
-        """Print a line of its own without garbling the progress line."""
-        if self._tty and self._shown:
-            self._out.write("\r\x1b[K")
-            self._shown = False
-        self._out.write(text + "\n")
-        self._out.flush()
+    return report
 
 
-def _clock(seconds: float) -> str:
-    whole = int(seconds)
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+def _index_lines(index: Path) -> int:
+    """How many entries an index holds (its non-blank lines): the total the progress bar counts toward."""
+    with index.open("rb") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def _items(args: argparse.Namespace) -> Iterator[Item]:
@@ -166,14 +139,15 @@ def cmd_import(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     items = _items(args)
     actor = cli_actor("import")
-    progress = Progress(sys.stderr)
+    total = _index_lines(Path(args.openssl_index)) if args.openssl_index else None
+    progress = Progress("import", "certificates", total, sys.stderr)
 
     def on_refused(outcome: Outcome) -> None:
         if args.on_error == "continue":
-            progress.interrupt(f"pca: refused {outcome}")
+            progress.note(f"pca: refused {outcome}")
 
-    summary = asyncio.run(_run(cfg, args, items, actor, workers, progress, on_refused))
-    progress(summary, final=True)
+    with progress:
+        summary = asyncio.run(_run(cfg, args, items, actor, workers, _report_progress(progress), on_refused))
     if args.json:
         print(json.dumps(summary_json(summary, args.issuer, actor.request_id), indent=2))
     else:
@@ -193,7 +167,7 @@ async def _run(
     items: Iterator[Item],
     actor: Actor,
     workers: int,
-    progress: Progress,
+    progress: Callable[[ImportSummary], None],
     on_refused: Callable[[Outcome], None],
 ) -> ImportSummary:
     rt = await connect_runtime(cfg, SystemClock())

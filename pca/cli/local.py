@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from pca.admin_tls import issue_certificate
 from pca.cli.common import fail
+from pca.cli.progress import Progress, Working
 from pca.config import Config, listen_from_url, load_config, parse_listen
 from pca.config_template import render_config
 from pca.runtime import connect_runtime
@@ -125,7 +126,9 @@ def cmd_init(args: argparse.Namespace) -> None:
     cfg: Config | None = None  # stays None when the written configuration does not load
     try:
         cfg = load_config(config_path)
-        asyncio.run(_init_hierarchy(cfg, args.root_cn, args.issuing_cn, args.key_algorithm, templates, recorded))
+        with Working("init") as working:  # key generation in an HSM, KMS or for RSA-4096 takes seconds
+            working.phase(f"creating the CA keys ({args.key_backend}), certificates and OCSP signers")
+            asyncio.run(_init_hierarchy(cfg, args.root_cn, args.issuing_cn, args.key_algorithm, templates, recorded))
     except PCAError:
         if not recorded:  # nothing was recorded: let the same command be run again
             config_path.unlink()
@@ -254,27 +257,30 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def cmd_migrate(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
-    if cfg.database_url:
-        from revocation.storage.postgres.db import migrate_url
-
-        applied = asyncio.run(migrate_url(cfg.database_url, PG_SCHEMAS))
-    else:
-        from revocation.storage.sqlite.db import SQLiteDatabase
-
-        applied = SQLiteDatabase(cfg.database).migrate_sync(SQLITE_SCHEMAS)
     where = cfg.database_label
+    with Working("migrate") as working:  # an index built over millions of rows takes a while
+        working.phase(f"applying schema migrations to {where}")
+        if cfg.database_url:
+            from revocation.storage.postgres.db import migrate_url
+
+            applied = asyncio.run(migrate_url(cfg.database_url, PG_SCHEMAS))
+        else:
+            from revocation.storage.sqlite.db import SQLiteDatabase
+
+            applied = SQLiteDatabase(cfg.database).migrate_sync(SQLITE_SCHEMAS)
     print(f"applied migrations {applied} to {where}" if applied else f"schema of {where} is up to date")
 
 
 def cmd_rebuild(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
 
-    async def run() -> int:
+    async def run(progress: Progress) -> int:
         rt = await connect_runtime(cfg, SystemClock())
         try:
-            return await rt.log.rebuild_projection()
+            return await rt.log.rebuild_projection(lambda done, total: progress.update(done, total))
         finally:
             await rt.aclose()
 
-    count = asyncio.run(run())
+    with Progress("rebuild", "events") as progress:  # a bar on a terminal, a line per tenth otherwise
+        count = asyncio.run(run(progress))
     print(f"rebuilt the certificate-status projection from {count} events")

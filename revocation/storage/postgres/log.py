@@ -38,7 +38,15 @@ from revocation.chain import (
 )
 from revocation.clock import Clock
 from revocation.errors import ConcurrencyError
-from revocation.eventlog import GENESIS_HASH, Listener, NewEvent, RecordedEvent, call_listeners, chain_events
+from revocation.eventlog import (
+    GENESIS_HASH,
+    Listener,
+    NewEvent,
+    RebuildProgress,
+    RecordedEvent,
+    call_listeners,
+    chain_events,
+)
 from revocation.storage.postgres.db import EVENTS_CHANNEL, PG_ERRORS, open_pg_pool, storage_error
 from revocation.storage.schema import Schema
 
@@ -160,7 +168,7 @@ class PostgresEventLog:
         await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, str(seq))
         return records
 
-    async def rebuild_projection(self) -> int:
+    async def rebuild_projection(self, progress: RebuildProgress | None = None) -> int:
         """Empty the projection and replay the whole log into it, in one transaction; returns events applied.
 
         Holds the append lock throughout, so no append interleaves with the replay.
@@ -170,10 +178,13 @@ class PostgresEventLog:
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK_KEY)
                 await self._clear(conn)
+                total = int(await conn.fetchval("SELECT COUNT(*) FROM events"))
                 count, after = 0, 0
                 while rows := await conn.fetch(sql, after, _REBUILD_PAGE):
                     count += await self._project(conn, [recorded_event(r) for r in rows])
                     after = int(rows[-1]["seq"])
+                    if progress is not None:
+                        progress(count, total)
         except PG_ERRORS as exc:
             raise storage_error("rebuilding the status projection", exc) from exc
         return count

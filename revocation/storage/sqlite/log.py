@@ -25,7 +25,15 @@ from revocation.chain import (
     recorded_event,
 )
 from revocation.clock import Clock
-from revocation.eventlog import GENESIS_HASH, Listener, NewEvent, RecordedEvent, call_listeners, chain_events
+from revocation.eventlog import (
+    GENESIS_HASH,
+    Listener,
+    NewEvent,
+    RebuildProgress,
+    RecordedEvent,
+    call_listeners,
+    chain_events,
+)
 from revocation.events import DomainEvent
 from revocation.storage.sqlite.db import Schema, SQLiteDatabase
 
@@ -74,6 +82,7 @@ _INSERT_EVENT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?
 Result = list[RecordedEvent] | BaseException
 
 # Applies recorded events, in order, to the projection, inside the append transaction (``apply_sqlite``).
+_REBUILD_PAGE = 1000  # events read at a time by rebuild_projection (progress is reported after each)
 Project = Callable[[sqlite3.Connection, Iterable[tuple[RecordedEvent, DomainEvent]]], None]
 # Empties the projection before a rebuild replays the log into it (``clear_sqlite``).
 ClearProjection = Callable[[sqlite3.Connection], None]
@@ -195,14 +204,20 @@ class SQLiteEventLog:
         bounds = (f"cert/{issuer_id}/", f"cert/{issuer_id}0")
         return await self._db.read_bulk(lambda conn: drop_rows(conn.execute(_DROPS, bounds).fetchall()))
 
-    async def rebuild_projection(self) -> int:
-        """Drop the projection and replay the whole log into it; returns events applied."""
+    async def rebuild_projection(self, progress: RebuildProgress | None = None) -> int:
+        """Drop the projection and replay the whole log into it, in one transaction; returns events applied."""
+        sql = f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
 
         def w(conn: sqlite3.Connection) -> int:
             self._clear(conn)
-            records = [recorded_event(row) for row in conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq")]
-            self._project(conn, [(rec, rec.event) for rec in records])
-            return len(records)
+            total = int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            count, after = 0, 0
+            while records := [recorded_event(row) for row in conn.execute(sql, (after, _REBUILD_PAGE))]:
+                self._project(conn, [(rec, rec.event) for rec in records])
+                count, after = count + len(records), records[-1].seq
+                if progress is not None:
+                    progress(count, total)
+            return count
 
         return await self._db.write(w)
 
