@@ -24,6 +24,7 @@ from starlette.types import ASGIApp
 from pca.admin_tls import admin_listener_tls
 from pca.bind_check import check_listeners
 from pca.config import DATABASE_URL_ENV, Config
+from pca.granian_proc import become_subreaper, stop_granian
 from pca.listener_limits import Budget, connection_budget, raise_descriptor_limit
 from pca.listener_protocol import ListenerServer, listener_config
 from pca.listeners import ListenerGuard, granian_args, quiet_resource_errors, uvicorn_guards
@@ -149,6 +150,7 @@ def _granian(cfg: Config, workers: int, identity: dict[str, str], budget: Budget
     env = public_listener_env(cfg)
     env.update(identity)
     env["PCA_RESPONDER_WORKERS"] = str(workers)
+    become_subreaper()  # workers granian's main process leaves behind come back to us (stop_granian)
     return subprocess.Popen(cmd, env=env)
 
 
@@ -212,6 +214,10 @@ async def serve(
     rt.responder_id = responder_id or None
     rt.responder_url = responder_url or None
     granian: subprocess.Popen[bytes] | None = None
+    # Stopped while starting (SIGTERM, Ctrl-C): stop at once, through the cleanup below (granian included).
+    main_task = asyncio.current_task()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, main_task.cancel if main_task else lambda: None)
     try:
         if not await rt.view.issuers():
             raise ConfigError(f"the database {cfg.database_label} holds no issuers: run 'pca init' first")
@@ -316,11 +322,9 @@ async def serve(
         )
         with contextlib.suppress(asyncio.CancelledError):
             await run_forever([*coros, wait_stop()])
+    except asyncio.CancelledError:
+        log.info("stopped while starting")
     finally:
-        if granian is not None and granian.poll() is None:
-            granian.terminate()
-            try:
-                granian.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                granian.kill()
+        if granian is not None:
+            await asyncio.to_thread(stop_granian, granian)
         await rt.aclose()

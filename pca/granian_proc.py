@@ -1,0 +1,80 @@
+"""Starting and stopping granian, the public listener's server in processes of its own.
+
+granian's main process starts its workers; stopped (SIGTERM, Ctrl-C) while it is still starting
+them, it exits and leaves them running, holding the public port. So ``pca serve`` becomes the
+subreaper of its descendants (Linux) and, once granian's main process has exited, stops every
+granian process left among them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+log = logging.getLogger("pca.serve")
+
+_PR_SET_CHILD_SUBREAPER = 36
+_PROC = Path("/proc")
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants (granian's workers) become this process's children, not init's."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _granian_children(parent: int) -> list[int]:
+    """Processes whose parent is ``parent`` and whose command line runs granian (from /proc)."""
+    found = []
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[stat.rfind(")") + 2 :].split()[1]) == parent and b"granian" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(ChildProcessError):
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)  # our child (we are its subreaper): reap it
+    return True
+
+
+def stop_granian(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Stop granian's main process, then any of its workers it left behind."""
+    workers = _granian_children(proc.pid)
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    left = [pid for pid in {*workers, *_granian_children(os.getpid())} if _alive(pid)]
+    if not left:
+        return
+    log.info("stopping %d granian worker(s) its main process left behind", len(left))
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 1.0)):
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while (left := [pid for pid in left if _alive(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not left:
+            return
