@@ -44,6 +44,8 @@ ACCESS: tuple[Rule, ...] = (
     Rule("POST", "/v1/propagation/crl-installations", ("admin", "agent"), "report installations"),
     Rule("GET", "/v1/events", ("admin", "auditor"), "read the event log"),
     Rule("GET", "/v1/audit/verify", ("admin", "auditor"), "verify the audit chain"),
+    # The OpenAPI document of these routes: public, as this table is (it is in the README too).
+    Rule("GET", "/v1/openapi.json", PUBLIC, "read the API description"),
     Rule("GET", "/metrics", PUBLIC, "read metrics"),
     Rule("GET", "/healthz", PUBLIC, "read health"),
 )
