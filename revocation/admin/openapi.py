@@ -15,6 +15,7 @@ and a test fails when the two differ.
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import sys
@@ -147,12 +148,15 @@ def document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for rule in access.ACCESS:
         paths.setdefault(rule.path, {})[rule.method.lower()] = _operation(rule, OPERATIONS[(rule.method, rule.path)])
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": TITLE, "version": VERSION, "description": DESCRIPTION},
-        "paths": paths,
-        "components": {"schemas": COMPONENTS, "securitySchemes": SECURITY_SCHEMES},
-    }
+    # A copy each time: whoever holds a document (a test tool resolving references in place) may change it.
+    return copy.deepcopy(
+        {
+            "openapi": "3.1.0",
+            "info": {"title": TITLE, "version": VERSION, "description": DESCRIPTION},
+            "paths": paths,
+            "components": {"schemas": COMPONENTS, "securitySchemes": SECURITY_SCHEMES},
+        }
+    )
 
 
 def render() -> str:
