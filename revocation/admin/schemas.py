@@ -43,7 +43,8 @@ STRING: Schema = {"type": "string", "maxLength": MAX_STRING}
 TIME: Schema = {"type": "string", "format": "date-time", "maxLength": 64}
 SERIAL: Schema = {
     "type": "string",
-    "pattern": "^[0-9A-Fa-f]{1,40}$",
+    "pattern": "^0{0,39}[1-9A-Fa-f][0-9A-Fa-f]{0,39}$",
+    "maxLength": 40,
     "description": "hexadecimal, at most 20 octets, not 0 (colons and a 0x prefix are accepted too)",
 }
 ISSUER_ID: Schema = {"type": "string", "minLength": 1, "maxLength": 64}
