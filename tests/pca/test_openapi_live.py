@@ -2,8 +2,9 @@
 every role's token (and none), answers no 5xx and only what the document says (status codes, content
 types, headers, schemas); then stateful runs follow the document's links (issue -> revoke -> get).
 
-Bounded for CI: about 15 examples per operation and a few short stateful scenarios (well under two
-minutes on a 2-core machine).
+Bounded for CI: 25 examples per operation (with the coverage phase's own cases, about 1,100 requests)
+and ten short stateful scenarios: about 30 s on a 2-core machine. The checks' settings are the
+repository's schemathesis.toml, which the README's ``schemathesis run`` command reads too.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ CHECKS = [
     response_schema_conformance,
     negative_data_rejection,
 ]
-EXAMPLES = 25  # per operation: 17 operations, about 400 requests
+EXAMPLES = 25  # per operation (17 operations); 100 also passes, in about 70 s
 TURN: collections.defaultdict[str, Iterator[int]] = collections.defaultdict(itertools.count)
 
 
@@ -107,6 +108,8 @@ def test_every_operation_answers_as_documented_for_every_role(case: Case, live: 
     if case.method.upper() != case.operation.method.upper():  # another method on a known path: refused
         assert 400 <= response.status_code < 500, response.text
         assert response.headers["content-type"] == ["application/problem+json"]
+    elif response.status_code == 413 and "request bodies are limited" in response.text:
+        pass  # an oversized body is refused before anything else, unauthenticated callers included
     elif roles and caller == "none":
         assert response.status_code == 401, response.text
     elif roles and caller not in roles:
