@@ -22,6 +22,7 @@ class Rule:
     path: str  # as routed, with {placeholders}
     roles: tuple[str, ...]  # PUBLIC: no token needed
     action: str  # what a refused role may not do, in the 403's detail
+    page: bool = False  # a page for a browser (HTML, a form): not part of the JSON API's OpenAPI document
 
     @property
     def public(self) -> bool:
@@ -44,13 +45,17 @@ ACCESS: tuple[Rule, ...] = (
     Rule("POST", "/v1/propagation/crl-installations", ("admin", "agent"), "report installations"),
     Rule("GET", "/v1/events", ("admin", "auditor"), "read the event log"),
     Rule("GET", "/v1/audit/verify", ("admin", "auditor"), "verify the audit chain"),
+    # The OpenAPI document of these routes: public, as this table is (it is in the README too).
+    Rule("GET", "/v1/openapi.json", PUBLIC, "read the API description"),
     Rule("GET", "/metrics", PUBLIC, "read metrics"),
     Rule("GET", "/healthz", PUBLIC, "read health"),
     # The status page for a browser (revocation.admin.status_page): signing in exchanges a token for a cookie.
-    Rule("GET", "/status", ("admin", "auditor"), "read the status page"),
-    Rule("POST", "/status/login", PUBLIC, "sign in"),
-    Rule("POST", "/status/logout", PUBLIC, "sign out"),
+    Rule("GET", "/status", ("admin", "auditor"), "read the status page", page=True),
+    Rule("POST", "/status/login", PUBLIC, "sign in", page=True),
+    Rule("POST", "/status/logout", PUBLIC, "sign out", page=True),
 )
+
+API_RULES = tuple(r for r in ACCESS if not r.page)  # what the OpenAPI document describes
 
 _BY_ROUTE = {(r.method, r.path): r for r in ACCESS}
 

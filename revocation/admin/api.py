@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from revocation.admin import access
+from revocation.admin import access, openapi
 from revocation.admin.answers import certificate_json, issuer_json
 from revocation.admin.ca_revocation import ca_operation, leaf_only
 from revocation.admin.http import (
@@ -53,7 +53,8 @@ from revocation.admin.http import (
 )
 from revocation.admin.installations import InstallationRecorder
 from revocation.admin.recording import CertificateRecorder
-from revocation.admin.revocations import revocation_page
+from revocation.admin.revocations import revocation_answer
+from revocation.admin.schemas import MAX_VALIDITY_DAYS
 from revocation.admin.tokens import Principal, TokenRefused, TokenStore
 from revocation.audit import audit_report
 from revocation.authority import Actor, Authority, IssueRequest, parse_serial
@@ -69,7 +70,6 @@ from revocation.propagation.timeline import Timeline
 log = logging.getLogger("pca.api")
 
 ISSUE_FIELDS = ("subject", "dns", "ips", "emails", "uris", "profile", "validity_days", "csr", "key_algorithm", "issuer")
-MAX_VALIDITY_DAYS = 3650
 
 
 class Tracker(Protocol):
@@ -146,6 +146,7 @@ class AdminAPI:
             route("POST", "/v1/propagation/crl-installations", self.record_installation),
             route("GET", "/v1/events", self.events),
             route("GET", "/v1/audit/verify", self.audit_verify),
+            Route("/v1/openapi.json", openapi.serve, methods=[access.rule("GET", "/v1/openapi.json").method]),
             Route("/metrics", self.metrics, methods=[access.rule("GET", "/metrics").method]),
             Route("/healthz", self.healthz, methods=[access.rule("GET", "/healthz").method]),
         ]
@@ -305,8 +306,7 @@ class AdminAPI:
 
     async def revocations(self, request: Request, actor: Actor) -> Response:
         """The revocations in the log, without actors, request ids or key references: what a prober follows."""
-        after = int_param(request, "after", 0, 0, 2**62)
-        return JSONResponse(await revocation_page(self._log, after, int_param(request, "limit", 100, 1, 1000)))
+        return JSONResponse(await revocation_answer(request, self._log))
 
     async def propagation(self, request: Request, actor: Actor) -> Response:
         check_query(request, ("issuer",))

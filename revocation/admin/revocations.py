@@ -9,9 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.requests import Request
+
+from revocation.admin.http import check_query, int_param
 from revocation.clock import iso
 from revocation.eventlog import EventLog
 from revocation.events import CertificateRevoked
+
+
+async def revocation_answer(request: Request, log: EventLog) -> dict[str, Any]:
+    """``GET /v1/revocations?after=SEQ&limit=N``: unknown or repeated parameters are refused, as everywhere."""
+    check_query(request, ("after", "limit"))
+    return await revocation_page(
+        log, int_param(request, "after", 0, 0, 2**62), int_param(request, "limit", 100, 1, 1000)
+    )
 
 
 async def revocation_page(log: EventLog, after: int, limit: int) -> dict[str, Any]:
