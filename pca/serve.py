@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -25,6 +26,14 @@ from starlette.types import ASGIApp
 from pca.admin_tls import admin_listener_tls
 from pca.config import DATABASE_URL_ENV, Config
 from pca.listeners import check_listeners
+from pca.metrics import (
+    MULTIPROC_ENV,
+    WorkersCollector,
+    count_events,
+    export_signing,
+    make_workers_dir,
+    remove_workers_dir,
+)
 from pca.roles import start_role
 from pca.runtime import (
     HealthApp,
@@ -119,7 +128,7 @@ def _uvicorn(app: ASGIApp, host: str, port: int, **tls: Any) -> _Server:
     return _Server(config)
 
 
-def _granian(cfg: Config, workers: int, identity: dict[str, str]) -> subprocess.Popen[bytes]:
+def _granian(cfg: Config, workers: int, identity: dict[str, str], metrics_dir: Path) -> subprocess.Popen[bytes]:
     """The public listener (OCSP and CRLs) under granian, in its own worker processes."""
     host, port = cfg.public_listen
     cmd = [
@@ -130,6 +139,7 @@ def _granian(cfg: Config, workers: int, identity: dict[str, str]) -> subprocess.
     env = public_listener_env(cfg)
     env.update(identity)
     env["PCA_RESPONDER_WORKERS"] = str(workers)
+    env[MULTIPROC_ENV] = str(metrics_dir)  # the workers' metrics, read by the /metrics that covers them
     return subprocess.Popen(cmd, env=env)
 
 
@@ -189,6 +199,8 @@ async def serve(
     rt.responder_id = responder_id or None
     rt.responder_url = responder_url or None
     granian: subprocess.Popen[bytes] | None = None
+    metrics_dir: Path | None = None
+    export_signing(rt.registry)
     try:
         if not await rt.view.issuers():
             raise ConfigError(f"the database {cfg.database_label} holds no issuers: run 'pca init' first")
@@ -215,6 +227,7 @@ async def serve(
             coros.append(tracker.run())
         if "api" in roles:
             rt.health["ca_certificates"] = ca_certificates_health(rt)  # issuers whose CA cert expired or was revoked
+            count_events(rt)
             authority = build_authority(rt)
             await authority.rotate_signers(Actor("system:signer-rotation", "startup"))
             coros.append(_rotate_signers(authority))
@@ -246,7 +259,12 @@ async def serve(
         if granian_public:
             given = (("PCA_RESPONDER_ID", responder_id), ("PCA_RESPONDER_URL", responder_url))
             identity = {k: v for k, v in given if v}
-            granian = _granian(cfg, workers, identity)
+            metrics_dir = make_workers_dir()
+            if "api" in roles:
+                rt.registry.register(WorkersCollector(metrics_dir))  # the admin /metrics covers the workers
+            else:
+                identity["PCA_WORKER_METRICS"] = "1"  # no admin listener: the workers serve /metrics
+            granian = _granian(cfg, workers, identity, metrics_dir)
             coros.append(_watch(granian))
         elif public:
             await start_role("crlserver", rt)
@@ -291,4 +309,6 @@ async def serve(
                 granian.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 granian.kill()
+        if metrics_dir is not None:
+            remove_workers_dir(metrics_dir)
         await rt.aclose()
