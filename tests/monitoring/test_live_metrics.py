@@ -142,6 +142,10 @@ def test_rules_and_dashboards_read_only_what_the_product_exports(every_role: dic
         assert resp.status_code == 200, (name, resp.text)
         scrapes[name] = resp.text
     exported = set().union(*(exported_names(text) for text in scrapes.values()))
+    admin = scrapes["admin (embedded, granian workers)"]
+    assert _total(admin, "certificates_revoked_total", issuer="issuing-ca", reason="keyCompromise") == 1
+    assert _total(admin, "admin_requests_total", route="revoke", status="201", role="admin") == 1
+    assert _total(admin, "signing_operations_total", role="presigner", backend="file") >= 2
     # The responders alone export what the workers export, under both servers.
     assert "ocsp_requests_total" in exported_names(scrapes["responder (granian)"])
     assert "ocsp_cache_hits_total" in exported_names(scrapes["responder (uvicorn)"])
