@@ -8,9 +8,8 @@
   ``ocsp_responses_oldest_this_update_timestamp_seconds``,
   ``ocsp_responses_earliest_next_update_timestamp_seconds``;
 - signatures and signing failures per role and key backend (``revocation.keys.usage``);
-- the granian workers' series: each worker writes its metrics to files in a directory
-  ``pca serve`` makes for the run (prometheus-client's multiprocess mode,
-  ``PROMETHEUS_MULTIPROC_DIR``), and the ``/metrics`` that covers them reads that directory.
+- the granian workers' series: each worker writes its registry's exposition to a file in a
+  directory ``pca serve`` makes for the run, and the ``/metrics`` that covers them adds them up.
 
 Labels are issuers, reasons, roles and backends: never a serial or a request.
 """
@@ -18,7 +17,7 @@ Labels are issuers, reasons, roles and backends: never a serial or a request.
 from __future__ import annotations
 
 import asyncio
-import glob
+import contextlib
 import logging
 import os
 import re
@@ -28,9 +27,9 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, Metric, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from pca.runtime import Runtime
@@ -40,10 +39,10 @@ from revocation.keys.usage import SigningUsage
 
 log = logging.getLogger("pca.metrics")
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+WORKERS_ENV = "PCA_WORKER_METRICS_DIR"
 POSITION_EVERY = 5.0  # seconds between readings of the log's head and a role's position
 EARLIEST_EVERY = 30.0  # the oldest response is found by a scan of the response store
-MIRROR_EVERY = 1.0  # granian workers copy their cache counts to the shared files this often
+DUMP_EVERY = 1.0  # granian workers write their series to the run's directory this often
 
 _positions: weakref.WeakKeyDictionary[CollectorRegistry, tuple[Gauge, Gauge, Gauge]] = weakref.WeakKeyDictionary()
 _signing: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
@@ -138,11 +137,17 @@ def export_response_freshness(rt: Runtime, earliest: Callable[[], Awaitable[tupl
 
 
 # --- granian workers ----------------------------------------------------------------------------
+#
+# Each worker counts in its own registry as any process does (the OCSP hot path pays no more than
+# under uvicorn), and writes the registry's exposition to a file of its own in the run's directory
+# every second; the /metrics that covers the workers reads those files at scrape time and adds them
+# up: counters and histograms summed over the live workers, gauges per worker (label ``pid``).
 
 
-def multiprocess_mode() -> bool:
-    """Whether this process writes its metrics to the shared directory (a granian worker)."""
-    return bool(os.environ.get(MULTIPROC_ENV))
+def worker_metrics_dir() -> Path | None:
+    """The run's directory, in a granian worker (``pca serve`` names it in its environment)."""
+    value = os.environ.get(WORKERS_ENV)
+    return Path(value) if value else None
 
 
 def make_workers_dir() -> Path:
@@ -154,7 +159,30 @@ def remove_workers_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-_PID_FILE = re.compile(r"_(\d+)\.db$")
+def _write_atomically(path: Path, data: bytes) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(data)
+    partial.replace(path)
+
+
+def publish_worker_metrics(rt: Runtime, path: Path) -> None:
+    """In a granian worker: write this worker's series to a file of its own in ``path`` every second."""
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # one family per name: sums need no creation times
+    target = path / f"worker-{os.getpid()}.prom"
+
+    def write() -> None:
+        with contextlib.suppress(OSError):  # the directory went with the server that made it
+            _write_atomically(target, generate_latest(rt.registry))
+
+    async def every_second() -> None:
+        while True:
+            await asyncio.to_thread(write)
+            await asyncio.sleep(DUMP_EVERY)
+
+    rt.tasks.append(every_second())
+
+
+_WORKER_FILE = re.compile(r"worker-(\d+)\.prom$")
 
 
 def _alive(pid: int) -> bool:
@@ -168,22 +196,42 @@ def _alive(pid: int) -> bool:
 
 
 class WorkersCollector(Collector):
-    """The granian workers' series, summed over workers (counters, histograms) or per live worker (gauges).
+    """The granian workers' series, read from their files at scrape time.
 
-    A worker that died (granian restarts it) leaves its counts, which keep counting in the sums;
-    its gauges are dropped at the next scrape.
+    A worker that died (granian restarts it) is left out, and its file removed: its counters
+    restart with its successor, which Prometheus's ``rate()`` reads as a counter reset.
     """
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._collector = MultiProcessCollector(None, path=str(path))  # type: ignore[no-untyped-call]
 
     def collect(self) -> Iterator[Metric]:
-        for name in glob.glob(os.path.join(self._path, "gauge_live*_*.db")):
-            found = _PID_FILE.search(name)
-            if found and not _alive(int(found.group(1))):
-                mark_process_dead(int(found.group(1)), str(self._path))  # type: ignore[no-untyped-call]
-        yield from self._collector.collect()  # type: ignore[no-untyped-call]
+        families: dict[str, Metric] = {}
+        sums: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
+        for file in sorted(self._path.glob("worker-*.prom")):
+            found = _WORKER_FILE.search(file.name)
+            if found is None:
+                continue
+            pid = found.group(1)
+            if not _alive(int(pid)):
+                file.unlink(missing_ok=True)
+                continue
+            try:
+                text = file.read_text()
+            except OSError:
+                continue
+            for family in text_string_to_metric_families(text):
+                merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+                for sample in family.samples:
+                    labels = dict(sample.labels)
+                    if family.type in ("gauge", "unknown", "info", "stateset"):
+                        merged.add_sample(sample.name, {**labels, "pid": pid}, sample.value)
+                    else:
+                        key = (family.name, sample.name, tuple(sorted(labels.items())))
+                        sums[key] = sums.get(key, 0.0) + sample.value
+        for (family_name, sample_name, labels_items), value in sums.items():
+            families[family_name].add_sample(sample_name, dict(labels_items), value)
+        yield from families.values()
 
 
 def workers_registry(path: Path) -> CollectorRegistry:
@@ -191,28 +239,3 @@ def workers_registry(path: Path) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(WorkersCollector(path))
     return registry
-
-
-def mirror_cache_counts(
-    rt: Runtime, hits: Callable[[], int], misses: Callable[[], int], size: Callable[[], int]
-) -> None:
-    """In a granian worker: the responder cache's counts, copied to the shared files every second
-    (the cache counts with plain integers; a collector reading them at scrape time cannot be
-    asked across processes)."""
-    hit_counter = Counter("ocsp_cache_hits", "Responder cache hits since start", registry=rt.registry)
-    miss_counter = Counter("ocsp_cache_misses", "Responder cache misses since start", registry=rt.registry)
-    entries = Gauge(
-        "ocsp_cache_entries", "Responses held in the responder cache", registry=rt.registry, multiprocess_mode="liveall"
-    )
-
-    async def mirror() -> None:
-        copied = [0, 0]
-        while True:
-            now = [hits(), misses()]
-            hit_counter.inc(max(0, now[0] - copied[0]))
-            miss_counter.inc(max(0, now[1] - copied[1]))
-            copied = now
-            entries.set(size())
-            await asyncio.sleep(MIRROR_EVERY)
-
-    rt.tasks.append(mirror())

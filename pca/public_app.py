@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import make_asgi_app
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pca.config import load_config
-from pca.metrics import MULTIPROC_ENV, multiprocess_mode, workers_registry
+from pca.metrics import publish_worker_metrics, worker_metrics_dir, workers_registry
 from pca.roles import start_role
 from pca.runtime import HealthApp, PrefixDispatcher, Runtime, connect_runtime
 from revocation.clock import SystemClock
@@ -41,10 +40,13 @@ class PublicApp:
         rt.serving = serving = asyncio.Event()
         for role in PUBLIC_ROLES:
             await start_role(role, rt)
-        self._tasks = [asyncio.create_task(c) for c in rt.tasks]
         apps: list[tuple[str, ASGIApp]] = [*rt.public_apps, ("/healthz", HealthApp(rt.health))]
-        if os.environ.get("PCA_WORKER_METRICS") and multiprocess_mode():  # no admin listener covers the workers
-            apps.append(("/metrics", make_asgi_app(workers_registry(Path(os.environ[MULTIPROC_ENV])))))
+        metrics_dir = worker_metrics_dir()
+        if metrics_dir is not None:
+            publish_worker_metrics(rt, metrics_dir)
+            if os.environ.get("PCA_WORKER_METRICS"):  # no admin listener covers the workers: each answers for all
+                apps.append(("/metrics", make_asgi_app(workers_registry(metrics_dir))))
+        self._tasks = [asyncio.create_task(c) for c in rt.tasks]
         self._dispatch = PrefixDispatcher(apps)
         serving.set()  # granian serves once the lifespan startup completes, right after this
         self._runtime = rt

@@ -27,7 +27,7 @@ from pca.admin_tls import admin_listener_tls
 from pca.config import DATABASE_URL_ENV, Config
 from pca.listeners import check_listeners
 from pca.metrics import (
-    MULTIPROC_ENV,
+    WORKERS_ENV,
     WorkersCollector,
     count_events,
     export_signing,
@@ -139,7 +139,7 @@ def _granian(cfg: Config, workers: int, identity: dict[str, str], metrics_dir: P
     env = public_listener_env(cfg)
     env.update(identity)
     env["PCA_RESPONDER_WORKERS"] = str(workers)
-    env[MULTIPROC_ENV] = str(metrics_dir)  # the workers' metrics, read by the /metrics that covers them
+    env[WORKERS_ENV] = str(metrics_dir)  # the workers' metrics, read by the /metrics that covers them
     return subprocess.Popen(cmd, env=env)
 
 

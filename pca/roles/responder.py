@@ -11,7 +11,7 @@ from typing import Any
 from cryptography import x509
 from prometheus_client import Gauge
 
-from pca.metrics import export_log_position, export_response_freshness, mirror_cache_counts, multiprocess_mode
+from pca.metrics import export_log_position, export_response_freshness
 from pca.roles.signer_expiry import start_signer_expiry
 from pca.roles.standby import report_standby
 from pca.runtime import Runtime
@@ -148,13 +148,10 @@ async def start_responder(rt: Runtime) -> None:
     rt.tasks.append(cache.follow())
     rt.tasks.append(refresh_issuers())
     rt.tasks.append(_heartbeat(rt, cache, responder_id(rt)))
-    if multiprocess_mode():  # a granian worker: its counts go to the run's shared files
-        mirror_cache_counts(rt, lambda: cache.hits, lambda: cache.misses, lambda: len(cache))
-    else:
-        rt.registry.register(CacheCounters(cache))
-        Gauge("ocsp_cache_entries", "Responses held in the responder cache", registry=rt.registry).set_function(
-            lambda: len(cache)
-        )
+    rt.registry.register(CacheCounters(cache))
+    Gauge("ocsp_cache_entries", "Responses held in the responder cache", registry=rt.registry).set_function(
+        lambda: len(cache)
+    )
 
     async def health() -> dict[str, Any]:
         age = rt.clock.monotonic() - cache.last_sync if cache.last_sync else None
