@@ -13,10 +13,12 @@ import logging
 import os
 from typing import Any
 
+from prometheus_client import make_asgi_app
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pca.config import load_config
 from pca.listeners import ListenerGuard, RequestGuard
+from pca.metrics import publish_worker_metrics, worker_metrics_dir, workers_registry
 from pca.roles import start_role
 from pca.runtime import HealthApp, PrefixDispatcher, Runtime, connect_runtime
 from revocation.clock import SystemClock
@@ -40,8 +42,14 @@ class PublicApp:
         rt.serving = serving = asyncio.Event()
         for role in PUBLIC_ROLES:
             await start_role(role, rt)
+        apps: list[tuple[str, ASGIApp]] = [*rt.public_apps, ("/healthz", HealthApp(rt.health))]
+        metrics_dir = worker_metrics_dir()
+        if metrics_dir is not None:
+            publish_worker_metrics(rt, metrics_dir)
+            if os.environ.get("PCA_WORKER_METRICS"):  # no admin listener covers the workers: each answers for all
+                apps.append(("/metrics", make_asgi_app(workers_registry(metrics_dir))))
         self._tasks = [asyncio.create_task(c) for c in rt.tasks]
-        dispatch = PrefixDispatcher([*rt.public_apps, ("/healthz", HealthApp(rt.health))])
+        dispatch = PrefixDispatcher(apps)
         # granian bounds heads and connections (pca.listeners.granian_args); the body deadline is ours.
         guard = ListenerGuard("public", cfg.limits, 0)
         self._dispatch = RequestGuard(dispatch, guard, cfg.limits.body_timeout_seconds)

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, make_asgi_app
@@ -28,6 +29,14 @@ from pca.granian_proc import become_subreaper, stop_granian
 from pca.listener_limits import Budget, connection_budget, raise_descriptor_limit
 from pca.listener_protocol import ListenerServer, listener_config
 from pca.listeners import ListenerGuard, granian_args, quiet_resource_errors, uvicorn_guards
+from pca.metrics import (
+    WORKERS_ENV,
+    WorkersCollector,
+    count_events,
+    export_signing,
+    make_workers_dir,
+    remove_workers_dir,
+)
 from pca.roles import start_role
 from pca.runtime import (
     HealthApp,
@@ -139,7 +148,9 @@ def _uvicorn(app: ASGIApp, host: str, port: int, guard: ListenerGuard, backlog: 
     return _Server(listener_config(app, host, port, guard, backlog=backlog, **extra))
 
 
-def _granian(cfg: Config, workers: int, identity: dict[str, str], budget: Budget) -> subprocess.Popen[bytes]:
+def _granian(
+    cfg: Config, workers: int, identity: dict[str, str], budget: Budget, metrics_dir: Path
+) -> subprocess.Popen[bytes]:
     """The public listener (OCSP and CRLs) under granian, in its own worker processes."""
     host, port = cfg.public_listen
     cmd = [
@@ -150,6 +161,7 @@ def _granian(cfg: Config, workers: int, identity: dict[str, str], budget: Budget
     env = public_listener_env(cfg)
     env.update(identity)
     env["PCA_RESPONDER_WORKERS"] = str(workers)
+    env[WORKERS_ENV] = str(metrics_dir)  # the workers' metrics, read by the /metrics that covers them
     become_subreaper()  # workers granian's main process leaves behind come back to us (stop_granian)
     return subprocess.Popen(cmd, env=env)
 
@@ -214,6 +226,8 @@ async def serve(
     rt.responder_id = responder_id or None
     rt.responder_url = responder_url or None
     granian: subprocess.Popen[bytes] | None = None
+    metrics_dir: Path | None = None
+    export_signing(rt.registry)
     # Stopped while starting (SIGTERM, Ctrl-C): stop at once, through the cleanup below (granian included).
     main_task = asyncio.current_task()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -244,6 +258,7 @@ async def serve(
             coros.append(tracker.run())
         if "api" in roles:
             rt.health["ca_certificates"] = ca_certificates_health(rt)  # issuers whose CA cert expired or was revoked
+            count_events(rt)
             authority = build_authority(rt)
             await authority.rotate_signers(Actor("system:signer-rotation", "startup"))
             coros.append(_rotate_signers(authority))
@@ -277,7 +292,12 @@ async def serve(
         if granian_public:
             given = (("PCA_RESPONDER_ID", responder_id), ("PCA_RESPONDER_URL", responder_url))
             identity = {k: v for k, v in given if v}
-            granian = _granian(cfg, workers, identity, budget)
+            metrics_dir = make_workers_dir()
+            if "api" in roles:
+                rt.registry.register(WorkersCollector(metrics_dir))  # the admin /metrics covers the workers
+            else:
+                identity["PCA_WORKER_METRICS"] = "1"  # no admin listener: the workers serve /metrics
+            granian = _granian(cfg, workers, identity, budget, metrics_dir)
             coros.append(_watch(granian))
         elif public:
             await start_role("crlserver", rt)
@@ -327,4 +347,6 @@ async def serve(
     finally:
         if granian is not None:
             await asyncio.to_thread(stop_granian, granian)
+        if metrics_dir is not None:
+            remove_workers_dir(metrics_dir)
         await rt.aclose()

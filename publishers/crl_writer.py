@@ -40,6 +40,8 @@ from revocation import crl_layout
 from revocation.clock import Clock, from_epoch, to_epoch
 from revocation.errors import StorageError
 from revocation.keys import SigningKey, open_key
+from revocation.keys import usage as signing
+from revocation.keys.usage import CountedKey
 from revocation.projection import CRLRecord, CRLSource, IssuerRecord
 
 FULL = "full"
@@ -138,6 +140,12 @@ class CRLWriter:
         self._bytes = Gauge("crl_size_bytes", "Size of the last published CRL", labels, registry=registry)
         self._entries = Gauge("crl_entries", "Entries in the last published CRL", labels, registry=registry)
         self._number = Gauge("crl_number", "Number of the last published CRL", labels, registry=registry)
+        self._published_at = Gauge(
+            "crl_published_timestamp_seconds", "When the last CRL was stored (epoch seconds)", labels, registry=registry
+        )
+        self._next_update = Gauge(
+            "crl_next_update_timestamp_seconds", "nextUpdate of the last CRL (epoch)", labels, registry=registry
+        )
 
     def known(self, issuer_id: str, shard: int) -> ShardState | None:
         """What this writer knows of a shard, None before its first attempt."""
@@ -148,7 +156,7 @@ class CRLWriter:
             raise RefusedCRL(f"no key for issuer {issuer.issuer_id}")
         key = self._keys.get(issuer.issuer_id)
         if key is None or key.ref != issuer.key_ref:
-            key = self._keys[issuer.issuer_id] = open_key(issuer.key_ref)
+            key = self._keys[issuer.issuer_id] = CountedKey(open_key(issuer.key_ref), "publisher")
         return key
 
     async def changed_since_base(self, issuer_id: str, shard: int) -> bool:
@@ -206,16 +214,25 @@ class CRLWriter:
         except StorageError:
             self._count.labels(issuer.issuer_id, FULL, "error").inc()
             raise
+        if issuer.key_ref is not None:  # signed in the child process: counted here
+            signing.record("publisher", issuer.key_ref.backend)
         state.last_number = max(state.last_number, published.number)
         state.base_number, state.base_position, state.delta_newest_change = published.number, published.log_position, -1
         state.published_position = max(state.published_position, published.log_position)
         self._count.labels(issuer.issuer_id, FULL, "published").inc()
         self._seconds.labels(FULL).observe(published.seconds)
-        labels = (issuer.issuer_id, str(shard), FULL)
+        self._set_gauges(published)
+        return published
+
+    def _set_gauges(self, published: Published) -> None:
+        labels = (published.issuer_id, str(published.shard), published.kind)
         self._bytes.labels(*labels).set(published.size)
         self._entries.labels(*labels).set(published.entries)
         self._number.labels(*labels).set(published.number)
-        return published
+        self._published_at.labels(*labels).set(published.published_at)
+        # thisUpdate is taken (to the second) before the CRL is built, which took ``seconds``.
+        this_update = int(published.published_at - published.seconds)
+        self._next_update.labels(*labels).set(this_update + self._validity.total_seconds())
 
     async def publish_delta(self, issuer: IssuerRecord, shard: int = 0, *, force: bool = True) -> Published | None:
         """Build, check and store the delta CRL of one shard against its base.
@@ -302,11 +319,7 @@ class CRLWriter:
         seconds = time.perf_counter() - started
         self._count.labels(issuer.issuer_id, kind, "published").inc()
         self._seconds.labels(kind).observe(seconds)
-        labels = (issuer.issuer_id, str(shard), kind)
-        self._bytes.labels(*labels).set(len(crl_der))
-        self._entries.labels(*labels).set(len(entries))
-        self._number.labels(*labels).set(number)
-        return Published(
+        published = Published(
             issuer.issuer_id,
             number,
             len(entries),
@@ -318,6 +331,8 @@ class CRLWriter:
             base_number,
             published_at=self._clock.time(),
         )
+        self._set_gauges(published)
+        return published
 
 
 def _refused(exc: Exception) -> RefusedCRL:

@@ -63,12 +63,15 @@ class OCSPApp:
         # Request (GET path or POST body) -> (issuer_id, serial): RFC 5019 clients ask the same
         # questions again and again, and decoding plus parsing is most of a request's cost.
         self._requests: dict[str | bytes, tuple[str, int]] = {}
+        methods = Counter("ocsp_http_requests_total", "OCSP HTTP requests by method", ["method"], registry=registry)
+        self._methods = {name: methods.labels(name) for name in ("GET", "POST", "HEAD", "other")}
         self._latency = Histogram(
             "ocsp_request_seconds", "OCSP request handling time", registry=registry, buckets=_LATENCY_BUCKETS
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        self._methods.get(scope.get("method", ""), self._methods["other"]).inc()
         try:
             await self._handle(scope, receive, send)
         except Exception:  # nothing a client sends may produce a traceback page

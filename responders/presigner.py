@@ -35,6 +35,7 @@ from revocation.events import (
     ResponderCertRotated,
 )
 from revocation.keys import KeyRef, SigningKey, open_key
+from revocation.keys import usage as signing
 from revocation.projection import IssuerRecord, SigningSource, SigningState
 from revocation.waiting import wait_event
 
@@ -350,7 +351,12 @@ class PreSigner:
 
         async def finish_oldest() -> None:
             job, future = window.popleft()
-            ders = await future
+            try:
+                ders = await future
+            except Exception:
+                signing.record("presigner", job.key_ref.get("backend", "?"), failed=True)
+                raise
+            signing.record("presigner", job.key_ref.get("backend", "?"), len(ders))
             counts = {"good": 0, "revoked": 0}
             for rec, der_bytes in zip(job.records, ders, strict=True):
                 pending.append(

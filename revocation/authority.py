@@ -62,6 +62,7 @@ from revocation.keys import (
     generate_private_key,
     open_key,
 )
+from revocation.keys.usage import CountedKey
 from revocation.projection import CertificateRecord, IssuerRecord
 
 _RETRIES = 5
@@ -153,7 +154,7 @@ class Authority:
         with self._keys_lock:
             key = self._keys.get(ref)
             if key is None:
-                key = self._keys[ref] = open_key(ref)
+                key = self._keys[ref] = CountedKey(open_key(ref), "api")
             return key
 
     @property

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from pca.metrics import export_log_position
 from pca.roles.crl_store import open_store
 from pca.roles.crl_worker import CRLWorker
 from pca.roles.standby import report_standby
@@ -171,6 +172,11 @@ async def start_publisher(rt: Runtime) -> None:
         return report
 
     rt.health["publisher"] = health
+
+    async def position() -> int:
+        return publisher.published_position
+
+    export_log_position(rt, "publisher", position)
 
 
 ALIAS_REFRESH_SECONDS = 10.0  # a listener in its own process learns of new external issuers this often

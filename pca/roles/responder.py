@@ -11,6 +11,7 @@ from typing import Any
 from cryptography import x509
 from prometheus_client import Gauge
 
+from pca.metrics import export_log_position, export_response_freshness
 from pca.roles.signer_expiry import start_signer_expiry
 from pca.roles.standby import report_standby
 from pca.runtime import Runtime
@@ -85,6 +86,8 @@ async def start_presigner(rt: Runtime) -> None:
         return {**await lease.health("pre-signs"), "log_head": head, "applied": applied, "lag_events": head - applied}
 
     rt.health["presigner"] = health
+    export_log_position(rt, "presigner", lambda: store.position(CONSUMER))
+    export_response_freshness(rt, store.earliest)
     await start_signer_expiry(rt)
 
 

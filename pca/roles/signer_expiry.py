@@ -43,6 +43,12 @@ class SignerExpiry:
             ["issuer"],
             registry=registry,
         )
+        self._ca_gauge = Gauge(
+            "ca_certificate_expiry_seconds",
+            "Seconds until each issuer's own CA certificate expires (negative: expired)",
+            ["issuer"],
+            registry=registry,
+        )
         self._labels: set[str] = set()
         self._logged: dict[str, float] = {}
         self.warnings: list[str] = []
@@ -54,6 +60,7 @@ class SignerExpiry:
         warnings, problems, signers = [], [], {}
         seen = set()
         for rec in await self._view.issuers():
+            self._ca_gauge.labels(rec.issuer_id).set((rec.cert.not_valid_after_utc - now).total_seconds())
             signer = rec.signer_cert
             if signer is None:
                 if rec.kind == "external":

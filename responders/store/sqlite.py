@@ -10,6 +10,7 @@ from typing import Any
 from responders.store import (
     SQL_CHANGES,
     SQL_DUE,
+    SQL_EARLIEST,
     SQL_GET,
     SQL_LAST_CHANGE,
     SQL_POSITION,
@@ -18,6 +19,7 @@ from responders.store import (
     StoredResponse,
     call_listeners,
     due_keys,
+    earliest_row,
     put_params,
     stored_row,
 )
@@ -106,3 +108,6 @@ class SQLiteResponseStore:
 
     async def last_change(self) -> int:
         return int((await self._rows(SQL_LAST_CHANGE))[0][0])
+
+    async def earliest(self) -> tuple[int, int] | None:
+        return earliest_row((await self._rows(SQL_EARLIEST))[0])

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -52,6 +52,7 @@ from revocation.admin.http import (
     str_list,
 )
 from revocation.admin.installations import InstallationRecorder
+from revocation.admin.metrics import NO_ROLE, ApiMetrics
 from revocation.admin.recording import CertificateRecorder
 from revocation.admin.revocations import revocation_answer
 from revocation.admin.schemas import MAX_VALIDITY_DAYS
@@ -125,8 +126,7 @@ class AdminAPI:
         self._installations = installations
         self._client_auth = client_auth  # admin.client_ca: a request without a token may present a certificate
         self._projection = projection  # audit verify compares it with a replay of the log
-        self._requests = Counter("admin_requests_total", "Admin API requests", ["route", "status"], registry=registry)
-        self._latency = Histogram("admin_request_seconds", "Admin API request time", ["route"], registry=registry)
+        self._metrics = ApiMetrics(registry)
 
     def app(self) -> ASGIApp:
         # Each route's roles come from revocation.admin.access (one table, shown in the README).
@@ -163,9 +163,10 @@ class AdminAPI:
 
         async def endpoint(request: Request) -> Response:
             started = time.perf_counter()
-            request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
+            request_id, role = request.headers.get("x-request-id") or str(uuid.uuid4()), NO_ROLE
             try:
                 principal = await self._principal(request)
+                role = principal.role
                 if principal.role not in rule.roles:
                     raise Problem(403, "Forbidden", f"role {principal.role!r} may not {rule.action}")
                 response = await handler(request, Actor(principal.name, request_id[:128]))
@@ -193,8 +194,7 @@ class AdminAPI:
             response.headers["x-request-id"] = request_id
             # Nothing an authenticated route answers (a private key included) may be kept by a cache.
             response.headers["cache-control"] = "no-store"
-            self._requests.labels(route, str(response.status_code)).inc()
-            self._latency.labels(route).observe(time.perf_counter() - started)
+            self._metrics.observe(route, response.status_code, role, time.perf_counter() - started)
             return response
 
         return endpoint

@@ -68,14 +68,15 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = config_path.parent / "serve.log"
 
-    def start(self, *, ready: bool = True) -> None:
-        """Start ``pca serve``; unless ``ready`` is False, wait until /healthz says ok and CRLs are served."""
+    def start(self, *args: str, ready: bool = True, env: dict[str, str] | None = None) -> None:
+        """Start ``pca serve`` (with ``args``, e.g. ``--server granian``); unless ``ready`` is False,
+        wait until /healthz says ok and CRLs are served."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pca.cli", "serve", "--config", str(self.config_path), *self.args],
+                [sys.executable, "-m", "pca.cli", "serve", "--config", str(self.config_path), *self.args, *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                 preexec_fn=self.preexec_fn,
             )
         if not ready:
