@@ -131,7 +131,8 @@ def export_response_freshness(rt: Runtime, earliest: Callable[[], Awaitable[tupl
                 freshness.found = await earliest()
             except (PCAError, OSError) as exc:
                 log.warning("cannot read the response store for metrics: %s", exc)
-            await asyncio.sleep(EARLIEST_EVERY if freshness.found is not None else POSITION_EVERY)
+            # An empty store (a fresh install) is read again soon: the gauges appear once responses exist.
+            await asyncio.sleep(EARLIEST_EVERY if freshness.found is not None else 1.0)
 
     rt.tasks.append(follow())
 

@@ -132,6 +132,9 @@ def every_role(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         for url in urls:
             wait_for(f"{url} answers", lambda url=url: _ocsp(url, cert, issuer, 1) is None)
             _ocsp(url, cert, issuer, 5)
+        # The stored responses' freshness is read by a scan of the store, once responses exist.
+        earliest = "ocsp_responses_earliest_next_update_timestamp_seconds"
+        wait_for("the responses' freshness", lambda: earliest in exported_names(_metrics(srv)) or None)
         yield {"server": srv, "ports": ports, "base": base, "cert": cert, "issuer": issuer, "urls": urls}
     finally:
         for proc in alone:
