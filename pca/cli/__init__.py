@@ -15,6 +15,7 @@ from pca.cli.events import add_events_parser
 from pca.cli.importing import add_import_parser
 from pca.cli.incidents import add_incident_parsers
 from pca.cli.issuers import add_issuer_parsers
+from pca.cli.replay import add_replay_parser
 from pca.cli.tokens import add_token_parsers
 from revocation import __version__, ca
 from revocation.errors import PCAError
@@ -229,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=local.cmd_migrate)
 
     add_token_parsers(sub)
+    add_replay_parser(sub)
     return parser
 
 

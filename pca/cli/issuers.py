@@ -267,8 +267,9 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(issuer_text(s))
 
 
-def add_issuer_parsers(sub: Any) -> None:
-    """``pca issuer add|set-signer|renew-signer|list``."""
+def add_issuer_parsers(sub: Any) -> Any:
+    """``pca issuer add|set-signer|renew-signer|list``; returns the subparsers (``pca.cli.incidents`` adds
+    the commands of an incident)."""
     p = sub.add_parser(
         "issuer",
         help="register external CAs (bring your own CA) and their OCSP signers",
@@ -343,3 +344,4 @@ def add_issuer_parsers(sub: Any) -> None:
     ls.add_argument("--config", required=True)
     ls.add_argument("--json", action="store_true", help="print JSON (as GET /v1/issuers)")
     ls.set_defaults(func=cmd_list)
+    return cmds
