@@ -115,10 +115,20 @@ def cmd_events(args: argparse.Namespace) -> None:
         raise SystemExit(0) from None
 
 
+def _untrusted(exc: httpx.HTTPError, url: str) -> None:
+    """A server whose certificate does not verify is no passing fault: fail at once, saying what to check."""
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        fail(
+            f"cannot reach the admin API at {url}: {exc} (is --ca-file / admin.ca_file the CA bundle that "
+            "issued the admin API's certificate?)"
+        )
+
+
 def _page_or_fail(http: httpx.Client, after: int, limit: int, url: str) -> list[dict[str, Any]]:
     try:
         return _page(http, after, limit)
     except httpx.HTTPError as exc:
+        _untrusted(exc, url)
         fail(f"cannot read the event log from {url}: {exc}")
 
 
@@ -132,6 +142,7 @@ def _follow(http: httpx.Client, position: list[int], fmt: str, poll: float, url:
         try:
             events = _page(http, after, PAGE)
         except httpx.HTTPError as exc:
+            _untrusted(exc, url)
             print(f"pca: cannot read the event log from {url} ({exc}); retrying in {backoff:g}s", file=sys.stderr)
             lost = True
             time.sleep(backoff)

@@ -141,3 +141,14 @@ def test_follow_exits_quietly_when_its_reader_goes_away_and_refuses_a_role_that_
         )
         assert refused.returncode == 1 and refused.stdout == ""
         assert "role 'revoker' may not read the event log" in refused.stderr
+
+        # A server whose certificate the CA bundle did not issue is no passing fault: no retrying for ever.
+        other = init_ca(tmp_path / "other", tls=True).parent / "ca-chain.pem"
+        untrusted = subprocess.run(
+            [sys.executable, "-m", "pca", "events", "--config", str(srv.config_path), "--follow", "--ca-file", other],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert untrusted.returncode == 1 and untrusted.stdout == ""
+        assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr and "--ca-file" in untrusted.stderr
