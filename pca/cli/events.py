@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import signal
+import stat
 import sys
 import time
 from types import FrameType
@@ -155,4 +157,19 @@ def _follow(http: httpx.Client, position: list[int], fmt: str, poll: float, url:
             _emit(events, fmt)
             after = position[0] = int(events[-1]["seq"])
         if len(events) < PAGE:
-            time.sleep(poll)
+            _idle(poll)
+
+
+def _idle(seconds: float) -> None:
+    """Wait between reads of an idle log; a reader that went away meanwhile (``| head -n 5``: the pipe's read
+    end closed) ends the wait at once as a closed pipe, rather than at the next event's write."""
+    fd = sys.stdout.fileno()
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        time.sleep(seconds)
+        return
+    watch = select.poll()
+    watch.register(fd, select.POLLERR)  # a pipe's writer gets POLLERR once no reader is left
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if any(ev & (select.POLLERR | select.POLLHUP) for _, ev in watch.poll(left * 1000)):
+            raise BrokenPipeError
