@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pca.config import Config
 from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
-from revocation.ca_status import ca_problems
+from revocation.ca_status import ca_standing
 from revocation.clock import Clock
 from revocation.coordination import Coordination
 from revocation.eventlog import RecordedEvent, StoredEventLog
@@ -198,13 +198,21 @@ class PrefixDispatcher:
 
 
 def ca_certificates_health(rt: Runtime) -> HealthReport:
-    """``/healthz`` entry naming every issuer whose own CA certificate expired or was revoked (a problem: 503)."""
+    """``/healthz`` entry naming every issuer whose own CA certificate expired or was revoked (a problem: 503),
+    but for a revoked CA replaced by another from the same parent (named under ``replaced``, 200): the
+    responders of a CA hierarchy recovered from a key compromise must not be taken out of a load balancer."""
 
     async def report() -> dict[str, Any]:
-        problems = await ca_problems(rt.view, rt.clock.now())
+        problems, replaced = await ca_standing(rt.view, rt.clock.now())
         if not problems:
             return {}
-        return {"issuers": sorted(problems), "problem": "; ".join(problems[i] for i in sorted(problems))}
+        out: dict[str, Any] = {"issuers": sorted(problems)}
+        open_ = [i for i in sorted(problems) if i not in replaced]
+        if open_:
+            out["problem"] = "; ".join(problems[i] for i in open_)
+        if replaced:
+            out["replaced"] = {i: f"{problems[i]}; replaced by issuer {replaced[i]}" for i in sorted(replaced)}
+        return out
 
     return report
 

@@ -110,15 +110,30 @@ async def issuer_problem(view: CertificateLookup, issuer: IssuerRecord, now: dat
     return ca_problem(issuer, await ca_record(view, issuer, issuers), now)
 
 
-async def ca_problems(view: CertificateLookup, now: datetime.datetime) -> dict[str, str]:
-    """issuer id -> why its CA certificate no longer stands, for every issuer with such a problem."""
+async def ca_standing(view: CertificateLookup, now: datetime.datetime) -> tuple[dict[str, str], dict[str, str]]:
+    """issuer id -> why its CA certificate no longer stands (expired or revoked), for every issuer with such
+    a problem; and for each of those whose certificate was revoked, the issuer that replaced it: another CA
+    certificate from the same parent CA that stands (``pca issuer create`` after a CA key compromise,
+    docs/runbooks.md). A revoked CA that was replaced is history, not an outage."""
     issuers = await view.issuers()
-    out = {}
+    problems, revoked = {}, set()
     for issuer in issuers:
-        problem = ca_problem(issuer, await ca_record(view, issuer, issuers), now)
+        rec = await ca_record(view, issuer, issuers)
+        problem = ca_problem(issuer, rec, now)
         if problem is not None:
-            out[issuer.issuer_id] = problem
-    return out
+            problems[issuer.issuer_id] = problem
+            if rec is not None and rec.status == "revoked" and issuer.cert.not_valid_after_utc > now:
+                revoked.add(issuer.issuer_id)
+    replaced = {}
+    for issuer in issuers:
+        if issuer.issuer_id not in revoked:
+            continue
+        for other in issuers:
+            standing = other.issuer_id not in problems and not is_self_signed(other.cert)
+            if standing and other.key_ref is not None and other.cert.issuer == issuer.cert.issuer:
+                replaced[issuer.issuer_id] = other.issuer_id
+                break
+    return problems, replaced
 
 
 class CACertificateError(ConflictError):

@@ -11,8 +11,11 @@ import argparse
 from pca.cli import local, remote
 from pca.cli.common import fail
 from pca.cli.crlsync import add_crlsync_parser
+from pca.cli.events import add_events_parser
 from pca.cli.importing import add_import_parser
+from pca.cli.incidents import add_incident_parsers
 from pca.cli.issuers import add_issuer_parsers
+from pca.cli.replay import add_replay_parser
 from pca.cli.tokens import add_token_parsers
 from revocation import __version__, ca
 from revocation.errors import PCAError
@@ -85,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--kms-region", metavar="REGION", help="kms: AWS region (default: AWS_REGION)")
     k.add_argument("--kms-endpoint-url", metavar="URL", help="kms: endpoint (a VPC endpoint or a local KMS server)")
     p.set_defaults(func=local.cmd_init)
-    add_issuer_parsers(sub)
+    add_incident_parsers(add_issuer_parsers(sub), _remote)
 
     p = sub.add_parser(
         "serve", help="run the server (all roles by default)", description="Run the server (all roles by default)."
@@ -188,13 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=remote.cmd_probe)
 
-    p = sub.add_parser(
-        "events", help="print events from the log as JSON lines", description="Print events from the log as JSON lines."
-    )
-    _remote(p)
-    p.add_argument("--after", type=int, default=0)
-    p.add_argument("--limit", type=int, default=100)
-    p.set_defaults(func=remote.cmd_events)
+    add_events_parser(sub, _remote)
 
     add_import_parser(sub)
     add_crlsync_parser(sub)
@@ -233,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=local.cmd_migrate)
 
     add_token_parsers(sub)
+    add_replay_parser(sub)
     return parser
 
 

@@ -267,14 +267,16 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(issuer_text(s))
 
 
-def add_issuer_parsers(sub: Any) -> None:
-    """``pca issuer add|set-signer|renew-signer|list``."""
+def add_issuer_parsers(sub: Any) -> Any:
+    """``pca issuer add|set-signer|renew-signer|list``; returns the subparsers (``pca.cli.incidents`` adds
+    the commands of an incident)."""
     p = sub.add_parser(
         "issuer",
-        help="register external CAs (bring your own CA) and their OCSP signers",
+        help="register external CAs (bring your own CA), their OCSP signers; create, revoke issuing CAs",
         description="Register a CA that pca did not create (openssl ca, step-ca, Vault, EJBCA) so pca answers OCSP "
-        "for its certificates and, with its key, publishes its CRLs. Local commands: they open the database "
-        "and the key backend of this host.",
+        "for its certificates and, with its key, publishes its CRLs; stand up, revoke and re-sign issuing CAs in an "
+        "incident (docs/runbooks.md). Local commands: they open the database and the key backend of this host "
+        "(but revoke, which calls the admin API).",
     )
     cmds = p.add_subparsers(dest="issuer_command", required=True, metavar="SUBCOMMAND")
 
@@ -343,3 +345,4 @@ def add_issuer_parsers(sub: Any) -> None:
     ls.add_argument("--config", required=True)
     ls.add_argument("--json", action="store_true", help="print JSON (as GET /v1/issuers)")
     ls.set_defaults(func=cmd_list)
+    return cmds

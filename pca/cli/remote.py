@@ -293,9 +293,3 @@ def _probe_problems(summary: ProbeSummary) -> list[str]:
         reasons = ", ".join(summary.post_failure_reasons)
         out.append(f"{summary.post_failures} sightings not accepted by the admin API ({reasons})")
     return out
-
-
-def cmd_events(args: argparse.Namespace) -> None:
-    result = _Client(args).call("GET", f"/v1/events?after={args.after}&limit={args.limit}")
-    for event in result["events"]:
-        print(json.dumps(event, sort_keys=True))

@@ -1,0 +1,129 @@
+"""``pca replay``: put back into a restored database the events it lost, from an archive of
+``pca events --follow --format json`` (a SIEM's copy of the audit trail).
+
+A local command, run while ``pca serve`` is stopped (a publisher started on the restored database
+would publish CRLs without the lost revocations). The archive must be of this log: its events up to
+the restored head must have the log's hashes, else nothing is appended. Each later event is appended
+again with its own payload (a revocation keeps its revocation time, reason and invalidity date), on
+its stream at the version it had, by the actor ``cli:<user>`` with the request id
+``replay-of-seq-<N>``. The chain after the restored head is a new one: a checkpoint signed before
+the restore past that head no longer matches it, which ``pca audit verify --checkpoint`` reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from pca.cli.common import cli_actor, fail
+from pca.config import load_config
+from pca.runtime import connect_runtime
+from revocation.clock import SystemClock
+from revocation.errors import ConcurrencyError, ConflictError, PCAError, ValidationError
+from revocation.eventlog import NewEvent
+from revocation.events import decode
+
+
+def _archive(path: str) -> dict[int, dict[str, Any]]:
+    """seq -> event of the archive; a line that is not an event is refused, naming it."""
+    out: dict[int, dict[str, Any]] = {}
+    try:
+        with Path(path).open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    event = json.loads(line)
+                    seq = int(event["seq"])
+                    if not isinstance(event["payload"], dict) or not isinstance(event["type"], str):
+                        raise TypeError("payload or type")
+                    int(event["version"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ValidationError(
+                        f"{path}:{number}: not an event of pca events --format json ({exc})"
+                    ) from None
+                out[seq] = event
+    except OSError as exc:
+        fail(f"cannot read the archive {path}: {exc.strerror or exc}")
+    return out
+
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config)
+    archive = _archive(args.archive)
+    if not archive:
+        fail(f"{args.archive} holds no events")
+    actor = cli_actor("replay")
+
+    async def run() -> tuple[int, int, int]:
+        rt = await connect_runtime(cfg, SystemClock())
+        try:
+            head = await rt.log.head()
+            # The archive must be of this log: every archived event the restored log still holds has its hash.
+            after = 0
+            while rows := await rt.log.read(after, 1000):
+                for rec in rows:
+                    kept = archive.get(rec.seq)
+                    if kept is not None and kept.get("hash") != rec.hash:
+                        raise ConflictError(
+                            f"seq {rec.seq} of {args.archive} is not the log's seq {rec.seq} (another hash): "
+                            "the archive is of another log, or the log changed since the restore; nothing replayed"
+                        )
+                after = rows[-1].seq
+            later = sorted(seq for seq in archive if seq > head)
+            if later and later[0] != head + 1:
+                raise ValidationError(
+                    f"the archive has no seq {head + 1} (the restored log ends at seq {head}, the archive's next "
+                    f"event is seq {later[0]}): it cannot fill the gap; nothing replayed"
+                )
+            if later and later != list(range(head + 1, later[-1] + 1)):
+                missing = next(s for s in range(head + 1, later[-1] + 1) if s not in archive)
+                raise ValidationError(f"the archive lacks seq {missing}; nothing replayed")
+            events = []
+            for seq in later:
+                kept = archive[seq]
+                event = decode(kept["type"], kept["payload"])
+                request_id = f"replay-of-seq-{seq}"
+                events.append(NewEvent(event, int(kept["version"]) - 1, actor.name, request_id))
+            if args.dry_run or not events:
+                return head, len(events), 0
+            try:
+                recorded = await rt.log.append(events)
+            except ConcurrencyError as exc:
+                raise ConflictError(
+                    f"the restored log does not continue as the archive does ({exc}); nothing replayed"
+                ) from exc
+            return head, len(events), recorded[-1].seq
+        finally:
+            await rt.aclose()
+
+    try:
+        head, count, last = asyncio.run(run())
+    except (KeyError, TypeError) as exc:  # an archived payload this version of pca cannot decode
+        raise PCAError(f"{args.archive}: an event pca cannot decode ({exc}); nothing replayed") from None
+    if count == 0:
+        print(f"nothing to replay: the log ends at seq {head} and the archive holds nothing after it")
+    elif args.dry_run:
+        print(f"would replay {count} events (seq {head + 1} to {head + count} of the archive); the log ends at {head}")
+    else:
+        print(f"replayed {count} events from {args.archive}: seq {head + 1} to {last}, as in the archive")
+        print("  the chain from there is a new one: a checkpoint signed before the restore past seq "
+              f"{head} no longer matches (pca audit verify --checkpoint says so)")  # fmt: skip
+
+
+def add_replay_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="put back the events a restored database lost, from a pca events --follow archive",
+        description="After restoring the database from a backup older than the last events, append again the "
+        "events an archive of 'pca events --follow --format json' holds after the restored head (revocations "
+        "keep their time, reason and invalidity date). Run it while pca serve is stopped. The archive's events "
+        "up to the head must match the log's hashes; nothing is appended otherwise.",
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument("--from", dest="archive", required=True, metavar="EVENTS.jsonl", help="the JSON lines archive")
+    p.add_argument("--dry-run", action="store_true", help="say what would be replayed, append nothing")
+    p.set_defaults(func=cmd_replay)
