@@ -137,6 +137,18 @@ def signing_pool(workers: int) -> ProcessPoolExecutor:
     )
 
 
+def stop_pool(pool: ProcessPoolExecutor, timeout: float = 5.0) -> None:
+    """Shut a process pool down and wait (up to ``timeout``) for its manager thread to end.
+
+    Left running at interpreter exit, Python 3.11's exit hook may write to the manager thread's
+    wake-up pipe after the thread closed it ("OSError: Bad file descriptor" in the log).
+    """
+    thread = getattr(pool, "_executor_manager_thread", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    if thread is not None:
+        thread.join(timeout)
+
+
 # --- coordinator side ------------------------------------------------------------------
 
 _CERT_EVENTS = frozenset((CertificateIssued.TYPE, CertificateRevoked.TYPE, CertificateHoldReleased.TYPE))

@@ -30,6 +30,7 @@ from pca.config import Config
 from pca.roles.crl_store import open_store
 from publishers.crl_writer import CRLWriter, Published
 from publishers.storer import Storer
+from responders.presigner import stop_pool
 from revocation.errors import StorageError
 
 # --- in the child -------------------------------------------------------------------------------
@@ -119,5 +120,5 @@ class CRLWorker:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            stop_pool(self._pool)
             self._pool = None

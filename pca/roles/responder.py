@@ -17,7 +17,7 @@ from pca.roles.standby import report_standby
 from pca.runtime import Runtime
 from responders.app import OCSPApp
 from responders.cache_metrics import CacheCounters
-from responders.presigner import CONSUMER, PreSigner, signing_pool, start_workers
+from responders.presigner import CONSUMER, PreSigner, signing_pool, start_workers, stop_pool
 from responders.source import CachingSource, IssuerIndex, StoreSource
 from responders.store import ResponseStore
 from responders.store.sqlite import SQLiteResponseStore
@@ -52,7 +52,7 @@ async def start_presigner(rt: Runtime) -> None:
     cfg = rt.config.ocsp
     workers = cfg.workers or os.cpu_count() or 1
     pool = signing_pool(workers)
-    rt.closers.append(lambda: pool.shutdown(wait=False, cancel_futures=True))
+    rt.closers.append(lambda: stop_pool(pool))
     await start_workers(pool, workers)  # before the listeners: no revocation acknowledged waits for them
     store = response_store(rt)
     lease = LeaseKeeper(
