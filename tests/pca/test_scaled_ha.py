@@ -14,7 +14,6 @@ import asyncio
 import datetime
 import functools
 import itertools
-import os
 import re
 import signal
 import threading
@@ -36,6 +35,7 @@ from revocation.storage.postgres.db import open_pg_pool
 from tests.support.crl import crl_number, delta_base
 from tests.support.ports import free_port
 from tests.support.postgres import PostgresCluster, create_database, postgres_cluster
+from tests.support.processes import descendants
 from tests.support.scaled import Deployment, RoleProcess, metric, ocsp_answer, ocsp_get_url, set_options, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -420,24 +420,6 @@ def test_a_second_presigner_and_publisher_stand_by_and_take_over(tmp_path: Path,
         dep.stop_all()
 
 
-def granian_workers(serve_pid: int) -> set[int]:
-    """The processes below ``pca serve`` (granian and its workers), from /proc."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    below: set[int] = set()
-    frontier = {serve_pid}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - below
-        below |= frontier
-    return below
-
-
 def test_the_responder_under_granian_on_postgresql(tmp_path: Path, cluster: PostgresCluster) -> None:
     dep = deployment(tmp_path, cluster)
     dsn = database_url(dep)
@@ -488,7 +470,7 @@ def test_the_responder_under_granian_on_postgresql(tmp_path: Path, cluster: Post
 
         heartbeats = wait_for("both granian workers to heartbeat", workers_reporting)
         assert responder.proc is not None
-        below = granian_workers(responder.proc.pid)
+        below = descendants(responder.proc.pid)
         for rid, state in heartbeats.items():
             match = re.fullmatch(r"gr/(\d+)", rid)
             assert match, rid
