@@ -100,6 +100,16 @@ def export_log_position(rt: Runtime, role: str, position: Callable[[], Awaitable
     rt.tasks.append(follow())
 
 
+def export_tracker_position(rt: Runtime, position: Callable[[], int | None]) -> None:
+    """The tracker's ``eventlog_position``: where it started (the head) until its first step."""
+
+    async def at() -> int:
+        found = position()
+        return await rt.log.head() if found is None else found
+
+    export_log_position(rt, "tracker", at)
+
+
 class _Freshness(Collector):
     """Two gauges exported only once known: a 0 would read as "every response expired in 1970"."""
 

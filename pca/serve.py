@@ -34,6 +34,7 @@ from pca.metrics import (
     WorkersCollector,
     count_events,
     export_signing,
+    export_tracker_position,
     make_workers_dir,
     remove_workers_dir,
 )
@@ -256,6 +257,7 @@ async def serve(
         if "tracker" in roles and tracker is not None:
             rt.on_log_change(tracker.wake)
             coros.append(tracker.run())
+            export_tracker_position(rt, tracker.position)
         if "api" in roles:
             rt.health["ca_certificates"] = ca_certificates_health(rt)  # issuers whose CA cert expired or was revoked
             count_events(rt)

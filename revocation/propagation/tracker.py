@@ -169,7 +169,6 @@ class PropagationTracker:
         self._gauged: set[str] = set()  # responder ids with gauge samples
         self._keyless: set[str] = set()  # issuers pca publishes no CRL for (it holds no key)
         self._issuers_read: float | None = None
-
         self._metrics = PropagationMetrics(registry, slo_seconds)
 
     def wake(self) -> None:
@@ -278,6 +277,9 @@ class PropagationTracker:
     @property
     def pending(self) -> int:
         return len(self._tracked)
+
+    def position(self) -> int | None:  # the last log seq looked at (eventlog_position{role="tracker"})
+        return self._position
 
     async def step(self) -> None:
         """One round: take new revocations from the log, advance every pending one, finish those

@@ -154,6 +154,8 @@ def test_rules_and_dashboards_read_only_what_the_product_exports(every_role: dic
     assert _total(admin, "certificates_revoked_total", issuer="issuing-ca", reason="keyCompromise") == 1
     assert _total(admin, "admin_requests_total", route="revoke", status="201", role="admin") == 1
     assert _total(admin, "signing_operations_total", role="presigner", backend="file") >= 2
+    # The tracker's own place in the log, beside the pre-signer's and the publisher's.
+    assert {labels["role"] for labels, _ in sample_values(admin, "eventlog_position")} >= {"presigner", "tracker"}
     # The responders alone export what the workers export, under both servers.
     assert "ocsp_requests_total" in exported_names(scrapes["responder (granian)"])
     assert "ocsp_cache_hits_total" in exported_names(scrapes["responder (uvicorn)"])
