@@ -4,6 +4,7 @@
   ``certificates_revoked_total{issuer,reason}``;
 - where each log-following role is: ``eventlog_head_seq``, ``eventlog_position{role}``,
   ``eventlog_lag_events{role}``;
+- leaf certificates near expiry: ``certificates_expiring{issuer,within="7d"|"30d"}``;
 - how close the stored OCSP responses are to their nextUpdate:
   ``ocsp_responses_oldest_this_update_timestamp_seconds``,
   ``ocsp_responses_earliest_next_update_timestamp_seconds``;
@@ -42,6 +43,8 @@ log = logging.getLogger("pca.metrics")
 WORKERS_ENV = "PCA_WORKER_METRICS_DIR"
 POSITION_EVERY = 5.0  # seconds between readings of the log's head and a role's position
 EARLIEST_EVERY = 30.0  # the oldest response is found by a scan of the response store
+EXPIRING_EVERY = 300.0  # certificates near expiry: a count over the status projection
+EXPIRING_WINDOWS = (("7d", 7 * 86400), ("30d", 30 * 86400))
 DUMP_EVERY = 1.0  # granian workers write their series to the run's directory this often
 
 _positions: weakref.WeakKeyDictionary[CollectorRegistry, tuple[Gauge, Gauge, Gauge]] = weakref.WeakKeyDictionary()
@@ -108,6 +111,46 @@ def export_tracker_position(rt: Runtime, position: Callable[[], int | None]) -> 
         return await rt.log.head() if found is None else found
 
     export_log_position(rt, "tracker", at)
+
+
+class _Expiring(Collector):
+    """``certificates_expiring{issuer,within}``, exported once read (0 for an issuer with none)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, tuple[int, int]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.counts is not None:
+            family = GaugeMetricFamily(
+                "certificates_expiring",
+                "Unrevoked, unexpired certificates whose notAfter falls within the window",
+                labels=["issuer", "within"],
+            )
+            for issuer, counts in sorted(self.counts.items()):
+                for (window, _), count in zip(EXPIRING_WINDOWS, counts, strict=True):
+                    family.add_metric([issuer, window], count)
+            yield family
+
+
+def export_expiring(rt: Runtime) -> None:
+    """Every few minutes: how many of each issuer's certificates expire within 7 and 30 days."""
+    expiring = _Expiring()
+    rt.registry.register(expiring)
+    (_, soon), (_, later) = EXPIRING_WINDOWS
+
+    async def follow() -> None:
+        while True:
+            try:
+                now = int(rt.clock.time())
+                found = await rt.view.expiring_counts(now, now + soon, now + later)
+                issuers = await rt.view.issuers()
+            except (PCAError, OSError) as exc:
+                log.warning("cannot count the certificates near expiry for metrics: %s", exc)
+            else:
+                expiring.counts = {i.issuer_id: found.get(i.issuer_id, (0, 0)) for i in issuers}
+            await asyncio.sleep(EXPIRING_EVERY)
+
+    rt.tasks.append(follow())
 
 
 class _Freshness(Collector):

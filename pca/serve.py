@@ -33,6 +33,7 @@ from pca.metrics import (
     WORKERS_ENV,
     WorkersCollector,
     count_events,
+    export_expiring,
     export_signing,
     export_tracker_position,
     make_workers_dir,
@@ -261,6 +262,7 @@ async def serve(
         if "api" in roles:
             rt.health["ca_certificates"] = ca_certificates_health(rt)  # issuers whose CA cert expired or was revoked
             count_events(rt)
+            export_expiring(rt)
             authority = build_authority(rt)
             await authority.rotate_signers(Actor("system:signer-rotation", "startup"))
             coros.append(_rotate_signers(authority))

@@ -176,6 +176,10 @@ class IssuerStats(IssuerDirectory, Protocol):
         """The DER of the issuer's ``limit`` newest certificates (by notBefore)."""
         ...
 
+    async def expiring_counts(self, now: int, soon: int, later: int) -> dict[str, tuple[int, int]]:
+        """issuer -> (unrevoked certificates expiring after ``now`` by ``soon``, and by ``later``)."""
+        ...
+
 
 class StatusView(CertificateLookup, SigningSource, CRLSource, IssuerStats, RecordedCertificates, Protocol):
     """The whole projection as the ``Runtime`` carries it; each consumer takes the narrow protocol it reads.
@@ -223,6 +227,11 @@ SQL_ISSUER_COUNTS = (
     "WHERE issuer_id = ?"
 )
 SQL_NEWEST_CERTIFICATES = "SELECT cert_der FROM certificates WHERE issuer_id = ? ORDER BY not_before DESC LIMIT ?"
+# Unrevoked, unexpired certificates whose notAfter is at most ``soon`` and ``later`` (epoch seconds).
+SQL_EXPIRING = (
+    "SELECT issuer_id, COALESCE(SUM(CASE WHEN not_after <= ? THEN 1 ELSE 0 END), 0), COUNT(*) FROM certificates "
+    "WHERE status = 'good' AND not_after > ? AND not_after <= ? GROUP BY issuer_id"
+)
 SQL_CRL_SHARDS = "SELECT crl_shard, MAX(not_after) FROM certificates WHERE issuer_id = ? GROUP BY crl_shard"
 # "status = 'revoked'" spelled as in the partial index certificates_crl_revoked, so the database uses it.
 SQL_CRL_REVOKED = f"SELECT {CRL_COLUMNS} FROM certificates WHERE issuer_id = ? AND crl_shard = ? AND status = 'revoked'"

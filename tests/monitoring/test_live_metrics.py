@@ -3,6 +3,7 @@ dashboards read exported by some role, and a real Prometheus evaluating the rule
 
 from __future__ import annotations
 
+import datetime
 import shutil
 import subprocess
 import time
@@ -156,6 +157,14 @@ def test_rules_and_dashboards_read_only_what_the_product_exports(every_role: dic
     assert _total(admin, "signing_operations_total", role="presigner", backend="file") >= 2
     # The tracker's own place in the log, beside the pre-signer's and the publisher's.
     assert {labels["role"] for labels, _ in sample_values(admin, "eventlog_position")} >= {"presigner", "tracker"}
+    # Certificates near expiry per issuer and window, read at start: the admin listener's own TLS
+    # certificate (svc1 came later, and was revoked); an issuer with none near expiry shows 0.
+    expiring = {(labels["issuer"], labels["within"]): v for labels, v in sample_values(admin, "certificates_expiring")}
+    tls = x509.load_pem_x509_certificate((every_role["base"] / "ca" / "keys" / "admin-tls.pem").read_bytes())
+    left = tls.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    assert expiring[("issuing-ca", "7d")] == (left.days < 7), expiring
+    assert expiring[("issuing-ca", "30d")] == (left.days < 30) == 1, (expiring, left)
+    assert expiring[("root-ca", "30d")] == 0, expiring
     # The responders alone export what the workers export, under both servers.
     assert "ocsp_requests_total" in exported_names(scrapes["responder (granian)"])
     assert "ocsp_cache_hits_total" in exported_names(scrapes["responder (uvicorn)"])
@@ -173,7 +182,7 @@ def test_rules_and_dashboards_read_only_what_the_product_exports(every_role: dic
         "ocsp_http_requests_total", "ocsp_cache_hits_total", "ocsp_presigned_responses_total",
         "ocsp_responses_earliest_next_update_timestamp_seconds", "crl_published_timestamp_seconds", "crl_size_bytes",
         "crl_entries", "crl_number", "signing_operations_total", "signing_errors_total", "ocsp_signer_expiry_seconds",
-        "eventlog_position", "eventlog_lag_events", "revocation_propagation_seconds_bucket",
+        "eventlog_position", "eventlog_lag_events", "revocation_propagation_seconds_bucket", "certificates_expiring",
     ):  # fmt: skip
         assert wanted in exported, wanted
 

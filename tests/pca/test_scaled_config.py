@@ -118,7 +118,8 @@ async def test_migrate_creates_the_schema_on_an_empty_database(
 
     await asyncio.to_thread(pca_main, ["migrate", "--config", str(path)])
     migrations = (
-        "['log 1', 'log 2', 'projection 1', 'projection 2', 'response_store 1', 'coordination 1', 'coordination 2']"
+        "['log 1', 'log 2', 'projection 1', 'projection 2', 'projection 3', 'response_store 1', 'coordination 1', "
+        "'coordination 2']"
     )
     assert f"applied migrations {migrations}" in capsys.readouterr().out
     conn = await asyncpg.connect(postgres_database)

@@ -67,11 +67,13 @@ def test_a_database_of_the_single_schema_migrates_only_what_it_lacks(tmp_path: P
     db = SQLiteDatabase(path)
     try:
         # Its tables are recognised: only the status-change index (log 2), the crl_state drop, the pending
-        # signer columns (projection 4) and coordination's tables (old migration 4) remain.
+        # signer columns (projection 4), the expiry index (projection 5) and coordination's tables (old
+        # migration 4) remain.
         assert db.migrate_sync(SQLITE_SCHEMAS) == [
             "log 2",
             "projection 3",
             "projection 4",
+            "projection 5",
             "coordination 1",
             "coordination 2",
         ]
@@ -94,7 +96,13 @@ def test_a_fully_migrated_old_database_only_loses_crl_state_and_gains_new_tables
     _old_database(path, [1, 2, 3, 4])
     db = SQLiteDatabase(path)
     try:
-        assert db.migrate_sync(SQLITE_SCHEMAS) == ["log 2", "projection 3", "projection 4", "coordination 2"]
+        assert db.migrate_sync(SQLITE_SCHEMAS) == [
+            "log 2",
+            "projection 3",
+            "projection 4",
+            "projection 5",
+            "coordination 2",
+        ]
     finally:
         db.close()
     assert "crl_state" not in _tables(path)
@@ -121,6 +129,7 @@ def test_owners_can_migrate_separately(tmp_path: Path) -> None:
             "projection 2",
             "projection 3",
             "projection 4",
+            "projection 5",
             "coordination 1",
             "coordination 2",
         ]
