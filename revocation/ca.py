@@ -107,6 +107,40 @@ def create_intermediate(
     return _sign_certificate(builder, root_key, root_cert.public_key())  # type: ignore[arg-type]
 
 
+def _delegated_signer(
+    issuer_cert: x509.Certificate,
+    issuer_key: SigningKey,
+    public: PublicKey,
+    now: datetime.datetime,
+    validity_days: int,
+    role: str,
+    usage: x509.ExtendedKeyUsage,
+    *,
+    usage_critical: bool,
+    more: tuple[x509.ExtensionType, ...] = (),
+) -> x509.Certificate:
+    """An end-entity certificate named "<issuer CN> <role>" whose key only signs: digitalSignature and ``usage``."""
+    cn = issuer_cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    label = str(cn[0].value) if cn else "CA"
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, f"{label} {role}")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_cert.subject)
+        .public_key(public)
+        .serial_number(random_serial())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(_not_after(now, validity_days, issuer_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(digital_signature=True), critical=True)
+        .add_extension(usage, critical=usage_critical)
+    )
+    for extension in more:
+        builder = builder.add_extension(extension, critical=False)
+    builder = builder.add_extension(_ski(public), critical=False).add_extension(_aki(issuer_cert), critical=False)
+    return _sign_certificate(builder, issuer_key, issuer_cert.public_key())  # type: ignore[arg-type]
+
+
 def create_ocsp_signer(
     issuer_cert: x509.Certificate,
     issuer_key: SigningKey,
@@ -115,26 +149,11 @@ def create_ocsp_signer(
     validity_days: int,
 ) -> x509.Certificate:
     """A delegated OCSP signing certificate (RFC 6960 4.2.2.2) with id-pkix-ocsp-nocheck."""
-    cn = issuer_cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    label = str(cn[0].value) if cn else "CA"
-    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, f"{label} OCSP Responder")])
-    not_after = _not_after(now, validity_days, issuer_cert.not_valid_after_utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_cert.subject)
-        .public_key(public)
-        .serial_number(random_serial())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(digital_signature=True), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
-        .add_extension(x509.OCSPNoCheck(), critical=False)
-        .add_extension(_ski(public), critical=False)
-        .add_extension(_aki(issuer_cert), critical=False)
-    )
-    return _sign_certificate(builder, issuer_key, issuer_cert.public_key())  # type: ignore[arg-type]
+    usage = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING])
+    return _delegated_signer(
+        issuer_cert, issuer_key, public, now, validity_days, "OCSP Responder", usage,
+        usage_critical=False, more=(x509.OCSPNoCheck(),),
+    )  # fmt: skip
 
 
 # The extended key usage of audit checkpoint signers (``revocation.checkpoints``): an OID of the
@@ -150,24 +169,10 @@ def create_checkpoint_signer(
     validity_days: int,
 ) -> x509.Certificate:
     """The certificate of the key that signs audit checkpoints: digitalSignature, EKU ``CHECKPOINT_SIGNING`` only."""
-    cn = issuer_cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    label = str(cn[0].value) if cn else "CA"
-    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, f"{label} Audit Checkpoint Signer")])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_cert.subject)
-        .public_key(public)
-        .serial_number(random_serial())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(_not_after(now, validity_days, issuer_cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(digital_signature=True), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([CHECKPOINT_SIGNING]), critical=True)
-        .add_extension(_ski(public), critical=False)
-        .add_extension(_aki(issuer_cert), critical=False)
+    usage = x509.ExtendedKeyUsage([CHECKPOINT_SIGNING])
+    return _delegated_signer(
+        issuer_cert, issuer_key, public, now, validity_days, "Audit Checkpoint Signer", usage, usage_critical=True
     )
-    return _sign_certificate(builder, issuer_key, issuer_cert.public_key())  # type: ignore[arg-type]
 
 
 @functools.cache
