@@ -185,7 +185,6 @@ class Agent:
                 atomic_write(self.settings.out, data)
                 stat = os.stat(self.settings.out)
                 self._written = ((stat.st_ino, stat.st_size, stat.st_mtime_ns), digest)
-                self.metrics.installs.inc()
                 changed = True
                 log.info("installed %s (%d CRLs, %d bytes)", self.settings.out, len(ders), len(data))
                 if self.settings.on_change:
@@ -211,6 +210,9 @@ class Agent:
             log.info("installed %s number %d from %s (nextUpdate %s)", kind, info.number, url, _iso(info.next_update))
             if self.reporter is not None:
                 self.reporter.submit(url, info, installed_at)
+        if changed:
+            # counted last, so that a scrape that sees the install also sees its CRL number
+            self.metrics.installs.inc()
         return changed
 
     def _file_digest(self) -> str | None:
