@@ -50,7 +50,7 @@ SCRATCH = Path(os.environ.get("PCA_BENCH_TMP", tempfile.gettempdir()))
 def parser(doc: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, a second or two per run: proves the harness")
-    p.add_argument("--runs", type=int, default=None, help="runs per figure (the median is reported); default 2")
+    p.add_argument("--runs", type=int, default=None, help="runs per figure (the median is reported); default 3")
     p.add_argument("--json-out", type=Path, help="also write the result here")
     return p
 
@@ -58,7 +58,7 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
 def runs_of(args: argparse.Namespace) -> int:
     if args.runs is not None:
         return max(1, int(args.runs))
-    return 1 if args.smoke else 2
+    return 1 if args.smoke else 3
 
 
 def emit(result: dict[str, Any], json_out: Path | None) -> None:

@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = ".venv/bin/python"
 
 COMMANDS = {
-    "run_all": f"{PY} -m loadtests.run_all            # all scenarios, 2 runs each; --smoke for a quick check",
+    "run_all": f"{PY} -m loadtests.run_all            # all scenarios, 3 runs each; --smoke for a quick check",
     "ocsp_serve": f"{PY} -m loadtests.ocsp_serve         # --count 100000 --distinct 1000 --duration 10",
     "presign": f"{PY} -m loadtests.presign            # --count 100000",
     "crl_build": f"{PY} -m loadtests.crl_build          # --sizes 100000 1000000 --publish-count 100000",
@@ -165,7 +165,7 @@ def run_scenario(name: str, smoke: bool, runs: int | None, scratch: Path) -> dic
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny sizes; report to a temporary directory")
-    p.add_argument("--runs", type=int, help="runs per figure (default 2; 1 with --smoke)")
+    p.add_argument("--runs", type=int, help="runs per figure (default 3; 1 with --smoke)")
     p.add_argument("--only", nargs="+", choices=SCENARIOS, help="run these; keep the others from benchmarks.json")
     p.add_argument("--out-dir", type=Path, help="where benchmarks.md and benchmarks.json go (default docs/)")
     args = p.parse_args()
@@ -214,7 +214,7 @@ def main() -> None:
     notes = notes_path.read_text() if notes_path.exists() and not args.smoke else None
     json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     md_path.write_text(render(data, COMMANDS, notes))
-    print(f"\nGoals ({'smoke sizes: not meaningful' if args.smoke else 'issue 3'}):")
+    print(f"\nGoals ({'smoke sizes: not meaningful' if args.smoke else 'the latest of each issue'}):")
     for g in data["goals"]:
         print(f"  {g['met'].strip('*'):>12}  {g['measure']}: {g['measured']} (goal {g['goal']})")
     print(f"\nwrote {md_path} and {json_path}")

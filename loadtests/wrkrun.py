@@ -9,8 +9,10 @@ beyond picking the next one. ``done()`` prints exact percentiles as a JSON line.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -106,7 +108,10 @@ def run_wrk(
     prefix: Sequence[str] = (),
     timeout_s: int = 5,
 ) -> dict[str, Any]:
-    """Run wrk for ``duration`` seconds; returns requests/s, latency percentiles (ms) and errors."""
+    """Run wrk for ``duration`` seconds; returns requests/s, latency percentiles (ms), errors, and the
+    load generator's own CPU: ``client_cpu_s`` (user + system seconds of wrk, from its rusage) and
+    ``client_cpu_share`` (that over the run's wall time times the machine's cores: the part of the
+    machine wrk itself took from the servers it measured)."""
     cmd = [
         *prefix,
         "wrk",
@@ -118,10 +123,38 @@ def run_wrk(
         str(script),
         url,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
-    return parse(proc.stdout)
+    returncode, stdout, stderr, cpu_s = _run_measured(cmd, timeout=duration + 60)
+    if returncode != 0:
+        raise RuntimeError(f"wrk failed ({returncode}): {stderr.strip() or stdout.strip()}")
+    result = parse(stdout)
+    result["client_cpu_s"] = round(cpu_s, 3)
+    cores = os.cpu_count() or 1
+    result["client_cpu_share"] = round(cpu_s / (result["seconds"] * cores), 3) if result["seconds"] else None
+    return result
+
+
+def _run_measured(cmd: Sequence[str], timeout: float) -> tuple[int, str, str, float]:
+    """Run ``cmd``; its exit status, output, and the CPU seconds it used (user + system).
+
+    The child is reaped with ``os.wait4`` for its resource usage (``subprocess`` reaps it without);
+    a prefix that execs (``nsenter``) leaves wrk the same process. Killed after ``timeout`` seconds.
+    """
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr = proc.stderr
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.append(stderr.read()), daemon=True)
+    reader.start()
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        out = proc.stdout.read()
+        reader.join()
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, out, "".join(err), usage.ru_utime + usage.ru_stime
 
 
 def parse(output: str) -> dict[str, Any]:
