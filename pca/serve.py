@@ -153,12 +153,12 @@ def _uvicorn(app: ASGIApp, host: str, port: int, guard: ListenerGuard, backlog: 
 def _granian(
     cfg: Config, workers: int, identity: dict[str, str], budget: Budget, metrics_dir: Path
 ) -> subprocess.Popen[bytes]:
-    """The public listener (OCSP and CRLs) under granian, in its own worker processes."""
+    """The public listener (OCSP and CRLs) under granian, in its own worker processes, through RSGI."""
     host, port = cfg.public_listen
     cmd = [
-        sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--host", host, "--port", str(port),
+        sys.executable, "-m", "granian", "--interface", "rsgi", "--factory", "--host", host, "--port", str(port),
         "--workers", str(workers), "--no-ws", "--log-level", "warning", "--backlog", "2048",
-        *granian_args(cfg.limits, budget.descriptors), "pca.public_app:create_app",
+        *granian_args(cfg.limits, budget.descriptors), "pca.public_rsgi:create_app",
     ]  # fmt: skip
     env = public_listener_env(cfg)
     env.update(identity)
