@@ -24,6 +24,7 @@ from granian._granian import RSGIProtocolError as ProtocolError
 from granian.rsgi import Scope
 from starlette.types import ASGIApp, Message
 
+from pca.granian_proc import die_with_granian
 from pca.public_app import Started, config_path, start_public
 from responders.app import MAX_REQUEST_BYTES, OCSPApp
 
@@ -178,6 +179,7 @@ class PublicRSGI:
         self._listener: RSGIListener | None = None
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        die_with_granian()  # granian's main process killed outright takes its workers along
         try:
             started = loop.run_until_complete(start_public(self._config_path))
         except Exception:

@@ -156,7 +156,8 @@ def _granian(
     """The public listener (OCSP and CRLs) under granian, in its own worker processes, through RSGI."""
     host, port = cfg.public_listen
     cmd = [
-        sys.executable, "-m", "granian", "--interface", "rsgi", "--factory", "--host", host, "--port", str(port),
+        sys.executable, "-m", "pca.granian_proc", str(os.getpid()),  # granian, ended with this process
+        "--interface", "rsgi", "--factory", "--host", host, "--port", str(port),
         "--workers", str(workers), "--no-ws", "--log-level", "warning", "--backlog", "2048",
         *granian_args(cfg.limits, budget.descriptors), "pca.public_rsgi:create_app",
     ]  # fmt: skip
