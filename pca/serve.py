@@ -201,9 +201,18 @@ async def _watch(proc: subprocess.Popen[bytes]) -> None:
     raise ConfigError(f"the public listener (granian) exited with status {proc.returncode}")
 
 
-def public_server(cfg: Config, server: str | None, workers: int | None) -> tuple[str, int]:
-    """The public listener's server and worker count: the flags given, else ``[public]``; 0 workers: one per core."""
-    server = server or cfg.public_server
+def public_server(
+    cfg: Config, server: str | None, workers: int | None, roles: tuple[str, ...] = ALL_ROLES
+) -> tuple[str, int]:
+    """The public listener's server and worker count: the flags given, else ``[public]``; 0 workers: one per core.
+
+    ``[public] server`` is for processes that answer OCSP and whose other roles report on the admin
+    listener: one with a role whose /healthz and /metrics only its public listener gives (the signing
+    roles or the tracker without the API; granian's workers would answer for themselves instead) keeps
+    that listener in the process, unless ``--server granian`` says otherwise.
+    """
+    fits = "responder" in roles and ("api" in roles or set(roles) == {"responder"})
+    server = server or (cfg.public_server if fits else "uvicorn")
     if server not in SERVERS:
         raise ConfigError(f"unknown server {server!r}; choose from {', '.join(SERVERS)}")
     if server == "uvicorn":
@@ -232,7 +241,7 @@ async def serve(
         raise ConfigError(f"unknown roles {sorted(unknown)}; choose from {', '.join(ALL_ROLES)}")
     if not roles:
         raise ConfigError(f"no roles given; choose from {', '.join(ALL_ROLES)}")
-    server, workers = public_server(cfg, server, workers)
+    server, workers = public_server(cfg, server, workers, roles)
     check_listeners(cfg, roles)
     # Listener limits: each listener's connection cap fits the open-files limit, raised to the hard one.
     budget = connection_budget(cfg.limits, raise_descriptor_limit(), admin="api" in roles)

@@ -125,6 +125,12 @@ def test_the_configuration_chooses_the_server_and_the_flags_override_it(tmp_path
     assert public_server(uvicorn, "granian", None) == ("granian", cores)
     with pytest.raises(ConfigError, match="uvicorn runs the public listener in this process"):
         public_server(uvicorn, None, 2)
+    # A process whose roles report only on its public listener (no API) keeps that listener in the process.
+    for roles in (("presigner", "publisher"), ("tracker",), ("responder", "publisher")):
+        assert public_server(three, None, None, roles) == ("uvicorn", 1), roles
+        assert public_server(three, "granian", None, roles) == ("granian", 3), roles
+    assert public_server(three, None, None, ("responder",)) == ("granian", 3)
+    assert public_server(three, None, None, ("api", "responder", "publisher")) == ("granian", 3)
 
 
 @pytest.mark.parametrize(
