@@ -17,11 +17,12 @@ class PcaServer:
     """``pca serve --server S --workers N`` on a CA directory (all roles unless ``roles``)."""
 
     def __init__(self, cfg: Config, server: str = "granian", workers: int = 1, roles: str | None = None) -> None:
+        """``server=""``: no --server or --workers flag, the default shape (``[public]`` of the configuration)."""
         self.cfg = cfg
         self.server = server
         self.workers = workers
         cmd = [sys.executable, "-m", "pca.cli", "serve", "--config", str(cfg.path), "--log-level", "warning"]
-        cmd += ["--server", server]
+        cmd += ["--server", server] if server else []
         if server == "granian":
             cmd += ["--workers", str(workers)]
         if roles:
@@ -33,6 +34,8 @@ class PcaServer:
 
     @property
     def label(self) -> str:
+        if not self.server:
+            return "pca serve"
         if self.server == "granian":
             return f"pca serve --server granian --workers {self.workers}"
         return f"pca serve --server {self.server}"

@@ -83,6 +83,7 @@ class AuditConfig:
 
 
 DATABASE_URL_ENV = "PCA_DATABASE_URL"
+PUBLIC_SERVERS = ("granian", "uvicorn")  # the public listener's server; granian (RSGI, worker processes) first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +109,8 @@ class Config:
     admin_tls: AdminTLSConfig = dataclasses.field(default_factory=AdminTLSConfig)
     audit: AuditConfig = dataclasses.field(default_factory=AuditConfig)
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)  # header sizes, timeouts, connections
+    public_server: str = "granian"  # public.server: granian (worker processes, RSGI) or uvicorn (in-process)
+    public_workers: int = 0  # public.workers: granian worker processes; 0 = one per core
 
     @property
     def backend(self) -> str:
@@ -263,6 +266,15 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Config:
     public_listen = parse_listen(
         _typed(public, "public", "listen", str, "{}:{}".format(*listen_from_url(public_url))), "public.listen"
     )
+    public_server = _typed(public, "public", "server", str, "granian")
+    public_workers = _typed(public, "public", "workers", int, 0)
+    if public_server not in PUBLIC_SERVERS:
+        raise ConfigError(f"public.server {public_server!r} is not one of {', '.join(PUBLIC_SERVERS)}")
+    if public_workers < 0 or (public_server == "uvicorn" and public_workers > 1):
+        raise ConfigError(
+            f"public.workers must be 0 (one per core) or more, and applies to granian only (uvicorn serves in "
+            f"the pca serve process), got {public_workers}"
+        )
     admin_listen = parse_listen(_typed(admin, "admin", "listen", str, "127.0.0.1:8081"), "admin.listen")
     admin_tls = parse_admin_tls(admin, rel, data_dir, _typed)
     admin_url = _typed(admin, "admin", "url", str, default_admin_url(admin_listen, admin_tls.enabled))
@@ -365,6 +377,8 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Config:
         admin_tls=admin_tls,
         audit=audit,
         limits=parse_limits(_section(data, "limits")),
+        public_server=public_server,
+        public_workers=public_workers,
     )
     listen_from_url(cfg.public_url)
     _positive(cfg.leaf_validity_days, "ca.leaf_validity_days")

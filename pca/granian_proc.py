@@ -4,6 +4,11 @@ granian's main process starts its workers; stopped (SIGTERM, Ctrl-C) while it is
 them, it exits and leaves them running, holding the public port. So ``pca serve`` becomes the
 subreaper of its descendants (Linux) and, once granian's main process has exited, stops every
 granian process left among them.
+
+``pca serve`` killed outright (SIGKILL, the OOM killer) can stop nothing: so granian's main process
+is started through ``python -m pca.granian_proc`` (``main``), which asks the kernel to kill it
+when its parent dies, and each worker asks the same of the main process (``die_with_granian``).
+A ``pca serve`` restarted after a crash then finds the public port free.
 """
 
 from __future__ import annotations
@@ -12,14 +17,18 @@ import contextlib
 import ctypes
 import logging
 import os
+import runpy
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 log = logging.getLogger("pca.serve")
 
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_PDEATHSIG = 1
+MAIN_ENV = "PCA_GRANIAN_MAIN"  # the pid of granian's main process, for its workers
 _PROC = Path("/proc")
 
 
@@ -27,6 +36,30 @@ def become_subreaper() -> None:
     """Orphaned descendants (granian's workers) become this process's children, not init's."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this process when ``parent`` (its parent now) ends; at once if it already has."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def die_with_granian() -> None:
+    """In a granian worker: end with granian's main process, even when that one is killed outright."""
+    main_pid = os.environ.get(MAIN_ENV, "")
+    if main_pid.isdigit():
+        _die_with_parent(int(main_pid))
+
+
+def main() -> None:
+    """``python -m pca.granian_proc PARENT ARGS...``: granian's command line, ended with ``PARENT``."""
+    parent = int(sys.argv[1])
+    _die_with_parent(parent)
+    os.environ[MAIN_ENV] = str(os.getpid())
+    sys.argv = ["granian", *sys.argv[2:]]
+    runpy.run_module("granian", run_name="__main__", alter_sys=True)
 
 
 def _granian_children(parent: int) -> list[int]:
@@ -78,3 +111,7 @@ def stop_granian(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
             time.sleep(0.05)
         if not left:
             return
+
+
+if __name__ == "__main__":
+    main()

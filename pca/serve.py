@@ -24,7 +24,7 @@ from starlette.types import ASGIApp
 
 from pca.admin_tls import admin_listener_tls
 from pca.bind_check import check_listeners
-from pca.config import DATABASE_URL_ENV, Config
+from pca.config import DATABASE_URL_ENV, PUBLIC_SERVERS, Config
 from pca.granian_proc import become_subreaper, stop_granian
 from pca.listener_limits import Budget, connection_budget, raise_descriptor_limit
 from pca.listener_protocol import ListenerServer, listener_config
@@ -65,7 +65,7 @@ from revocation.propagation.tracker import PropagationTracker
 log = logging.getLogger("pca.serve")
 
 ALL_ROLES = ("api", "presigner", "responder", "publisher", "tracker")
-SERVERS = ("uvicorn", "granian")
+SERVERS = PUBLIC_SERVERS
 SIGNER_CHECK_SECONDS = 3600
 
 
@@ -153,12 +153,13 @@ def _uvicorn(app: ASGIApp, host: str, port: int, guard: ListenerGuard, backlog: 
 def _granian(
     cfg: Config, workers: int, identity: dict[str, str], budget: Budget, metrics_dir: Path
 ) -> subprocess.Popen[bytes]:
-    """The public listener (OCSP and CRLs) under granian, in its own worker processes."""
+    """The public listener (OCSP and CRLs) under granian, in its own worker processes, through RSGI."""
     host, port = cfg.public_listen
     cmd = [
-        sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--host", host, "--port", str(port),
+        sys.executable, "-m", "pca.granian_proc", str(os.getpid()),  # granian, ended with this process
+        "--interface", "rsgi", "--factory", "--host", host, "--port", str(port),
         "--workers", str(workers), "--no-ws", "--log-level", "warning", "--backlog", "2048",
-        *granian_args(cfg.limits, budget.descriptors), "pca.public_app:create_app",
+        *granian_args(cfg.limits, budget.descriptors), "pca.public_rsgi:create_app",
     ]  # fmt: skip
     env = public_listener_env(cfg)
     env.update(identity)
@@ -200,12 +201,37 @@ async def _watch(proc: subprocess.Popen[bytes]) -> None:
     raise ConfigError(f"the public listener (granian) exited with status {proc.returncode}")
 
 
+def public_server(
+    cfg: Config, server: str | None, workers: int | None, roles: tuple[str, ...] = ALL_ROLES
+) -> tuple[str, int]:
+    """The public listener's server and worker count: the flags given, else ``[public]``; 0 workers: one per core.
+
+    ``[public] server`` is for processes that answer OCSP and whose other roles report on the admin
+    listener: one with a role whose /healthz and /metrics only its public listener gives (the signing
+    roles or the tracker without the API; granian's workers would answer for themselves instead) keeps
+    that listener in the process, unless ``--server granian`` says otherwise.
+    """
+    fits = "responder" in roles and ("api" in roles or set(roles) == {"responder"})
+    server = server or (cfg.public_server if fits else "uvicorn")
+    if server not in SERVERS:
+        raise ConfigError(f"unknown server {server!r}; choose from {', '.join(SERVERS)}")
+    if server == "uvicorn":
+        if workers not in (None, 1):
+            raise ConfigError(f"--workers {workers}: uvicorn runs the public listener in this process (1); use granian")
+        return server, 1
+    if workers is None:
+        workers = cfg.public_workers
+    if workers < 0:
+        raise ConfigError(f"--workers {workers}: give 1 or more, or 0 for one per core")
+    return server, workers or os.cpu_count() or 1
+
+
 async def serve(
     cfg: Config,
     roles: tuple[str, ...] = ALL_ROLES,
     *,
-    server: str = "uvicorn",
-    workers: int = 1,
+    server: str | None = None,
+    workers: int | None = None,
     responder_id: str | None = None,
     responder_url: str | None = None,
     insecure_admin_http: bool = False,
@@ -215,10 +241,7 @@ async def serve(
         raise ConfigError(f"unknown roles {sorted(unknown)}; choose from {', '.join(ALL_ROLES)}")
     if not roles:
         raise ConfigError(f"no roles given; choose from {', '.join(ALL_ROLES)}")
-    if server not in SERVERS:
-        raise ConfigError(f"unknown server {server!r}; choose from {', '.join(SERVERS)}")
-    if workers < 1 or (server == "uvicorn" and workers != 1):
-        raise ConfigError(f"--workers {workers}: uvicorn runs the public listener in this process (1); use granian")
+    server, workers = public_server(cfg, server, workers, roles)
     check_listeners(cfg, roles)
     # Listener limits: each listener's connection cap fits the open-files limit, raised to the hard one.
     budget = connection_budget(cfg.limits, raise_descriptor_limit(), admin="api" in roles)
@@ -331,10 +354,11 @@ async def serve(
             await asyncio.sleep(0.3)
 
         log.info(
-            "serving roles %s on %s; public %s:%d, admin %s:%d",
+            "serving roles %s on %s; public %s:%d (%s), admin %s:%d",
             ",".join(roles),
             cfg.database_label,
             *cfg.public_listen,
+            f"granian, {workers} worker process(es)" if granian_public else "uvicorn, in this process",
             *cfg.admin_listen,
         )
         public_budget = connection_budget(cfg.limits, budget.descriptors, admin=False) if granian_public else budget

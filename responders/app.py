@@ -1,9 +1,11 @@
-"""The OCSP HTTP responder: a bare ASGI app, because this is the hot path.
+"""The OCSP HTTP responder: a bare app, because this is the hot path.
 
 ``GET {prefix}/{base64 request}`` and ``POST {prefix}`` with
-``application/ocsp-request``. The app decodes the request, resolves the issuer
-and awaits ``source.response``; it knows nothing of where responses live.
-Whatever a client sends, the answer is an OCSP response or a 4xx, never a 500.
+``application/ocsp-request``. ``OCSPApp.reply`` decodes the request, resolves the issuer
+and awaits ``source.response``; it knows nothing of where responses live, nor of the
+server: the ASGI entry (``__call__``) and granian's RSGI entry (``pca.public_rsgi``) both
+send what it decides. Whatever a client sends, the answer is an OCSP response or a 4xx,
+never a 500.
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+Header = Callable[[str], "str | None"]  # a request header by lower-case name
+ReadBody = Callable[[], Awaitable["bytes | None"]]  # the request body; None when over MAX_REQUEST_BYTES
+Reply = tuple[int, list[tuple[str, str]], bytes]  # status, headers, body
 
 log = logging.getLogger("pca.responder")
 
 MAX_REQUEST_BYTES = 10 * 1024
 MEMO_SIZE = 50_000  # remembered requests; cleared when full (a path costs ~250 bytes)
 MEMO_MAX_KEY = 512  # longer requests (a large nonce, padding) are not worth remembering
-_OCSP_TYPE = (b"content-type", b"application/ocsp-response")
+_OCSP_TYPE = ("content-type", "application/ocsp-response")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -70,102 +75,118 @@ class OCSPApp:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI entry (uvicorn, tests): the same answers as ``reply`` gives any other server."""
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+
+        def header(name: str) -> str | None:
+            wanted = name.encode()
+            for key, value in headers:
+                if key == wanted:
+                    return bytes(value).decode("latin-1")
+            return None
+
+        method = scope["method"]
+        status, out, body = await self.reply(method, scope["path"], header, lambda: _read_body(receive, scope))
+        raw = [(k.encode(), v.encode("latin-1")) for k, v in out]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+    async def reply(self, method: str, path: str, header: Header, read_body: ReadBody) -> Reply:
+        """The whole answer to one request: status, headers (Content-Length included) and body.
+
+        ``header(name)`` gives a request header (lower-case name) or None; ``read_body()`` the POST
+        body, or None when it is over the limit. The caller sends it as its server wants (ASGI
+        messages, granian's RSGI ``response_bytes``); for HEAD it leaves the body out.
+        """
         started = time.perf_counter()
-        self._methods.get(scope.get("method", ""), self._methods["other"]).inc()
+        self._methods.get(method, self._methods["other"]).inc()
         try:
-            await self._handle(scope, receive, send)
+            answer = await self._decide(method, path, header, read_body)
         except Exception:  # nothing a client sends may produce a traceback page
             log.exception("OCSP request failed")
-            await _send(send, 200, INTERNAL_ERROR, [_OCSP_TYPE])
+            answer = _reply(200, INTERNAL_ERROR, [_OCSP_TYPE])
         self._latency.observe(time.perf_counter() - started)
+        return answer
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        method = scope["method"]
+    async def _decide(self, method: str, path: str, header: Header, read_body: ReadBody) -> Reply:
         if method == "POST":
-            if scope["path"].rstrip("/") != self._prefix:
-                return await self._http_error(send, 404, b"not found")
-            ctype = _header(scope, b"content-type")
-            if ctype is None or ctype.split(b";")[0].strip().lower() != b"application/ocsp-request":
-                return await self._http_error(send, 415, b"Content-Type must be application/ocsp-request")
-            body = await _read_body(receive, scope)
+            if path.rstrip("/") != self._prefix:
+                return self._http_error(404, b"not found")
+            ctype = header("content-type")
+            if ctype is None or ctype.split(";")[0].strip().lower() != "application/ocsp-request":
+                return self._http_error(415, b"Content-Type must be application/ocsp-request")
+            body = await read_body()
             if body is None:
-                return await self._http_error(send, 413, b"OCSP requests are limited to 10 KB")
+                return self._http_error(413, b"OCSP requests are limited to 10 KB")
             known = self._requests.get(body)
             if known is not None:
-                return await self._lookup(known[0], known[1], scope, send, cacheable=False)
-            return await self._answer(body, scope, send, cacheable=False, memo=body)
-        if method == "HEAD":
-            send = _without_body(send)
+                return await self._lookup(known[0], known[1], header, cacheable=False)
+            return await self._answer(body, header, cacheable=False, memo=body)
         if method in ("GET", "HEAD"):
-            raw = scope["path"][len(self._prefix) + 1 :] if scope["path"].startswith(self._prefix + "/") else None
+            raw = path[len(self._prefix) + 1 :] if path.startswith(self._prefix + "/") else None
             if raw is None:
-                return await self._http_error(send, 404, b"not found")
+                return self._http_error(404, b"not found")
             known = self._requests.get(raw)
             if known is not None:  # the same GET as before: skip decoding and parsing
-                return await self._lookup(known[0], known[1], scope, send, cacheable=True)
+                return await self._lookup(known[0], known[1], header, cacheable=True)
             if len(raw) > MAX_REQUEST_BYTES * 2:
-                return await self._http_error(send, 414, b"request too long")
+                return self._http_error(414, b"request too long")
             try:
                 der = _decode_path(raw)
             except ValueError:
                 self._count["malformed"].inc()
-                return await _send(send, 200, MALFORMED_REQUEST, [_OCSP_TYPE])
-            return await self._answer(der, scope, send, cacheable=True, memo=raw)
-        await self._http_error(send, 405, b"method not allowed", [(b"allow", b"GET, HEAD, POST")])
+                return _reply(200, MALFORMED_REQUEST, [_OCSP_TYPE])
+            return await self._answer(der, header, cacheable=True, memo=raw)
+        return self._http_error(405, b"method not allowed", [("allow", "GET, HEAD, POST")])
 
-    async def _answer(
-        self, der: bytes, scope: Scope, send: Send, cacheable: bool, memo: str | bytes | None = None
-    ) -> None:
+    async def _answer(self, der: bytes, header: Header, cacheable: bool, memo: str | bytes) -> Reply:
         try:
             req = parse_request(der)
         except MalformedRequest:
             self._count["malformed"].inc()
-            return await _send(send, 200, MALFORMED_REQUEST, [_OCSP_TYPE])
+            return _reply(200, MALFORMED_REQUEST, [_OCSP_TYPE])
         try:
             issuer_id = self._issuers.resolve(req)
         except NotFound:
             self._count["unauthorized"].inc()
-            return await _send(send, 200, UNAUTHORIZED, [_OCSP_TYPE])
-        if memo is not None and len(memo) <= MEMO_MAX_KEY:
+            return _reply(200, UNAUTHORIZED, [_OCSP_TYPE])
+        if len(memo) <= MEMO_MAX_KEY:
             # A request's bytes always name the same (issuer, serial); remember it for the next asker.
             if len(self._requests) >= MEMO_SIZE:
                 self._requests.clear()
             self._requests[memo] = (issuer_id, req.serial)
-        await self._lookup(issuer_id, req.serial, scope, send, cacheable)
+        return await self._lookup(issuer_id, req.serial, header, cacheable)
 
-    async def _lookup(self, issuer_id: str, serial: int, scope: Scope, send: Send, cacheable: bool) -> None:
+    async def _lookup(self, issuer_id: str, serial: int, header: Header, cacheable: bool) -> Reply:
         try:
             entry = await self._source.response(issuer_id, serial)
         except NotFound:
             self._count["unauthorized"].inc()
-            return await _send(send, 200, UNAUTHORIZED, [_OCSP_TYPE])
+            return _reply(200, UNAUTHORIZED, [_OCSP_TYPE])
         except Unavailable:
             self._count["try_later"].inc()
-            return await _send(send, 200, TRY_LATER, [_OCSP_TYPE])
-        headers = self._headers(entry, cacheable)
-        if cacheable and _header(scope, b"if-none-match") == entry.etag:
+            return _reply(200, TRY_LATER, [_OCSP_TYPE])
+        etag = entry.etag.decode()
+        headers = self._headers(entry, etag, cacheable)
+        if cacheable and header("if-none-match") == etag:
             self._count["not_modified"].inc()
-            await send({"type": "http.response.start", "status": 304, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            return
+            return 304, headers, b""
         self._count[entry.status].inc()
-        await _send(send, 200, entry.der, headers)
+        return _reply(200, entry.der, headers)
 
-    def _headers(self, entry: Entry, cacheable: bool) -> list[tuple[bytes, bytes]]:
-        headers = [_OCSP_TYPE, (b"etag", entry.etag), (b"last-modified", entry.last_modified)]
+    def _headers(self, entry: Entry, etag: str, cacheable: bool) -> list[tuple[str, str]]:
+        headers = [_OCSP_TYPE, ("etag", etag), ("last-modified", entry.last_modified.decode())]
         if cacheable:
             max_age = max(0, min(entry.next_update - int(self._clock()), self._max_age_cap))
-            headers.append((b"cache-control", b"max-age=%d, public, no-transform, must-revalidate" % max_age))
-            headers.append((b"expires", entry.expires))
+            headers.append(("cache-control", f"max-age={max_age}, public, no-transform, must-revalidate"))
+            headers.append(("expires", entry.expires.decode()))
         else:
-            headers.append((b"cache-control", b"no-cache"))
+            headers.append(("cache-control", "no-cache"))
         return headers
 
-    async def _http_error(
-        self, send: Send, status: int, text: bytes, extra: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
+    def _http_error(self, status: int, text: bytes, extra: list[tuple[str, str]] | None = None) -> Reply:
         self._count["http_error"].inc()
-        await _send(send, status, text + b"\n", [(b"content-type", b"text/plain; charset=utf-8"), *(extra or [])])
+        return _reply(status, text + b"\n", [("content-type", "text/plain; charset=utf-8"), *(extra or [])])
 
 
 def _decode_path(raw: str) -> bytes:
@@ -205,18 +226,5 @@ async def _read_body(receive: Receive, scope: Scope) -> bytes | None:
             return b"".join(chunks)
 
 
-async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    headers = [*headers, (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _without_body(send: Send) -> Send:
-    """For HEAD: the same headers (Content-Length included), no body."""
-
-    async def send_head(message: Message) -> None:
-        if message["type"] == "http.response.body":
-            message = {**message, "body": b""}
-        await send(message)
-
-    return send_head
+def _reply(status: int, body: bytes, headers: list[tuple[str, str]]) -> Reply:
+    return status, [*headers, ("content-length", str(len(body)))], body

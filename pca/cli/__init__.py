@@ -103,11 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--responder-url", help="the OCSP URL this responder answers on, shown in timelines")
     p.add_argument(
         "--server",
-        default="uvicorn",
-        choices=["uvicorn", "granian"],
-        help="ASGI server of the public listener (granian runs it in --workers processes of its own)",
+        choices=["granian", "uvicorn"],
+        help="server of the public listener (default: public.server, granian): granian runs it in --workers "
+        "processes of its own; uvicorn in this process",
     )
-    p.add_argument("--workers", type=int, default=1, help="public listener processes (granian only)")
+    p.add_argument(
+        "--workers", type=int, help="public listener processes, granian only (default: public.workers; 0: one per core)"
+    )
     p.add_argument(
         "--insecure-admin-http",
         action="store_true",

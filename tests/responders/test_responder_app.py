@@ -1,9 +1,10 @@
 """The OCSP responder over HTTP: OCSPApp in front of CachingSource, StoreSource and IssuerIndex.
 
-Responses are pre-signed by the real PreSigner into the CA's SQLite store; requests
-go in-process through httpx's ASGI transport (or straight into the ASGI app for
-the fuzzing tests). Time moves only through a FakeClock, which the cache and the
-app read through ``clock=``.
+Responses are pre-signed by the real PreSigner into the CA's SQLite store. Every test that asks
+over HTTP runs twice: in-process through httpx's ASGI transport (the ASGI entry uvicorn serves),
+and through a real granian server speaking RSGI to the entry ``pca serve`` runs by default
+(``pca.public_rsgi.RSGIListener``), over a socket. The fuzzing tests go straight into the ASGI
+app. Time moves only through a FakeClock, which the cache and the app read through ``clock=``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import secrets
@@ -27,12 +29,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
+from granian.constants import Interfaces
+from granian.server.embed import Server as EmbeddedGranian
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from pca.config import Config
-from pca.runtime import Runtime, open_runtime
+from pca.public_rsgi import RSGIListener
+from pca.runtime import PrefixDispatcher, Runtime, open_runtime
 from pca.serve import build_authority
 from responders.app import OCSPApp
 from responders.ocsp_response import INTERNAL_ERROR, MALFORMED_REQUEST, TRY_LATER, UNAUTHORIZED
@@ -43,6 +48,7 @@ from responders.store.sqlite import SQLiteResponseStore
 from revocation.authority import Actor, Authority, IssueRequest
 from revocation.clock import FakeClock, to_epoch
 from revocation.errors import StorageError
+from tests.support.ports import free_port
 
 ACTOR = Actor("tester", "r1")
 VALIDITY = 7200
@@ -130,6 +136,7 @@ class Env:
     registry: CollectorRegistry = dataclasses.field(default_factory=CollectorRegistry)
     cache: CachingSource | None = None
     app: OCSPApp | None = None
+    served: str | None = None  # the URL of a granian server in front of ``app``; None: in-process ASGI
 
     def now(self) -> float:
         return self.clock.now().timestamp()
@@ -151,7 +158,14 @@ class Env:
 
     def client(self) -> httpx.AsyncClient:
         assert self.app is not None
+        if self.served is not None:
+            return httpx.AsyncClient(base_url=self.served, timeout=10)
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://responder.test")
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        """The RSGI entry of ``pca serve``'s public listener, in front of whichever app is current; every
+        path goes to it (prefix ""), as in-process, so that it answers the 404s itself."""
+        await RSGIListener(self.app, PrefixDispatcher([]), body_timeout=10, prefix="").__rsgi__(scope, protocol)
 
     def count(self, result: str) -> float:
         return self.registry.get_sample_value("ocsp_requests_total", {"result": result}) or 0.0
@@ -188,11 +202,36 @@ async def build_env(cfg: Config, leaves: int = 3) -> Env:
     return env
 
 
-@pytest.fixture
-async def env(ca_config: Config) -> AsyncIterator[Env]:
+@contextlib.asynccontextmanager
+async def granian_rsgi(target: Any) -> AsyncIterator[str]:
+    """A real granian server (RSGI, in this process's loop) serving ``target``; yields its URL."""
+    port = free_port()
+    server = EmbeddedGranian(target, port=port, interface=Interfaces.RSGI, websockets=False, log_enabled=False)
+    serving = asyncio.create_task(server.serve())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(250):  # up within a second or so; 10 s at most. A connection, not a request: none is counted
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            await asyncio.sleep(0.04)
+        yield url
+    finally:
+        server.stop()
+        await serving
+
+
+@pytest.fixture(params=["asgi", "granian-rsgi"])
+async def env(ca_config: Config, request: pytest.FixtureRequest) -> AsyncIterator[Env]:
     environment = await build_env(ca_config)
     try:
-        yield environment
+        if request.param == "asgi":
+            yield environment
+        else:
+            async with granian_rsgi(environment) as url:
+                environment.served = url
+                yield environment
     finally:
         environment.close()
 

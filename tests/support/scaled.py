@@ -36,8 +36,14 @@ def pca(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Comp
     )
 
 
+UVICORN = ("--server", "uvicorn")
+
+
 class RoleProcess:
-    """One ``pca serve --roles ...`` process, ready when its health URL answers."""
+    """One ``pca serve --roles ...`` process, ready when its health URL answers.
+
+    Its public listener runs under uvicorn, in the process, unless ``extra`` names ``--server``: the
+    scaled tests follow each responder by the id they give it (granian's workers report ``ID/<pid>``)."""
 
     def __init__(self, name: str, config: Path, roles: str, health_url: str, *extra: str) -> None:
         self.name = name
@@ -52,7 +58,7 @@ class RoleProcess:
         with open(self.log_path, "ab") as log:
             command = [sys.executable, "-m", "pca.cli", "serve", "--config", str(self.config)]
             self.proc = subprocess.Popen(
-                [*command, "--roles", self.roles, *self.extra],
+                [*command, "--roles", self.roles, *self.extra, *(() if "--server" in self.extra else UVICORN)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
