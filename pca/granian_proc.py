@@ -24,10 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+from revocation.lifetime import die_with_parent
+
 log = logging.getLogger("pca.serve")
 
 _PR_SET_CHILD_SUBREAPER = 36
-_PR_SET_PDEATHSIG = 1
 MAIN_ENV = "PCA_GRANIAN_MAIN"  # the pid of granian's main process, for its workers
 _PROC = Path("/proc")
 
@@ -38,25 +39,17 @@ def become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def _die_with_parent(parent: int) -> None:
-    """SIGKILL this process when ``parent`` (its parent now) ends; at once if it already has."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(1)
-
-
 def die_with_granian() -> None:
     """In a granian worker: end with granian's main process, even when that one is killed outright."""
     main_pid = os.environ.get(MAIN_ENV, "")
     if main_pid.isdigit():
-        _die_with_parent(int(main_pid))
+        die_with_parent(int(main_pid))
 
 
 def main() -> None:
     """``python -m pca.granian_proc PARENT ARGS...``: granian's command line, ended with ``PARENT``."""
     parent = int(sys.argv[1])
-    _die_with_parent(parent)
+    die_with_parent(parent)
     os.environ[MAIN_ENV] = str(os.getpid())
     sys.argv = ["granian", *sys.argv[2:]]
     runpy.run_module("granian", run_name="__main__", alter_sys=True)

@@ -36,6 +36,7 @@ from revocation.events import (
 )
 from revocation.keys import KeyRef, SigningKey, open_key
 from revocation.keys import usage as signing
+from revocation.lifetime import exit_with
 from revocation.projection import IssuerRecord, SigningSource, SigningState
 from revocation.waiting import wait_event
 
@@ -104,11 +105,14 @@ def sign_batch(
     return template.sign_many(statuses, this, from_epoch(next_update), this)
 
 
-def _init_worker(environment: dict[str, str]) -> None:
+def _init_worker(environment: dict[str, str], server: int) -> None:
     # The forkserver was started with the environment of its first use; take the pool
     # creator's, which names the PINs, passphrases, HSM configuration and cloud credentials.
     os.environ.clear()
     os.environ.update(environment)
+    # Its parent is the forkserver, which waits for its workers: a killed server leaves no signers
+    # (nor, then, a forkserver) only if the workers end with the server.
+    exit_with(server)
 
 
 def _started() -> None:
@@ -133,7 +137,7 @@ def signing_pool(workers: int) -> ProcessPoolExecutor:
         max_workers=count,
         mp_context=multiprocessing.get_context("forkserver"),
         initializer=_init_worker,
-        initargs=(dict(os.environ),),
+        initargs=(dict(os.environ), os.getpid()),
     )
 
 

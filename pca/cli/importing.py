@@ -29,6 +29,7 @@ from revocation.importing.importer import (
     index_candidates,
 )
 from revocation.importing.plan import Outcome
+from revocation.lifetime import exit_with
 
 
 def add_import_parser(sub: Any) -> None:
@@ -179,7 +180,12 @@ async def _run(
             known = ", ".join(i.issuer_id for i in issuers) or "none"
             raise NotFoundError(f"unknown issuer {args.issuer!r} (known: {known}); add it with pca issuer add")
         if workers:
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+            pool = ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("forkserver"),
+                initializer=exit_with,  # a killed import leaves no workers
+                initargs=(os.getpid(),),
+            )
         importer = Importer(
             rt.log,
             rt.view,

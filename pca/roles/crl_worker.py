@@ -32,6 +32,7 @@ from publishers.crl_writer import CRLWriter, Published
 from publishers.storer import Storer
 from responders.presigner import stop_pool
 from revocation.errors import StorageError
+from revocation.lifetime import exit_with
 
 # --- in the child -------------------------------------------------------------------------------
 
@@ -76,8 +77,9 @@ class _Child:
 _child: _Child | None = None
 
 
-def _init_child(config: Config, environment: dict[str, str]) -> None:
+def _init_child(config: Config, environment: dict[str, str], server: int) -> None:
     global _child
+    exit_with(server)  # a killed server leaves no CRL writer behind (its parent is the forkserver)
     # The forkserver was started with the environment of its first use (perhaps before a PIN or an
     # HSM configuration was set); take the pool creator's, as the pre-signer's workers do.
     os.environ.clear()
@@ -106,7 +108,7 @@ class CRLWorker:
                 max_workers=1,
                 mp_context=multiprocessing.get_context("forkserver"),
                 initializer=_init_child,
-                initargs=(self._config, dict(os.environ)),
+                initargs=(self._config, dict(os.environ), os.getpid()),
             )
         return self._pool
 

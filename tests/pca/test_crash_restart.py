@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import ServerProcess, init_ca
+from tests.support.processes import ServerProcess, descendants, init_ca, living
 
 pytestmark = pytest.mark.e2e
 
@@ -89,8 +89,14 @@ def test_after_kill_9_and_restart_a_revocation_is_answered_revoked_at_once(tmp_p
         dead_holder = before["presigner"]["holder"]  # type: ignore[index]
 
         assert srv.proc is not None
+        helpers = descendants(srv.proc.pid)  # granian and its workers, the signing pool and its forkserver
         srv.proc.kill()  # SIGKILL: no lease is released, and the granian workers cannot be stopped by it
         srv.proc.wait()
+        # None of its helper processes outlives it: they would hold the port, memory and key handles.
+        gone_by = time.monotonic() + DEADLINE
+        while living(helpers) and time.monotonic() < gone_by:
+            time.sleep(0.05)
+        assert not living(helpers), [Path(f"/proc/{p}/cmdline").read_bytes()[-150:] for p in living(helpers)]
         srv.start(ready=False)
 
         # Revoke as soon as the restarted server's public listener (granian's workers, which went with their

@@ -120,6 +120,19 @@ def descendants(pid: int) -> set[int]:
     return below
 
 
+def living(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (a zombie waiting for its parent to reap it is not)."""
+    out = set()
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] != "Z":
+            out.add(pid)
+    return out
+
+
 @contextlib.contextmanager
 def running_server(directory: Path, *, tls: bool = False) -> Iterator[ServerProcess]:
     """``pca init`` into ``directory``, then ``pca serve`` it until the block ends."""
