@@ -79,7 +79,7 @@ log = logging.getLogger("pca.tracker")
 READ_BATCH = 1000
 MAX_BACKOFF = 5.0  # seconds between attempts while the database is unreachable
 PRUNE_EVERY = 60.0  # seconds between prunings of responder progress
-MIN_STEP_SECONDS = 0.2  # however often it is woken (``run``)
+MIN_STEP_SECONDS = 0.2  # steps (each looks at all it follows) come no oftener, however often commits wake it
 
 
 class PropagationRecords(
@@ -275,11 +275,7 @@ class PropagationTracker:
                 failing = False
                 delay = self._poll
             await wait_event(self._wake, delay)
-            # A busy log wakes it after every commit, and each step looks at every revocation still followed:
-            # at most one step per MIN_STEP_SECONDS. The figures are the stored times, never later for it.
-            rest = min(self._poll, MIN_STEP_SECONDS) - (time.monotonic() - started)
-            if rest > 0:
-                await asyncio.sleep(rest)
+            await asyncio.sleep(max(0.0, min(self._poll, MIN_STEP_SECONDS) - (time.monotonic() - started)))
 
     @property
     def pending(self) -> int:
@@ -389,15 +385,11 @@ class PropagationTracker:
         await watch_agents(self._coord, tracked, self._metrics.observe_relying_party)
 
     async def _finish(self, responders: Sequence[ResponderState], now: float) -> None:
-        ended: list[tuple[_Tracked, bool]] = []
-        for t in self._tracked.values():
-            complete = self._complete(t, responders, now)
-            if complete or now - t.committed_at > self._give_up_after:
-                ended.append((t, complete))
+        ended = [(t, self._complete(t, responders, now)) for t in self._tracked.values()]
+        ended = [(t, complete) for t, complete in ended if complete or now - t.committed_at > self._give_up_after]
         if not ended:
             return
-        # One read for all of them: at a thousand revocations a second, one each was a good part of the step.
-        probes = await self._coord.probes_of([t.key for t, _ in ended])
+        probes = await self._coord.probes_of([t.key for t, _ in ended])  # one read for all of them
         done = [(t, self._timeline_of(t, responders, probes.get(t.key, []), now), complete) for t, complete in ended]
         # Saved first: if saving fails, they stay pending and nothing is counted twice.
         await self._coord.save_timelines(
