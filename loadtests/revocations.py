@@ -1,6 +1,7 @@
 """Revocation throughput: durable revocations per second through the admin API.
 
     python -m loadtests.revocations [--smoke] [--runs 2] [--count 100000] [--clients 16] [--duration 10]
+                                    [--roles api,presigner,...]
 
 ``pca serve`` (every role: the pre-signer re-signs each revoked certificate and the
 publisher republishes the CRL while we measure) on a copy of a CA holding ``--count``
@@ -10,12 +11,16 @@ certificates one after another (every request names a different certificate) for
 client: an httpx load generator saturates a core of this 2-core machine by itself long
 before the server does. Afterwards the log's new CertificateRevoked events are counted
 and every one of their serials is read back with ``GET /v1/certificates/{serial}``: it
-must say revoked.
+must say revoked. Each run also reports the CPU time ``pca serve`` spent per revocation
+(the server process, and with its signing and CRL worker processes): on a shared machine it
+moves much less than the rate does. ``--roles`` serves a subset of the roles, to see what
+each one costs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +70,40 @@ def revoke_for(server: PcaServer, serials: list[int], clients: int, duration: fl
         LUA.replace("__TOKEN__", server.token).replace("__SERIALS__", str(items)).replace("__THREADS__", str(THREADS))
     )
     head = _head(server)
+    pid = server.service.proc.pid if server.service.proc is not None else None
+    before = _cpu_seconds(pid)
     result = run_wrk(server.admin_url, script, duration=duration, connections=clients, threads=THREADS)
-    return {"wrk": result, "head_before": head}
+    after = _cpu_seconds(pid)
+    cpu = {key: round(after[key] - before[key], 2) for key in before}
+    return {"wrk": result, "head_before": head, "cpu_s": cpu}
+
+
+def _cpu_seconds(pid: int | None) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by ``pca serve`` itself and by its whole process group (the
+    signing and CRL worker processes); read from /proc, so empty where there is none.
+
+    The machine is shared and noisy: revocations per second move with the load of others, the server's
+    CPU time per revocation much less, so both are reported.
+    """
+    if pid is None or not Path(f"/proc/{pid}/stat").exists():
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    server, group = 0.0, 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) != pid:  # the process group: the server leads its own
+            continue
+        used = (int(fields[11]) + int(fields[12])) / tick
+        group += used
+        if entry.name == str(pid):
+            server = used
+    return {"server": server, "group": group}
 
 
 def _head(server: PcaServer) -> int:
@@ -105,7 +142,9 @@ async def verify(server: PcaServer, serials: list[int], clients: int) -> list[st
     return wrong
 
 
-def run(*, smoke: bool, runs: int, count: int, clients: int, duration: float) -> dict[str, Any]:
+def run(
+    *, smoke: bool, runs: int, count: int, clients: int, duration: float, roles: str | None = None
+) -> dict[str, Any]:
     if smoke:
         count, duration = min(count, 5000), 1.0
     with scratch("revoke") as work:
@@ -114,7 +153,7 @@ def run(*, smoke: bool, runs: int, count: int, clients: int, duration: float) ->
         cfg = clone_ca(template.cfg, work / "serve")
         good = template.population.good()
         results = []
-        with PcaServer(cfg, "uvicorn") as server:
+        with PcaServer(cfg, "uvicorn", roles=roles) as server:
             for n in range(runs):
                 take = int(duration * 4000)  # more than the server can revoke in the time
                 batch, good = good[:take], good[take:]
@@ -124,7 +163,11 @@ def run(*, smoke: bool, runs: int, count: int, clients: int, duration: float) ->
                 rate = len(revoked) / seconds
                 wrong = asyncio.run(verify(server, revoked, clients))
                 server.check_alive()
-                log(f"  run {n + 1}: {rate:.0f} revocations/s ({len(revoked)} in {seconds:.1f} s)")
+                cpu_ms = {k: round(1000 * v / max(1, len(revoked)), 3) for k, v in r["cpu_s"].items()}
+                log(
+                    f"  run {n + 1}: {rate:.0f} revocations/s ({len(revoked)} in {seconds:.1f} s); CPU per revocation: "
+                    + ", ".join(f"{k} {v:.2f} ms" for k, v in cpu_ms.items())
+                )
                 results.append(
                     {
                         "revocations_per_s": round(rate, 1),
@@ -134,6 +177,7 @@ def run(*, smoke: bool, runs: int, count: int, clients: int, duration: float) ->
                         "non_2xx_or_errors": r["wrk"]["errors"],
                         "p50_ms": r["wrk"]["p50_ms"],
                         "p99_ms": r["wrk"]["p99_ms"],
+                        "cpu_ms_per_revocation": cpu_ms,
                         "verified": len(revoked) - len(wrong),
                         "not_revoked_on_read_back": wrong[:5],
                         "not_revoked_count": len(wrong),
@@ -147,6 +191,7 @@ def run(*, smoke: bool, runs: int, count: int, clients: int, duration: float) ->
             "duration_s": duration,
             "runs": runs,
             "server": "uvicorn",
+            "roles": roles or "all",
             "load_generator": f"wrk, {THREADS} threads",
         },
         "revocations_per_s": round(median([r["revocations_per_s"] for r in results]), 1),
@@ -160,8 +205,16 @@ def main() -> None:
     p.add_argument("--count", type=int, default=100_000)
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--duration", type=float, default=10)
+    p.add_argument("--roles", help="pca serve --roles (default: every role); to see what each role costs")
     args = p.parse_args()
-    result = run(smoke=args.smoke, runs=runs_of(args), count=args.count, clients=args.clients, duration=args.duration)
+    result = run(
+        smoke=args.smoke,
+        runs=runs_of(args),
+        count=args.count,
+        clients=args.clients,
+        duration=args.duration,
+        roles=args.roles,
+    )
     emit(result, args.json_out)
 
 

@@ -220,6 +220,10 @@ class ProbeStore(Protocol):
         """Every probe of the certificate (all its revocations), earliest first."""
         ...
 
+    async def probes_of(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], list[ProbeResult]]:
+        """``probes`` of many certificates (issuer_id, serial) in one read; those without probes are left out."""
+        ...
+
 
 class TimelineArchive(Protocol):
     """Finished propagation timelines, kept after the progress rows they came from are pruned."""

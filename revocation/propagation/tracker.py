@@ -79,6 +79,7 @@ log = logging.getLogger("pca.tracker")
 READ_BATCH = 1000
 MAX_BACKOFF = 5.0  # seconds between attempts while the database is unreachable
 PRUNE_EVERY = 60.0  # seconds between prunings of responder progress
+MIN_STEP_SECONDS = 0.2  # steps (each looks at all it follows) come no oftener, however often commits wake it
 
 
 class PropagationRecords(
@@ -258,6 +259,7 @@ class PropagationTracker:
         failing = False
         while True:
             self._wake.clear()
+            started = time.monotonic()
             try:
                 await self.step()
             except Exception as exc:  # the database may be down for a while: keep going
@@ -273,6 +275,7 @@ class PropagationTracker:
                 failing = False
                 delay = self._poll
             await wait_event(self._wake, delay)
+            await asyncio.sleep(max(0.0, min(self._poll, MIN_STEP_SECONDS) - (time.monotonic() - started)))
 
     @property
     def pending(self) -> int:
@@ -382,15 +385,12 @@ class PropagationTracker:
         await watch_agents(self._coord, tracked, self._metrics.observe_relying_party)
 
     async def _finish(self, responders: Sequence[ResponderState], now: float) -> None:
-        done: list[tuple[_Tracked, Timeline, bool]] = []
-        for t in list(self._tracked.values()):
-            complete = self._complete(t, responders, now)
-            gave_up = now - t.committed_at > self._give_up_after
-            if complete or gave_up:
-                probes = await self._coord.probes(t.issuer_id, t.serial)
-                done.append((t, self._timeline_of(t, responders, probes, now), complete))
-        if not done:
+        ended = [(t, self._complete(t, responders, now)) for t in self._tracked.values()]
+        ended = [(t, complete) for t, complete in ended if complete or now - t.committed_at > self._give_up_after]
+        if not ended:
             return
+        probes = await self._coord.probes_of([t.key for t, _ in ended])  # one read for all of them
+        done = [(t, self._timeline_of(t, responders, probes.get(t.key, []), now), complete) for t, complete in ended]
         # Saved first: if saving fails, they stay pending and nothing is counted twice.
         await self._coord.save_timelines(
             [SavedTimeline(t.issuer_id, t.serial, t.seq, tl.to_json()) for t, tl, _ in done]

@@ -337,6 +337,25 @@ class PostgresCoordination(PostgresInstallations):
             ProbeResult(issuer_id, serial, int(r["seq"]), str(r["responder_url"]), float(r["seen_at"])) for r in rows
         ]
 
+    async def probes_of(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], list[ProbeResult]]:
+        by_issuer: dict[str, list[str]] = {}
+        for issuer_id, serial in keys:
+            by_issuer.setdefault(issuer_id, []).append(f"{serial:x}")
+        found: dict[tuple[str, int], list[ProbeResult]] = {}
+        for issuer_id, serials in by_issuer.items():
+            rows = await self._fetch(
+                f"reading the probes of {len(serials)} certificates of {issuer_id}",
+                "SELECT serial, seq, responder_url, seen_at FROM probes WHERE issuer_id = $1 "
+                "AND serial = ANY($2::text[]) ORDER BY seen_at, responder_url",
+                issuer_id,
+                serials,
+            )
+            for r in rows:
+                serial = int(str(r["serial"]), 16)
+                probe = ProbeResult(issuer_id, serial, int(r["seq"]), str(r["responder_url"]), float(r["seen_at"]))
+                found.setdefault((issuer_id, serial), []).append(probe)
+        return found
+
     # --- finished timelines ---
 
     async def save_timeline(self, issuer_id: str, serial: int, seq: int, timeline: dict[str, Any]) -> None:

@@ -328,6 +328,28 @@ class SQLiteCoordination(SQLiteInstallations):
 
         return await self._db.read(q)
 
+    async def probes_of(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], list[ProbeResult]]:
+        by_issuer: dict[str, list[str]] = {}
+        for issuer_id, serial in keys:
+            by_issuer.setdefault(issuer_id, []).append(f"{serial:x}")
+
+        def q(conn: sqlite3.Connection) -> dict[tuple[str, int], list[ProbeResult]]:
+            found: dict[tuple[str, int], list[ProbeResult]] = {}
+            for issuer_id, serials in by_issuer.items():
+                for chunk in in_chunks(serials):
+                    rows = conn.execute(
+                        "SELECT serial, seq, responder_url, seen_at FROM probes WHERE issuer_id = ? "
+                        f"AND serial IN ({','.join('?' * len(chunk))}) ORDER BY seen_at, responder_url",
+                        (issuer_id, *chunk),
+                    )
+                    for serial_hex, seq, url, at in rows:
+                        serial = int(serial_hex, 16)
+                        probe = ProbeResult(issuer_id, serial, int(seq), str(url), float(at))
+                        found.setdefault((issuer_id, serial), []).append(probe)
+            return found
+
+        return await self._db.read(q) if by_issuer else {}
+
     # --- finished timelines ---
 
     async def save_timeline(self, issuer_id: str, serial: int, seq: int, timeline: dict[str, Any]) -> None:

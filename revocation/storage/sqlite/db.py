@@ -11,9 +11,9 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from revocation.errors import StorageError
 from revocation.storage.schema import Schema
@@ -55,6 +55,77 @@ def _apply(conn: sqlite3.Connection, owner: str, version: int, sql: str) -> None
         raise
 
 
+Outcome = tuple[bool, Any]  # (True, what fn returned) or (False, what it raised)
+
+
+class _ReadBatches:
+    """Reads of one event loop, handed to the reader thread in batches: the first read of a quiet
+    moment goes at once, and those that arrive while a batch runs go together after it (as the
+    log's group commit does for appends). Each read keeps its own result or error."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor, conn: Callable[[], sqlite3.Connection]
+    ) -> None:
+        self.loop = loop
+        self._executor = executor
+        self._conn = conn
+        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._running = False
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        future: asyncio.Future[T] = self.loop.create_future()
+        self._queue.append((fn, future))
+        if not self._running:
+            self._submit()
+        return await future
+
+    def _submit(self) -> None:
+        batch, self._queue = self._queue, []
+        try:
+            done = self._executor.submit(self._run, [fn for fn, _ in batch])
+        except RuntimeError as exc:  # the database was closed
+            self._deliver(batch, [(False, exc)] * len(batch))
+            return
+        self._running = True
+        done.add_done_callback(lambda f: self._threadsafe(self._finished, batch, f))
+
+    def _threadsafe(self, callback: Callable[..., None], *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the event loop was closed meanwhile: nobody waits for these reads
+            pass
+
+    def _run(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[Outcome]:
+        conn = self._conn()
+        out: list[Outcome] = []
+        for fn in fns:
+            try:
+                out.append((True, fn(conn)))
+            except BaseException as exc:  # noqa: BLE001 - handed to its reader, as run_in_executor would
+                out.append((False, exc))
+        return out
+
+    def _finished(self, batch: list[tuple[Any, asyncio.Future[Any]]], done: Future[list[Outcome]]) -> None:
+        self._running = False
+        try:
+            outcomes = done.result()
+        except BaseException as exc:  # noqa: BLE001 - the executor failed the whole job
+            outcomes = [(False, exc)] * len(batch)
+        self._deliver(batch, outcomes)
+        if self._queue:
+            self._submit()
+
+    @staticmethod
+    def _deliver(batch: list[tuple[Any, asyncio.Future[Any]]], outcomes: list[Outcome]) -> None:
+        for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+            if future.done():  # its reader was cancelled
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
 class SQLiteDatabase:
     """One SQLite file shared by the log, the projection, coordination and the response store.
 
@@ -68,6 +139,7 @@ class SQLiteDatabase:
         # Reads of a whole CRL shard (a million rows: seconds) have a thread and connection of their
         # own, so that the API's and the responders' short reads never queue behind them.
         self._bulk_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-bulk-reader")
+        self._batches: _ReadBatches | None = None
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -143,9 +215,15 @@ class SQLiteDatabase:
             raise StorageError(f"writing to {self.path}: {exc}") from exc
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the reader thread. Reads that arrive while others run there go together
+        (``_ReadBatches``): a thousand revocations a second make several reads each, and a hand-off
+        to a thread and back per read cost more than most of the reads did."""
         loop = asyncio.get_running_loop()
+        batches = self._batches
+        if batches is None or batches.loop is not loop:  # first use, or another event loop (asyncio.run again)
+            batches = self._batches = _ReadBatches(loop, self._reader, self._conn)
         try:
-            return await loop.run_in_executor(self._reader, self._run_read, fn)
+            return await batches.read(fn)
         except sqlite3.Error as exc:
             raise StorageError(f"reading {self.path}: {exc}") from exc
 

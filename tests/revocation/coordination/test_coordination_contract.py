@@ -325,6 +325,29 @@ async def test_probes_keep_the_first_report_per_revocation_and_url(subject: Subj
     assert await coord.probes("ca", 0xA1) == [earlier_revocation, b, a]
 
 
+async def test_probes_of_many_certificates_in_one_read_are_each_ones_probes(subject: Subject) -> None:
+    coord = subject.coord
+    assert await coord.probes_of([]) == {}
+    assert await coord.probes_of([("ca", 0xA1)]) == {}
+    for probe in (
+        ProbeResult("ca", 0xA1, 7, "http://b.test/ocsp", 101.0),
+        ProbeResult("ca", 0xA1, 7, "http://a.test/ocsp", 102.5),
+        ProbeResult("ca", 0xA1, 3, "http://a.test/ocsp", 50.0),
+        ProbeResult("ca", 0xB2, 9, "http://a.test/ocsp", 100.0),
+        ProbeResult("other", 0xA1, 4, "http://a.test/ocsp", 10.0),
+    ):
+        await coord.record_probe(probe)
+    # More certificates than one IN (...) holds, most of them never probed.
+    keys = [("ca", 0xA1), ("ca", 0xB2), ("other", 0xA1), ("ca", 0xC3)] + [("ca", 0x1000 + n) for n in range(1200)]
+    found = await coord.probes_of(keys)
+    assert found == {
+        ("ca", 0xA1): await coord.probes("ca", 0xA1),
+        ("ca", 0xB2): await coord.probes("ca", 0xB2),
+        ("other", 0xA1): await coord.probes("other", 0xA1),
+    }
+    assert [p.seq for p in found[("ca", 0xA1)]] == [3, 7, 7]
+
+
 # --- CRL installations by relying parties' sync agents ---------------------------------------------
 
 

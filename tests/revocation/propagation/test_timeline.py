@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from revocation.coordination import CRLInstallation
-from revocation.propagation.timeline import Moment, RelyingPartySighting, Timeline, Unrecorded, relying_party_sightings
+from revocation.propagation.timeline import (
+    CRLSighting,
+    Moment,
+    ProbeSighting,
+    RelyingPartySighting,
+    ResponderProgress,
+    Timeline,
+    Unrecorded,
+    relying_party_sightings,
+)
 from tests.support.timelines import SEQ, T0
 from tests.support.timelines import sample_timeline as _timeline
 
@@ -121,3 +131,21 @@ def test_missing_names_the_channels_not_reached() -> None:
     assert _timeline(T0).missing() == ["ocsp_all_responders"]
     superseded = _timeline(T0, superseded=True)
     assert (superseded.pending, superseded.slo_met) == ((), None)
+
+
+def test_each_part_of_a_timeline_is_its_fields_as_json_and_a_copy() -> None:
+    parts = [
+        ResponderProgress(
+            "r1", "http://r1.test/ocsp", "applied", "2026-01-01T00:00:01Z", 1.0, 7, "2026-01-01T00:00:02Z", True
+        ),
+        CRLSighting("2026-01-01T00:00:03Z", 3.0, "delta", 12, 0),
+        ProbeSighting("http://r1.test/ocsp", "2026-01-01T00:00:01Z", 1.0),
+        RelyingPartySighting("agent-1", "2026-01-01T00:00:04Z", 4.0, "full", 11),
+    ]
+    for part in parts:
+        data = part.to_json()
+        assert data == dataclasses.asdict(part)
+        assert list(data) == [f.name for f in dataclasses.fields(part)]
+        assert type(part).from_json(json.loads(json.dumps(data))) == part
+        data["seconds"] = -1.0  # what the caller does with it is not the part's business
+        assert part.to_json() == dataclasses.asdict(part)

@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from revocation.errors import ConfigError, StorageError
 from revocation.eventlog import NewEvent, RecordedEvent
 from revocation.events import CertificateHoldReleased, CertificateIssued, CertificateRevoked, DomainEvent
 from revocation.propagation.timeline import Timeline
-from revocation.propagation.tracker import PropagationTracker
+from revocation.propagation.tracker import MIN_STEP_SECONDS, PropagationTracker
 from revocation.storage.postgres.coordination import PostgresCoordination
 from revocation.storage.postgres.log import PostgresEventLog
 from revocation.storage.postgres.projection import PostgresStatusView, apply_pg, clear_pg
@@ -870,6 +871,45 @@ async def test_the_loop_survives_an_unreachable_database_and_wakes_on_demand(
             pytest.approx(0.5)
         )
         assert not task.done()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_log_busy_with_commits_makes_the_tracker_step_a_few_times_a_second_not_after_each(env: Env) -> None:
+    """Each commit wakes it, and each step looks at every revocation it follows: at a thousand revocations a
+    second, stepping after each commit took as much of the server as the admin API did."""
+    steps = 0
+
+    class Counting(FlakyCoordination):
+        async def responders(self) -> Any:  # read once per step
+            nonlocal steps
+            steps += 1
+            return await self.inner.responders()
+
+    tracker = PropagationTracker(env.log, env.view, Counting(env.coord), CollectorRegistry(), poll_seconds=3600)  # type: ignore[arg-type]
+    task = asyncio.create_task(tracker.run())
+    try:
+
+        async def started() -> bool:
+            return steps >= 1
+
+        await until(started, tracker)
+        before, t0 = steps, time.monotonic()
+        while time.monotonic() - t0 < 1.0:  # woken every 5 ms for a second
+            tracker.wake()
+            await asyncio.sleep(0.005)
+        assert 1 <= steps - before <= 1.0 / MIN_STEP_SECONDS + 2
+        # After a quiet spell, a wake makes it look at once.
+        await asyncio.sleep(2 * MIN_STEP_SECONDS)
+        before = steps
+        tracker.wake()
+        for _ in range(100):
+            if steps > before:
+                break
+            await asyncio.sleep(0.01)
+        assert steps == before + 1
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
