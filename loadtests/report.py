@@ -146,6 +146,12 @@ def goals(all_results: dict[str, Result]) -> list[dict[str, str]]:
     return rows
 
 
+def _cpu_per_revocation(cpu: dict[str, float] | None) -> str:
+    if not cpu:
+        return "–"
+    return " / ".join(f"{v:.2f}" for v in cpu.values())
+
+
 def _pct(share: float | None) -> str:
     return "–" if share is None else f"{share * 100:.0f}%"
 
@@ -447,6 +453,8 @@ def _revocations_section(res: Result | None) -> list[str]:
             _fmt(r["p50_ms"], 1),
             _fmt(r["p99_ms"], 1),
             str(r["non_2xx_or_errors"] or "none"),
+            _cpu_per_revocation(r.get("cpu_ms_per_revocation")),
+            _pct(r.get("client_cpu_share")),
             f"{r['verified']:,} / {r['revoked']:,}",
         ]
         for n, r in enumerate(res["runs"])
@@ -454,16 +462,32 @@ def _revocations_section(res: Result | None) -> list[str]:
     return [
         "## Revocation throughput",
         "",
-        f"`pca serve` (uvicorn, every role: the pre-signer re-signs and the publisher republishes meanwhile) on "
+        f"`pca serve` in {p.get('server', 'uvicorn')}, roles: {p.get('roles', 'all')} (the pre-signer re-signs and "
+        "the publisher republishes meanwhile), on "
         f"{p['certificates']:,} certificates; wrk ({p['load_generator']}) keeps {p['clients']} keep-alive "
         f"connections revoking one certificate after another (each request names another one) for "
         f"{p['duration_s']:.0f} s; a 2xx is sent after the commit. Revocations counted from the log's new "
         "CertificateRevoked events; every one is read back with `GET /v1/certificates/{serial}`. (An httpx load "
         "generator saturates a core by itself at a few hundred requests/s on this machine, hence wrk.) "
+        "Server CPU per revocation: user + system time of `pca serve` itself / of its whole process group (signing, "
+        "CRL and granian worker processes) over the revocations; it moves much less with the machine's other load "
+        "than the rate does. wrk CPU: the load generator's share of the machine. "
         f"Median: **{_fmt(res['revocations_per_s'])} revocations/s**.",
         "",
         *_table(
-            ["run", "revocations/s", "revoked", "seconds", "p50 ms", "p99 ms", "errors", "read back revoked"], rows
+            [
+                "run",
+                "revocations/s",
+                "revoked",
+                "seconds",
+                "p50 ms",
+                "p99 ms",
+                "errors",
+                "server CPU ms per revocation",
+                "wrk CPU",
+                "read back revoked",
+            ],
+            rows,
         ),
         "",
     ]
