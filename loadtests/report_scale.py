@@ -1,9 +1,10 @@
 """The ``scale`` scenario's section (issue 15, item 3): a table and a log-log plot per measure.
 
-    python -m loadtests.report_scale [--json docs/benchmarks-scale.json] [--out-dir docs]
+    python -m loadtests.report_scale [--json docs/benchmarks-scale.json ...] [--out-dir docs] [--write-json F]
 
-renders ``benchmarks-scale.md`` and its PNGs from a saved result (the scenario's own JSON, or a
-``benchmarks.json`` holding it) without running anything. ``loadtests.run_all`` puts the same
+renders ``benchmarks-scale.md`` and its PNGs from saved results (the scenario's own JSON, or a
+``benchmarks.json`` holding it) without running anything; several are merged by size (the
+small sizes with 3 runs, 10,000,000 with 1, say). ``loadtests.run_all`` puts the same
 section into ``benchmarks.md`` and draws the plots next to it. Without matplotlib the plots are
 left out and the section says so.
 """
@@ -241,14 +242,46 @@ def scale_section(r: Result | None) -> list[str]:
     return lines
 
 
+def load_result(path: Path) -> Result:
+    """The scale result in a file: the scenario's own JSON, or a ``benchmarks.json`` holding it."""
+    data: Result = json.loads(path.read_text())
+    if data.get("scenario") == "scale":
+        return data
+    result: Result = data["results"]["scale"]
+    return result
+
+
+def merge(results: list[Result]) -> Result:
+    """One result from several runs of the scenario (say the small sizes with 3 runs, 10,000,000 with 1):
+    rows by size, a later file's row replacing an earlier one's; each row keeps its own number of runs."""
+    merged: Result = dict(results[0], results=[], skipped=[])
+    rows: dict[int, Result] = {}
+    skipped: dict[int, Result] = {}
+    for r in results:
+        for row in r["results"]:
+            rows[row["certificates"]] = dict(row, runs=row.get("runs", r["params"]["runs"]))
+            skipped.pop(row["certificates"], None)
+        for s in r.get("skipped", []):
+            if s["certificates"] not in rows:
+                skipped[s["certificates"]] = s
+    merged["results"] = [rows[n] for n in sorted(rows)]
+    merged["skipped"] = [skipped[n] for n in sorted(skipped)]
+    merged["params"] = dict(
+        merged["params"], sizes=sorted({*rows, *skipped}), runs=max(r["params"]["runs"] for r in results)
+    )
+    return merged
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     root = Path(__file__).resolve().parent.parent
-    p.add_argument("--json", type=Path, default=root / "docs" / "benchmarks-scale.json")
+    p.add_argument("--json", type=Path, nargs="+", default=[root / "docs" / "benchmarks-scale.json"])
     p.add_argument("--out-dir", type=Path, default=root / "docs")
+    p.add_argument("--write-json", type=Path, help="also write the (merged) result here")
     args = p.parse_args()
-    data = json.loads(args.json.read_text())
-    result = data.get("results", {}).get("scale", data) if "scenario" not in data else data
+    result = merge([load_result(path) for path in args.json])
+    if args.write_json is not None:
+        args.write_json.write_text(json.dumps(result, indent=2) + "\n")
     drawn = write_scale_plots(result, args.out_dir)
     result["plots"] = bool(drawn)
     md = args.out_dir / "benchmarks-scale.md"

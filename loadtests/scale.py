@@ -56,14 +56,15 @@ from loadtests.common import (
     wait_until,
 )
 from loadtests.crl_build import bare_build, entries_for, publish_runs
-from loadtests.facts import load_average
-from loadtests.scale_sets import DEFAULT_SETS, CertSet, Timed, serial_of
+from loadtests.facts import load_average, machine
+from loadtests.scale_sets import DEFAULT_SETS, MEMORY_MARGIN, CertSet, Timed, mem_available, serial_of
 from loadtests.wrkrun import run_wrk, write_script
 from pca.config import Config, OCSPConfig
 
 DEFAULT_SIZES = [10_000, 100_000, 1_000_000, 10_000_000]
 SMOKE_SIZES = [300, 1000]
 START_TIMEOUT = 1800.0
+ALL_REVOKED_BYTES = 1_000  # build_crl over N entries holds N CRLEntry objects and the DER (~0.5 KB each)
 
 
 def tree_rss_kb(pid: int) -> tuple[int, int]:
@@ -120,7 +121,7 @@ def crl_runs(cfg: Config, count: int, revoked: int, runs: int, all_revoked_max: 
         "build_crl_s": round(median([s for s, _ in bare]), 3),
         "build_crl_runs": [round(s, 3) for s, _ in bare],
     }
-    if count <= all_revoked_max:
+    if count <= all_revoked_max and mem_available() > count * ALL_REVOKED_BYTES + MEMORY_MARGIN:
         everything = entries_for(count, now)
         seconds, size = bare_build(issuer, everything, now)
         del everything
@@ -267,6 +268,7 @@ def measure_size(cset: CertSet, args: Any, runs: int, work: Path) -> dict[str, A
     phases = presign[0]["phases"]
     return {
         "certificates": count,
+        "runs": runs,
         "revoked": revoked,
         "load_before": load,
         "record_seconds": facts["record_seconds"],
@@ -305,7 +307,7 @@ def run(args: Any, runs: int) -> dict[str, Any]:
         sets_dir = work / "sets" if args.smoke else args.sets_dir
         for count in sizes:
             cset = CertSet(sets_dir, count)
-            why = None if cset.built else cset.room()
+            why = cset.room(OCSPConfig().cache_size)
             if why:
                 log(f"scale: skipping {count:,}: {why}")
                 skipped.append({"certificates": count, "reason": why})
@@ -330,6 +332,8 @@ def run(args: Any, runs: int) -> dict[str, Any]:
         },
         "results": rows,
         "skipped": skipped,
+        "machine": machine(Path(__file__).resolve().parent.parent),
+        "finished_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 

@@ -31,13 +31,19 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry
 
 from loadtests.common import BASE_SERIAL, SCRATCH, _warm_worker, log, make_ca, open_bench_runtime, populate
-from pca.config import Config, load_config
+from pca.config import Config, OCSPConfig, load_config
 from pca.runtime import Runtime
 
 REVOKED_EVERY = 100
 APPEND_BATCH = 50_000
 BYTES_PER_CERT = 4_400  # events 2.1 KB + certificates 0.9 KB + ocsp_responses 1.1 KB + indexes (100,000: 420 MB)
 DISK_MARGIN = 8 << 30
+# Memory: a responder holds about 1.4 KB per cached response (loadtests/memory.py) over a ~100 MB process;
+# recording holds the serials (~100 B each). Estimated with a margin before a size starts.
+BYTES_PER_CACHED = 1_700
+PROCESS_BASE = 200 << 20
+BYTES_PER_RECORDED = 150
+MEMORY_MARGIN = 2 << 30
 DEFAULT_SETS = SCRATCH / "pca-scale-sets"
 T = TypeVar("T")
 
@@ -125,6 +131,13 @@ async def presign_profiled(rt: Runtime, workers: int) -> dict[str, Any]:
     }
 
 
+def mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 class CertSet:
     """One cached set: ``root/<count>/ca`` and its facts in ``built.json``."""
 
@@ -152,8 +165,22 @@ class CertSet:
     def disk_needed(self) -> int:
         return self.count * BYTES_PER_CERT
 
-    def room(self) -> str | None:
-        """None if the scratch file system can hold this set, else why not."""
+    def memory_needed(self, cache_size: int) -> int:
+        serve = PROCESS_BASE + min(self.count, cache_size) * BYTES_PER_CACHED
+        return max(serve, PROCESS_BASE + self.count * BYTES_PER_RECORDED)
+
+    def room(self, cache_size: int) -> str | None:
+        """None if this machine can hold this set (disk, and memory to record and serve it), else why not."""
+        available = mem_available()
+        need_memory = self.memory_needed(cache_size)
+        if available < need_memory + MEMORY_MARGIN:
+            return (
+                f"{self.count:,} certificates need about {need_memory / 2**30:.1f} GiB of memory (a responder caching "
+                f"{min(self.count, cache_size):,} responses) plus a {MEMORY_MARGIN >> 30} GiB margin; "
+                f"{available / 2**30:.1f} GiB available"
+            )
+        if self.built:
+            return None
         self.dir.parent.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.dir.parent).free
         need = self.disk_needed()
@@ -237,7 +264,7 @@ def main() -> None:
     args = p.parse_args()
     for n in args.sizes:
         s = CertSet(args.sets_dir, n)
-        why = None if s.built else s.room()
+        why = s.room(OCSPConfig().cache_size)
         if why:
             log(f"skipping {n:,}: {why}")
             continue
