@@ -12,6 +12,7 @@ left out and the section says so.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,29 @@ def write_scale_plots(r: Result | None, out_dir: Path) -> list[Path]:
 
 def _share(part: float, whole: float) -> str:
     return f"{100 * part / whole:.0f}%" if whole else "–"
+
+
+def growth(r: Result) -> str:
+    """How each measure grows from one size to the next (times per step, e.g. per 10x certificates)."""
+    rows = r["results"]
+    if len(rows) < 2:
+        return ""
+    measures = {
+        "pre-sign time": lambda x: x["presign"]["seconds"],
+        "`Publisher.publish` time": lambda x: x["crl"]["publish_s"],
+        "time until the cache is loaded": lambda x: x["serve"]["cache_loaded_s"],
+        "responder RSS": lambda x: x["serve"]["rss_mb"],
+        "OCSP req/s": lambda x: x["serve"]["requests_per_s"],
+    }
+    steps = " → ".join(f"{x['certificates']:,}" for x in rows)
+    parts = []
+    for name, get in measures.items():
+        ratios = []
+        for a, b in itertools.pairwise(rows):
+            va, vb = get(a), get(b)
+            ratios.append(f"×{vb / va:.2g}" if va else "–")
+        parts.append(f"{name} {', '.join(ratios)}")
+    return f"From one size to the next ({steps}): " + "; ".join(parts) + "."
 
 
 def dominates(r: Result) -> str:
@@ -238,7 +262,7 @@ def scale_section(r: Result | None) -> list[str]:
         lines += ["(Plots left out: matplotlib is not installed.)", ""]
     for s in r.get("skipped", []):
         lines += [f"- {s['certificates']:,} certificates: skipped, {s['reason']}", ""]
-    lines += ["### What dominates at the top end", "", dominates(r), ""]
+    lines += ["### What dominates at the top end", "", growth(r), "", dominates(r), ""]
     return lines
 
 
