@@ -12,7 +12,8 @@ pre-signer). A size the disk cannot hold is skipped with the reason. Per size an
   (run 1 is the set's own build; further runs empty the set's response store and pre-sign it again);
   phases: wall time awaiting the log and projection reads and the store writes, CPU time of
   the signing processes and of the coordinator;
-- CRL: the publisher's whole path, ``Publisher.publish`` (1% revoked: N/100 entries), and
+- CRL: the publisher's whole path, ``Publisher.publish`` (1% revoked: N/100 entries; phases: the
+  projection's read of the revoked certificates, and the storer: parse back, check, write), and
   ``build_crl`` alone over as many entries; once per size up to ``--all-revoked-max``,
   ``build_crl`` over N entries (every certificate revoked, the worst case);
 - responder start-up: ``pca serve --roles api,responder`` (uvicorn, one process) started on
@@ -41,25 +42,31 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client import CollectorRegistry
 
 from loadtests.answers import IssuerHashes, Probe, verdict
 from loadtests.common import (
+    ISSUER,
     Service,
     emit,
     free_port,
     issuer_record,
     log,
     median,
+    open_bench_runtime,
     parser,
     runs_of,
     scratch,
     wait_until,
 )
-from loadtests.crl_build import bare_build, entries_for, publish_runs
+from loadtests.crl_build import bare_build, entries_for
 from loadtests.facts import load_average, machine
 from loadtests.scale_sets import DEFAULT_SETS, MEMORY_MARGIN, CertSet, Timed, mem_available, serial_of
 from loadtests.wrkrun import run_wrk, write_script
 from pca.config import Config, OCSPConfig
+from publishers.objectstore import DirectoryStore
+from publishers.publisher import Publisher
+from publishers.storer import Storer
 
 DEFAULT_SIZES = [10_000, 100_000, 1_000_000, 10_000_000]
 SMOKE_SIZES = [300, 1000]
@@ -104,9 +111,51 @@ def presign_runs(cset: CertSet, facts: dict[str, Any], runs: int) -> list[dict[s
     return results
 
 
+def publish_profiled(cfg: Config, runs: int) -> list[dict[str, Any]]:
+    """``Publisher.publish`` ``runs`` times (as ``crl_build.publish_runs``), with the wall time awaiting the
+    projection's read of the revoked certificates and the storer (parse back, check against the log, write)."""
+    rt = open_bench_runtime(cfg)
+    try:
+        timed = Timed()
+        rt.view.crl_revoked = timed.wrap("projection_read", rt.view.crl_revoked)  # type: ignore[method-assign]
+        storer = Storer(DirectoryStore(cfg.crl_dir), rt.view)
+        storer.store = timed.wrap("store", storer.store)  # type: ignore[method-assign]
+        publisher = Publisher(
+            rt.view,
+            storer,
+            rt.clock,
+            CollectorRegistry(),
+            validity_seconds=cfg.crl.validity_seconds,
+            interval_seconds=cfg.crl.interval_seconds,
+            after_revocation_seconds=cfg.crl.after_revocation_seconds,
+        )
+
+        async def go() -> list[dict[str, Any]]:
+            issuer = next(i for i in await rt.view.issuers() if i.issuer_id == ISSUER)
+            out = []
+            for _ in range(runs):
+                timed.seconds.clear()
+                published = await publisher.publish(issuer)
+                out.append(
+                    {
+                        "seconds": published.seconds,
+                        "bytes": published.size,
+                        "entries": published.entries,
+                        "projection_read_s": timed.seconds.get("projection_read", 0.0),
+                        "store_s": timed.seconds.get("store", 0.0),
+                    }
+                )
+                await asyncio.sleep(0.01)  # CRL numbers come from the clock in milliseconds
+            return out
+
+        return asyncio.run(go())
+    finally:
+        rt.close()
+
+
 def crl_runs(cfg: Config, count: int, revoked: int, runs: int, all_revoked_max: int) -> dict[str, Any]:
     issuer = issuer_record(cfg)
-    publish = publish_runs(cfg, runs)
+    publish = publish_profiled(cfg, runs)
     if publish[0]["entries"] != revoked:
         raise RuntimeError(f"the CRL lists {publish[0]['entries']} entries, {revoked} are revoked")
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
@@ -117,6 +166,8 @@ def crl_runs(cfg: Config, count: int, revoked: int, runs: int, all_revoked_max: 
         "publish_s": round(median([p["seconds"] for p in publish]), 3),
         "publish_runs": [round(p["seconds"], 3) for p in publish],
         "crl_bytes": publish[0]["bytes"],
+        "publish_projection_read_s": round(median([p["projection_read_s"] for p in publish]), 3),
+        "publish_store_s": round(median([p["store_s"] for p in publish]), 3),
         "entries": revoked,
         "build_crl_s": round(median([s for s, _ in bare]), 3),
         "build_crl_runs": [round(s, 3) for s, _ in bare],
