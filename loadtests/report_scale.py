@@ -174,8 +174,9 @@ def _crl_phases(c: Result) -> str:
         return "; the rest is reading the revoked certificates, parsing the CRL back, checking it, storing it"
     read, store = c["publish_projection_read_s"], c["publish_store_s"]
     return (
-        f", reading the revoked certificates from the projection {read:.2f} s ({_share(read, c['publish_s'])}), "
-        f"the storer (parse the CRL back, check it against the log, write it) {store:.2f} s "
+        f"; one read of the revoked certificates from the projection takes {read:.2f} s "
+        f"({_share(read, c['publish_s'])}; the publisher reads them to build the CRL, and the storer again to check "
+        f"it), the storer (that read, parsing the CRL back, checking it against the log, writing it) {store:.2f} s "
         f"({_share(store, c['publish_s'])})"
     )
 
@@ -214,8 +215,10 @@ def scale_section(r: Result | None) -> list[str]:
     lines += [
         "### Pre-signing from an empty response store",
         "",
-        "`PreSigner.catch_up` with 2 signing processes. Phases of the first run: CPU seconds of the signing "
-        "processes and of the coordinator; wall seconds awaiting the log and projection reads and the store writes.",
+        "`PreSigner.catch_up` with 2 signing processes. Phases of the median run (of the set's own build in results "
+        "that predate that choice): CPU seconds of the signing processes and of the coordinator (from /proc, "
+        "approximate on a shared VM); wall seconds awaiting the log and projection reads (overlapping the signing) "
+        "and the store writes.",
         "",
         "| certificates | seconds | responses/s | runs (s) | signing CPU s | coordinator CPU s | log + projection "
         "reads s | store writes s |",
