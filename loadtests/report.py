@@ -10,6 +10,7 @@ from loadtests.report_crash import crash_goals, crash_section
 from loadtests.report_crl import crl_follow_goals, crl_follow_section
 from loadtests.report_fuzz import fuzz_goals, fuzz_section
 from loadtests.report_import import import_goals, import_sections
+from loadtests.report_scale import scale_section
 
 GOAL_MEMORY_BYTES = 1.5 * 1024
 
@@ -216,6 +217,7 @@ def render(data: Result, commands: dict[str, str], notes: str | None) -> str:
     lines += enforcement_section(r.get("enforcement"))
     lines += fuzz_section(r.get("ocsp_fuzz"))
     lines += crash_section(r.get("crash"))
+    lines += scale_section(r.get("scale"))
     failed = data.get("failed", {})
     if failed:
         lines += ["## Scenarios that failed in this run", ""]

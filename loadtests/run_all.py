@@ -30,6 +30,7 @@ from loadtests.facts import load_average, machine, product_digest
 from loadtests.report import goals, render
 from loadtests.report_crash import crash_headline
 from loadtests.report_fuzz import fuzz_headline
+from loadtests.report_scale import scale_headline, write_scale_plots
 
 SCENARIOS = (
     "ocsp_serve",
@@ -45,6 +46,7 @@ SCENARIOS = (
     "enforcement",
     "ocsp_fuzz",
     "crash",
+    "scale",
 )
 ROOT = Path(__file__).resolve().parent.parent
 PY = ".venv/bin/python"
@@ -64,6 +66,7 @@ COMMANDS = {
     "enforcement": f"{PY} -m loadtests.enforcement        # --revocations 30 --spacing 3 --timeout 60 --poll-ms 100",
     "ocsp_fuzz": f"{PY} -m loadtests.ocsp_fuzz          # --inputs 1000000 --http-inputs 20000 --seed 5019",
     "crash": f"{PY} -m loadtests.crash              # --revocations 1200 --kills 6 --rate 50 --shapes embedded scaled",
+    "scale": f"{PY} -m loadtests.scale              # --sizes 10000 100000 1000000 10000000 (sets cached in $TMPDIR)",
 }
 TIMEOUT = {"smoke": 300, "full": 3600}
 
@@ -126,6 +129,8 @@ def headline(name: str, r: dict[str, Any]) -> str:
         return fuzz_headline(r)
     if name == "crash":
         return crash_headline(r)
+    if name == "scale":
+        return scale_headline(r)
     return json.dumps(r)[:200]
 
 
@@ -213,6 +218,8 @@ def main() -> None:
     notes_path = ROOT / "docs" / "benchmarks-notes.md"
     notes = notes_path.read_text() if notes_path.exists() and not args.smoke else None
     json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    if "scale" in ordered:
+        ordered["scale"]["plots"] = bool(write_scale_plots(ordered["scale"], out_dir))  # PNGs next to the report
     md_path.write_text(render(data, COMMANDS, notes))
     print(f"\nGoals ({'smoke sizes: not meaningful' if args.smoke else 'the latest of each issue'}):")
     for g in data["goals"]:

@@ -6,6 +6,7 @@ packages ``wrk`` and ``nginx`` (and ``openssl`` and PostgreSQL, which the other 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -31,6 +32,7 @@ SCENARIOS = (
     "enforcement",
     "ocsp_fuzz",
     "crash",
+    "scale",
 )
 
 
@@ -57,6 +59,7 @@ def test_every_scenario_runs_at_smoke_sizes(tmp_path: Path) -> None:
     imports = ("## Importing an openssl ca database", "## Recording an issued certificate")
     for heading in (*headings, "## Propagation in the scaled shape", *imports, "## OCSP responder fuzzing"):
         assert heading in report
+    assert "## Cost as the work grows" in report
     # A smoke run never touches the committed report.
     assert (docs.read_bytes() if docs.exists() else None) == before
 
@@ -107,3 +110,36 @@ def test_the_crash_scenario_runs_at_smoke_sizes(tmp_path: Path) -> None:
         assert got is not None and len(set(got.groups())) == 1 and int(got.group(1)) > 0, text
     report = (tmp_path / "benchmarks.md").read_text()
     assert "## Crash consistency: kill -9 during a revocation burst (issue 13)" in report
+
+
+def test_the_scale_scenario_runs_at_smoke_sizes(tmp_path: Path) -> None:
+    """Two tiny sets, built, pre-signed, published and served: a table and a log-log PNG per measure, in the
+    smoke run's directory; docs/ keeps its plots."""
+    if shutil.which("wrk") is None:
+        pytest.skip("the scale scenario drives wrk (Debian: apt-get install -y wrk)")
+    plots = ("ocsp", "presign", "crl", "startup")
+    committed = {p: (ROOT / "docs" / f"benchmarks-scale-{p}.png") for p in plots}
+    before = {p: path.read_bytes() if path.exists() else None for p, path in committed.items()}
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadtests.run_all", "--smoke", "--only", "scale", "--out-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-6000:]}"
+    line = re.search(r"^RESULT scale: (.+)$", proc.stdout, re.M)
+    assert line is not None, proc.stdout
+    sizes = line.group(1).split("; ")
+    assert [s.split(":")[0] for s in sizes] == ["300", "1,000"], line.group(0)
+    for text in sizes:
+        assert re.fullmatch(r"[\d,]+: pre-sign [\d.]+ s, publish [\d.]+ s, start-up [\d.]+ s, [\d,]+ req/s", text)
+    result = json.loads((tmp_path / "benchmarks.json").read_text())["results"]["scale"]
+    for row in result["results"]:
+        # every certificate pre-signed and served, the revoked ones listed in the CRL, right answers
+        assert row["serve"]["cached_responses"] >= row["certificates"]
+        assert row["crl"]["entries"] == (row["certificates"] - 1) // 100
+        assert row["serve"]["errors"] == 0 and row["serve"]["wrong_answers"] == 0
+    report = (tmp_path / "benchmarks.md").read_text()
+    assert "## Cost as the work grows" in report and "### What dominates at the top end" in report
+    for p in plots:
+        assert f"(benchmarks-scale-{p}.png)" in report
+        assert (tmp_path / f"benchmarks-scale-{p}.png").read_bytes().startswith(b"\x89PNG")
+        assert (committed[p].read_bytes() if committed[p].exists() else None) == before[p]
