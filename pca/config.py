@@ -31,7 +31,10 @@ class OCSPConfig:
     signer_warn_days: int = 14  # warn (metric, /healthz, log) this long before an issuer's OCSP signer expires
     cache_size: int = 1_000_000
     workers: int = 0  # pre-signing processes; 0 = one per core
-    poll_interval: float = 0.2  # how often a responder polls the store's change feed
+    # How often a responder polls the store's change feed: on SQLite polling is how granian's workers
+    # (other processes) learn of a new response, so it is short; PostgreSQL notifies, polling is a fallback.
+    poll_interval: float = 0.2
+    sqlite_poll_interval = 0.05
 
 
 STORE_TYPES = ("directory", "s3")
@@ -289,7 +292,15 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Config:
         signer_warn_days=_typed(o, "ocsp", "signer_warn_days", int, OCSPConfig.signer_warn_days),
         cache_size=_typed(o, "ocsp", "cache_size", int, OCSPConfig.cache_size),
         workers=_typed(o, "ocsp", "workers", int, OCSPConfig.workers),
-        poll_interval=_typed(o, "ocsp", "poll_interval", float, OCSPConfig.poll_interval),
+        poll_interval=_typed(
+            o,
+            "ocsp",
+            "poll_interval",
+            float,
+            OCSPConfig.poll_interval
+            if _database_url(_section(data, "database"), env)
+            else OCSPConfig.sqlite_poll_interval,
+        ),
     )
     _positive(ocsp.validity_seconds, "ocsp.validity_seconds")
     _positive(ocsp.cache_size, "ocsp.cache_size")

@@ -23,9 +23,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pca.config import load_config
 from pca.listeners import ListenerGuard, RequestGuard
+from pca.main_health import main_health_reader
 from pca.metrics import publish_worker_metrics, worker_metrics_dir, workers_registry
 from pca.roles import start_role
-from pca.runtime import HealthApp, PrefixDispatcher, Runtime, connect_runtime
+from pca.runtime import HealthApp, PrefixDispatcher, Runtime, ca_certificates_health, connect_runtime
 from revocation.clock import SystemClock
 
 log = logging.getLogger("pca.public")
@@ -59,8 +60,11 @@ async def start_public(config_path: str) -> Started:
     rt.serving = serving = asyncio.Event()
     for role in PUBLIC_ROLES:
         await start_role(role, rt)
-    apps: list[tuple[str, ASGIApp]] = [*rt.public_apps, ("/healthz", HealthApp(rt.health))]
     metrics_dir = worker_metrics_dir()
+    # Started by pca serve: /healthz adds the reports of its own roles (pre-signer, publisher, CA checks).
+    fresh = {"ca_certificates": ca_certificates_health(rt)}
+    others = main_health_reader(metrics_dir, fresh) if metrics_dir is not None else None
+    apps: list[tuple[str, ASGIApp]] = [*rt.public_apps, ("/healthz", HealthApp(rt.health, others))]
     if metrics_dir is not None:
         publish_worker_metrics(rt, metrics_dir)
         if os.environ.get("PCA_WORKER_METRICS"):  # no admin listener covers the workers: each answers for all

@@ -223,8 +223,11 @@ class HealthApp:
     A responder running alone has no admin API, so its lag and store reachability are here.
     """
 
-    def __init__(self, health: dict[str, HealthReport]) -> None:
+    def __init__(
+        self, health: dict[str, HealthReport], others: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    ) -> None:
         self._health = health
+        self._others = others  # parts reported by another process (a granian worker's: pca serve's roles)
 
     async def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": "ok"}
@@ -234,8 +237,11 @@ class HealthApp:
             except Exception as exc:  # noqa: BLE001 - a health check must answer, not fail
                 part = {"problem": f"{type(exc).__name__}: {exc}"}
             out[name] = part
-            if "problem" in part:
-                out["status"] = "degraded"
+        if self._others is not None:
+            for name, part in (await self._others()).items():
+                out.setdefault(name, part)
+        if any(isinstance(part, dict) and "problem" in part for part in out.values()):
+            out["status"] = "degraded"
         return out
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

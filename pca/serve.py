@@ -29,6 +29,7 @@ from pca.granian_proc import become_subreaper, stop_granian
 from pca.listener_limits import Budget, connection_budget, raise_descriptor_limit
 from pca.listener_protocol import ListenerServer, listener_config
 from pca.listeners import ListenerGuard, granian_args, quiet_resource_errors, uvicorn_guards
+from pca.main_health import publish_main_health, write_once
 from pca.metrics import (
     WORKERS_ENV,
     WorkersCollector,
@@ -324,6 +325,10 @@ async def serve(
                 rt.registry.register(WorkersCollector(metrics_dir))  # the admin /metrics covers the workers
             else:
                 identity["PCA_WORKER_METRICS"] = "1"  # no admin listener: the workers serve /metrics
+            await write_once(health, metrics_dir)  # the workers' /healthz covers this process's roles too
+            health_changed = asyncio.Event()
+            rt.on_log_change(health_changed.set)
+            coros.append(publish_main_health(health, metrics_dir, health_changed))
             granian = _granian(cfg, workers, identity, budget, metrics_dir)
             coros.append(_watch(granian))
         elif public:

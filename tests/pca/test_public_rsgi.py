@@ -176,3 +176,12 @@ async def test_a_worker_freezes_its_heap_once_its_cache_has_caught_up() -> None:
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_the_workers_healthz_covers_the_roles_of_pca_serves_own_process(server: ServerProcess) -> None:
+    """A load balancer asks the public port: it must hear about the pre-signer and the publisher,
+    which run in pca serve's process, not only about the worker that answers."""
+    body = httpx.get(server.public_url + "/healthz", timeout=5).json()
+    for part in ("responder", "presigner", "publisher", "ocsp_signers"):
+        assert part in body, body
+    assert body["presigner"]["lease"] == "active", body

@@ -63,7 +63,7 @@ start_pca() {
     pca serve --config "$D/pca.toml" >> "$D/serve.log" 2>&1 &
     echo $! > "$D/serve.pid"
     for _ in $(seq 300); do
-        if curl -sf -o /dev/null "$PUBLIC/crl/issuing-ca.crl" &&
+        if curl -sf -o /dev/null "$PUBLIC/crl/issuing-ca.crl" && curl -sf -o /dev/null "$PUBLIC/healthz" &&
             curl -sf -o /dev/null --cacert "$D/ca-chain.pem" "$ADMIN/healthz"; then
             return 0
         fi
