@@ -113,7 +113,7 @@ class Config:
     audit: AuditConfig = dataclasses.field(default_factory=AuditConfig)
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)  # header sizes, timeouts, connections
     public_server: str = "granian"  # public.server: granian (worker processes, RSGI) or uvicorn (in-process)
-    public_workers: int = 0  # public.workers: granian worker processes; 0 = one per core
+    public_workers: int = 0  # public.workers: granian worker processes; 0 = per core (pca.serve.public_server)
 
     @property
     def backend(self) -> str:

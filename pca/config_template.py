@@ -39,7 +39,7 @@ slo_seconds = 5              # OCSP propagation SLO: revocation committed -> ans
 url = "{public_url}"      # base of the OCSP URL (AIA) and CRL URLs put into certificates
 listen = "{host}:{port}"
 server = "granian"           # granian: worker processes of their own (the fast shape); uvicorn: in pca serve itself
-workers = 0                  # granian worker processes; 0: one per core
+workers = 0                  # granian worker processes; 0: one per core, less one beside the API and signers
 
 [admin]
 listen = "{admin_listen}"

@@ -205,7 +205,12 @@ async def _watch(proc: subprocess.Popen[bytes]) -> None:
 def public_server(
     cfg: Config, server: str | None, workers: int | None, roles: tuple[str, ...] = ALL_ROLES
 ) -> tuple[str, int]:
-    """The public listener's server and worker count: the flags given, else ``[public]``; 0 workers: one per core.
+    """The public listener's server and worker count: the flags given, else ``[public]``.
+
+    0 workers (the default): one per core, less one when this process also signs or serves the API
+    (the pre-signer, the publisher and the admin API share a core of their own; at least one worker).
+    On a 2-core machine, one worker beside them answered more OCSP requests, with a shorter tail,
+    than two competing with them for the cores (docs/benchmarks.md).
 
     ``[public] server`` is for processes that answer OCSP and whose other roles report on the admin
     listener: one with a role whose /healthz and /metrics only its public listener gives (the signing
@@ -224,7 +229,11 @@ def public_server(
         workers = cfg.public_workers
     if workers < 0:
         raise ConfigError(f"--workers {workers}: give 1 or more, or 0 for one per core")
-    return server, workers or os.cpu_count() or 1
+    if workers == 0:
+        cores = os.cpu_count() or 1
+        busy = bool(set(roles) & {"api", "presigner", "publisher"})
+        workers = max(1, cores - 1) if busy else cores
+    return server, workers
 
 
 async def serve(

@@ -31,12 +31,16 @@ Send = Callable[[Message], Awaitable[None]]
 Header = Callable[[str], "str | None"]  # a request header by lower-case name
 ReadBody = Callable[[], Awaitable["bytes | None"]]  # the request body; None when over MAX_REQUEST_BYTES
 Reply = tuple[int, list[tuple[str, str]], bytes]  # status, headers, body
+# etag, and the ETag, Last-Modified, Expires and Content-Length headers of one response
+_Rendered = tuple[str, tuple[str, str], tuple[str, str], tuple[str, str], tuple[str, str]]
 
 log = logging.getLogger("pca.responder")
 
 MAX_REQUEST_BYTES = 10 * 1024
 MEMO_SIZE = 50_000  # remembered requests; cleared when full (a path costs ~250 bytes)
 MEMO_MAX_KEY = 512  # longer requests (a large nonce, padding) are not worth remembering
+RENDERED_SIZE = 4096  # responses whose header values are kept formatted (the hot ones; ~400 bytes each)
+_NO_CACHE = ("cache-control", "no-cache")
 _OCSP_TYPE = ("content-type", "application/ocsp-response")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -68,6 +72,9 @@ class OCSPApp:
         # Request (GET path or POST body) -> (issuer_id, serial): RFC 5019 clients ask the same
         # questions again and again, and decoding plus parsing is most of a request's cost.
         self._requests: dict[str | bytes, tuple[str, int]] = {}
+        # (change id, thisUpdate) -> the response's fixed header values, formatted once while it is asked for.
+        self._rendered: dict[tuple[int, int], _Rendered] = {}
+        self._cache_control: dict[int, tuple[str, str]] = {}  # max-age -> its Cache-Control header
         methods = Counter("ocsp_http_requests_total", "OCSP HTTP requests by method", ["method"], registry=registry)
         self._methods = {name: methods.labels(name) for name in ("GET", "POST", "HEAD", "other")}
         self._latency = Histogram(
@@ -166,23 +173,43 @@ class OCSPApp:
         except Unavailable:
             self._count["try_later"].inc()
             return _reply(200, TRY_LATER, [_OCSP_TYPE])
-        etag = entry.etag.decode()
-        headers = self._headers(entry, etag, cacheable)
+        etag, etag_h, modified_h, expires_h, length_h = self._render(entry)
+        if cacheable:
+            max_age = max(0, min(entry.next_update - int(self._clock()), self._max_age_cap))
+            headers = [_OCSP_TYPE, etag_h, modified_h, self._max_age(max_age), expires_h]
+        else:
+            headers = [_OCSP_TYPE, etag_h, modified_h, _NO_CACHE]
         if cacheable and header("if-none-match") == etag:
             self._count["not_modified"].inc()
             return 304, headers, b""
         self._count[entry.status].inc()
-        return _reply(200, entry.der, headers)
+        headers.append(length_h)
+        return 200, headers, entry.der
 
-    def _headers(self, entry: Entry, etag: str, cacheable: bool) -> list[tuple[str, str]]:
-        headers = [_OCSP_TYPE, ("etag", etag), ("last-modified", entry.last_modified.decode())]
-        if cacheable:
-            max_age = max(0, min(entry.next_update - int(self._clock()), self._max_age_cap))
-            headers.append(("cache-control", f"max-age={max_age}, public, no-transform, must-revalidate"))
-            headers.append(("expires", entry.expires.decode()))
-        else:
-            headers.append(("cache-control", "no-cache"))
-        return headers
+    def _render(self, entry: Entry) -> _Rendered:
+        key = (entry.change_id, entry.this_update)
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            if len(self._rendered) >= RENDERED_SIZE:
+                self._rendered.clear()
+            etag = entry.etag.decode()
+            rendered = self._rendered[key] = (
+                etag,
+                ("etag", etag),
+                ("last-modified", entry.last_modified.decode()),
+                ("expires", entry.expires.decode()),
+                ("content-length", str(len(entry.der))),
+            )
+        return rendered
+
+    def _max_age(self, max_age: int) -> tuple[str, str]:
+        value = self._cache_control.get(max_age)
+        if value is None:
+            if len(self._cache_control) >= RENDERED_SIZE:
+                self._cache_control.clear()
+            value = ("cache-control", f"max-age={max_age}, public, no-transform, must-revalidate")
+            self._cache_control[max_age] = value
+        return value
 
     def _http_error(self, status: int, text: bytes, extra: list[tuple[str, str]] | None = None) -> Reply:
         self._count["http_error"].inc()

@@ -53,7 +53,7 @@ def test_pca_serve_without_flags_runs_the_public_listener_under_granian_rsgi(ser
     granian = [cmd for cmd in below if b"granian" in cmd]
     assert granian, f"no granian process below pca serve: {below}"
     assert any(b"rsgi" in cmd and b"pca.public_rsgi:create_app" in cmd for cmd in granian), granian
-    workers = os.cpu_count() or 1  # public.workers = 0: one per core
+    workers = max(1, (os.cpu_count() or 1) - 1)  # public.workers = 0: a core left to pca serve's own roles
     assert f"granian, {workers} worker process(es)" in server.log_path.read_text()
     response = httpx.get(server.public_url + "/healthz", timeout=5)
     assert response.status_code == 200 and response.json()["status"] == "ok"
@@ -114,8 +114,10 @@ def _config(tmp_path: Path, public: str) -> Path:
 
 def test_the_configuration_chooses_the_server_and_the_flags_override_it(tmp_path: Path) -> None:
     cores = os.cpu_count() or 1
+    beside = max(1, cores - 1)  # a core left to the signing roles and the API of the same process
     default = load_config(_config(tmp_path, ""))
-    assert public_server(default, None, None) == ("granian", cores)
+    assert public_server(default, None, None) == ("granian", beside)
+    assert public_server(default, None, None, ("responder",)) == ("granian", cores)  # a responder alone
     assert public_server(default, "granian", 3) == ("granian", 3)
     assert public_server(default, "uvicorn", None) == ("uvicorn", 1)
     three = load_config(_config(tmp_path, 'server = "granian"\nworkers = 3'))
@@ -124,7 +126,7 @@ def test_the_configuration_chooses_the_server_and_the_flags_override_it(tmp_path
     assert public_server(three, "uvicorn", None) == ("uvicorn", 1)  # workers are granian's
     uvicorn = load_config(_config(tmp_path, 'server = "uvicorn"'))
     assert public_server(uvicorn, None, None) == ("uvicorn", 1)
-    assert public_server(uvicorn, "granian", None) == ("granian", cores)
+    assert public_server(uvicorn, "granian", None) == ("granian", beside)
     with pytest.raises(ConfigError, match="uvicorn runs the public listener in this process"):
         public_server(uvicorn, None, 2)
     # A process whose roles report only on its public listener (no API) keeps that listener in the process.
