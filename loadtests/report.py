@@ -344,8 +344,9 @@ def _ocsp_section(res: Result | None) -> list[str]:
         "response store, the very bytes we serve) in a file named by its raw request path "
         "(`try_files $request_uri`); GET only, since a static file cannot be chosen by a POST body.",
         "- ours: `pca serve` runs the API, pre-signer and publisher in its main process; under granian the public "
-        "listener runs in `--workers` processes of its own, each loading the whole change feed into its cache at "
-        "start. uvicorn runs everything in one process.",
+        "listener runs in worker processes of its own (by default one per core less one beside those roles: one "
+        "here), each answering OCSP through granian's RSGI interface from a cache loaded from the whole change "
+        "feed at start. uvicorn runs everything in one process.",
         "",
     ]
 

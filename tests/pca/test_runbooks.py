@@ -197,6 +197,14 @@ def crl_refused(s: Setting) -> None:
                   "--out", f"{s.d}/svc2.pem", "--key-out", f"{s.d}/svc2.key").splitlines()  # fmt: skip
     s.pca("revoke", "--config", conf, next(x for x in other if re.fullmatch(r"[0-9a-f]+", x)), "--reason", "superseded")
     wait_for("the storer to refuse a full CRL", lambda: refused_crls(s))
+    # What the runbook reads first: the public listener's /healthz, whose workers learn of pca serve's
+    # roles from a report refreshed a few times a second.
+    wait_for("the public /healthz to name the refusal", lambda: "problem" in public_publisher(s))
+
+
+def public_publisher(s: Setting) -> dict[str, object]:
+    part: dict[str, object] = httpx.get(s.env["PUBLIC"] + "/healthz", timeout=10).json().get("publisher", {})
+    return part
 
 
 def restored_from_old_backup(s: Setting) -> None:
