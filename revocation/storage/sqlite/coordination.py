@@ -246,22 +246,13 @@ class SQLiteCoordination(SQLiteInstallations):
     # --- the tracker's inputs ---
 
     async def presigned(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], PresignedState]:
-        by_issuer: dict[str, list[str]] = {}
-        for issuer_id, serial in keys:
-            by_issuer.setdefault(issuer_id, []).append(f"{serial:x}")
+        columns = "issuer_id, serial, status, source_seq, change_id, stored_at"
 
         def q(conn: sqlite3.Connection) -> dict[tuple[str, int], PresignedState]:
             out: dict[tuple[str, int], PresignedState] = {}
-            for issuer_id, serials in by_issuer.items():
-                for chunk in in_chunks(serials):
-                    rows = conn.execute(
-                        "SELECT issuer_id, serial, status, source_seq, change_id, stored_at FROM ocsp_responses "
-                        f"WHERE issuer_id = ? AND serial IN ({','.join('?' * len(chunk))})",
-                        (issuer_id, *chunk),
-                    )
-                    for row in rows.fetchall():
-                        state = _presigned(row)
-                        out[(state.issuer_id, state.serial)] = state
+            for row in _rows_for(conn, keys, f"SELECT {columns} FROM ocsp_responses", ""):
+                state = _presigned(row)
+                out[(state.issuer_id, state.serial)] = state
             return out
 
         return await self._db.read(q)
@@ -329,26 +320,16 @@ class SQLiteCoordination(SQLiteInstallations):
         return await self._db.read(q)
 
     async def probes_of(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], list[ProbeResult]]:
-        by_issuer: dict[str, list[str]] = {}
-        for issuer_id, serial in keys:
-            by_issuer.setdefault(issuer_id, []).append(f"{serial:x}")
-
         def q(conn: sqlite3.Connection) -> dict[tuple[str, int], list[ProbeResult]]:
             found: dict[tuple[str, int], list[ProbeResult]] = {}
-            for issuer_id, serials in by_issuer.items():
-                for chunk in in_chunks(serials):
-                    rows = conn.execute(
-                        "SELECT serial, seq, responder_url, seen_at FROM probes WHERE issuer_id = ? "
-                        f"AND serial IN ({','.join('?' * len(chunk))}) ORDER BY seen_at, responder_url",
-                        (issuer_id, *chunk),
-                    )
-                    for serial_hex, seq, url, at in rows:
-                        serial = int(serial_hex, 16)
-                        probe = ProbeResult(issuer_id, serial, int(seq), str(url), float(at))
-                        found.setdefault((issuer_id, serial), []).append(probe)
+            sql = "SELECT issuer_id, serial, seq, responder_url, seen_at FROM probes"
+            for issuer_id, serial_hex, seq, url, at in _rows_for(conn, keys, sql, "ORDER BY seen_at, responder_url"):
+                serial = int(serial_hex, 16)
+                probe = ProbeResult(issuer_id, serial, int(seq), str(url), float(at))
+                found.setdefault((issuer_id, serial), []).append(probe)
             return found
 
-        return await self._db.read(q) if by_issuer else {}
+        return await self._db.read(q) if keys else {}
 
     # --- finished timelines ---
 
@@ -380,3 +361,18 @@ class SQLiteCoordination(SQLiteInstallations):
             return loaded
 
         return await self._db.read(q)
+
+
+def _rows_for(conn: sqlite3.Connection, keys: Sequence[tuple[str, int]], select: str, order: str) -> list[Any]:
+    """Rows of ``select`` (whose table has ``issuer_id`` and hex ``serial`` columns) for these
+    (issuer, serial) keys: one query per issuer and chunk of serials, within SQLite's variable limit."""
+    by_issuer: dict[str, list[str]] = {}
+    for issuer_id, serial in keys:
+        by_issuer.setdefault(issuer_id, []).append(f"{serial:x}")
+    rows: list[Any] = []
+    for issuer_id, serials in by_issuer.items():
+        for chunk in in_chunks(serials):
+            marks = ",".join("?" * len(chunk))
+            sql = f"{select} WHERE issuer_id = ? AND serial IN ({marks}) {order}"
+            rows.extend(conn.execute(sql, (issuer_id, *chunk)).fetchall())
+    return rows
