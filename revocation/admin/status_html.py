@@ -24,6 +24,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 form.inline{display:inline}
 """
 CHART_W, CHART_H, PAD = 640, 220, 40
+REFRESH_SECONDS = 30  # the page reloads itself (no script): a meta refresh, until the session ends
 COLOURS = {"ocsp": "#2f6fb0", "crl": "#d08a1e"}
 LABELS = {"ocsp": "every live OCSP responder", "crl": "first CRL"}
 
@@ -187,7 +188,7 @@ def page(data: dict[str, Any], *, who: str, nonce: str) -> str:
     body = f"""
 <h1>pca status</h1>
 <p>Generated {_e(iso(data["generated_at"]))}; event log head <span data-testid="head">{_e(data["head"])}</span>.
-Signed in as {_e(who)}.
+Signed in as {_e(who)}. This page reloads every {REFRESH_SECONDS} s.
 <form class="inline" method="post" action="/status/logout"><button type="submit">Sign out</button></form></p>
 <h2>Issuers</h2>{issuers_table(data)}
 <h2>CRL freshness per shard</h2>{crl_table(data)}
@@ -198,7 +199,7 @@ Signed in as {_e(who)}.
 {chart(data["histogram"])}
 <h2>Latest revocations</h2>{recent_table(data)}
 """
-    return _document("pca status", body, nonce)
+    return _document("pca status", body, nonce, refresh=REFRESH_SECONDS)
 
 
 def login_page(message: str, *, nonce: str) -> str:
@@ -215,9 +216,10 @@ def login_page(message: str, *, nonce: str) -> str:
     return _document("pca status: sign in", body, nonce)
 
 
-def _document(title: str, body: str, nonce: str) -> str:
+def _document(title: str, body: str, nonce: str, refresh: int | None = None) -> str:
+    reload = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
     return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{reload}'
         f'<title>{_e(title)}</title><link rel="icon" href="data:,">'
         f'<style nonce="{_e(nonce)}">{STYLE}</style></head><body>{body}</body></html>\n'
     )

@@ -86,6 +86,15 @@ async def test_auditor_and_admin_see_the_page_other_roles_are_refused(page: tupl
     assert_problem(refused, 403, "role 'revoker' may not read the status page")
 
 
+async def test_the_page_reloads_itself_without_a_script_and_the_sign_in_form_does_not(page: tuple) -> None:
+    client, tokens = page
+    shown = await client.get("/status", headers={"authorization": f"Bearer {tokens['auditor']}", **HTML})
+    assert re.search(r'<head>.*<meta http-equiv="refresh" content="30">.*</head>', shown.text, re.S)
+    assert "<script" not in shown.text
+    form = await client.get("/status", headers=HTML)
+    assert form.status_code == 401 and 'http-equiv="refresh"' not in form.text
+
+
 async def test_signing_in_exchanges_the_token_for_a_strict_cookie_that_dies_with_the_token(
     page: tuple, runtime: Runtime
 ) -> None:
