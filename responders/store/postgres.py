@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from responders.store import (
     SQL_CHANGES,
@@ -41,6 +41,9 @@ from responders.store import (
 )
 from revocation.storage.postgres.db import PG_ERRORS, RESPONSES_CHANNEL, open_pg_pool, pg_sql, storage_error
 from revocation.storage.schema import Schema
+
+if TYPE_CHECKING:
+    import asyncpg
 
 # The key of the advisory lock every put holds until it commits ("pcarsp" in ASCII; pg_log's is "pcalog").
 CHANGE_LOCK_KEY = 0x706361727370
@@ -92,7 +95,7 @@ class PostgresResponseStore:
 
     def __init__(
         self,
-        pool: Any,
+        pool: asyncpg.Pool,
         *,
         timeout: float = TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from revocation.coordination import (
     SQL_HEARTBEAT,
@@ -26,6 +26,9 @@ from revocation.coordination import (
 from revocation.storage.postgres.db import PG_ERRORS, affected, pg_sql, storage_error
 from revocation.storage.postgres.installations import INSTALLATIONS_MIGRATION, PostgresInstallations
 from revocation.storage.schema import Schema
+
+if TYPE_CHECKING:
+    import asyncpg
 
 _PUBLICATION_COLUMNS = "issuer_id, shard, kind, number, position, published_at"
 
@@ -112,7 +115,7 @@ def _publication(row: Any) -> CRLPublication:
 
 
 class PostgresCoordination(PostgresInstallations):
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         """``pool`` is an ``asyncpg.Pool`` on a database migrated by ``revocation.storage.postgres.log``."""
         self._pool = pool
 

@@ -6,10 +6,13 @@ Migration 2 of the coordination owner makes the table; ``PostgresCoordination`` 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from revocation.coordination import CRLInstallation, CRLPublication
 from revocation.storage.postgres.db import PG_ERRORS, affected, storage_error
+
+if TYPE_CHECKING:
+    import asyncpg
 
 # As on SQLite: ``position`` is copied from the publication, so that "installations of (issuer, shard)
 # with position >= seq" is one indexed range read.
@@ -47,7 +50,7 @@ def _installation(row: Any) -> CRLInstallation:
 
 
 class PostgresInstallations:
-    _pool: Any  # an asyncpg.Pool
+    _pool: asyncpg.Pool
 
     async def _fetch(self, doing: str, sql: str, *args: Any) -> list[Any]:
         try:

@@ -100,7 +100,7 @@ ClearProjection = Callable[[Any], Awaitable[None]]
 
 
 class PostgresEventLog:
-    def __init__(self, pool: Any, clock: Clock, *, project: Project, clear: ClearProjection) -> None:
+    def __init__(self, pool: asyncpg.Pool, clock: Clock, *, project: Project, clear: ClearProjection) -> None:
         self._pool = pool
         self._clock = clock
         self._project = project

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from revocation.errors import IntegrityError
 from revocation.eventlog import RecordedEvent
@@ -50,6 +50,9 @@ from revocation.projection import (
 )
 from revocation.storage.postgres.db import PG_ERRORS, affected, pg_sql, storage_error
 from revocation.storage.schema import Schema
+
+if TYPE_CHECKING:
+    import asyncpg
 
 T = TypeVar("T")
 
@@ -173,7 +176,7 @@ def _key_arrays(keys: Sequence[tuple[str, int]]) -> tuple[list[str], list[str]]:
 class PostgresStatusView:
     """The StatusView on PostgreSQL; ``pool`` is an asyncpg pool (``revocation.storage.postgres.db.open_pg_pool``)."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
