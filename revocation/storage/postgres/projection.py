@@ -16,39 +16,27 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from revocation.errors import IntegrityError
 from revocation.eventlog import RecordedEvent
 from revocation.projection import (
-    ANY_SEQ,
     CERT_COLUMNS,
     CRL_COLUMNS,
     RECORDED_COLUMNS,
     SIGNING_COLUMNS,
-    SQL_CERTIFICATE,
-    SQL_CERTIFICATE_DER,
-    SQL_CERTIFICATES_BY_SERIAL,
     SQL_CRL_CHANGES,
     SQL_CRL_REVOKED,
-    SQL_CRL_SHARDS,
-    SQL_EXPIRING,
-    SQL_ISSUER_CERTIFICATES,
-    SQL_ISSUER_COUNTS,
-    SQL_ISSUER_SIGNING_STATES,
-    SQL_ISSUERS,
-    SQL_NEWEST_CERTIFICATES,
     SQL_POSITION,
     SQL_REVOKED,
     CertificateRecord,
     CRLRecord,
-    IssuerRecord,
     ProjectionStep,
     RecordedCertificate,
     SigningState,
     cert_row,
     crl_rows,
-    issuer_row,
     projection_step,
     recorded_rows,
     signing_rows,
 )
 from revocation.storage.postgres.db import PG_ERRORS, affected, pg_sql, storage_error
+from revocation.storage.reads import ProjectionReads
 from revocation.storage.schema import Schema
 
 if TYPE_CHECKING:
@@ -173,7 +161,7 @@ def _key_arrays(keys: Sequence[tuple[str, int]]) -> tuple[list[str], list[str]]:
     return [issuer_id for issuer_id, _ in keys], [f"{serial:x}" for _, serial in keys]
 
 
-class PostgresStatusView:
+class PostgresStatusView(ProjectionReads):
     """The StatusView on PostgreSQL; ``pool`` is an asyncpg pool (``revocation.storage.postgres.db.open_pg_pool``)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -185,7 +173,7 @@ class PostgresStatusView:
         except PG_ERRORS as exc:
             raise storage_error("reading the status projection", exc) from exc
 
-    async def _shared(self, sql: str, *args: Any) -> list[Any]:
+    async def _rows(self, sql: str, *args: Any) -> list[Any]:
         """Rows of a statement written for both backends (``?`` placeholders)."""
         return await self._fetch(pg_sql(sql), *args)
 
@@ -207,27 +195,9 @@ class PostgresStatusView:
             raise storage_error("reading the status projection", exc) from exc
         return (0 if position is None else int(position)), rows
 
-    async def issuers(self) -> list[IssuerRecord]:
-        return [issuer_row(r) for r in await self._shared(SQL_ISSUERS)]
-
-    async def certificates_by_serial(self, serial: int) -> list[CertificateRecord]:
-        return [cert_row(r) for r in await self._shared(SQL_CERTIFICATES_BY_SERIAL, f"{serial:x}")]
-
-    async def certificate(self, issuer_id: str, serial: int) -> CertificateRecord | None:
-        rows = await self._shared(SQL_CERTIFICATE, issuer_id, f"{serial:x}")
-        return cert_row(rows[0]) if rows else None
-
-    async def certificate_der(self, issuer_id: str, serial: int) -> bytes | None:
-        rows = await self._shared(SQL_CERTIFICATE_DER, issuer_id, f"{serial:x}")
-        return bytes(rows[0][0]) if rows else None
-
-    async def revoked(self, issuer_id: str) -> list[CertificateRecord]:
-        """Every revoked certificate of the issuer (expired ones included)."""
-        return [cert_row(r) for r in await self._shared(SQL_REVOKED, issuer_id)]
-
     async def position(self) -> int:
         """The seq of the last event applied to the projection."""
-        rows = await self._shared(SQL_POSITION)
+        rows = await self._rows(SQL_POSITION)
         return int(rows[0][0]) if rows else 0
 
     async def certificates_many(self, keys: Sequence[tuple[str, int]]) -> list[CertificateRecord]:
@@ -236,35 +206,14 @@ class PostgresStatusView:
             return []
         return [cert_row(r) for r in await self._fetch(f"SELECT {CERT_COLUMNS} {_BY_KEYS}", *_key_arrays(keys))]
 
-    async def issuer_certificates(self, issuer_id: str, updated_before: int | None = None) -> list[CertificateRecord]:
-        before = ANY_SEQ if updated_before is None else updated_before
-        return [cert_row(r) for r in await self._shared(SQL_ISSUER_CERTIFICATES, issuer_id, before)]
-
     async def signing_states(self, keys: Sequence[tuple[str, int]]) -> list[SigningState]:
         if not keys:
             return []
         return signing_rows(await self._fetch(f"SELECT {SIGNING_COLUMNS} {_BY_KEYS}", *_key_arrays(keys)))
 
-    async def issuer_signing_states(self, issuer_id: str, updated_before: int) -> list[SigningState]:
-        return signing_rows(await self._shared(SQL_ISSUER_SIGNING_STATES, issuer_id, updated_before))
-
     async def revoked_snapshot(self, issuer_id: str) -> tuple[int, list[CertificateRecord]]:
         """The log position and the issuer's revoked certificates as of that position, read together."""
         return await self._snapshot(_cert_rows, SQL_REVOKED, issuer_id)
-
-    async def issuer_counts(self, issuer_id: str) -> tuple[int, int]:
-        [(total, revoked)] = await self._shared(SQL_ISSUER_COUNTS, issuer_id)
-        return int(total), int(revoked)
-
-    async def expiring_counts(self, now: int, soon: int, later: int) -> dict[str, tuple[int, int]]:
-        rows = await self._shared(SQL_EXPIRING, soon, now, later)
-        return {str(issuer): (int(near), int(within)) for issuer, near, within in rows}
-
-    async def newest_certificates(self, issuer_id: str, limit: int) -> list[bytes]:
-        return [bytes(r[0]) for r in await self._shared(SQL_NEWEST_CERTIFICATES, issuer_id, limit)]
-
-    async def crl_shards(self, issuer_id: str) -> dict[int, int]:
-        return {int(shard): int(not_after) for shard, not_after in await self._shared(SQL_CRL_SHARDS, issuer_id)}
 
     async def crl_revoked(self, issuer_id: str, shard: int) -> tuple[int, list[CRLRecord]]:
         return await self._snapshot(crl_rows, SQL_CRL_REVOKED, issuer_id, shard)

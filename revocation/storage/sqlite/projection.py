@@ -14,38 +14,26 @@ from revocation.errors import IntegrityError
 from revocation.eventlog import RecordedEvent
 from revocation.events import DomainEvent
 from revocation.projection import (
-    ANY_SEQ,
     CERT_COLUMNS,
     CRL_COLUMNS,
     RECORDED_COLUMNS,
     SIGNING_COLUMNS,
-    SQL_CERTIFICATE,
-    SQL_CERTIFICATE_DER,
-    SQL_CERTIFICATES_BY_SERIAL,
     SQL_CRL_CHANGES,
     SQL_CRL_REVOKED,
-    SQL_CRL_SHARDS,
-    SQL_EXPIRING,
-    SQL_ISSUER_CERTIFICATES,
-    SQL_ISSUER_COUNTS,
-    SQL_ISSUER_SIGNING_STATES,
-    SQL_ISSUERS,
-    SQL_NEWEST_CERTIFICATES,
     SQL_POSITION,
     SQL_REVOKED,
     CertificateRecord,
     CRLRecord,
-    IssuerRecord,
     ProjectionStep,
     RecordedCertificate,
     SigningState,
     cert_row,
     crl_rows,
-    issuer_row,
     projection_step,
     recorded_rows,
     signing_rows,
 )
+from revocation.storage.reads import ProjectionReads
 from revocation.storage.sqlite.db import Schema, SQLiteDatabase
 
 PROJECTION_SCHEMA = Schema(
@@ -196,30 +184,12 @@ def _crl_snapshot(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]
     return position, crl_rows(rows)
 
 
-class SQLiteStatusView:
+class SQLiteStatusView(ProjectionReads):
     def __init__(self, db: SQLiteDatabase) -> None:
         self._db = db
 
-    async def _rows(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    async def _rows(self, sql: str, *params: Any) -> list[Any]:
         return await self._db.read(lambda conn: conn.execute(sql, params).fetchall())
-
-    async def issuers(self) -> list[IssuerRecord]:
-        return [issuer_row(r) for r in await self._rows(SQL_ISSUERS)]
-
-    async def certificates_by_serial(self, serial: int) -> list[CertificateRecord]:
-        return [cert_row(r) for r in await self._rows(SQL_CERTIFICATES_BY_SERIAL, f"{serial:x}")]
-
-    async def certificate(self, issuer_id: str, serial: int) -> CertificateRecord | None:
-        rows = await self._rows(SQL_CERTIFICATE, issuer_id, f"{serial:x}")
-        return cert_row(rows[0]) if rows else None
-
-    async def certificate_der(self, issuer_id: str, serial: int) -> bytes | None:
-        rows = await self._rows(SQL_CERTIFICATE_DER, issuer_id, f"{serial:x}")
-        return bytes(rows[0][0]) if rows else None
-
-    async def revoked(self, issuer_id: str) -> list[CertificateRecord]:
-        """Every revoked certificate of the issuer (expired ones included)."""
-        return [cert_row(r) for r in await self._rows(SQL_REVOKED, issuer_id)]
 
     async def position(self) -> int:
         """The seq of the last event applied to the projection."""
@@ -229,10 +199,6 @@ class SQLiteStatusView:
         """The records for (issuer_id, serial) keys that exist, in one read."""
         return await self._db.read(lambda conn: [cert_row(r) for r in _in_chunks(conn, CERT_COLUMNS, keys)])
 
-    async def issuer_certificates(self, issuer_id: str, updated_before: int | None = None) -> list[CertificateRecord]:
-        before = ANY_SEQ if updated_before is None else updated_before
-        return [cert_row(r) for r in await self._rows(SQL_ISSUER_CERTIFICATES, issuer_id, before)]
-
     async def revoked_snapshot(self, issuer_id: str) -> tuple[int, list[CertificateRecord]]:
         """The log position and the issuer's revoked certificates as of that position, read together."""
 
@@ -241,9 +207,6 @@ class SQLiteStatusView:
             return position, [cert_row(r) for r in rows]
 
         return await self._db.read_bulk(q)
-
-    async def crl_shards(self, issuer_id: str) -> dict[int, int]:
-        return {int(shard): int(not_after) for shard, not_after in await self._rows(SQL_CRL_SHARDS, issuer_id)}
 
     async def crl_revoked(self, issuer_id: str, shard: int) -> tuple[int, list[CRLRecord]]:
         return await self._db.read_bulk(lambda conn: _crl_snapshot(conn, SQL_CRL_REVOKED, (issuer_id, shard)))
@@ -257,20 +220,6 @@ class SQLiteStatusView:
 
     async def signing_states(self, keys: Sequence[tuple[str, int]]) -> list[SigningState]:
         return await self._db.read(lambda conn: signing_rows(_in_chunks(conn, SIGNING_COLUMNS, keys)))
-
-    async def issuer_signing_states(self, issuer_id: str, updated_before: int) -> list[SigningState]:
-        return signing_rows(await self._rows(SQL_ISSUER_SIGNING_STATES, issuer_id, updated_before))
-
-    async def issuer_counts(self, issuer_id: str) -> tuple[int, int]:
-        [(total, revoked)] = await self._rows(SQL_ISSUER_COUNTS, issuer_id)
-        return int(total), int(revoked)
-
-    async def expiring_counts(self, now: int, soon: int, later: int) -> dict[str, tuple[int, int]]:
-        rows = await self._rows(SQL_EXPIRING, soon, now, later)
-        return {str(issuer): (int(near), int(within)) for issuer, near, within in rows}
-
-    async def newest_certificates(self, issuer_id: str, limit: int) -> list[bytes]:
-        return [bytes(r[0]) for r in await self._rows(SQL_NEWEST_CERTIFICATES, issuer_id, limit)]
 
     async def recorded_certificates(self, issuer_id: str, serials: Sequence[int]) -> list[RecordedCertificate]:
         keys = [(issuer_id, serial) for serial in serials]
