@@ -145,3 +145,33 @@ def call_listeners(listeners: Sequence[Callable[[], None]]) -> None:
             listener()
         except Exception:
             log.exception("response store listener failed")
+
+
+class StoreReads:
+    """The response store's reads that are one statement (``?`` placeholders) on both backends.
+
+    A backend subclasses it and gives ``_rows``, which runs such a statement and returns its rows.
+    """
+
+    async def _rows(self, sql: str, *params: Any) -> list[Any]:
+        raise NotImplementedError
+
+    async def get(self, issuer_id: str, serial: int) -> StoredResponse | None:
+        rows = await self._rows(SQL_GET, issuer_id, f"{serial:x}")
+        return stored_row(rows[0]) if rows else None
+
+    async def changes(self, after: int, limit: int) -> list[StoredResponse]:
+        return [stored_row(r) for r in await self._rows(SQL_CHANGES, after, limit)]
+
+    async def due(self, now: int, limit: int) -> list[tuple[str, int]]:
+        return due_keys(await self._rows(SQL_DUE, now, limit))
+
+    async def position(self, consumer: str) -> int:
+        rows = await self._rows(SQL_POSITION, consumer)
+        return int(rows[0][0]) if rows else 0
+
+    async def last_change(self) -> int:
+        return int((await self._rows(SQL_LAST_CHANGE))[0][0])
+
+    async def earliest(self) -> tuple[int, int] | None:
+        return earliest_row((await self._rows(SQL_EARLIEST))[0])

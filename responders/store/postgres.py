@@ -24,20 +24,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from responders.store import (
-    SQL_CHANGES,
-    SQL_DUE,
-    SQL_EARLIEST,
-    SQL_GET,
     SQL_LAST_CHANGE,
-    SQL_POSITION,
     SQL_PUT,
     SQL_SET_POSITION,
     StoredResponse,
+    StoreReads,
     call_listeners,
-    due_keys,
-    earliest_row,
     put_params,
-    stored_row,
 )
 from revocation.storage.postgres.db import PG_ERRORS, RESPONSES_CHANNEL, open_pg_pool, pg_sql, storage_error
 from revocation.storage.schema import Schema
@@ -87,7 +80,7 @@ TIMEOUT = 5.0  # seconds for a read, connecting included
 WRITE_TIMEOUT = 30.0  # seconds for one put (a batch of thousands of responses), connecting included
 
 
-class PostgresResponseStore:
+class PostgresResponseStore(StoreReads):
     """The ResponseStore on PostgreSQL; ``pool`` is an asyncpg pool (``revocation.storage.postgres.db.open_pg_pool``).
 
     ``wall`` gives the time recorded as ``stored_at`` (a fake one in tests).
@@ -147,29 +140,9 @@ class PostgresResponseStore:
             call_listeners(self.listeners)
         return last
 
-    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+    async def _rows(self, sql: str, *args: Any) -> list[Any]:
         try:
             async with asyncio.timeout(self._timeout), self._pool.acquire() as conn:
                 return list(await conn.fetch(pg_sql(sql), *args))
         except PG_ERRORS as exc:
             raise storage_error("reading OCSP responses", exc) from exc
-
-    async def get(self, issuer_id: str, serial: int) -> StoredResponse | None:
-        rows = await self._fetch(SQL_GET, issuer_id, f"{serial:x}")
-        return stored_row(rows[0]) if rows else None
-
-    async def changes(self, after: int, limit: int) -> list[StoredResponse]:
-        return [stored_row(r) for r in await self._fetch(SQL_CHANGES, after, limit)]
-
-    async def due(self, now: int, limit: int) -> list[tuple[str, int]]:
-        return due_keys(await self._fetch(SQL_DUE, now, limit))
-
-    async def position(self, consumer: str) -> int:
-        rows = await self._fetch(SQL_POSITION, consumer)
-        return int(rows[0][0]) if rows else 0
-
-    async def last_change(self) -> int:
-        return int((await self._fetch(SQL_LAST_CHANGE))[0][0])
-
-    async def earliest(self) -> tuple[int, int] | None:
-        return earliest_row((await self._fetch(SQL_EARLIEST))[0])

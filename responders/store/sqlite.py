@@ -8,20 +8,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from responders.store import (
-    SQL_CHANGES,
-    SQL_DUE,
-    SQL_EARLIEST,
-    SQL_GET,
     SQL_LAST_CHANGE,
-    SQL_POSITION,
     SQL_PUT,
     SQL_SET_POSITION,
     StoredResponse,
+    StoreReads,
     call_listeners,
-    due_keys,
-    earliest_row,
     put_params,
-    stored_row,
 )
 from revocation.storage.sqlite.db import Schema, SQLiteDatabase
 
@@ -65,7 +58,7 @@ STORE_SCHEMA = Schema(
 )
 
 
-class SQLiteResponseStore:
+class SQLiteResponseStore(StoreReads):
     """``wall`` gives the time recorded as ``stored_at`` (a fake one in tests)."""
 
     def __init__(self, db: SQLiteDatabase, *, wall: Callable[[], float] = time.time) -> None:
@@ -89,25 +82,5 @@ class SQLiteResponseStore:
             call_listeners(self.listeners)
         return last
 
-    async def _rows(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    async def _rows(self, sql: str, *params: Any) -> list[Any]:
         return await self._db.read(lambda conn: conn.execute(sql, params).fetchall())
-
-    async def get(self, issuer_id: str, serial: int) -> StoredResponse | None:
-        rows = await self._rows(SQL_GET, issuer_id, f"{serial:x}")
-        return stored_row(rows[0]) if rows else None
-
-    async def changes(self, after: int, limit: int) -> list[StoredResponse]:
-        return [stored_row(r) for r in await self._rows(SQL_CHANGES, after, limit)]
-
-    async def due(self, now: int, limit: int) -> list[tuple[str, int]]:
-        return due_keys(await self._rows(SQL_DUE, now, limit))
-
-    async def position(self, consumer: str) -> int:
-        rows = await self._rows(SQL_POSITION, consumer)
-        return int(rows[0][0]) if rows else 0
-
-    async def last_change(self) -> int:
-        return int((await self._rows(SQL_LAST_CHANGE))[0][0])
-
-    async def earliest(self) -> tuple[int, int] | None:
-        return earliest_row((await self._rows(SQL_EARLIEST))[0])
