@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from prometheus_client import CollectorRegistry
 
 from pca.config import Config, load_config
 from pca.runtime import Runtime, open_runtime
@@ -313,36 +312,13 @@ async def presign_all(rt: Runtime, workers: int) -> float:
 
     The pool is started (processes forked, modules imported) before the clock starts.
     """
-    from responders.presigner import PreSigner, signing_pool
-    from responders.store.sqlite import SQLiteResponseStore
+    from loadtests.bench_roles import bench_presigner, warm_signing_pool
 
-    pool = signing_pool(workers)
-    try:
-        presigner = PreSigner(
-            rt.log,
-            rt.view,
-            SQLiteResponseStore(rt.db),
-            rt.clock,
-            pool,
-            validity_seconds=rt.config.ocsp.validity_seconds,
-            refresh_fraction=rt.config.ocsp.refresh_fraction,
-            registry=CollectorRegistry(),
-            parallelism=workers,
-        )
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(pool, _warm_worker) for _ in range(workers * 2)))
+    async with warm_signing_pool(workers, warm_tasks=workers * 2) as (pool, _):
+        presigner = bench_presigner(rt, pool, workers)
         started = time.perf_counter()
         await presigner.catch_up()
         return time.perf_counter() - started
-    finally:
-        pool.shutdown()
-
-
-def _warm_worker() -> int:
-    import responders.presigner  # noqa: F401 - import what signing needs, outside the timing
-
-    time.sleep(0.05)  # so that every worker gets one
-    return os.getpid()
 
 
 @dataclasses.dataclass(frozen=True)

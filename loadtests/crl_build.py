@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
 from loadtests import peers
+from loadtests.bench_roles import bench_publisher, publish_rounds
 from loadtests.common import (
     BASE_SERIAL,
+    ISSUER,
     build_template,
     emit,
     issuer_record,
@@ -39,9 +39,6 @@ from loadtests.common import (
 )
 from pca.config import Config
 from publishers.crl_der import CRLEntry, build_crl
-from publishers.objectstore import DirectoryStore
-from publishers.publisher import Publisher
-from publishers.storer import Storer
 from revocation.keys import open_key
 from revocation.projection import IssuerRecord
 
@@ -74,24 +71,13 @@ def publish_runs(cfg: Config, runs: int) -> list[dict[str, Any]]:
     """``Publisher.publish`` ``runs`` times on the same log (each a new CRL number)."""
     rt = open_bench_runtime(cfg)
     try:
-        publisher = Publisher(
-            rt.view,
-            Storer(DirectoryStore(cfg.crl_dir), rt.view),
-            rt.clock,
-            CollectorRegistry(),
-            validity_seconds=cfg.crl.validity_seconds,
-            interval_seconds=cfg.crl.interval_seconds,
-            after_revocation_seconds=cfg.crl.after_revocation_seconds,
-        )
+        publisher = bench_publisher(rt)
 
         async def go() -> list[dict[str, Any]]:
-            issuer = next(i for i in await rt.view.issuers() if i.issuer_id == "issuing-ca")
-            out = []
-            for _ in range(runs):
-                published = await publisher.publish(issuer)
-                out.append({"seconds": published.seconds, "bytes": published.size, "entries": published.entries})
-                await asyncio.sleep(0.01)  # CRL numbers come from the clock in milliseconds
-            return out
+            return [
+                {"seconds": published.seconds, "bytes": published.size, "entries": published.entries}
+                async for published in publish_rounds(rt, publisher, runs, ISSUER)
+            ]
 
         return asyncio.run(go())
     finally:

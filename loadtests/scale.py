@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from prometheus_client import CollectorRegistry
 
 from loadtests.answers import IssuerHashes, Probe, verdict
+from loadtests.bench_roles import bench_publisher, bench_storer, publish_rounds
 from loadtests.common import (
     ISSUER,
     Service,
@@ -64,9 +64,6 @@ from loadtests.facts import load_average, machine
 from loadtests.scale_sets import DEFAULT_SETS, MEMORY_MARGIN, CertSet, Timed, mem_available, serial_of
 from loadtests.wrkrun import run_wrk, write_script
 from pca.config import Config, OCSPConfig
-from publishers.objectstore import DirectoryStore
-from publishers.publisher import Publisher
-from publishers.storer import Storer
 
 DEFAULT_SIZES = [10_000, 100_000, 1_000_000, 10_000_000]
 SMOKE_SIZES = [300, 1000]
@@ -118,25 +115,13 @@ def publish_profiled(cfg: Config, runs: int) -> list[dict[str, Any]]:
     try:
         timed = Timed()
         rt.view.crl_revoked = timed.wrap("projection_read", rt.view.crl_revoked)  # type: ignore[method-assign]
-        storer = Storer(DirectoryStore(cfg.crl_dir), rt.view)
+        storer = bench_storer(rt)
         storer.store = timed.wrap("store", storer.store)  # type: ignore[method-assign]
-        publisher = Publisher(
-            rt.view,
-            storer,
-            rt.clock,
-            CollectorRegistry(),
-            validity_seconds=cfg.crl.validity_seconds,
-            interval_seconds=cfg.crl.interval_seconds,
-            after_revocation_seconds=cfg.crl.after_revocation_seconds,
-        )
+        publisher = bench_publisher(rt, storer)
 
         async def go() -> list[dict[str, Any]]:
-            issuer = next(i for i in await rt.view.issuers() if i.issuer_id == ISSUER)
             out = []
-            for _ in range(runs):
-                timed.seconds.clear()
-                timed.calls.clear()
-                published = await publisher.publish(issuer)
+            async for published in publish_rounds(rt, publisher, runs, ISSUER):
                 # The storer reads the revoked list again to check the CRL: both reads are timed (calls 2).
                 reads = timed.calls.get("projection_read", 0)
                 read_s = timed.seconds.get("projection_read", 0.0)
@@ -149,7 +134,8 @@ def publish_profiled(cfg: Config, runs: int) -> list[dict[str, Any]]:
                         "store_s": timed.seconds.get("store", 0.0),
                     }
                 )
-                await asyncio.sleep(0.01)  # CRL numbers come from the clock in milliseconds
+                timed.seconds.clear()  # so that the next round's figures are its own
+                timed.calls.clear()
             return out
 
         return asyncio.run(go())

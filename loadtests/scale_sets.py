@@ -28,9 +28,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry
-
-from loadtests.common import BASE_SERIAL, SCRATCH, _warm_worker, log, make_ca, open_bench_runtime, populate
+from loadtests.bench_roles import bench_presigner, warm_signing_pool
+from loadtests.common import BASE_SERIAL, SCRATCH, log, make_ca, open_bench_runtime, populate
 from pca.config import Config, OCSPConfig, load_config
 from pca.runtime import Runtime
 
@@ -85,29 +84,15 @@ async def presign_profiled(rt: Runtime, workers: int) -> dict[str, Any]:
     """``PreSigner.catch_up`` from the store's position with ``workers`` signing processes, and where
     its time went: wall seconds awaiting the log and projection reads (SQLite, overlapped with
     signing), awaiting store writes, and CPU seconds of the signing processes and of this process."""
-    from responders.presigner import PreSigner, signing_pool
     from responders.store.sqlite import SQLiteResponseStore
 
-    pool = signing_pool(workers)
     timed = Timed()
-    try:
-        store = SQLiteResponseStore(rt.db)
-        store.put = timed.wrap("store_write", store.put)  # type: ignore[method-assign]
-        rt.log.read_index = timed.wrap("log_read", rt.log.read_index)  # type: ignore[method-assign]
-        rt.view.signing_states = timed.wrap("projection_read", rt.view.signing_states)  # type: ignore[method-assign]
-        presigner = PreSigner(
-            rt.log,
-            rt.view,
-            store,
-            rt.clock,
-            pool,
-            validity_seconds=rt.config.ocsp.validity_seconds,
-            refresh_fraction=rt.config.ocsp.refresh_fraction,
-            registry=CollectorRegistry(),
-            parallelism=workers,
-        )
-        loop = asyncio.get_running_loop()
-        pids = set(await asyncio.gather(*(loop.run_in_executor(pool, _warm_worker) for _ in range(workers * 4))))
+    store = SQLiteResponseStore(rt.db)
+    store.put = timed.wrap("store_write", store.put)  # type: ignore[method-assign]
+    rt.log.read_index = timed.wrap("log_read", rt.log.read_index)  # type: ignore[method-assign]
+    rt.view.signing_states = timed.wrap("projection_read", rt.view.signing_states)  # type: ignore[method-assign]
+    async with warm_signing_pool(workers, warm_tasks=workers * 4) as (pool, pids):
+        presigner = bench_presigner(rt, pool, workers, store)
         worker_cpu = {pid: _cpu_seconds(pid) for pid in pids}
         own = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
@@ -116,8 +101,6 @@ async def presign_profiled(rt: Runtime, workers: int) -> dict[str, Any]:
         after = resource.getrusage(resource.RUSAGE_SELF)
         signing_cpu = sum(_cpu_seconds(pid) - cpu for pid, cpu in worker_cpu.items())
         stored = await store.last_change()
-    finally:
-        pool.shutdown()
     coordinator_cpu = (after.ru_utime - own.ru_utime) + (after.ru_stime - own.ru_stime)
     return {
         "workers": workers,
