@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,11 +182,67 @@ def _crl_phases(c: Result) -> str:
     )
 
 
+def _table(
+    title: str, intro: str, columns: Sequence[str], rows: Iterable[Sequence[str]], plot: tuple[str, str] | None
+) -> list[str]:
+    """A subsection: its heading, its introduction (if any), a table of one row per size, and below that the
+    plot ``plot`` (alt text, file) if one was drawn."""
+    lines = [f"### {title}", ""] + ([intro, ""] if intro else [])
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines + (["", f"![{plot[0]}]({plot[1]})", ""] if plot else [""])
+
+
+def _runs(values: Sequence[float], spec: str) -> str:
+    return ", ".join(f"{v:{spec}}" for v in values)
+
+
+def _ocsp_row(x: Result) -> list[str]:
+    s = x["serve"]
+    return [
+        f"{x['certificates']:,}", f"{s['requests_per_s']:,.0f}", f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}",
+        f"{s['cache_hit_ratio']:.3f}", f"{s['cached_responses']:,}", f"{s['errors']} / {s['wrong_answers']}",
+        _runs(s["requests_per_s_runs"], ",.0f"), f"{x['load_before'][0]}",
+    ]  # fmt: skip
+
+
+def _presign_row(x: Result) -> list[str]:
+    pr, ph = x["presign"], x["presign"]["phases"]
+    reads = ph.get("log_read_wall_s", 0.0) + ph.get("projection_read_wall_s", 0.0)
+    return [
+        f"{x['certificates']:,}", f"{pr['seconds']:,.2f}", f"{pr['responses_per_s']:,}", _runs(pr["runs"], ",.2f"),
+        f"{ph['signing_cpu_s']:,.1f}", f"{ph['coordinator_cpu_s']:,.1f}", f"{reads:,.1f}",
+        f"{ph.get('store_write_wall_s', 0.0):,.1f}",
+    ]  # fmt: skip
+
+
+def _crl_row(x: Result) -> list[str]:
+    c = x["crl"]
+    return [
+        f"{x['certificates']:,}", f"{c['entries']:,}", f"{c['publish_s']:.3f}", f"{c['build_crl_s']:.3f}",
+        f"{c['crl_bytes']:,}", _runs(c["publish_runs"], ".3f"), _n(c.get("all_revoked_build_crl_s"), 3),
+        _n(c.get("all_revoked_bytes")),
+    ]  # fmt: skip
+
+
+def _startup_row(x: Result) -> list[str]:
+    s, load = x["serve"], x["cache_load"]
+    return [
+        f"{x['certificates']:,}", f"{s['serving_s']:.2f}", f"{s['cache_loaded_s']:.2f}",
+        _runs(s["cache_loaded_s_runs"], ".2f"), f"{s['cached_responses']:,}", f"{s['rss_mb']:,.0f}",
+        f"{load['seconds']:.2f}", f"{load['store_read_s']:.2f}",
+    ]  # fmt: skip
+
+
 def scale_section(r: Result | None) -> list[str]:
     if not r or not r.get("results"):
         return []
     p, rows = r["params"], r["results"]
     plots = r.get("plots", True)
+
+    def plot(alt: str, name: str) -> tuple[str, str] | None:
+        return (alt, PLOTS[name]) if plots else None
+
     lines = [
         "## Cost as the work grows: 10,000 to 10,000,000 certificates (issue 15)",
         "",
@@ -197,80 +254,45 @@ def scale_section(r: Result | None) -> list[str]:
         f"{p['distinct_requests']:,} certificates drawn over the whole set, {p['duration_s']:g} s after a 2 s warm-up.",
         "",
     ]
-    lines += [
-        "### OCSP GET throughput",
+    lines += _table(
+        "OCSP GET throughput",
         "",
-        "| certificates | req/s | p50 ms | p99 ms | cache hit ratio | cached responses | errors / wrong "
-        "| runs (req/s) | load before |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for x in rows:
-        s = x["serve"]
-        lines.append(
-            f"| {x['certificates']:,} | {s['requests_per_s']:,.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | "
-            f"{s['cache_hit_ratio']:.3f} | {s['cached_responses']:,} | {s['errors']} / {s['wrong_answers']} | "
-            f"{', '.join(f'{v:,.0f}' for v in s['requests_per_s_runs'])} | {x['load_before'][0]} |"
-        )
-    lines += ["", f"![OCSP throughput]({PLOTS['ocsp']})", ""] if plots else [""]
-    lines += [
-        "### Pre-signing from an empty response store",
-        "",
+        ["certificates", "req/s", "p50 ms", "p99 ms", "cache hit ratio", "cached responses", "errors / wrong",
+         "runs (req/s)", "load before"],
+        map(_ocsp_row, rows),
+        plot("OCSP throughput", "ocsp"),
+    )  # fmt: skip
+    lines += _table(
+        "Pre-signing from an empty response store",
         "`PreSigner.catch_up` with 2 signing processes. Phases of the median run (of the set's own build in results "
         "that predate that choice): CPU seconds of the signing processes and of the coordinator (from /proc, "
         "approximate on a shared VM); wall seconds awaiting the log and projection reads (overlapping the signing) "
         "and the store writes.",
-        "",
-        "| certificates | seconds | responses/s | runs (s) | signing CPU s | coordinator CPU s | log + projection "
-        "reads s | store writes s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for x in rows:
-        pr, ph = x["presign"], x["presign"]["phases"]
-        reads = ph.get("log_read_wall_s", 0.0) + ph.get("projection_read_wall_s", 0.0)
-        lines.append(
-            f"| {x['certificates']:,} | {pr['seconds']:,.2f} | {pr['responses_per_s']:,} | "
-            f"{', '.join(f'{v:,.2f}' for v in pr['runs'])} | {ph['signing_cpu_s']:,.1f} | "
-            f"{ph['coordinator_cpu_s']:,.1f} | {reads:,.1f} | {ph.get('store_write_wall_s', 0.0):,.1f} |"
-        )
-    lines += ["", f"![Pre-signing]({PLOTS['presign']})", ""] if plots else [""]
-    lines += [
-        "### Full CRL",
-        "",
+        ["certificates", "seconds", "responses/s", "runs (s)", "signing CPU s", "coordinator CPU s",
+         "log + projection reads s", "store writes s"],
+        map(_presign_row, rows),
+        plot("Pre-signing", "presign"),
+    )  # fmt: skip
+    lines += _table(
+        "Full CRL",
         "`Publisher.publish` (read the revoked certificates, build, sign, parse back and verify against the log, "
         "store in the directory) with 1% revoked, `build_crl` alone over as many entries, and `build_crl` alone over "
         f"every certificate (all revoked, the worst case; sizes up to {p['all_revoked_max']:,}).",
-        "",
-        "| certificates | entries | publish s | build_crl s | CRL bytes | runs publish (s) | all revoked: build_crl s "
-        "| all revoked: bytes |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for x in rows:
-        c = x["crl"]
-        lines.append(
-            f"| {x['certificates']:,} | {c['entries']:,} | {c['publish_s']:.3f} | {c['build_crl_s']:.3f} | "
-            f"{c['crl_bytes']:,} | {', '.join(f'{v:.3f}' for v in c['publish_runs'])} | "
-            f"{_n(c.get('all_revoked_build_crl_s'), 3)} | {_n(c.get('all_revoked_bytes'))} |"
-        )
-    lines += ["", f"![CRL]({PLOTS['crl']})", ""] if plots else [""]
-    lines += [
-        "### Responder start-up",
-        "",
+        ["certificates", "entries", "publish s", "build_crl s", "CRL bytes", "runs publish (s)",
+         "all revoked: build_crl s", "all revoked: bytes"],
+        map(_crl_row, rows),
+        plot("CRL", "crl"),
+    )  # fmt: skip
+    lines += _table(
+        "Responder start-up",
         "From starting the process: seconds until it answers an OCSP GET correctly, and until its cache applied the "
         "whole change feed (`/healthz` lag 0); its VmRSS then. Cache load profiled alone in a fresh process: reading "
         "the change feed (SQLite) against building entries and inserting them into the LRU.",
-        "",
-        "| certificates | answers after s | cache loaded after s | runs (s) | cached | RSS MB | cache load alone s | "
-        "of which SQLite read s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for x in rows:
-        s, load = x["serve"], x["cache_load"]
-        lines.append(
-            f"| {x['certificates']:,} | {s['serving_s']:.2f} | {s['cache_loaded_s']:.2f} | "
-            f"{', '.join(f'{v:.2f}' for v in s['cache_loaded_s_runs'])} | {s['cached_responses']:,} | "
-            f"{s['rss_mb']:,.0f} | {load['seconds']:.2f} | {load['store_read_s']:.2f} |"
-        )
-    lines += ["", f"![Responder start-up]({PLOTS['startup']})", ""] if plots else [""]
+        ["certificates", "answers after s", "cache loaded after s", "runs (s)", "cached", "RSS MB",
+         "cache load alone s", "of which SQLite read s"],
+        map(_startup_row, rows),
+        plot("Responder start-up", "startup"),
+    )  # fmt: skip
     if not plots:
         lines += ["(Plots left out: matplotlib is not installed.)", ""]
     for s in r.get("skipped", []):
