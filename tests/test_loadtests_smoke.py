@@ -11,7 +11,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -36,99 +38,97 @@ SCENARIOS = (
 )
 
 
-def test_every_scenario_runs_at_smoke_sizes(tmp_path: Path) -> None:
-    missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
+class SmokeRun(NamedTuple):
+    stdout: str
+    report: str  # the benchmarks.md it wrote
+
+    def result(self, name: str) -> str:
+        """The figure scenario ``name`` printed (its ``RESULT name: ...`` line, after the colon)."""
+        line = re.search(rf"^RESULT {name}: (.+)$", self.stdout, re.M)
+        assert line is not None, f"no figure for {name}:\n{self.stdout}"
+        return line.group(1)
+
+
+@pytest.fixture
+def smoke_run(tmp_path: Path) -> Callable[..., SmokeRun]:
+    """Runs ``python -m loadtests.run_all --smoke`` (``--only`` the scenarios named, if any) into ``tmp_path``
+    and checks that it succeeded."""
+
+    def run(*only: str) -> SmokeRun:
+        cmd = [sys.executable, "-m", "loadtests.run_all", "--smoke"]
+        cmd += ["--only", *only] if only else []
+        cmd += ["--out-dir", str(tmp_path)]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-6000:]}"
+        return SmokeRun(proc.stdout, (tmp_path / "benchmarks.md").read_text())
+
+    return run
+
+
+def needs(*tools: str) -> None:
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"the load tests need {' and '.join(missing)} (Debian: apt-get install -y wrk nginx)")
+        pytest.skip(f"the load tests need {' and '.join(missing)} (Debian: apt-get install -y {' '.join(missing)})")
+
+
+def test_every_scenario_runs_at_smoke_sizes(smoke_run: Callable[..., SmokeRun]) -> None:
+    needs("wrk", "nginx")
     docs = ROOT / "docs" / "benchmarks.md"
     before = docs.read_bytes() if docs.exists() else None
-    proc = subprocess.run(
-        [sys.executable, "-m", "loadtests.run_all", "--smoke", "--out-dir", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-6000:]}"
+    run = smoke_run()
     for name in SCENARIOS:
-        line = re.search(rf"^RESULT {name}: (.+)$", proc.stdout, re.M)
-        assert line is not None, f"no figure for {name}:\n{proc.stdout}"
-        assert re.search(r"\d", line.group(1)), line.group(0)
-    report = (tmp_path / "benchmarks.md").read_text()
+        figure = run.result(name)
+        assert re.search(r"\d", figure), f"{name}: {figure}"
     headings = ("## Goals", "## OCSP serving", "## Pre-signing", "## CRL building", "## Responder memory")
     imports = ("## Importing an openssl ca database", "## Recording an issued certificate")
     for heading in (*headings, "## Propagation in the scaled shape", *imports, "## OCSP responder fuzzing"):
-        assert heading in report
-    assert "## Cost as the work grows" in report
+        assert heading in run.report
+    assert "## Cost as the work grows" in run.report
     # A smoke run never touches the committed report.
     assert (docs.read_bytes() if docs.exists() else None) == before
 
 
-def test_the_import_scenarios_run_at_smoke_sizes(tmp_path: Path) -> None:
+def test_the_import_scenarios_run_at_smoke_sizes(smoke_run: Callable[..., SmokeRun]) -> None:
     # They need neither wrk nor nginx: run them on their own too, so a machine without those still proves them.
-    proc = subprocess.run(
-        [sys.executable, "-m", "loadtests.run_all", "--smoke", "--only", "import_rate", "record_latency",
-         "--out-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-6000:]}"
-    assert re.search(r"^RESULT import_rate: 1,000 certificates: [\d,]+/s, peak RSS [\d.]+ MB$", proc.stdout, re.M)
-    assert re.search(r"^RESULT record_latency: p50 \d+ ms, p99 \d+ ms, max \d+ ms, all: True$", proc.stdout, re.M)
-    report = (tmp_path / "benchmarks.md").read_text()
-    assert "## Importing an openssl ca database" in report and "## Recording an issued certificate" in report
+    run = smoke_run("import_rate", "record_latency")
+    assert re.fullmatch(r"1,000 certificates: [\d,]+/s, peak RSS [\d.]+ MB", run.result("import_rate"))
+    assert re.fullmatch(r"p50 \d+ ms, p99 \d+ ms, max \d+ ms, all: True", run.result("record_latency"))
+    assert "## Importing an openssl ca database" in run.report and "## Recording an issued certificate" in run.report
 
 
-def test_the_ocsp_fuzzer_runs_at_smoke_sizes(tmp_path: Path) -> None:
+def test_the_ocsp_fuzzer_runs_at_smoke_sizes(smoke_run: Callable[..., SmokeRun]) -> None:
     # A few thousand inputs in-process and a few hundred to uvicorn and granian: no failures, servers up.
-    proc = subprocess.run(
-        [sys.executable, "-m", "loadtests.run_all", "--smoke", "--only", "ocsp_fuzz", "--out-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-6000:]}"
-    line = re.search(r"^RESULT ocsp_fuzz: 3,000 inputs in-process at [\d,]+/s, 0 failures; (.+)$", proc.stdout, re.M)
-    assert line is not None, proc.stdout
+    run = smoke_run("ocsp_fuzz")
+    line = re.fullmatch(r"3,000 inputs in-process at [\d,]+/s, 0 failures; (.+)", run.result("ocsp_fuzz"))
+    assert line is not None, run.stdout
     assert line.group(1).count("300 inputs, 0 failures, up after: True") == 2
-    assert "## OCSP responder fuzzing (issue 13)" in (tmp_path / "benchmarks.md").read_text()
+    assert "## OCSP responder fuzzing (issue 13)" in run.report
 
 
-def test_the_crash_scenario_runs_at_smoke_sizes(tmp_path: Path) -> None:
+def test_the_crash_scenario_runs_at_smoke_sizes(smoke_run: Callable[..., SmokeRun]) -> None:
     """One kill -9 in each shape (embedded on SQLite, scaled on PostgreSQL) during a small revocation burst:
     nothing acknowledged is lost. It needs neither wrk nor nginx."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "loadtests.run_all", "--smoke", "--only", "crash", "--out-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-6000:]}"
-    line = re.search(r"^RESULT crash: (.+)$", proc.stdout, re.M)
-    assert line is not None, proc.stdout
-    shapes = line.group(1).split("; ")
-    assert len(shapes) == 2, line.group(0)
+    run = smoke_run("crash")
+    shapes = run.result("crash").split("; ")
+    assert len(shapes) == 2, shapes
     for name, text in zip(("embedded", "scaled"), shapes, strict=True):
         counts = r"(\d+) acknowledged, OCSP (\d+)/(\d+), CRL (\d+)/(\d+)"
         got = re.fullmatch(rf"{name}: 1 kills, {counts}, restart to revoked max [\d.]+ s", text)
         # Every acknowledged revocation is revoked in OCSP and listed in the CRL.
         assert got is not None and len(set(got.groups())) == 1 and int(got.group(1)) > 0, text
-    report = (tmp_path / "benchmarks.md").read_text()
-    assert "## Crash consistency: kill -9 during a revocation burst (issue 13)" in report
+    assert "## Crash consistency: kill -9 during a revocation burst (issue 13)" in run.report
 
 
-def test_the_scale_scenario_runs_at_smoke_sizes(tmp_path: Path) -> None:
+def test_the_scale_scenario_runs_at_smoke_sizes(smoke_run: Callable[..., SmokeRun], tmp_path: Path) -> None:
     """Two tiny sets, built, pre-signed, published and served: a table and a log-log PNG per measure, in the
     smoke run's directory; docs/ keeps its plots."""
-    if shutil.which("wrk") is None:
-        pytest.skip("the scale scenario drives wrk (Debian: apt-get install -y wrk)")
+    needs("wrk")
     plots = ("ocsp", "presign", "crl", "startup")
     committed = {p: (ROOT / "docs" / f"benchmarks-scale-{p}.png") for p in plots}
     before = {p: path.read_bytes() if path.exists() else None for p, path in committed.items()}
-    proc = subprocess.run(
-        [sys.executable, "-m", "loadtests.run_all", "--smoke", "--only", "scale", "--out-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-6000:]}"
-    line = re.search(r"^RESULT scale: (.+)$", proc.stdout, re.M)
-    assert line is not None, proc.stdout
-    sizes = line.group(1).split("; ")
-    assert [s.split(":")[0] for s in sizes] == ["300", "1,000"], line.group(0)
+    run = smoke_run("scale")
+    sizes = run.result("scale").split("; ")
+    assert [s.split(":")[0] for s in sizes] == ["300", "1,000"], sizes
     for text in sizes:
         assert re.fullmatch(r"[\d,]+: pre-sign [\d.]+ s, publish [\d.]+ s, start-up [\d.]+ s, [\d,]+ req/s", text)
     result = json.loads((tmp_path / "benchmarks.json").read_text())["results"]["scale"]
@@ -137,9 +137,8 @@ def test_the_scale_scenario_runs_at_smoke_sizes(tmp_path: Path) -> None:
         assert row["serve"]["cached_responses"] >= row["certificates"]
         assert row["crl"]["entries"] == (row["certificates"] - 1) // 100
         assert row["serve"]["errors"] == 0 and row["serve"]["wrong_answers"] == 0
-    report = (tmp_path / "benchmarks.md").read_text()
-    assert "## Cost as the work grows" in report and "### What dominates at the top end" in report
+    assert "## Cost as the work grows" in run.report and "### What dominates at the top end" in run.report
     for p in plots:
-        assert f"(benchmarks-scale-{p}.png)" in report
+        assert f"(benchmarks-scale-{p}.png)" in run.report
         assert (tmp_path / f"benchmarks-scale-{p}.png").read_bytes().startswith(b"\x89PNG")
         assert (committed[p].read_bytes() if committed[p].exists() else None) == before[p]
