@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,42 @@ PLOTS = {
     "presign": "benchmarks-scale-presign.png",
     "crl": "benchmarks-scale-crl.png",
     "startup": "benchmarks-scale-startup.png",
+}
+
+
+# One plot per measure: its title, its y axis, and each line's value in a result row.
+FIGURES: dict[str, tuple[str, str, dict[str, Callable[[Result], float | None]]]] = {
+    "ocsp": (
+        "OCSP GET throughput (wrk -t2 -c64)",
+        "requests/s",
+        {"requests/s": lambda x: x["serve"]["requests_per_s"]},
+    ),
+    "presign": (
+        "Pre-signing from an empty store (2 workers)",
+        "seconds",
+        {
+            "PreSigner.catch_up": lambda x: x["presign"]["seconds"],
+            "signing CPU (both workers)": lambda x: x["presign"]["phases"]["signing_cpu_s"],
+        },
+    ),
+    "crl": (
+        "Full CRL",
+        "seconds",
+        {
+            "Publisher.publish (1% revoked)": lambda x: x["crl"]["publish_s"],
+            "build_crl alone (1% revoked)": lambda x: x["crl"]["build_crl_s"],
+            "build_crl alone, all revoked": lambda x: x["crl"].get("all_revoked_build_crl_s"),
+        },
+    ),
+    "startup": (
+        "Responder start-up (pca serve --roles api,responder)",
+        "seconds / MB",
+        {
+            "answers OCSP after (s)": lambda x: x["serve"]["serving_s"],
+            "cache loaded after (s)": lambda x: x["serve"]["cache_loaded_s"],
+            "RSS then (MB)": lambda x: x["serve"]["rss_mb"],
+        },
+    ),
 }
 
 
@@ -80,41 +116,8 @@ def write_scale_plots(r: Result | None, out_dir: Path) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
-        figure(
-            "ocsp",
-            "OCSP GET throughput (wrk -t2 -c64)",
-            "requests/s",
-            {"requests/s": [row["serve"]["requests_per_s"] for row in rows]},
-        ),
-        figure(
-            "presign",
-            "Pre-signing from an empty store (2 workers)",
-            "seconds",
-            {
-                "PreSigner.catch_up": [row["presign"]["seconds"] for row in rows],
-                "signing CPU (both workers)": [row["presign"]["phases"]["signing_cpu_s"] for row in rows],
-            },
-        ),
-        figure(
-            "crl",
-            "Full CRL",
-            "seconds",
-            {
-                "Publisher.publish (1% revoked)": [row["crl"]["publish_s"] for row in rows],
-                "build_crl alone (1% revoked)": [row["crl"]["build_crl_s"] for row in rows],
-                "build_crl alone, all revoked": [row["crl"].get("all_revoked_build_crl_s") for row in rows],
-            },
-        ),
-        figure(
-            "startup",
-            "Responder start-up (pca serve --roles api,responder)",
-            "seconds / MB",
-            {
-                "answers OCSP after (s)": [row["serve"]["serving_s"] for row in rows],
-                "cache loaded after (s)": [row["serve"]["cache_loaded_s"] for row in rows],
-                "RSS then (MB)": [row["serve"]["rss_mb"] for row in rows],
-            },
-        ),
+        figure(name, title, ylabel, {label: [get(row) for row in rows] for label, get in series.items()})
+        for name, (title, ylabel, series) in FIGURES.items()
     ]
 
 
