@@ -21,7 +21,8 @@ from responders.presigner import CONSUMER, PreSigner, signing_pool, start_worker
 from responders.source import CachingSource, IssuerIndex, StoreSource
 from responders.store import ResponseStore
 from responders.store.sqlite import SQLiteResponseStore
-from revocation.coordination.leases import LeaseKeeper, default_holder
+from revocation.coordination.holders import lease_holder
+from revocation.coordination.leases import LeaseKeeper
 from revocation.errors import PCAError
 from revocation.eventlog import RecordedEvent
 from revocation.storage.postgres.db import RESPONSES_CHANNEL
@@ -92,10 +93,12 @@ async def start_presigner(rt: Runtime) -> None:
 
 
 def responder_id(rt: Runtime) -> str:
-    """This responder's name in heartbeats: ``PCA_RESPONDER_ID`` (made unique per worker process) or host:pid."""
+    """This responder's name in heartbeats: ``PCA_RESPONDER_ID`` (made unique per worker process), else
+    ``host:pid:start@machine`` as a lease holder is named, so that a process of the same machine can tell
+    at once that this one has ended (``holders.holder_is_dead``)."""
     given = rt.responder_id or os.environ.get("PCA_RESPONDER_ID")
     if not given:
-        return default_holder()
+        return lease_holder()
     if os.environ.get("PCA_RESPONDER_WORKERS", "1") != "1":
         return f"{given}/{os.getpid()}"  # granian workers: each has its own cache, so each reports
     return given

@@ -105,7 +105,7 @@ async def responders(src: StatusSources) -> list[dict[str, Any]]:
     out = []
     for r in sorted(await src.coord.responders(), key=lambda r: r.responder_id):
         silent = max(0.0, now - r.last_seen)
-        if silent > settings.responder_gone_seconds:
+        if silent > settings.responder_gone_seconds or r.ended:  # ended: its process on this machine is gone
             state = "gone"
         elif silent > 3 * settings.heartbeat_seconds:
             state = "down"

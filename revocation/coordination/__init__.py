@@ -26,6 +26,8 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
+from revocation.coordination.holders import holder_is_dead
+
 
 @dataclasses.dataclass(frozen=True)
 class LeaseState:
@@ -42,6 +44,9 @@ class ResponderState:
     applied_change: int  # the last response-store change_id it has applied to its cache
     started_at: float
     last_seen: float  # time of its last heartbeat
+    # Its id names a process of this machine that has ended (``holders.holder_is_dead``): it is gone now,
+    # whatever its last heartbeat says. Never True for a responder on another host or container.
+    ended: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +257,14 @@ class Coordination(
     The backends also answer calls only the tests make (``heartbeat``, ``record_applied``,
     ``save_timeline``): those are on the concrete classes, not here, so no consumer comes to rely on them.
     """
+
+
+def registered_responder(row: Sequence[Any]) -> ResponderState:
+    """A row (responder_id, url, applied_change, started_at, last_seen) of the ``responders`` table, as
+    every reader of the registry sees it: ``ended`` when its id (``host:pid:start@machine``, what
+    ``lease_holder`` names a process) is a process of this machine that is no longer running."""
+    rid, url, applied, started, seen = row
+    return ResponderState(str(rid), str(url), int(applied), float(started), float(seen), holder_is_dead(str(rid)))
 
 
 def earliest_applied(rows: Iterable[tuple[int, float]], change_ids: Sequence[int]) -> dict[int, float]:

@@ -9,6 +9,10 @@ is dead for certain, and its lease may be taken over at once instead of waiting 
 
 Anything else (another host, another container, another boot, a name without the suffix, a
 system without ``/proc``) is never judged dead here: its lease is waited out.
+
+A responder not given an id is named the same way, and the registry marks one judged dead here
+``ended`` (``revocation.coordination.registered_responder``): it is gone at once, not after
+``scale.responder_gone_seconds`` of silence.
 """
 
 from __future__ import annotations

@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -52,11 +50,6 @@ def _lease_gauge(registry: CollectorRegistry) -> Gauge:
             "role_lease_active", "1 while this process holds the role's lease and works", ["role"], registry=registry
         )
     return gauge
-
-
-def default_holder() -> str:
-    """``host:pid``: how a process names itself where no lease is at stake (a responder's id)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _iso(epoch: float) -> str:

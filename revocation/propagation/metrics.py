@@ -24,6 +24,7 @@ BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 3
 class PropagationMetrics:
     def __init__(self, registry: CollectorRegistry, slo_seconds: float) -> None:
         self._slo_seconds = slo_seconds
+        self.ended: set[str] = set()  # responders whose process has ended, said once in the log
         self._seconds = Histogram(
             "revocation_propagation_seconds",
             "Seconds from a revocation's commit to its arrival on each channel",
@@ -120,9 +121,9 @@ async def gauge_responders(
     forget_after: float,
     gauged: set[str],
 ) -> set[str]:
-    """Set each responder's ``up`` (silent at most ``down_after``) and lag; forget those silent past
-    ``forget_after`` (in the store too); drop the series of responders gone from ``gauged``. Returns the
-    ids gauged now."""
+    """Set each responder's ``up`` (silent at most ``down_after``, its process not known to have ended) and
+    lag; forget those silent past ``forget_after`` (in the store too); drop the series of responders gone
+    from ``gauged``. Returns the ids gauged now."""
     last = await coord.last_change() if responders else 0
     present: set[str] = set()
     for r in responders:
@@ -132,7 +133,12 @@ async def gauge_responders(
             await coord.forget_responder(r.responder_id)
             continue
         present.add(r.responder_id)
-        metrics.gauge_responder(r.responder_id, silent <= down_after, max(0, last - r.applied_change))
+        if r.ended and r.responder_id not in metrics.ended:
+            metrics.ended.add(r.responder_id)
+            log.warning("responder %s is gone: its process on this machine has ended", r.responder_id)
+        up = silent <= down_after and not r.ended
+        metrics.gauge_responder(r.responder_id, up, max(0, last - r.applied_change))
     for rid in gauged - present:
         metrics.forget_responder(rid)
+        metrics.ended.discard(rid)
     return present

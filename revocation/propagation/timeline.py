@@ -43,6 +43,10 @@ def valid_presigned(state: PresignedState | None, seq: int) -> PresignedState | 
 
 
 def is_live(responder: ResponderState, now: float, gone_after: float) -> bool:
+    """Heard from within ``gone_after`` of ``now``; one whose process has ended (on this machine) only up
+    to its last heartbeat, so it neither holds a timeline open nor is blamed for one committed after it."""
+    if responder.ended:
+        return now <= responder.last_seen
     return now - responder.last_seen <= gone_after
 
 

@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from pca.cli import main as pca_main
 from pca.config import load_config
+from revocation.coordination.holders import this_machine
 from tests.support.ports import free_port
 
 
@@ -142,3 +144,18 @@ def running_server(directory: Path, *, tls: bool = False) -> Iterator[ServerProc
         yield srv
     finally:
         srv.stop()
+
+
+# Tests of telling a dead process of this machine from a live one (``revocation.coordination.holders``).
+linux_proc = pytest.mark.skipif(this_machine() is None, reason="needs /proc to tell a process's start time")
+
+
+@contextlib.contextmanager
+def other_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A real process of this machine that the test can kill (it sleeps until then)."""
+    proc = subprocess.Popen(["sleep", "600"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()

@@ -18,8 +18,10 @@ def sample_timeline(
     slo_seconds: float = 5.0,
     crl_published: bool = True,
     r2_last_seen: float = T0 + 5,
+    r2_ended: bool = False,
 ) -> Timeline:
-    """Revoked at T0 (seq 42): r1 applied it, r2 has not, r3 is gone; a delta CRL and a probe saw it;
+    """Revoked at T0 (seq 42): r1 applied it, r2 has not (``r2_ended``: its process on this machine has ended),
+    r3 is gone; a delta CRL and a probe saw it;
     relying party nginx-1 installed that delta (haproxy-2 only a CRL from before the revocation)."""
     return build_timeline(
         issuer_id="issuing-ca",
@@ -30,7 +32,7 @@ def sample_timeline(
         presigned=PresignedState("issuing-ca", 0x1F2E3D, "revoked", SEQ, 9, stored_at),
         responders=[
             ResponderState("r1", "http://r1/ocsp", 9, T0 - 100, T0 + 5),
-            ResponderState("r2", "http://r2/ocsp", 8, T0 - 100, r2_last_seen),
+            ResponderState("r2", "http://r2/ocsp", 8, T0 - 100, r2_last_seen, ended=r2_ended),
             ResponderState("r3", "", 2, T0 - 100, T0 - 86_400),
         ],
         applied={"r1": T0 + 0.3},

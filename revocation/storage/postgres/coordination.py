@@ -21,6 +21,7 @@ from revocation.coordination import (
     ResponderState,
     SavedTimeline,
     earliest_applied,
+    registered_responder,
     stored_time,
 )
 from revocation.storage.postgres.db import PG_ERRORS, affected, pg_sql, storage_error
@@ -199,16 +200,7 @@ class PostgresCoordination(PostgresInstallations):
             "reading the responders",
             "SELECT responder_id, url, applied_change, started_at, last_seen FROM responders ORDER BY responder_id",
         )
-        return [
-            ResponderState(
-                str(r["responder_id"]),
-                str(r["url"]),
-                int(r["applied_change"]),
-                float(r["started_at"]),
-                float(r["last_seen"]),
-            )
-            for r in rows
-        ]
+        return [registered_responder(r) for r in rows]
 
     async def first_applied(self, responder_id: str, change_id: int) -> float | None:
         rows = await self._fetch(

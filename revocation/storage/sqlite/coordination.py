@@ -21,6 +21,7 @@ from revocation.coordination import (
     SavedTimeline,
     earliest_applied,
     in_chunks,
+    registered_responder,
     stored_time,
 )
 from revocation.storage.sqlite.db import Schema, SQLiteDatabase
@@ -86,11 +87,6 @@ COORDINATION_SCHEMA = Schema(
     # Migration 4 of the single schema of old made these tables.
     legacy={4: 1},
 )
-
-
-def _responder(row: tuple[Any, ...]) -> ResponderState:
-    rid, url, applied, started, seen = row
-    return ResponderState(str(rid), str(url), int(applied), float(started), float(seen))
 
 
 def _publication(row: tuple[Any, ...]) -> CRLPublication:
@@ -196,7 +192,7 @@ class SQLiteCoordination(SQLiteInstallations):
             rows = conn.execute(
                 "SELECT responder_id, url, applied_change, started_at, last_seen FROM responders ORDER BY responder_id"
             ).fetchall()
-            return [_responder(r) for r in rows]
+            return [registered_responder(r) for r in rows]
 
         return await self._db.read(q)
 

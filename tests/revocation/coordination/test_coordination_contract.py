@@ -25,11 +25,13 @@ from revocation.coordination import (
     ResponderState,
     SavedTimeline,
 )
+from revocation.coordination.holders import lease_holder
 from revocation.storage.postgres.coordination import PostgresCoordination
 from revocation.storage.postgres.db import open_pg_pool
 from revocation.storage.sqlite.coordination import SQLiteCoordination
 from revocation.storage.sqlite.db import SQLiteDatabase
 from tests.support.postgres import create_database, drop_database
+from tests.support.processes import linux_proc, other_process
 from tests.support.storage import pg_raw, pg_raw_many, sqlite_raw, sqlite_raw_many
 
 AnyCoordination = SQLiteCoordination | PostgresCoordination
@@ -169,6 +171,33 @@ async def test_heartbeats_upsert_one_row_per_responder(subject: Subject) -> None
     # A restart under the same id: a new start time.
     await coord.heartbeat("r1", "", 0, 60.0, 60.5)
     assert (await coord.responders())[0] == ResponderState("r1", "", 0, 60.0, 60.5)
+
+
+@linux_proc
+async def test_a_responder_named_after_a_process_of_this_machine_that_ended_reads_as_ended(subject: Subject) -> None:
+    """A responder's id names its process as a lease holder does (``host:pid:start@machine``): every reader of
+    the registry sees at once that one of this machine has ended (kill -9), by the lease's liveness rule.
+    Its heartbeat is as fresh as the live one's; one of another machine, or named otherwise, is never judged."""
+    with other_process() as proc:
+        killed = lease_holder(proc.pid)
+    # Its pid is free here now: it means nothing under another machine's name.
+    elsewhere = f"elsewhere:{proc.pid}:12345@000000000000"
+    with other_process() as proc:
+        running = lease_holder(proc.pid)
+        for rid in (killed, running, elsewhere, "ocsp-1", f"ocsp/{proc.pid}"):
+            await subject.coord.heartbeat(rid, "", 3, 50.0, 51.0)
+        states = {r.responder_id: r for r in await subject.coord.responders()}
+        assert {rid: r.ended for rid, r in states.items()} == {
+            killed: True,
+            running: False,
+            elsewhere: False,
+            "ocsp-1": False,
+            f"ocsp/{proc.pid}": False,
+        }
+        assert states[killed] == ResponderState(killed, "", 3, 50.0, 51.0, ended=True)
+        proc.kill()
+        proc.wait()
+        assert {r.responder_id for r in await subject.coord.responders() if r.ended} == {killed, running}
 
 
 async def test_first_applied_is_the_earliest_report_at_or_past_the_change(subject: Subject) -> None:

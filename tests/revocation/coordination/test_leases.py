@@ -15,7 +15,6 @@ import contextlib
 import os
 import socket
 import sqlite3
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from revocation.coordination.leases import LeaseKeeper, LeaseLost
 from revocation.errors import StorageError
 from revocation.storage.sqlite.coordination import SQLiteCoordination
 from revocation.storage.sqlite.db import SQLiteDatabase
+from tests.support.processes import linux_proc, other_process
 
 TTL = 0.3
 NAME = "presigner"
@@ -471,19 +471,6 @@ async def test_two_leases_in_one_registry_do_not_clash(handles: Callable[[], Fla
 
 
 # --- a holder that is dead for certain (same machine, process gone) is replaced at once -------------------------
-
-linux_proc = pytest.mark.skipif(this_machine() is None, reason="needs /proc to tell a process's start time")
-
-
-@contextlib.contextmanager
-def other_process() -> Iterator[subprocess.Popen[bytes]]:
-    """A real process of this machine that the test can kill (it sleeps until then)."""
-    proc = subprocess.Popen(["sleep", "600"])
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def held_until_far_future(db_path: Path, holder: str) -> None:

@@ -92,6 +92,25 @@ def test_a_responder_that_dies_after_the_commit_without_it_is_named_when_the_slo
     assert Timeline.from_json(json.loads(json.dumps(gone.to_json()))) == gone
 
 
+def test_a_responder_whose_process_has_ended_is_gone_at_once_and_named_only_if_it_outlived_the_commit() -> None:
+    """r2's id names a process of this machine that has ended (kill -9): however fresh its last heartbeat, it
+    no longer holds the OCSP channel open. Dead before the commit, it never could have had the revocation: not
+    named; its last heartbeat after the commit, it was live then and died without it: named."""
+    waiting = _timeline(T0 + 0.12, now=T0 + 2, r2_last_seen=T0 - 0.5)
+    assert (waiting.ocsp_all_responders, waiting.pending) == (None, ("r2",))
+    dead_before = _timeline(T0 + 0.12, now=T0 + 2, r2_last_seen=T0 - 0.5, r2_ended=True)
+    assert [(r.responder_id, r.state, r.counted) for r in dead_before.responders] == [
+        ("r1", "applied", True),
+        ("r2", "gone", False),
+        ("r3", "gone", False),
+    ]
+    assert dead_before.ocsp_all_responders == Moment("2026-01-01T00:00:00.300000Z", 0.3)
+    assert (dead_before.pending, dead_before.slo_met, dead_before.gone_without) == ((), True, ())
+    dead_after = _timeline(T0 + 0.12, now=T0 + 2, r2_last_seen=T0 + 1, r2_ended=True)
+    assert dead_after.ocsp_all_responders == Moment("2026-01-01T00:00:00.300000Z", 0.3)
+    assert (dead_after.pending, dead_after.slo_met, dead_after.gone_without) == ((), True, ("r2",))
+
+
 @pytest.mark.parametrize("stored_at", [T0 + 0.12, None], ids=["stored-at-known", "stored-at-unrecorded"])
 def test_a_saved_timeline_reads_back_to_the_same_value(stored_at: float | None) -> None:
     timeline = _timeline(stored_at)

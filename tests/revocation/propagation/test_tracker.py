@@ -31,6 +31,7 @@ from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
 from revocation.authority import issuer_added
 from revocation.clock import FakeClock
 from revocation.coordination import CRLInstallation, CRLPublication, ProbeResult
+from revocation.coordination.holders import lease_holder
 from revocation.errors import ConfigError, StorageError
 from revocation.eventlog import NewEvent, RecordedEvent
 from revocation.events import CertificateHoldReleased, CertificateIssued, CertificateRevoked, DomainEvent
@@ -45,6 +46,7 @@ from revocation.storage.sqlite.log import SQLiteEventLog
 from revocation.storage.sqlite.projection import SQLiteStatusView, apply_sqlite, clear_sqlite
 from tests.support import events
 from tests.support.postgres import create_database, drop_database
+from tests.support.processes import linux_proc, other_process
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -620,6 +622,38 @@ async def test_a_responder_that_stops_heartbeating_lets_the_revocation_finish(
     assert [(r["responder_id"], r["state"]) for r in saved["responders"]] == [("r1", "applied"), ("r2", "gone")]
     assert saved["gone_without"] == ["r2"]
     assert "responders gone without it: r2" in caplog.text
+
+
+@linux_proc
+async def test_a_responder_whose_process_on_this_machine_ended_is_gone_and_down_at_once(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """kill -9 of a responder leaves a fresh heartbeat in the store; its id names its process, which the
+    tracker, on the same machine, sees is gone: the revocation does not wait for it, nor blames it."""
+    env.make_tracker(down_after=3.0)  # serve.py: three heartbeats
+    await env.tracker.step()
+    with other_process() as proc:
+        dead = lease_holder(proc.pid)
+    await env.coord.heartbeat(dead, "http://dead.test/ocsp", 5, C - 100, C - 0.5)  # its last heartbeat
+    await env.issue()
+    rev = await env.revoke()
+    await env.store_row(SERIAL, "revoked", rev.seq, 7, C + 0.1)
+    await env.coord.heartbeat("r1", "http://r1.test/ocsp", 7, C - 100, C + 1)
+    await env.coord.record_applied("r1", 7, C + 0.3)
+    await env.coord.record_crl_publication(CRLPublication(ISSUER, 0, "delta", 6, rev.seq, C + 2.0))
+    env.wall.t = C + 2.5  # the dead responder silent for 3 s only: neither down nor gone by its heartbeat
+    await env.tracker.step()
+    assert env.tracker.pending == 0
+    assert [env.sample("ocsp_responder_up", responder_id=r) for r in ("r1", dead)] == [1, 0]
+    saved = await env.coord.timeline(ISSUER, SERIAL, rev.seq)
+    assert saved is not None
+    assert sorted((r["responder_id"], r["state"]) for r in saved["responders"]) == sorted(
+        [("r1", "applied"), (dead, "gone")]
+    )
+    assert (saved["ocsp_all_responders"]["seconds"], saved["slo_met"], saved["gone_without"]) == (0.3, True, [])
+    assert caplog.text.count(f"responder {dead} is gone: its process on this machine has ended") == 1
+    await env.tracker.step()  # said once
+    assert caplog.text.count(f"responder {dead} is gone") == 1
 
 
 async def test_giving_up_on_a_responder_is_a_breach_and_the_timeline_stays_live(env: Env) -> None:
