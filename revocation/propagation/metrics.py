@@ -121,24 +121,31 @@ async def gauge_responders(
     forget_after: float,
     gauged: set[str],
 ) -> set[str]:
-    """Set each responder's ``up`` (silent at most ``down_after``, its process not known to have ended) and
-    lag; forget those silent past ``forget_after`` (in the store too); drop the series of responders gone
-    from ``gauged``. Returns the ids gauged now."""
+    """Set each responder's ``up`` (silent at most ``down_after``) and lag; forget those silent past
+    ``forget_after`` (in the store too); drop the series of responders gone from ``gauged``. Returns the
+    ids gauged now.
+
+    A responder whose process is known to have ended on this machine (``ended``: killed, then replaced
+    by a restart) has no series at all: it is not down, it is gone, and an alert on ``up == 0`` must not
+    page for an hour after every restart. It stays in the store, where timelines still name it."""
     last = await coord.last_change() if responders else 0
     present: set[str] = set()
+    listed: set[str] = set()
     for r in responders:
         silent = now - r.last_seen
         if silent > forget_after:
             log.info("forgetting responder %s, silent for %.0f s", r.responder_id, silent)
             await coord.forget_responder(r.responder_id)
             continue
+        listed.add(r.responder_id)
+        if r.ended:
+            if r.responder_id not in metrics.ended:
+                metrics.ended.add(r.responder_id)
+                log.warning("responder %s is gone: its process on this machine has ended", r.responder_id)
+            continue
         present.add(r.responder_id)
-        if r.ended and r.responder_id not in metrics.ended:
-            metrics.ended.add(r.responder_id)
-            log.warning("responder %s is gone: its process on this machine has ended", r.responder_id)
-        up = silent <= down_after and not r.ended
-        metrics.gauge_responder(r.responder_id, up, max(0, last - r.applied_change))
+        metrics.gauge_responder(r.responder_id, silent <= down_after, max(0, last - r.applied_change))
     for rid in gauged - present:
         metrics.forget_responder(rid)
-        metrics.ended.discard(rid)
+    metrics.ended &= listed
     return present
