@@ -161,6 +161,14 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         db.close()
 
 
+async def revoke_and_presign(env: Env) -> RecordedEvent:
+    """Issue SERIAL, revoke it, and store its revoked response (change 7) 0.1 s after the revocation."""
+    await env.issue()
+    rev = await env.revoke()
+    await env.store_row(SERIAL, "revoked", rev.seq, 7, C + 0.1)
+    return rev
+
+
 async def two_responders(env: Env, *, r1_change: int, r2_change: int, seen: float = C + 0.9) -> None:
     await env.coord.heartbeat("r1", "http://r1.test/ocsp", r1_change, C - 100, seen)
     await env.coord.heartbeat("r2", "http://r2.test/ocsp", r2_change, C - 100, seen)
@@ -374,9 +382,7 @@ async def test_a_revocation_by_an_issuer_whose_key_pca_lacks_is_done_once_ocsp_h
     ca = x509.load_pem_x509_certificate(_external_ca_pem())
     await env.append(issuer_added(ISSUER, "external", None, ca, None, "http://pki.partner.test/ca.crl"), 0)
     await env.tracker.step()
-    await env.issue()
-    rev = await env.revoke()
-    await env.store_row(SERIAL, "revoked", rev.seq, 7, C + 0.1)
+    rev = await revoke_and_presign(env)
     await env.coord.heartbeat("r1", "http://r1.test/ocsp", 7, C - 100, C + 0.9)
     await env.coord.record_applied("r1", 7, C + 0.3)
     env.wall.t = C + 1
@@ -411,9 +417,7 @@ def _external_ca_pem() -> bytes:
 
 async def test_a_finished_revocation_is_measured_and_saved(env: Env) -> None:
     await env.tracker.step()
-    await env.issue()
-    rev = await env.revoke()
-    await env.store_row(SERIAL, "revoked", rev.seq, 7, C + 0.1)
+    rev = await revoke_and_presign(env)
     await two_responders(env, r1_change=7, r2_change=6)
     await env.coord.record_applied("r1", 7, C + 0.3)
     env.wall.t = C + 1
@@ -472,9 +476,7 @@ async def test_the_tracker_waits_for_known_agents_and_observes_each_once(env: En
     await env.coord.record_crl_installation(rp("haproxy-2", "full", 3, 0, -60))
     await env.coord.record_crl_installation(rp("stale", "full", 1, 0, -7200))
     await env.tracker.step()
-    await env.issue()
-    rev = await env.revoke()
-    await env.store_row(SERIAL, "revoked", rev.seq, 7, C + 0.1)
+    rev = await revoke_and_presign(env)
     await two_responders(env, r1_change=7, r2_change=7)
     await env.coord.record_applied("r1", 7, C + 0.3)
     await env.coord.record_applied("r2", 7, C + 0.4)
@@ -530,9 +532,7 @@ async def test_a_known_agent_that_never_installs_holds_the_revocation_only_until
     await env.coord.record_crl_installation(rp("dead-agent", "full", 3, 0, -1800))
     env.make_tracker(give_up_after=60.0)
     await env.tracker.step()
-    await env.issue()
-    rev = await env.revoke()
-    await env.store_row(SERIAL, "revoked", rev.seq, 7, C + 0.1)
+    rev = await revoke_and_presign(env)
     await two_responders(env, r1_change=7, r2_change=7, seen=C + 61)
     await env.coord.record_applied("r1", 7, C + 0.3)
     await env.coord.record_applied("r2", 7, C + 0.4)
@@ -557,9 +557,7 @@ async def test_a_known_agent_that_never_installs_holds_the_revocation_only_until
 
 async def test_without_known_agents_a_revocation_finishes_as_before(env: Env) -> None:
     await env.tracker.step()
-    await env.issue()
-    rev = await env.revoke()
-    await env.store_row(SERIAL, "revoked", rev.seq, 7, C + 0.1)
+    rev = await revoke_and_presign(env)
     await two_responders(env, r1_change=7, r2_change=7)
     await env.coord.record_applied("r1", 7, C + 0.3)
     await env.coord.record_applied("r2", 7, C + 0.4)
@@ -574,9 +572,7 @@ async def test_without_known_agents_a_revocation_finishes_as_before(env: Env) ->
 
 async def test_a_slow_revocation_counts_as_an_slo_breach(env: Env) -> None:
     await env.tracker.step()
-    await env.issue()
-    rev = await env.revoke()
-    await env.store_row(SERIAL, "revoked", rev.seq, 7, C + 0.1)
+    rev = await revoke_and_presign(env)
     await two_responders(env, r1_change=7, r2_change=7, seen=C + 8)
     await env.coord.record_applied("r1", 7, C + 0.3)
     await env.coord.record_applied("r2", 7, C + 7.0)
@@ -596,9 +592,7 @@ async def test_a_responder_that_stops_heartbeating_lets_the_revocation_finish(
 ) -> None:
     env.make_tracker(down_after=3.0)  # serve.py: three heartbeats
     await env.tracker.step()
-    await env.issue()
-    rev = await env.revoke()
-    await env.store_row(SERIAL, "revoked", rev.seq, 7, C + 0.1)
+    rev = await revoke_and_presign(env)
     await two_responders(env, r1_change=7, r2_change=5, seen=C + 1)  # r2's last heartbeat
     await env.coord.record_applied("r1", 7, C + 0.3)
     await env.coord.record_crl_publication(CRLPublication(ISSUER, 0, "delta", 6, rev.seq, C + 2.0))
@@ -635,9 +629,7 @@ async def test_a_responder_whose_process_on_this_machine_ended_is_gone_and_down_
     with other_process() as proc:
         dead = lease_holder(proc.pid)
     await env.coord.heartbeat(dead, "http://dead.test/ocsp", 5, C - 100, C - 0.5)  # its last heartbeat
-    await env.issue()
-    rev = await env.revoke()
-    await env.store_row(SERIAL, "revoked", rev.seq, 7, C + 0.1)
+    rev = await revoke_and_presign(env)
     await env.coord.heartbeat("r1", "http://r1.test/ocsp", 7, C - 100, C + 1)
     await env.coord.record_applied("r1", 7, C + 0.3)
     await env.coord.record_crl_publication(CRLPublication(ISSUER, 0, "delta", 6, rev.seq, C + 2.0))
@@ -659,9 +651,7 @@ async def test_a_responder_whose_process_on_this_machine_ended_is_gone_and_down_
 
 async def test_giving_up_on_a_responder_is_a_breach_and_the_timeline_stays_live(env: Env) -> None:
     await env.tracker.step()
-    await env.issue()
-    rev = await env.revoke()
-    await env.store_row(SERIAL, "revoked", rev.seq, 7, C + 0.1)
+    rev = await revoke_and_presign(env)
     await two_responders(env, r1_change=7, r2_change=5, seen=C + 600.5)
     await env.coord.record_applied("r1", 7, C + 0.3)
     await env.coord.record_crl_publication(CRLPublication(ISSUER, 0, "delta", 6, rev.seq, C + 2.0))
@@ -688,9 +678,7 @@ async def test_giving_up_on_a_responder_is_a_breach_and_the_timeline_stays_live(
 
 async def test_a_crl_published_after_giving_up_appears_in_the_saved_timeline(env: Env) -> None:
     await env.tracker.step()
-    await env.issue()
-    rev = await env.revoke()
-    await env.store_row(SERIAL, "revoked", rev.seq, 7, C + 0.1)
+    rev = await revoke_and_presign(env)
     await two_responders(env, r1_change=7, r2_change=7, seen=C + 601)
     await env.coord.record_applied("r1", 7, C + 0.3)
     await env.coord.record_applied("r2", 7, C + 0.4)
