@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
+from cryptography import x509
 
 from pca.config import load_config
 from revocation.eventlog import canonical_payload, row_hash
 from tests.pca.test_ca_revocation_e2e import pca
+from tests.support.crl import crl_number, listed
 from tests.support.openssl_ca import openssl
 from tests.support.postgres import create_database, drop_database
 from tests.support.processes import ServerProcess, init_ca
@@ -97,11 +100,6 @@ def issue(config: Path, cn: str, out: Path) -> str:
     return next(line for line in done.stdout.splitlines() if re.fullmatch(r"[0-9a-f]+", line))
 
 
-def head_seq(config: Path) -> int:
-    last = pca("events", "--config", config, "--after", "0", "--limit", "1000").stdout.splitlines()[-1]
-    return int(json.loads(last)["seq"])
-
-
 def tampered(archive: Path, out: Path, seq: int, change: Callable[[dict[str, Any]], object]) -> Path:
     """``archive`` with event ``seq`` changed by ``change`` (its recorded hash left as it was)."""
     lines = []
@@ -128,6 +126,14 @@ def rehash(event: dict[str, Any]) -> None:
     )  # fmt: skip
 
 
+def crl_lists(public_url: str, wanted: dict[int, x509.ReasonFlags], above: int = 0) -> int:
+    """The number of the issuing CA's full CRL if it is above ``above`` and lists ``wanted`` with those reasons,
+    else 0."""
+    crl = x509.load_der_x509_crl(httpx.get(f"{public_url}/crl/issuing-ca.crl", timeout=10).content)
+    ok = {s: r for s, r in listed(crl).items() if s in wanted} == wanted and crl_number(crl) > above
+    return crl_number(crl) if ok else 0
+
+
 def ocsp_status(d: Path, cert: Path, url: str) -> str | None:
     out = openssl("ocsp", "-issuer", d / "issuing-ca.pem", "-cert", cert, "-url", url,
                   "-CAfile", d / "ca-chain.pem", "-no_nonce")  # fmt: skip
@@ -142,19 +148,23 @@ def test_a_restored_database_gets_its_later_revocations_back_from_the_archive(ba
     try:
         early, late = issue(conf, "svc1", tmp_path), issue(conf, "svc2", tmp_path)
         backend.backup(tmp_path / "backup")
-        restored_head = head_seq(conf)
         # After the backup: two revocations and one more certificate, which the backup lacks.
         pca("revoke", "--config", conf, early, "--reason", "keyCompromise", "--invalidity-date", "2026-01-02T03:04:05Z")
         pca("revoke", "--config", conf, late, "--reason", "superseded")
         issue(conf, "svc3", tmp_path)
         before = {s: json.loads(pca("status", "--config", conf, s, "--json").stdout) for s in (early, late)}
+        wanted = {int(early, 16): x509.ReasonFlags.key_compromise, int(late, 16): x509.ReasonFlags.superseded}
+        # Published before the restore: the CRL numbers in the restored database are behind those served.
+        published = wait_for("the full CRL to list both revocations", lambda: crl_lists(srv.public_url, wanted))
         archive = tmp_path / "events.jsonl"
         archive.write_text(pca("events", "--config", conf, "--after", "0", "--limit", "1000").stdout)
-        head = head_seq(conf)
     finally:
         srv.stop()
     backend.restore(tmp_path / "backup")
-    assert "would replay" in pca("replay", "--config", conf, "--from", archive, "--dry-run").stdout
+    head = int(json.loads(archive.read_text().splitlines()[-1])["seq"])
+    dry_run = pca("replay", "--config", conf, "--from", archive, "--dry-run").stdout
+    restored_head = int(dry_run.rsplit("the log ends at ", 1)[1])
+    assert f"would replay {head - restored_head} events" in dry_run and 0 < restored_head < head
 
     # Tampered archives, each refused with nothing appended: a revocation it would replay made milder (its
     # recorded hash kept, then recomputed so that only the next event's link gives it away), and an event the
@@ -191,5 +201,6 @@ def test_a_restored_database_gets_its_later_revocations_back_from_the_archive(ba
             assert after == before[serial], f"{serial}: {after} after the replay, {before[serial]} before"
         url = f"{srv.public_url}/ocsp"
         wait_for("OCSP to say revoked again", lambda: ocsp_status(d, tmp_path / "svc1.pem", url) == "revoked")
+        wait_for("a newer full CRL listing both", lambda: crl_lists(srv.public_url, wanted, above=published))
     finally:
         srv.stop()
