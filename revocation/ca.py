@@ -88,7 +88,10 @@ def create_intermediate(
     now: datetime.datetime,
     validity_days: int,
     root_crl_url: str,
+    *,
+    ocsp_url: str,
 ) -> x509.Certificate:
+    """An issuing CA under ``root_cert``: its CRL DP is the root's CRL, its AIA the root's OCSP at ``ocsp_url``."""
     not_after = _not_after(now, validity_days, root_cert.not_valid_after_utc)
     builder = (
         x509.CertificateBuilder()
@@ -102,6 +105,7 @@ def create_intermediate(
         .add_extension(_key_usage(cert_sign=True), critical=True)
         .add_extension(_ski(public), critical=False)
         .add_extension(_aki(root_cert), critical=False)
+        .add_extension(_aia_ocsp(ocsp_url), critical=False)
         .add_extension(_crl_dp(root_crl_url), critical=False)
     )
     return _sign_certificate(builder, root_key, root_cert.public_key())  # type: ignore[arg-type]
@@ -249,6 +253,12 @@ def _crl_dp(url: str) -> x509.CRLDistributionPoints:
     return x509.CRLDistributionPoints([x509.DistributionPoint([x509.UniformResourceIdentifier(url)], None, None, None)])
 
 
+def _aia_ocsp(url: str) -> x509.AuthorityInformationAccess:
+    """Authority Information Access naming the OCSP responder of the certificate's issuer."""
+    ocsp = x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(url))
+    return x509.AuthorityInformationAccess([ocsp])
+
+
 def parse_csr(pem_or_der: bytes) -> x509.CertificateSigningRequest:
     """Load a CSR and check its self-signature; ValidationError says what is wrong."""
     try:
@@ -348,12 +358,7 @@ def issue_leaf(
         .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
         .add_extension(_ski(public), critical=False)
         .add_extension(_aki(issuer_cert), critical=False)
-        .add_extension(
-            x509.AuthorityInformationAccess(
-                [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))]
-            ),
-            critical=False,
-        )
+        .add_extension(_aia_ocsp(ocsp_url), critical=False)
         .add_extension(_crl_dp(crl_url), critical=False)
     )
     if freshest_crl_url is not None:

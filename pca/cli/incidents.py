@@ -87,6 +87,7 @@ def cmd_create(args: argparse.Namespace) -> None:
                         now,
                         args.validity_days,
                         cfg.crl_url(root.issuer_id),
+                        ocsp_url=cfg.ocsp_url,
                     )
                 finally:
                     key.close()

@@ -186,6 +186,7 @@ async def _init_hierarchy(
             now,
             1825,
             cfg.crl_url(ROOT_ID),
+            ocsp_url=cfg.ocsp_url,
         )
     except BaseException:
         await rt.aclose()

@@ -3,10 +3,11 @@
 
 A local command, run while ``pca serve`` is stopped (a publisher started on the restored database
 would publish CRLs without the lost revocations). The archive must be of this log: its events up to
-the restored head must have the log's hashes, else nothing is appended. Each later event is appended
-again with its own payload (a revocation keeps its revocation time, reason and invalidity date), on
-its stream at the version it had, by the actor ``cli:<user>`` with the request id
-``replay-of-seq-<N>``. The chain after the restored head is a new one: a checkpoint signed before
+the restored head must have the log's hashes; and intact: every event must match its own hash and
+link to the one before (the first one replayed to the restored head). Else nothing is appended.
+Each later event is appended again with its own payload (a revocation keeps its revocation time,
+reason and invalidity date), on its stream at the version it had, by the actor ``cli:<user>`` with
+the request id ``replay-of-seq-<N>``. The chain after the restored head is a new one: a checkpoint signed before
 the restore past that head no longer matches it, which ``pca audit verify --checkpoint`` reports.
 """
 
@@ -23,8 +24,11 @@ from pca.config import load_config
 from pca.runtime import connect_runtime
 from revocation.clock import SystemClock
 from revocation.errors import ConcurrencyError, ConflictError, PCAError, ValidationError
-from revocation.eventlog import NewEvent
+from revocation.eventlog import GENESIS_HASH, NewEvent, canonical_payload, row_hash
 from revocation.events import decode
+
+# The fields of an archived event its hash covers, besides seq, version, type and payload (``row_hash``).
+_HASHED = ("stream", "actor", "request_id", "recorded_at", "prev_hash", "hash")
 
 
 def _archive(path: str) -> dict[int, dict[str, Any]]:
@@ -41,6 +45,9 @@ def _archive(path: str) -> dict[int, dict[str, Any]]:
                     if not isinstance(event["payload"], dict) or not isinstance(event["type"], str):
                         raise TypeError("payload or type")
                     int(event["version"])
+                    for field in _HASHED:
+                        if not isinstance(event[field], str):
+                            raise TypeError(field)
                 except (ValueError, KeyError, TypeError) as exc:
                     raise ValidationError(
                         f"{path}:{number}: not an event of pca events --format json ({exc})"
@@ -48,7 +55,28 @@ def _archive(path: str) -> dict[int, dict[str, Any]]:
                 out[seq] = event
     except OSError as exc:
         fail(f"cannot read the archive {path}: {exc.strerror or exc}")
+    _check_chain(out, path)
     return out
+
+
+def _check_chain(archive: dict[int, dict[str, Any]], path: str) -> None:
+    """Refuse an archive whose events do not match their hashes or do not link up: altered or damaged."""
+    for seq in sorted(archive):
+        e = archive[seq]
+        digest = row_hash(
+            e["prev_hash"], seq, e["stream"], int(e["version"]), e["type"], canonical_payload(e["payload"]),
+            e["actor"], e["request_id"], e["recorded_at"],
+        )  # fmt: skip
+        if digest != e["hash"]:
+            raise ValidationError(
+                f"seq {seq} of {path} does not match its hash: the archive was altered or damaged; nothing replayed"
+            )
+        before = archive.get(seq - 1)
+        if before is not None and before["hash"] != e["prev_hash"]:
+            raise ValidationError(
+                f"seq {seq} of {path} does not follow seq {seq - 1} (its prev_hash is another): "
+                "the archive was altered or damaged; nothing replayed"
+            )
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
@@ -63,7 +91,7 @@ def cmd_replay(args: argparse.Namespace) -> None:
         try:
             head = await rt.log.head()
             # The archive must be of this log: every archived event the restored log still holds has its hash.
-            after = 0
+            after, head_hash = 0, GENESIS_HASH
             while rows := await rt.log.read(after, 1000):
                 for rec in rows:
                     kept = archive.get(rec.seq)
@@ -72,7 +100,7 @@ def cmd_replay(args: argparse.Namespace) -> None:
                             f"seq {rec.seq} of {args.archive} is not the log's seq {rec.seq} (another hash): "
                             "the archive is of another log, or the log changed since the restore; nothing replayed"
                         )
-                after = rows[-1].seq
+                after, head_hash = rows[-1].seq, rows[-1].hash
             later = sorted(seq for seq in archive if seq > head)
             if later and later[0] != head + 1:
                 raise ValidationError(
@@ -82,6 +110,11 @@ def cmd_replay(args: argparse.Namespace) -> None:
             if later and later != list(range(head + 1, later[-1] + 1)):
                 missing = next(s for s in range(head + 1, later[-1] + 1) if s not in archive)
                 raise ValidationError(f"the archive lacks seq {missing}; nothing replayed")
+            if later and archive[later[0]]["prev_hash"] != head_hash:
+                raise ConflictError(
+                    f"seq {later[0]} of {args.archive} does not follow the log's seq {head} (another prev_hash): "
+                    "the archive is of another log, or the log changed since the restore; nothing replayed"
+                )
             events = []
             for seq in later:
                 kept = archive[seq]
