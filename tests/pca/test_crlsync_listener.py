@@ -65,8 +65,8 @@ def test_ordinary_scrapes_work(agent: AgentProcess) -> None:
             assert "crl_sync_crl_number{" in text
     finally:
         conn.close()
-    resp = httpx.get(agent.metrics_url, timeout=10)
-    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
+    scrape = httpx.get(agent.metrics_url, timeout=10)
+    assert scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain")
 
 
 def test_an_oversized_header_gets_431_and_costs_no_memory(agent: AgentProcess) -> None:
@@ -101,8 +101,8 @@ def test_a_header_line_over_8_kb_or_a_head_over_32_kb_gets_431(agent: AgentProce
 def test_slowloris_heads_are_cut_off_within_the_header_timeout(agent: AgentProcess) -> None:
     """20 clients trickle one header line every 0.2 s, never ending the head; the header timeout is 1 s."""
     result = slowloris(agent.metrics_address, 20, 1 + MARGIN, "/metrics")
-    assert result["open"] == 0, f"{result['open']} slowloris connections still open after {result['took']:.1f} s"
-    assert result["statuses"] == {408}
+    assert result.open == 0, f"{result.open} slowloris connections still open after {result.took:.1f} s"
+    assert result.statuses == {408}
 
 
 def test_a_short_body_and_an_idle_connection_are_cut_off(agent: AgentProcess) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import select
 import socket
@@ -76,7 +77,14 @@ def long_heads(address: tuple[str, int], clients: int, size: int, path: str = "/
     return socks
 
 
-def slowloris(address: tuple[str, int], clients: int, limit: float, path: str = "/healthz") -> dict[str, object]:
+@dataclasses.dataclass(frozen=True)
+class Slowloris:
+    open: int  # connections the server left open
+    statuses: set[int | None]  # what it answered the others (None: closed without an answer)
+    took: float  # seconds until the last was closed (or the limit)
+
+
+def slowloris(address: tuple[str, int], clients: int, limit: float, path: str = "/healthz") -> Slowloris:
     """``clients`` connections that trickle one header line every 0.2 s and never end the head, for at most
     ``limit`` seconds: how many the server left open, what it answered them, and how long it took."""
     socks = [connect(address) for _ in range(clients)]
@@ -105,7 +113,7 @@ def slowloris(address: tuple[str, int], clients: int, limit: float, path: str = 
     finally:
         for sock in socks:
             sock.close()
-    return {"open": len(still_open), "statuses": {status_of(a) for a in answers.values()}, "took": took}
+    return Slowloris(len(still_open), {status_of(a) for a in answers.values()}, took)
 
 
 def rss_kb(pids: set[int]) -> int:
