@@ -139,7 +139,8 @@ class MetricsListener:
                 sock.close()
             self._task.result()  # its error, if it failed
             raise OSError(f"the metrics listener on {self.host}:{self.port} stopped at once")
-        log.info("serving /metrics on %s:%d (at most %d connections)", self.host, self.port, self.guard.max_connections)
+        where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        log.info("serving /metrics on %s (at most %d connections)", where, self.guard.max_connections)
 
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish (a few seconds at most), close every connection."""
