@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
+from pca.metrics_listener import MetricsListener, listener_limits
 from publishers.crlsync.agent import Agent, run_agent
 from publishers.crlsync.fetch import tls_context
 from publishers.crlsync.metrics import SyncMetrics
 from publishers.crlsync.report import Reporter
 from publishers.crlsync.settings import FORMATS, SyncSettings, UsageError, build_settings, parse_listen, read_toml
+from revocation.errors import ConfigError
 
 log = logging.getLogger("pca.crlsync")
 
@@ -102,7 +103,12 @@ def settings_from_args(args: argparse.Namespace) -> SyncSettings:
         value = getattr(args, key)
         if value is not None:
             given[key] = value
-    return build_settings(given)
+    settings = build_settings(given)
+    try:
+        listener_limits(settings.limits)  # the /metrics listener's [limits]: checked now, used by serve()
+    except ConfigError as exc:
+        raise UsageError(f"{args.config}: {exc}") from None
+    return settings
 
 
 def cmd_crl_sync(args: argparse.Namespace) -> None:
@@ -131,14 +137,20 @@ async def serve(settings: SyncSettings, *, once: bool, registry: CollectorRegist
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = None
+    listener = None
     try:
         if settings.metrics_listen:
+            # Bounded like every listener of pca: header sizes, timeouts, a connection cap (pca.metrics_listener).
             host, port = parse_listen(settings.metrics_listen)
+            listener = MetricsListener(metrics.registry, host, port, listener_limits(settings.limits))
             try:
-                server, _ = start_http_server(port, host, metrics.registry)
+                await listener.start()
             except OSError as exc:
-                print(f"pca crl-sync: error: cannot listen on {settings.metrics_listen}: {exc}", file=sys.stderr)
+                reason = (exc.strerror or str(exc)).lower()
+                print(
+                    f"pca crl-sync: error: cannot listen on {settings.metrics_listen} (--metrics-listen): {reason}",
+                    file=sys.stderr,
+                )
                 return 1
         if settings.report_to and settings.token:
             verify = tls_context(settings.tls_ca)  # the admin API's CA too, when it serves https
@@ -155,8 +167,6 @@ async def serve(settings: SyncSettings, *, once: bool, registry: CollectorRegist
         if agent.reporter is not None:
             await agent.reporter.aclose()
         await agent.aclose()
-        if server is not None:
-            with contextlib.suppress(OSError):
-                server.shutdown()
-                server.server_close()
+        if listener is not None:
+            await listener.stop()
         log.info("stopped")

@@ -40,6 +40,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "max_bytes": int,
     "max_skew": (int, float),
     "warn_before": (int, float),
+    "limits": dict,  # the /metrics listener's [limits] table, checked by the command (pca.cli.crlsync)
 }
 _PATH_KEYS = ("ca_bundle", "out", "state_file", "token_file", "tls_ca")
 
@@ -68,6 +69,7 @@ class SyncSettings:
     max_bytes: int = DEFAULT_MAX_BYTES
     max_skew: float = DEFAULT_MAX_SKEW
     warn_before: float = DEFAULT_WARN_BEFORE
+    limits: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)  # the file's [limits] table
 
     @property
     def state_path(self) -> Path:
@@ -172,6 +174,7 @@ def build_settings(given: dict[str, Any]) -> SyncSettings:
         max_bytes=max_bytes,
         max_skew=numbers["max_skew"],
         warn_before=numbers["warn_before"],
+        limits=dict(given.get("limits") or {}),
     )
     for target in (settings.out, settings.state_path):
         try:  # a symbolic link, a FIFO or a device at --out would be refused at every pass: say it now

@@ -31,6 +31,8 @@ from pca.listener_limits import LimitsConfig, connection_budget, parse_limits
 from pca.listeners import OVER_CAP, SLOW_BODY, SLOW_HEAD, RefusalLog, quiet_resource_errors
 from revocation.errors import ConfigError
 from tests.support.processes import ServerProcess, descendants, init_ca
+from tests.support.raw_http import connect, send_big_head, slowloris, status_of, until_closed
+from tests.support.raw_http import rss_kb as resident_kb
 from tests.support.scaled import ocsp_get_url
 
 SHAPES = {"uvicorn": ("--server", "uvicorn"), "granian": ("--server", "granian", "--workers", "2")}
@@ -91,37 +93,10 @@ def public_address(srv: ServerProcess) -> tuple[str, int]:
     return srv.config.public_listen
 
 
-def connect(address: tuple[str, int], timeout: float = 10) -> socket.socket:
-    sock = socket.create_connection(address, timeout=timeout)
-    sock.settimeout(timeout)
-    return sock
-
-
-def until_closed(sock: socket.socket, limit: float = 30) -> tuple[bytes, float]:
-    """What the server sends until it closes the connection (a reset counts as a close), and when."""
-    start = time.monotonic()
-    sock.settimeout(limit)
-    data = b""
-    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data, time.monotonic() - start
-
-
-def status_of(answer: bytes) -> int | None:
-    match = re.match(rb"HTTP/1\.1 (\d{3}) ", answer)
-    return int(match.group(1)) if match else None
-
-
 def rss_kb(srv: ServerProcess) -> int:
     """Resident memory of the processes that serve the public port (``pca serve`` and its children)."""
     assert srv.proc is not None
-    total = 0
-    for pid in {srv.proc.pid, *descendants(srv.proc.pid)}:
-        with contextlib.suppress(OSError):
-            match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-            total += int(match.group(1)) if match else 0
-    return total
+    return resident_kb({srv.proc.pid, *descendants(srv.proc.pid)})
 
 
 def log_lines(srv: ServerProcess, pattern: str) -> list[str]:
@@ -129,28 +104,6 @@ def log_lines(srv: ServerProcess, pattern: str) -> list[str]:
 
 
 # --- heads ----------------------------------------------------------------------------------
-
-
-def send_big_head(address: tuple[str, int], size: int) -> bytes:
-    """A request whose one header line is ``size`` bytes, sent while the answer is read."""
-    sock = connect(address)
-
-    def send() -> None:
-        with contextlib.suppress(OSError):
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: pca\r\nX-Big: ")
-            chunk = b"a" * (1 << 20)
-            for _ in range(size >> 20):
-                sock.sendall(chunk)
-
-    sender = threading.Thread(target=send)
-    sender.start()
-    try:
-        return until_closed(sock)[0]
-    finally:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)  # wakes the sender if it is blocked in send()
-        sock.close()
-        sender.join()
 
 
 def test_an_oversized_header_gets_431_and_costs_no_memory(server: ServerProcess) -> None:
@@ -192,35 +145,10 @@ def test_a_header_line_over_8_kb_gets_431_on_uvicorn(server: ServerProcess) -> N
 
 def test_slowloris_heads_are_cut_off_within_the_header_timeout(server: ServerProcess) -> None:
     """20 clients trickle one header line every 0.2 s, never ending the head."""
-    socks = [connect(public_address(server)) for _ in range(20)]
-    answers = {sock: b"" for sock in socks}
-    still_open = set(socks)
-    start = time.monotonic()
-    try:
-        for sock in socks:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: pca\r\n")
-        while still_open and time.monotonic() - start < 1 + MARGIN:
-            readable, _, _ = select.select(list(still_open), [], [], 0.2)
-            for sock in readable:
-                try:
-                    chunk = sock.recv(65536)
-                except OSError:
-                    chunk = b""
-                answers[sock] += chunk
-                if not chunk:
-                    still_open.discard(sock)
-            for sock in list(still_open):
-                try:
-                    sock.send(b"X-Slow: 1\r\n")
-                except OSError:
-                    still_open.discard(sock)
-        took = time.monotonic() - start
-    finally:
-        for sock in socks:
-            sock.close()
-    assert not still_open, f"{len(still_open)} slowloris connections still open after {took:.1f} s"
+    result = slowloris(public_address(server), 20, 1 + MARGIN)
+    assert result.open == 0, f"{result.open} slowloris connections still open after {result.took:.1f} s"
     if server.args == SHAPES["uvicorn"]:  # uvicorn answers 408; granian closes the connection
-        assert {status_of(a) for a in answers.values()} == {408}
+        assert result.statuses == {408}
 
 
 @pytest.mark.parametrize("body", [b"abc", b""], ids=["short", "none"])

@@ -1,5 +1,6 @@
-"""Helpers of the ``pca crl-sync`` tests: an in-process CA that signs CRLs, and a small HTTP server
-the test controls (to serve hostile CRL answers, or to stand in for the admin API and record reports)."""
+"""Helpers of the ``pca crl-sync`` tests: an in-process CA that signs CRLs, a small HTTP server
+the test controls (to serve hostile CRL answers, or to stand in for the admin API and record reports),
+and the agent as a real process serving /metrics."""
 
 from __future__ import annotations
 
@@ -7,14 +8,20 @@ import dataclasses
 import datetime
 import ipaddress
 import json
+import os
+import signal
 import ssl
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
@@ -22,6 +29,7 @@ from cryptography.x509.oid import NameOID
 from publishers.crl_der import CRLEntry, build_crl, delta_crl_indicator, freshest_crl, issuing_distribution_point
 from revocation import ca
 from revocation.keys import FileKey, KeyRef, generate_private_key
+from tests.support.ports import free_port
 
 UTC = datetime.UTC
 
@@ -227,3 +235,64 @@ def tls_server_context(directory: Path) -> tuple[ssl.SSLContext, Path]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_file, key_file)
     return context, cert_file
+
+
+@dataclasses.dataclass
+class AgentProcess:
+    """``pca crl-sync --metrics-listen`` as a real process, its output in ``log_path``."""
+
+    proc: subprocess.Popen[bytes]
+    metrics_address: tuple[str, int]
+    log_path: Path
+
+    @property
+    def metrics_url(self) -> str:
+        return "http://{}:{}/metrics".format(*self.metrics_address)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@contextmanager
+def running_agent(
+    directory: Path, crl_server: ControlledServer, ca: SigningCA, config: str = ""
+) -> Iterator[AgentProcess]:
+    """An agent syncing ``ca``'s full CRL from ``crl_server`` every 0.2 s, with ``config`` (TOML) as its
+    ``--config`` file, serving /metrics on a free port; stopped with SIGTERM, which must exit 0."""
+    url = crl_server.url("/crl/issuing-ca.crl")
+    crl_server.routes["/crl/issuing-ca.crl"] = Reply(ca.crl(10, idp=url))
+    (directory / "crl-sync.toml").write_text(config)
+    address = ("127.0.0.1", free_port())
+    argv = [
+        "crl-sync", "--config", str(directory / "crl-sync.toml"), "--url", url,
+        "--ca-bundle", str(ca.bundle(directory / "chain.pem")), "--out", str(directory / "crl.pem"),
+        "--interval", "0.2", "--metrics-listen", "{}:{}".format(*address),
+    ]  # fmt: skip
+    log_path = directory / "agent.log"
+    env = {k: v for k, v in os.environ.items() if k != "PCA_TOKEN"}
+    with open(log_path, "wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pca.cli", *argv], stdout=sink, stderr=subprocess.STDOUT, env=env
+        )
+    agent = AgentProcess(proc, address, log_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with suppress(httpx.HTTPError):
+                if "crl_sync_installs_total 1.0" in httpx.get(agent.metrics_url, timeout=2).text:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, agent.log()
+            time.sleep(0.1)
+        yield agent
+    except BaseException:
+        print(agent.log()[-6000:])
+        raise
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, agent.log()
