@@ -36,7 +36,7 @@ MAX_CHECKPOINT_BYTES = 1 << 20
 AUDIT_TIMEOUT_SECONDS = 3600.0
 
 
-def _checkpoint(args: argparse.Namespace) -> tuple[Checkpoint, x509.Certificate] | None:
+def verified_checkpoint(args: argparse.Namespace) -> tuple[Checkpoint, x509.Certificate] | None:
     """The checkpoint named by ``--checkpoint``, its signature checked against ``--ca``; None without one."""
     source: str | None = args.checkpoint
     if not source:
@@ -92,7 +92,7 @@ def _projection_failure(projection: dict[str, Any]) -> None:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> None:
-    anchored = _checkpoint(args)
+    anchored = verified_checkpoint(args)
     if args.local:
         _verify_local(args, anchored)
     else:

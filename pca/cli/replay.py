@@ -9,6 +9,11 @@ Each later event is appended again with its own payload (a revocation keeps its 
 reason and invalidity date), on its stream at the version it had, by the actor ``cli:<user>`` with
 the request id ``replay-of-seq-<N>``. The chain after the restored head is a new one: a checkpoint signed before
 the restore past that head no longer matches it, which ``pca audit verify --checkpoint`` reports.
+
+The hash chain has no secret: someone who rewrites every archived event after the restored head and
+computes their hashes again makes an archive that is intact by its own hashes. ``--checkpoint`` anchors
+it: the signed checkpoint's seq must be in the log or the archive with the checkpointed hash, so every
+event up to it is the one the publisher signed for (events after it are said to be unanchored).
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pca.cli.audit import verified_checkpoint
 from pca.cli.common import cli_actor, fail
 from pca.config import load_config
 from pca.runtime import connect_runtime
-from revocation.clock import SystemClock
-from revocation.errors import ConcurrencyError, ConflictError, PCAError, ValidationError
+from revocation.checkpoints import Checkpoint, check_log_against
+from revocation.clock import SystemClock, iso
+from revocation.errors import ConcurrencyError, ConflictError, IntegrityError, PCAError, ValidationError
 from revocation.eventlog import GENESIS_HASH, NewEvent, canonical_payload, row_hash
 from revocation.events import decode
 
@@ -79,8 +86,32 @@ def _check_chain(archive: dict[int, dict[str, Any]], path: str) -> None:
             )
 
 
+def _anchor(archive: dict[int, dict[str, Any]], head: int, checkpoint: Checkpoint, path: str) -> None:
+    """The archive past the restored ``head`` must hold the checkpoint's seq with its hash (a checkpoint at or
+    before ``head`` is the log's to hold: ``check_log_against``)."""
+    first = archive.get(1)
+    if first is not None and first["hash"] != checkpoint.log:
+        raise IntegrityError(f"{path} is not of the checkpointed event log (its seq 1 differs); nothing replayed", 1)
+    if checkpoint.seq <= head:
+        return
+    kept = archive.get(checkpoint.seq)
+    if kept is None:
+        raise IntegrityError(
+            f"{path} ends at seq {max(archive)}, before the checkpoint's seq {checkpoint.seq}: it lacks events the "
+            "checkpoint covers; nothing replayed",
+            checkpoint.seq,
+        )
+    if kept["hash"] != checkpoint.hash:
+        raise IntegrityError(
+            f"seq {checkpoint.seq} of {path} is not the checkpointed one (another hash): the archive was rewritten "
+            "up to there; nothing replayed",
+            checkpoint.seq,
+        )
+
+
 def cmd_replay(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
+    anchored = verified_checkpoint(args)
     archive = _archive(args.archive)
     if not archive:
         fail(f"{args.archive} holds no events")
@@ -115,6 +146,11 @@ def cmd_replay(args: argparse.Namespace) -> None:
                     f"seq {later[0]} of {args.archive} does not follow the log's seq {head} (another prev_hash): "
                     "the archive is of another log, or the log changed since the restore; nothing replayed"
                 )
+            if anchored is not None:
+                checkpoint = anchored[0]
+                if checkpoint.seq <= head:
+                    await check_log_against(rt.log, checkpoint)
+                _anchor(archive, head, checkpoint, args.archive)
             events = []
             for seq in later:
                 kept = archive[seq]
@@ -137,6 +173,16 @@ def cmd_replay(args: argparse.Namespace) -> None:
         head, count, last = asyncio.run(run())
     except (KeyError, TypeError) as exc:  # an archived payload this version of pca cannot decode
         raise PCAError(f"{args.archive}: an event pca cannot decode ({exc}); nothing replayed") from None
+    if anchored is not None:
+        checkpoint, signer = anchored
+        print(
+            f"archive anchored: seq {checkpoint.seq} has the hash checkpointed at {iso(checkpoint.time)}, signed by "
+            f"{signer.subject.rfc4514_string()}"
+        )
+        if count and head + count > checkpoint.seq:
+            print(
+                f"  seq {max(head, checkpoint.seq) + 1} to {head + count} are after the checkpoint: not anchored by it"
+            )
     if count == 0:
         print(f"nothing to replay: the log ends at seq {head} and the archive holds nothing after it")
     elif args.dry_run:
@@ -159,4 +205,12 @@ def add_replay_parser(sub: Any) -> None:
     p.add_argument("--config", required=True)
     p.add_argument("--from", dest="archive", required=True, metavar="EVENTS.jsonl", help="the JSON lines archive")
     p.add_argument("--dry-run", action="store_true", help="say what would be replayed, append nothing")
+    p.add_argument(
+        "--checkpoint",
+        metavar="FILE|URL",
+        help="a signed checkpoint (checkpoints/latest.json beside the CRLs, kept from before the restore): the "
+        "archive must hold its seq with its hash, so the events up to it are the ones signed for",
+    )
+    p.add_argument("--ca", metavar="FILE", help="CA certificates (PEM) the checkpoint signer must chain to "
+                   "(default: the data directory's ca-chain.pem)")  # fmt: skip
     p.set_defaults(func=cmd_replay)

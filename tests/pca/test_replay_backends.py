@@ -80,16 +80,24 @@ def postgres_backend(config: Path, server_dsn: str, dsn: str) -> Backend:
     return Backend(config, backup, restore)
 
 
+def checkpoint_every_event(config: Path) -> Path:
+    """The publisher signs a checkpoint of the log's head after every event (1,000 by default)."""
+    text = config.read_text()
+    assert "checkpoint_every_events = 1000" in text
+    config.write_text(text.replace("checkpoint_every_events = 1000", "checkpoint_every_events = 1"))
+    return config
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     server_dsn: str | None = None if request.param == "sqlite" else request.getfixturevalue("postgres_dsn")
     if server_dsn is None:
-        yield sqlite_backend(await asyncio.to_thread(init_ca, tmp_path / "ca"))
+        yield sqlite_backend(checkpoint_every_event(await asyncio.to_thread(init_ca, tmp_path / "ca")))
         return
     dsn = await create_database(server_dsn)
     try:
         config = await asyncio.to_thread(init_ca, tmp_path / "ca", "--database-url", dsn)
-        yield postgres_backend(config, server_dsn, dsn)
+        yield postgres_backend(checkpoint_every_event(config), server_dsn, dsn)
     finally:
         await drop_database(server_dsn, dsn)
 
@@ -126,6 +134,22 @@ def rehash(event: dict[str, Any]) -> None:
     )  # fmt: skip
 
 
+def forged_tail(archive: Path, out: Path, seq: int) -> Path:
+    """``archive`` with revocation ``seq`` made milder and every event from it on hashed and linked again."""
+    events = [json.loads(line) for line in archive.read_text().splitlines()]
+    previous = None
+    for event in events:
+        if event["seq"] == seq:
+            reason(event, "superseded")
+        if event["seq"] >= seq:
+            if previous is not None:
+                event["prev_hash"] = previous["hash"]
+            rehash(event)
+        previous = event
+    out.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return out
+
+
 def crl_lists(public_url: str, wanted: dict[int, x509.ReasonFlags], above: int = 0) -> int:
     """The number of the issuing CA's full CRL if it is above ``above`` and lists ``wanted`` with those reasons,
     else 0."""
@@ -158,10 +182,18 @@ def test_a_restored_database_gets_its_later_revocations_back_from_the_archive(ba
         published = wait_for("the full CRL to list both revocations", lambda: crl_lists(srv.public_url, wanted))
         archive = tmp_path / "events.jsonl"
         archive.write_text(pca("events", "--config", conf, "--after", "0", "--limit", "1000").stdout)
+        head = int(json.loads(archive.read_text().splitlines()[-1])["seq"])
+        latest = d / "crl" / "checkpoints" / "latest.json"
+
+        def checkpointed() -> bool:
+            return latest.exists() and json.loads(latest.read_text())["checkpoint"]["seq"] == head
+
+        wait_for("a signed checkpoint of the archive's last event", checkpointed)
+        checkpoint = tmp_path / "checkpoint-before-restore.json"
+        shutil.copyfile(latest, checkpoint)
     finally:
         srv.stop()
     backend.restore(tmp_path / "backup")
-    head = int(json.loads(archive.read_text().splitlines()[-1])["seq"])
     dry_run = pca("replay", "--config", conf, "--from", archive, "--dry-run").stdout
     restored_head = int(dry_run.rsplit("the log ends at ", 1)[1])
     assert f"would replay {head - restored_head} events" in dry_run and 0 < restored_head < head
@@ -189,7 +221,19 @@ def test_a_restored_database_gets_its_later_revocations_back_from_the_archive(ba
         in pca("replay", "--config", conf, "--from", archive, "--dry-run").stdout
     )  # nothing was appended
 
-    replayed = pca("replay", "--config", conf, "--from", archive).stdout
+    # A forger who rewrites every event from that revocation on and computes their hashes and links again
+    # makes an archive intact by its own hashes; the signed checkpoint gives it away.
+    forged = forged_tail(archive, tmp_path / "forged.jsonl", first_revocation)
+    assert "would replay" in pca("replay", "--config", conf, "--from", forged, "--dry-run").stdout
+    out = pca("replay", "--config", conf, "--from", forged, "--checkpoint", checkpoint, ok=False)
+    assert out.returncode == 1 and f"seq {head} of {forged} is not the checkpointed one" in out.stderr, out.stderr
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(archive.read_text().splitlines(keepends=True)[:-1]))
+    out = pca("replay", "--config", conf, "--from", short, "--checkpoint", checkpoint, ok=False)
+    assert out.returncode == 1 and f"before the checkpoint's seq {head}" in out.stderr, out.stderr
+
+    replayed = pca("replay", "--config", conf, "--from", archive, "--checkpoint", checkpoint).stdout
+    assert f"archive anchored: seq {head} has the hash checkpointed at" in replayed, replayed
     assert f"replayed {head - restored_head} events" in replayed and f"to {head}, as in the archive" in replayed
     assert "audit OK" in pca("audit", "verify", "--local", "--config", conf).stdout
 
