@@ -1,13 +1,14 @@
 """Revoking everything an issuer issued: ``pca issuer revoke-issued`` on N certificates.
 
-    python -m loadtests.revoke_issued [--smoke] [--runs 3] [--count 20000] [--profile server|imported]
+    python -m loadtests.revoke_issued [--smoke] [--runs 3] [--count 20000] [--profile server|imported] [--postgres]
 
 Each run makes a fresh ``pca init`` and records N good certificates of the issuing CA as events (one real
 certificate's DER stands in for all; with ``--profile imported`` they are recorded as an import records them,
-so the operation reads and parses each one's DER to leave CA certificates alone). Two figures, each on
-its own fresh CA, interleaved run by run:
+so the operation reads and parses each one's DER to leave CA certificates alone); on SQLite, or with
+``--postgres`` on a throwaway PostgreSQL cluster (one per CA). Two figures, each on its own fresh
+CA, interleaved run by run:
 
-- ``operation``: ``IssuedRevocation.revoke_issued`` in this process on SQLite, called (10,000 a call) until
+- ``operation``: ``IssuedRevocation.revoke_issued`` in this process, called (10,000 a call) until
   nothing remains: the reads, the batched appends and the projection's updates, nothing else;
 - ``command``: the real command as a process against a running ``pca serve`` (all roles, so the pre-signer
   re-signs the revoked responses at the same time): ``pca issuer revoke-issued issuing-ca --reason
@@ -17,11 +18,15 @@ its own fresh CA, interleaved run by run:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import datetime
+import io
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,19 +36,23 @@ from loadtests.common import (
     BASE_SERIAL,
     ISSUER,
     emit,
+    free_port,
     log,
     make_ca,
     median,
-    open_bench_runtime,
     parser,
     runs_of,
     scratch,
     wait_until,
 )
 from loadtests.pcaserver import PcaServer
-from pca.config import Config
+from loadtests.pgcluster import PostgresCluster, postgres_cluster
+from pca.cli import main as pca_main
+from pca.config import Config, load_config
+from pca.runtime import connect_runtime
 from pca.serve import build_authority
 from revocation.authority import Actor, IssueRequest
+from revocation.clock import SystemClock
 from revocation.eventlog import NewEvent
 from revocation.events import CertificateIssued
 from revocation.issued_revocation import IssuedRevocation, RevokeIssuedOptions
@@ -51,9 +60,19 @@ from revocation.issued_revocation import IssuedRevocation, RevokeIssuedOptions
 BATCH = 5000
 
 
+def new_ca(work: Path, pg: PostgresCluster | None) -> Config:
+    """``pca init`` into ``work/ca``: on SQLite, or on the database of ``pg``."""
+    if pg is None:
+        return make_ca(work)
+    with contextlib.redirect_stdout(io.StringIO()):
+        listen = ["--public-url", f"http://127.0.0.1:{free_port()}", "--admin-listen", f"127.0.0.1:{free_port()}"]
+        pca_main(["init", "--dir", str(work / "ca"), *listen, "--no-admin-tls", "--database-url", pg.dsn])
+    return load_config(work / "ca" / "pca.toml")
+
+
 async def record(cfg: Config, count: int, profile: str) -> None:
     """``count`` good certificates of the issuing CA, as events, a batch at a time."""
-    rt = open_bench_runtime(cfg)
+    rt = await connect_runtime(cfg, SystemClock())
     try:
         sample = await build_authority(rt).issue(IssueRequest(subject="CN=bench", dns=["bench.test"]), Actor("b", "b"))
         der_hex = sample.certificate.public_bytes(serialization.Encoding.DER).hex()
@@ -71,11 +90,11 @@ async def record(cfg: Config, count: int, profile: str) -> None:
             ]
             await rt.log.append(events)
     finally:
-        rt.close()
+        await rt.aclose()
 
 
 async def operation(cfg: Config) -> dict[str, Any]:
-    rt = open_bench_runtime(cfg)
+    rt = await connect_runtime(cfg, SystemClock())
     try:
         revoker = IssuedRevocation(rt.log, rt.view, rt.clock)
         started, calls, revoked = time.perf_counter(), 0, 0
@@ -86,7 +105,7 @@ async def operation(cfg: Config) -> dict[str, Any]:
                 break
         seconds = time.perf_counter() - started
     finally:
-        rt.close()
+        await rt.aclose()
     return {"revoked": revoked, "calls": calls, "seconds": round(seconds, 2), "per_s": round(revoked / seconds)}
 
 
@@ -118,13 +137,21 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--count", type=int, default=20_000, help="certificates of the issuing CA (default 20,000)")
     p.add_argument("--profile", choices=["server", "imported"], default="server")
+    p.add_argument("--postgres", action="store_true", help="on a throwaway PostgreSQL cluster instead of SQLite")
     args = p.parse_args()
+    run_all(args)
+
+
+def run_all(args: argparse.Namespace) -> None:
     count = 300 if args.smoke else args.count
     results: dict[str, list[dict[str, Any]]] = {"operation": [], "command": []}
     for run in range(runs_of(args)):
         for kind in ("operation", "command"):
-            with scratch(f"revoke-issued-{kind}") as work:
-                cfg = make_ca(work)
+            with (
+                scratch(f"revoke-issued-{kind}") as work,
+                postgres_cluster() if args.postgres else contextlib.nullcontext() as pg,
+            ):
+                cfg = new_ca(work, pg)
                 asyncio.run(record(cfg, count, args.profile))
                 out = asyncio.run(operation(cfg)) if kind == "operation" else command(cfg)
                 log(f"run {run + 1} {kind}: {out}")
@@ -133,6 +160,7 @@ def main() -> None:
         {
             "count": count,
             "profile": args.profile,
+            "backend": "postgresql" if args.postgres else "sqlite",
             "operation_seconds_median": median([r["seconds"] for r in results["operation"]]),
             "command_seconds_median": median([r["seconds"] for r in results["command"]]),
             "runs": results,
