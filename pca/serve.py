@@ -59,6 +59,7 @@ from revocation.admin.tokens import TokenFile
 from revocation.authority import Actor, Authority
 from revocation.clock import SystemClock
 from revocation.errors import ConfigError
+from revocation.issued_revocation import IssuedRevocation
 from revocation.issuer_summary import PcaURLs
 from revocation.keys import check_key_for_certificate
 from revocation.propagation.tracker import PropagationTracker
@@ -313,6 +314,7 @@ async def serve(
                 installations=InstallationRecorder(rt.view, rt.coord),
                 client_auth=ClientCertAuth(rt.view) if cfg.admin_tls.client_ca else None,
                 projection=rt.view,
+                issued=IssuedRevocation(rt.log, rt.view, rt.clock),
             )
             tls, renewal = await admin_listener_tls(cfg, authority, insecure_admin_http)
             coros.extend([renewal] if renewal is not None else [])

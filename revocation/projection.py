@@ -181,7 +181,22 @@ class IssuerStats(IssuerDirectory, Protocol):
         ...
 
 
-class StatusView(CertificateLookup, SigningSource, CRLSource, IssuerStats, RecordedCertificates, Protocol):
+class IssuedCertificates(RecordedCertificates, Protocol):
+    """What revoking everything an issuer issued reads (``revocation.issued_revocation``)."""
+
+    async def unrevoked_page(
+        self, issuer_id: str, after: str, not_after_above: int, limit: int
+    ) -> list[CertificateRecord]:
+        """At most ``limit`` of the issuer's certificates not revoked for good (good, or on certificateHold), with a
+        notAfter above ``not_after_above`` and a serial (lowercase hex, compared as text) above ``after``, by serial."""
+        ...
+
+    async def revocation_counts(self, issuer_id: str, now: int) -> tuple[int, int, int]:
+        """The issuer's certificates (revoked for good, not revoked for good and expired at ``now``, the others)."""
+        ...
+
+
+class StatusView(CertificateLookup, SigningSource, CRLSource, IssuerStats, IssuedCertificates, Protocol):
     """The whole projection as the ``Runtime`` carries it; each consumer takes the narrow protocol it reads.
 
     The backends also answer reads only the tests make (``certificate``, ``revoked_snapshot``,

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from pca.cli.common import cli_actor, fail
 from pca.cli.issuers import _find, _runtime, _signer_template
+from pca.cli.revoke_issued import add_revoke_issued_parser
 from pca.config import load_config
 from revocation import ca
 from revocation.authority import certificate_issued, issuer_added
@@ -152,7 +153,7 @@ def _serial(payload: dict[str, Any]) -> str:
 
 
 def add_incident_parsers(cmds: Any, remote_flags: Any) -> None:
-    """``pca issuer revoke|create|rotate-signer`` (``cmds``: the subparsers of ``pca issuer``)."""
+    """``pca issuer revoke|revoke-issued|create|rotate-signer`` (``cmds``: the subparsers of ``pca issuer``)."""
     r = cmds.add_parser(
         "revoke",
         help="revoke an issuing CA's own certificate (admin API, admin only)",
@@ -165,6 +166,7 @@ def add_incident_parsers(cmds: Any, remote_flags: Any) -> None:
     r.add_argument("--reason", required=True, choices=REVOCATION_REASONS, help="e.g. cACompromise")
     r.add_argument("--invalidity-date", help="ISO 8601 time the key is known or suspected compromised")
     r.set_defaults(func=cmd_revoke)
+    add_revoke_issued_parser(cmds, remote_flags)
 
     c = cmds.add_parser(
         "create",

@@ -276,7 +276,7 @@ def add_issuer_parsers(sub: Any) -> Any:
         description="Register a CA that pca did not create (openssl ca, step-ca, Vault, EJBCA) so pca answers OCSP "
         "for its certificates and, with its key, publishes its CRLs; stand up, revoke and re-sign issuing CAs in an "
         "incident (docs/runbooks.md). Local commands: they open the database and the key backend of this host "
-        "(but revoke, which calls the admin API).",
+        "(but revoke and revoke-issued, which call the admin API).",
     )
     cmds = p.add_subparsers(dest="issuer_command", required=True, metavar="SUBCOMMAND")
 

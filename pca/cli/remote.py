@@ -64,9 +64,9 @@ def _tls_context(ca_file: str | None, client_cert: str | None, client_key: str |
 
 
 class _Client:
-    def __init__(self, args: argparse.Namespace, timeout: float = 30.0) -> None:
+    def __init__(self, args: argparse.Namespace, timeout: float = 30.0, headers: dict[str, str] | None = None) -> None:
         url, token, tls = _admin_access(args)
-        headers = {"authorization": f"Bearer {token}"} if token else {}
+        headers = {**(headers or {}), **({"authorization": f"Bearer {token}"} if token else {})}
         self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout, verify=tls)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, ok: tuple[int, ...] = (200, 201)) -> Any:

@@ -41,6 +41,8 @@ ACCESS: tuple[Rule, ...] = (
     # A CA's own certificate (revoke, release-hold): an explicit operation of its own, admin only.
     Rule("POST", "/v1/issuers/{id}/revoke", ("admin",), "revoke a CA"),
     Rule("POST", "/v1/issuers/{id}/release-hold", ("admin",), "release a CA from hold"),
+    # Everything a CA issued (after its key was compromised): admin only, like the CA's own certificate.
+    Rule("POST", "/v1/issuers/{id}/revoke-issued", ("admin",), "revoke what a CA issued"),
     Rule("POST", "/v1/propagation/probes", ("admin", "prober"), "probe"),
     Rule("POST", "/v1/propagation/crl-installations", ("admin", "agent"), "report installations"),
     Rule("GET", "/v1/events", ("admin", "auditor"), "read the event log"),

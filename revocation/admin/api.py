@@ -32,7 +32,7 @@ from starlette.types import ASGIApp
 
 from revocation.admin import access, openapi
 from revocation.admin.answers import certificate_json, issuer_json
-from revocation.admin.ca_revocation import ca_operation, leaf_only
+from revocation.admin.ca_revocation import ca_operation, leaf_only, revoke_issued
 from revocation.admin.http import (
     MAX_URL_LENGTH,
     BodyLimit,
@@ -64,6 +64,7 @@ from revocation.coordination import ProbeResult
 from revocation.errors import ConflictError, IntegrityError, NotFoundError, PCAError, ValidationError
 from revocation.eventlog import EventLog, RecordedEvent
 from revocation.events import CertificateRevoked
+from revocation.issued_revocation import IssuedRevocation
 from revocation.issuer_summary import PcaURLs, SummaryView, issuer_summaries
 from revocation.projection import StatusView
 from revocation.propagation.timeline import Timeline
@@ -110,6 +111,7 @@ class AdminAPI:
         installations: InstallationRecorder | None = None,
         client_auth: Callable[[Request], Awaitable[Principal | None]] | None = None,
         projection: StatusView | None = None,
+        issued: IssuedRevocation | None = None,
     ) -> None:
         """``issuer_stats`` (the projection and pca's URLs) adds counts, signer, CRL and URL survey to
         ``GET /v1/issuers`` (``revocation.issuer_summary``)."""
@@ -126,6 +128,7 @@ class AdminAPI:
         self._installations = installations
         self._client_auth = client_auth  # admin.client_ca: a request without a token may present a certificate
         self._projection = projection  # audit verify compares it with a replay of the log
+        self._issued = issued  # POST /v1/issuers/{id}/revoke-issued
         self._metrics = ApiMetrics(registry)
 
     def app(self) -> ASGIApp:
@@ -142,6 +145,7 @@ class AdminAPI:
             route("GET", "/v1/revocations", self.revocations),
             route("POST", "/v1/issuers/{id}/revoke", self.revoke_ca),
             route("POST", "/v1/issuers/{id}/release-hold", self.release_ca),
+            route("POST", "/v1/issuers/{id}/revoke-issued", self.revoke_issued),
             route("POST", "/v1/propagation/probes", self.record_probe),
             route("POST", "/v1/propagation/crl-installations", self.record_installation),
             route("GET", "/v1/events", self.events),
@@ -289,6 +293,9 @@ class AdminAPI:
 
     async def release_ca(self, request: Request, actor: Actor) -> Response:
         return await ca_operation(self._authority, request, actor, "release-hold")
+
+    async def revoke_issued(self, request: Request, actor: Actor) -> Response:  # what a CA issued: admin only
+        return await revoke_issued(self._issued, request, actor)
 
     async def release_hold(self, request: Request, actor: Actor) -> Response:
         serial = parse_serial(request.path_params["serial"])

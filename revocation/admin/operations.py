@@ -138,6 +138,17 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         body_required=False,
         answers=_changes({200: ("released", "Released"), 404: ("no such issuer", "Problem")}),
     ),
+    ("POST", "/v1/issuers/{id}/revoke-issued"): Operation(
+        "revokeIssued",
+        "Revoke every certificate an issuer issued that is not revoked for good (not its sub-CAs), "
+        "at most limit per call: call again until remaining is 0",
+        params=(ID_PARAM,),
+        body="RevokeIssuedRequest",
+        body_required=False,
+        answers=_changes(
+            {200: ("what this call did, and what remains", "IssuedRevoked"), 404: ("no such issuer", "Problem")}
+        ),
+    ),
     ("POST", "/v1/propagation/probes"): Operation(
         "recordProbe",
         "What a black-box prober saw: a responder first answered revoked",

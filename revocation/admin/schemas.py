@@ -14,6 +14,8 @@ from revocation.admin.installations import AGENT_ID, KEY_ID, MAX_CRL_NUMBER
 from revocation.admin.recording import MAX_BATCH
 from revocation.ca import PROFILES
 from revocation.events import REVOCATION_REASONS
+from revocation.issued_revocation import DEFAULT_LIMIT, DEFAULT_REASON, MAX_LIMIT
+from revocation.issued_revocation import REASONS as ISSUED_REASONS
 from revocation.keys.base import KEY_ALGORITHMS
 
 Schema = dict[str, Any]
@@ -77,6 +79,7 @@ EXAMPLES: dict[str, list[Schema]] = {  # shown to readers, and tried first by sc
     ],
     "RevokeRequest": [{"reason": "keyCompromise"}, {"reason": "certificateHold"}],
     "CARevokeRequest": [{"reason": "cACompromise"}],
+    "RevokeIssuedRequest": [{"reason": "cACompromise"}, {"reason": "keyCompromise", "include_expired": True}],
     "ReleaseRequest": [{}],
 }
 
@@ -131,6 +134,26 @@ COMPONENTS: dict[str, Schema] = {
     "RevokeRequest": obj(("reason",), reason=REASON, invalidity_date=nullable(TIME), issuer=nullable(STRING)),
     "CARevokeRequest": obj(("reason",), reason=REASON, invalidity_date=nullable(TIME)),
     "ReleaseRequest": obj(issuer=nullable(STRING)),
+    "RevokeIssuedRequest": obj(
+        reason={"type": "string", "enum": list(ISSUED_REASONS), "default": DEFAULT_REASON},
+        invalidity_date=nullable(TIME),
+        include_expired={"type": "boolean", "default": False},
+        limit={"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    ),
+    "IssuedRevoked": obj(
+        ("issuer_id", "reason", "revoked", "already_revoked", "skipped_expired", "skipped_ca", "remaining"),
+        closed=False,
+        issuer_id={"type": "string"},
+        reason={"type": "string"},
+        revoked_at={"type": "string"},
+        revoked={"type": "integer", "minimum": 0, "description": "by this call"},
+        already_revoked={"type": "integer", "minimum": 0, "description": "revoked for good before (or during) it"},
+        skipped_expired={"type": "integer", "minimum": 0},
+        skipped_ca={"type": "integer", "minimum": 0, "description": "the issuer's sub-CAs met so far"},
+        remaining={"type": "integer", "minimum": 0, "description": "what a further call would look at"},
+        first_seq=nullable(SEQ),
+        last_seq=nullable(SEQ),
+    ),
     "Empty": obj(),
     "Revoked": obj(
         ("serial", "issuer", "status", "reason", "revoked_at", "event"),

@@ -12,6 +12,7 @@ from typing import Any
 
 from revocation.projection import (
     ANY_SEQ,
+    CERT_COLUMNS,
     SQL_CERTIFICATE,
     SQL_CERTIFICATE_DER,
     SQL_CERTIFICATES_BY_SERIAL,
@@ -29,6 +30,20 @@ from revocation.projection import (
     cert_row,
     issuer_row,
     signing_rows,
+)
+
+# Not revoked for good: good, or on certificateHold (which may still be revoked for good, RFC 5280 5.3.1).
+_UNREVOKED = "(status = 'good' OR reason = 'certificateHold')"
+# Keyset pages by the primary key (issuer_id, serial): a page costs its own rows, not the issuer's.
+SQL_UNREVOKED_PAGE = (
+    f"SELECT {CERT_COLUMNS} FROM certificates WHERE issuer_id = ? AND serial > ? AND {_UNREVOKED} "
+    "AND not_after > ? ORDER BY serial LIMIT ?"
+)
+SQL_REVOCATION_COUNTS = (
+    "SELECT COALESCE(SUM(CASE WHEN status = 'revoked' AND reason <> 'certificateHold' THEN 1 ELSE 0 END), 0), "
+    f"COALESCE(SUM(CASE WHEN {_UNREVOKED} AND not_after <= ? THEN 1 ELSE 0 END), 0), "
+    f"COALESCE(SUM(CASE WHEN {_UNREVOKED} AND not_after > ? THEN 1 ELSE 0 END), 0) "
+    "FROM certificates WHERE issuer_id = ?"
 )
 
 
@@ -74,3 +89,13 @@ class ProjectionReads:
 
     async def crl_shards(self, issuer_id: str) -> dict[int, int]:
         return {int(shard): int(not_after) for shard, not_after in await self._rows(SQL_CRL_SHARDS, issuer_id)}
+
+    async def unrevoked_page(
+        self, issuer_id: str, after: str, not_after_above: int, limit: int
+    ) -> list[CertificateRecord]:
+        rows = await self._rows(SQL_UNREVOKED_PAGE, issuer_id, after, not_after_above, limit)
+        return [cert_row(r) for r in rows]
+
+    async def revocation_counts(self, issuer_id: str, now: int) -> tuple[int, int, int]:
+        [(revoked, expired, unexpired)] = await self._rows(SQL_REVOCATION_COUNTS, now, now, issuer_id)
+        return int(revoked), int(expired), int(unexpired)

@@ -131,7 +131,8 @@ def test_stateful_issue_revoke_get_follow_the_links(live: Live) -> None:
             if case.operation.label == "POST /v1/certificates":
                 case.body = {"subject": f"CN=st-{len(steps)}", "dns": [f"st-{len(steps)}.example"]}
             elif case.operation.label.startswith("POST /v1/issuers/{id}/"):
-                # The chain is about leaf certificates: a revoked issuing CA would stop every later issue.
+                # The chain is about leaf certificates: a revoked issuing CA would stop every later issue, and
+                # revoke-issued would revoke the certificates the chain goes on to revoke and read.
                 case.path_parameters = {"id": "no-such-issuer"}
             elif case.operation.label == "POST /v1/certificates/{serial}/revoke" and isinstance(case.body, dict):
                 case.body = {"reason": case.body.get("reason") if case.body.get("reason") in REASONS else "superseded"}

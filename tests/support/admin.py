@@ -13,6 +13,7 @@ from pca.runtime import Runtime
 from pca.serve import build_authority
 from revocation.admin.api import AdminAPI
 from revocation.admin.tokens import TokenStore, add_token
+from revocation.issued_revocation import IssuedRevocation
 
 
 def assert_problem(resp: httpx.Response, status: int, detail: str) -> dict[str, Any]:
@@ -39,7 +40,7 @@ async def admin_client(
         runtime.log,
         lambda: TokenStore.load(cfg.tokens_db),
         CollectorRegistry(),
-        **api_options,
+        **{"issued": IssuedRevocation(runtime.log, runtime.view, runtime.clock), **api_options},
     )
     transport = httpx.ASGITransport(app=api.app())
     async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:

@@ -27,6 +27,7 @@ from revocation.admin.http import BodyLimit
 from revocation.admin.installations import InstallationRecorder
 from revocation.admin.recording import CertificateRecorder
 from revocation.admin.tokens import ROLES, TokenFile, add_token, revoke_token
+from revocation.issued_revocation import IssuedRevocation
 from revocation.propagation.tracker import PropagationTracker
 
 README = Path(__file__).resolve().parents[3] / "README.md"
@@ -72,6 +73,7 @@ async def api(runtime: Runtime) -> AsyncIterator[Api]:
         coordination=runtime.coord,
         recorder=CertificateRecorder(runtime.log, runtime.view),
         installations=InstallationRecorder(runtime.view, runtime.coord),
+        issued=IssuedRevocation(runtime.log, runtime.view, runtime.clock),
     ).app()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=built), base_url="http://admin") as client:
         body = {"subject": "CN=m", "dns": ["m.example"]}
