@@ -31,7 +31,7 @@ from revocation.checkpoints import (
 from revocation.clock import Clock, iso
 from revocation.errors import IntegrityError
 from revocation.eventlog import EventLog, canonical_payload
-from revocation.projection import IssuerDirectory
+from revocation.projection import CertificateLookup
 
 LATEST_KEY = "checkpoints/latest.json"
 JSON_TYPE = "application/json"
@@ -48,7 +48,7 @@ class Checkpointer:
     def __init__(
         self,
         log_: EventLog,
-        issuers: IssuerDirectory,
+        issuers: CertificateLookup,
         store: ObjectStore,
         clock: Clock,
         registry: CollectorRegistry,

@@ -28,6 +28,7 @@ import binascii
 import dataclasses
 import datetime
 import json
+import logging
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,12 +40,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from revocation import ca
+from revocation.ca_status import ca_problem, ca_record
 from revocation.clock import iso, parse_iso
 from revocation.errors import ConcurrencyError, IntegrityError, PCAError
 from revocation.eventlog import EventLog, NewEvent
 from revocation.events import CheckpointSignerSet
 from revocation.keys import KeyRef, SigningKey, generate_key, open_key, signature_parameters, verify_signature
-from revocation.projection import IssuerDirectory
+from revocation.projection import CertificateLookup
+
+log_ = logging.getLogger("pca.checkpoints")
 
 DOC_TYPE = "pca-audit-checkpoint"
 SIGNER_STREAM = CheckpointSignerSet("", "", {}, datetime.datetime.min).stream()
@@ -180,22 +184,41 @@ async def current_signer(log: EventLog) -> CheckpointSignerSet | None:
 
 async def ensure_signer(
     log: EventLog,
-    issuers: IssuerDirectory,
+    issuers: CertificateLookup,
     key_dir: Path,
     key_algorithm: str,
     now: datetime.datetime,
     actor: str,
     request_id: str,
 ) -> CheckpointSignerSet:
-    """The checkpoint signer: made on first use (``pca init`` makes it for new installs), and renewed
-    ``SIGNER_RENEW_BEFORE`` before it expires. Certified by the first issuing CA whose key we hold."""
+    """The checkpoint signer: made on first use (``pca init`` makes it for new installs), renewed
+    ``SIGNER_RENEW_BEFORE`` before it expires, and replaced once the CA that certified it no longer stands
+    (revoked after a key compromise, or expired) and another does. Certified by the first issuing CA whose
+    key we hold and whose certificate stands; while none stands, the current signer goes on signing."""
     events = await log.read_stream(SIGNER_STREAM)
     current = events[-1].event if events else None
+    everyone = await issuers.issuers()
+    standing = [
+        i
+        for i in everyone
+        if i.kind == "intermediate"
+        and i.key_ref is not None
+        and ca_problem(i, await ca_record(issuers, i, everyone), now) is None
+    ]
     if isinstance(current, CheckpointSignerSet) and current.not_after - now > SIGNER_RENEW_BEFORE:
-        return current
-    issuer = next((i for i in await issuers.issuers() if i.kind == "intermediate" and i.key_ref is not None), None)
+        if not standing or any(i.issuer_id == current.issuer_id for i in standing):
+            return current
+        log_.warning(
+            "the audit checkpoint signer was certified by issuer %s, whose CA certificate no longer stands: "
+            "replacing it with one certified by %s",
+            current.issuer_id,
+            standing[0].issuer_id,
+        )
+    issuer = standing[0] if standing else None
     if issuer is None or issuer.key_ref is None:
-        raise PCAError("no issuing CA whose key pca holds: cannot certify an audit checkpoint signer")
+        raise PCAError(
+            "no issuing CA whose key pca holds and whose certificate stands: cannot certify an audit checkpoint signer"
+        )
     ca_key = open_key(issuer.key_ref)
     try:
         name = f"audit-checkpoint-{now.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"

@@ -322,6 +322,33 @@ async def test_a_released_hold_and_expired_revocations_are_no_disagreement(ca_db
     assert crl_serials(ca_db.config.crl_dir / "issuing-ca.crl") == {certs[1].serial_number, certs[2].serial_number}
 
 
+async def test_after_its_ca_is_revoked_the_signer_is_replaced_once_another_issuing_ca_stands(ca_db: CA) -> None:
+    """A checkpoint signer certified by a compromised CA anchors nothing: once a new issuing CA stands
+    (``pca issuer create``, runbook 2), checkpoints are signed by a signer it certified."""
+    await history(ca_db)
+    [first] = await ca_db.rt.log.read_stream("audit/checkpoint-signer")
+    assert first.payload["issuer_id"] == "issuing-ca"
+    await ca_db.authority.revoke_ca("issuing-ca", "cACompromise", ACTOR)
+    keys, now = ca_db.config.data_dir / "keys", now_utc()
+    # No other issuing CA stands yet: the current signer goes on signing.
+    kept = await ensure_signer(ca_db.rt.log, ca_db.rt.view, keys, "ec-p256", now, "tester", "t1")
+    assert kept.key_ref == first.payload["key_ref"]
+
+    config = str(ca_db.config.path)
+    await asyncio.to_thread(pca_main, ["issuer", "create", "--config", config, "--id", "issuing-b", "--cn", "B"])
+    checkpoint = await ca_db.checkpointer().tick()  # of the head the revocation and the new CA moved
+    assert checkpoint is not None
+    signers = await ca_db.rt.log.read_stream("audit/checkpoint-signer")
+    assert [e.payload["issuer_id"] for e in signers] == ["issuing-ca", "issuing-b"]
+    doc = json.loads(ca_db.latest.read_bytes())
+    signer = x509.load_pem_x509_certificate(doc["certificates"][0].encode())
+    new_ca = x509.load_pem_x509_certificate((ca_db.config.data_dir / "issuing-b.pem").read_bytes())
+    signer.verify_directly_issued_by(new_ca)
+    # Verified against the new CA's chain, which does not hold the compromised CA.
+    new_chain = str(ca_db.config.data_dir / "issuing-b-chain.pem")
+    await asyncio.to_thread(audit, ca_db, "--checkpoint", str(ca_db.latest), "--ca", new_chain)
+
+
 async def test_a_signer_near_its_expiry_is_replaced_and_checkpoints_verify_with_the_new_one(
     ca_db: CA, capsys: pytest.CaptureFixture[str]
 ) -> None:
