@@ -27,6 +27,9 @@ log = logging.getLogger("pca.responder")
 
 
 _SERIAL_LIMIT = 1 << 168  # cache keys put the issuer number above this
+# How often a follower compares the end of the change feed with its position: a feed that ends
+# behind it was restored from a backup, and changes numbered at or below the position would be missed.
+FEED_CHECK_SECONDS = 1.0
 
 
 class NotFound(PCAError):
@@ -134,6 +137,7 @@ class CachingSource:
         self._monotonic = monotonic
         self._wake = asyncio.Event()
         self.position = 0
+        self._feed_checked = monotonic()  # when the feed's end was last compared with ``position``
         self.last_sync = 0.0  # monotonic time of the last successful poll
         self.reachable = True  # whether the last poll of the store succeeded
         # Told (position, wall time) after each poll that applied changes: the responder's progress report.
@@ -179,7 +183,26 @@ class CachingSource:
     def notify(self) -> None:
         self._wake.set()
 
+    async def _check_feed(self) -> None:
+        """Start the feed again from its beginning if it now ends behind our position: the store's database
+        was restored from a backup (its change numbers went back), so changes made since would be numbered at
+        or below the position and never read, and the cache would keep answering from the lost future."""
+        last = await self._store.last_change()
+        if last >= self.position:
+            return
+        log.warning(
+            "the response store's change feed ends at %d, behind this responder's position %d (its database was "
+            "restored from a backup?): dropping %d cached responses and reading the feed from its start",
+            last, self.position, len(self._cache),
+        )  # fmt: skip
+        self._cache.clear()
+        self._missing.clear()
+        self.position = 0
+
     async def sync_once(self, limit: int = 5000) -> int:
+        if self.position and self._monotonic() - self._feed_checked >= FEED_CHECK_SECONDS:
+            self._feed_checked = self._monotonic()
+            await self._check_feed()
         changes = await self._store.changes(self.position, limit)
         for stored in changes:
             if not 0 < stored.serial < _SERIAL_LIMIT:

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import datetime
 import functools
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from pca.schemas import PG_SCHEMAS, SQLITE_SCHEMAS
+from responders.source import FEED_CHECK_SECONDS, CachingSource, NotFound, StoreSource
 from responders.store import ResponseStore, StoredResponse
 from responders.store.postgres import CHANGE_LOCK_KEY, PostgresResponseStore
 from responders.store.sqlite import SQLiteResponseStore
@@ -507,6 +509,36 @@ async def test_put_never_replaces_a_response_with_one_from_an_older_log_position
     refreshed = response(1, "revoked", this_update=2600, source_seq=10)
     assert await store.put([refreshed], "presigner", 10, "t") == 4
     assert without_store_fields(await store.get(CA, 1)) == refreshed
+
+
+async def test_a_cache_reads_the_feed_again_once_the_store_is_restored_from_an_older_backup(
+    subject: Subject, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A responder that stays up while its database is restored holds a position past the restored feed's end:
+    a revocation stored after the restore is numbered at or below it. Without a fresh start from the feed's
+    beginning the responder would keep answering good from its cache until nextUpdate."""
+    store: ResponseStore = subject.store
+    mono = [0.0]
+    cache = CachingSource(StoreSource(store), store, 100, clock=lambda: 2000.0, monotonic=lambda: mono[0])
+    await store.put([response(1), response(2), response(3)], "p", 3, "t")  # the backup is taken here
+    await store.put([response(4), response(5)], "p", 5, "t")
+    while await cache.sync_once() > 0:
+        pass
+    assert cache.position == 5 and (await cache.response(CA, 2)).status == "good"
+    await subject.raw("DELETE FROM ocsp_responses WHERE change_id > 3")  # what the restored database holds
+    assert await store.put([response(2, "revoked", this_update=1100, source_seq=6)], "p", 6, "t") == 4
+
+    await cache.sync_once()
+    assert (await cache.response(CA, 2)).status == "good"  # not yet compared with the feed's end
+    mono[0] += FEED_CHECK_SECONDS
+    with caplog.at_level(logging.WARNING, logger="pca.responder"):
+        while await cache.sync_once() > 0:
+            pass
+    assert (await cache.response(CA, 2)).status == "revoked"
+    assert cache.position == 4
+    with pytest.raises(NotFound):
+        await cache.response(CA, 5)  # lost with the restore: not answered from the cache
+    assert "change feed ends at 4, behind this responder's position 5" in caplog.text
 
 
 async def test_concurrent_writers_and_a_follower_see_every_change_once_in_order(subject: Subject) -> None:

@@ -43,6 +43,9 @@ class OneChangeStore:
     async def changes(self, after: int, limit: int) -> list[StoredResponse]:
         return [self.change] if after < self.change.change_id else []
 
+    async def last_change(self) -> int:
+        return self.change.change_id
+
 
 async def test_the_cache_stamps_progress_and_syncs_with_the_clock_it_is_given() -> None:
     clock = FakeClock(START)
