@@ -62,7 +62,14 @@ async def record_sub_ca(rt: Runtime, name: str) -> x509.Certificate:
     try:
         public = ec.generate_private_key(ec.SECP256R1()).public_key()
         cert = ca.create_intermediate(
-            parent.cert, key, public, ca.parse_subject(f"CN={name}"), now_utc(), 30, "http://crl.invalid/x.crl"
+            parent.cert,
+            key,
+            public,
+            ca.parse_subject(f"CN={name}"),
+            now_utc(),
+            30,
+            "http://crl.invalid/x.crl",
+            ocsp_url="http://ocsp.invalid/ocsp",
         )
     finally:
         key.close()
