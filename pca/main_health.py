@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from pca.runtime import HealthApp, HealthReport
+from revocation.clock import Clock, SystemClock
 from revocation.waiting import wait_event
 
 HEALTH_FILE = "main-health.json"
@@ -35,8 +35,8 @@ async def _parts(health: HealthApp) -> bytes:
     return json.dumps(report, sort_keys=True).encode()
 
 
-async def _write(directory: Path, parts: bytes) -> None:
-    data = b'{"written": %.3f, "parts": %s}' % (time.time(), parts)
+async def _write(directory: Path, parts: bytes, clock: Clock) -> None:
+    data = b'{"written": %.3f, "parts": %s}' % (clock.time(), parts)
 
     def write() -> None:
         with contextlib.suppress(OSError):  # the directory went with the server that made it
@@ -47,34 +47,42 @@ async def _write(directory: Path, parts: bytes) -> None:
     await asyncio.to_thread(write)
 
 
-async def write_once(health: HealthApp, directory: Path) -> None:
-    await _write(directory, await _parts(health))
+async def write_once(health: HealthApp, directory: Path, clock: Clock | None = None) -> None:
+    await _write(directory, await _parts(health), clock or SystemClock())
 
 
-async def publish_main_health(health: HealthApp, directory: Path, changed: asyncio.Event) -> None:
+async def publish_main_health(
+    health: HealthApp, directory: Path, changed: asyncio.Event, clock: Clock | None = None
+) -> None:
     """In ``pca serve``: keep the file current. The report is taken every ``CHECK_EVERY`` seconds
     and at once when the log moves (``changed``, set by the runtime's log-change hook); the file is
     rewritten when it changed, and every ``WRITE_EVERY`` seconds anyway (its age says the process
     lives). The first write (``write_once``) precedes granian's start."""
+    clock = clock or SystemClock()
     last, written = b"", 0.0
     while True:
         await wait_event(changed, CHECK_EVERY)
         changed.clear()
         parts = await _parts(health)
-        if parts != last or time.monotonic() - written >= WRITE_EVERY:
-            await _write(directory, parts)
-            last, written = parts, time.monotonic()
+        if parts != last or clock.monotonic() - written >= WRITE_EVERY:
+            await _write(directory, parts, clock)
+            last, written = parts, clock.monotonic()
         await asyncio.sleep(MIN_SPACING)  # a burst of events costs a report per MIN_SPACING at most
 
 
 def main_health_reader(
-    directory: Path, fresh: dict[str, HealthReport] | None = None, stale_after: float = STALE_SECONDS
+    directory: Path,
+    fresh: dict[str, HealthReport] | None = None,
+    stale_after: float = STALE_SECONDS,
+    clock: Clock | None = None,
 ) -> Callable[[], Awaitable[dict[str, Any]]]:
     """In a worker: the parts ``pca serve``'s process reported, or a problem when it has not lately.
 
     A part named in ``fresh`` that the process reports is computed here instead, from the store the
     worker reads too (the CA certificates' standing: a CA revoked a moment ago shows at once).
+    The report's age is counted in wall time (``clock.time()``): it was written by another process.
     """
+    wall = clock or SystemClock()
 
     async def read() -> dict[str, Any]:
         try:
@@ -83,7 +91,7 @@ def main_health_reader(
             return {PART: {"problem": "pca serve's own roles have not reported their health yet"}}
         except (OSError, ValueError) as exc:
             return {PART: {"problem": f"pca serve's health report is unreadable: {exc}"}}
-        age = time.time() - float(doc.get("written", 0))
+        age = wall.time() - float(doc.get("written", 0))
         if age > stale_after:
             return {PART: {"problem": f"pca serve's own roles last reported their health {age:.0f} s ago"}}
         parts: dict[str, Any] = doc.get("parts", {})

@@ -63,7 +63,7 @@ async def start_public(config_path: str) -> Started:
     metrics_dir = worker_metrics_dir()
     # Started by pca serve: /healthz adds the reports of its own roles (pre-signer, publisher, CA checks).
     fresh = {"ca_certificates": ca_certificates_health(rt)}
-    others = main_health_reader(metrics_dir, fresh) if metrics_dir is not None else None
+    others = main_health_reader(metrics_dir, fresh, clock=rt.clock) if metrics_dir is not None else None
     apps: list[tuple[str, ASGIApp]] = [*rt.public_apps, ("/healthz", HealthApp(rt.health, others))]
     if metrics_dir is not None:
         publish_worker_metrics(rt, metrics_dir)

@@ -336,10 +336,10 @@ async def serve(
                 rt.registry.register(WorkersCollector(metrics_dir))  # the admin /metrics covers the workers
             else:
                 identity["PCA_WORKER_METRICS"] = "1"  # no admin listener: the workers serve /metrics
-            await write_once(health, metrics_dir)  # the workers' /healthz covers this process's roles too
+            await write_once(health, metrics_dir, rt.clock)  # the workers' /healthz covers this process's roles too
             health_changed = asyncio.Event()
             rt.on_log_change(health_changed.set)
-            coros.append(publish_main_health(health, metrics_dir, health_changed))
+            coros.append(publish_main_health(health, metrics_dir, health_changed, rt.clock))
             granian = _granian(cfg, workers, identity, budget, metrics_dir)
             coros.append(_watch(granian))
         elif public:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from pathlib import Path
 from typing import Any
 
-from pca.main_health import HEALTH_FILE, main_health_reader, publish_main_health, write_once
+from pca.main_health import main_health_reader, publish_main_health, write_once
 from pca.runtime import HealthApp
+from revocation.clock import FakeClock
 
 
 def _app(parts: dict[str, dict[str, Any]]) -> HealthApp:
@@ -34,10 +33,15 @@ async def _ok() -> dict[str, Any]:
 
 
 async def test_no_report_or_an_old_one_is_a_problem(tmp_path: Path) -> None:
-    worker = HealthApp({"responder": _ok}, main_health_reader(tmp_path, stale_after=5))
+    clock = FakeClock()
+    worker = HealthApp({"responder": _ok}, main_health_reader(tmp_path, stale_after=5, clock=clock))
     report = await worker.report()
     assert report["status"] == "degraded" and "not reported" in report["server"]["problem"]
-    (tmp_path / HEALTH_FILE).write_text(json.dumps({"written": time.time() - 60, "parts": {}}))
+    await write_once(_app({"presigner": {"lease": "active"}}), tmp_path, clock)
+    clock.advance(5)
+    report = await worker.report()
+    assert report["status"] == "ok" and report["presigner"] == {"lease": "active"}
+    clock.advance(55)  # the writer's clock (the same wall time) has not written since
     report = await worker.report()
     assert report["status"] == "degraded" and "60 s ago" in report["server"]["problem"]
 
