@@ -16,8 +16,6 @@ import hashlib
 import logging
 import os
 import signal
-import time
-from collections.abc import Callable
 
 from publishers.crlsync.fetch import Fetcher, Validators
 from publishers.crlsync.install import URLRecord, atomic_write, bundle, load_state, read_bundle
@@ -25,15 +23,12 @@ from publishers.crlsync.metrics import SyncMetrics
 from publishers.crlsync.report import Reporter
 from publishers.crlsync.settings import SyncSettings
 from publishers.crlsync.verify import CRLInfo, Refused, TrustStore, check_against, check_floor, describe, inspect
+from revocation.clock import Clock, SystemClock
 from revocation.waiting import wait_event
 
 log = logging.getLogger("pca.crlsync")
 RELOG_SECONDS = 600.0  # a refusal that repeats unchanged is logged again this often, not every pass
 ON_CHANGE_OUTPUT = 2000  # characters of a failed --on-change's output that are logged
-
-
-def utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,12 +52,12 @@ class Agent:
         metrics: SyncMetrics,
         *,
         reporter: Reporter | None = None,
-        clock: Callable[[], datetime.datetime] = utcnow,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.reporter = reporter
-        self._clock = clock
+        self._clock = clock or SystemClock()
         if not settings.out.parent.is_dir():
             raise ValueError(f"the directory of --out {settings.out} does not exist")
         self._trust = TrustStore.from_file(settings.ca_bundle)
@@ -95,7 +90,7 @@ class Agent:
 
     async def run_pass(self) -> PassResult:
         outcomes = await asyncio.gather(*(self._fetch(url) for url in self._urls))
-        now = self._clock()
+        now = self._clock.now()
         # Full CRLs first: a delta is checked against the full CRL of this pass.
         outcomes.sort(key=lambda o: o.info is not None and o.info.delta)
         view = dict(self.installed)
@@ -132,7 +127,7 @@ class Agent:
         if self.state.on_change_pending and self.settings.on_change:
             await self._on_change()
         self._watch_expiry(now)
-        self.metrics.last_pass.set(time.time())
+        self.metrics.last_pass.set(self._clock.time())
         return PassResult(refused, changed)
 
     async def _fetch(self, url: str) -> _Outcome:
@@ -146,7 +141,7 @@ class Agent:
                     raise Refused("http-status", "304 Not Modified to a request without validators")
                 return _Outcome(url, validators=fetched.validators)
             skew = datetime.timedelta(seconds=self.settings.max_skew)
-            info = await asyncio.to_thread(inspect, fetched.body, self._trust, self._clock(), skew)
+            info = await asyncio.to_thread(inspect, fetched.body, self._trust, self._clock.now(), skew)
             return _Outcome(url, info, fetched.validators)
         except Refused as exc:
             self.metrics.fetches.labels(url, "error" if _is_fetch_reason(exc.reason) else "refused").inc()
@@ -166,7 +161,7 @@ class Agent:
         self.metrics.refusals.labels(url, exc.reason).inc()
         line = f"{exc.reason}: {exc.detail}"
         last = self._logged.get(url)
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if last is None or last[0] != line or now - last[1] >= RELOG_SECONDS:
             kept = "keeping the last good CRL" if url in self.installed else "nothing installed for it yet"
             log.warning("refused %s: %s; %s", url, line, kept)
@@ -189,7 +184,7 @@ class Agent:
                 log.info("installed %s (%d CRLs, %d bytes)", self.settings.out, len(ders), len(data))
                 if self.settings.on_change:
                     self.state.on_change_pending = True
-        installed_at = self._clock()
+        installed_at = self._clock.now()
         stamp = installed_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         for url, got in validators.items():
             rec = self.state.urls.get(url)

@@ -20,10 +20,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
-from publishers.crlsync.agent import Agent
+from publishers.crlsync.agent import RELOG_SECONDS, Agent
 from publishers.crlsync.install import read_bundle
 from publishers.crlsync.metrics import SyncMetrics
 from publishers.crlsync.settings import SyncSettings
+from revocation.clock import FakeClock
 from tests.support.crlsync import ControlledServer, Reply, SigningCA, controlled_server, now, tls_server_context
 from tests.support.ports import free_port
 
@@ -55,6 +56,7 @@ class Harness:
         self.changes = tmp_path / "changes"
         self.registry = CollectorRegistry()
         self.agents: list[Agent] = []
+        self.clock: FakeClock | None = None  # None: the agents read the system's clock
 
     def settings(self, *paths: str, **overrides: Any) -> SyncSettings:
         values: dict[str, Any] = {
@@ -70,7 +72,7 @@ class Harness:
 
     def agent(self, *paths: str, **overrides: Any) -> Agent:
         self.registry = CollectorRegistry()
-        agent = Agent(self.settings(*paths, **overrides), SyncMetrics(self.registry))
+        agent = Agent(self.settings(*paths, **overrides), SyncMetrics(self.registry), clock=self.clock)
         self.agents.append(agent)
         return agent
 
@@ -366,6 +368,41 @@ async def test_a_repeated_refusal_is_logged_once_until_it_changes(h: Harness, ca
         "HTTP 502 Bad Gateway",
     ]
     assert h.metric("crl_sync_refusals_total", url=h.server.url(FULL), reason="http-status") == 4
+
+
+async def test_the_agent_judges_time_by_its_clock(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """Expiry warnings, the seconds left and the last pass's time all follow the clock the agent is given."""
+    h.clock = FakeClock(now())
+    url = h.server.url(FULL)
+    h.serve(FULL, h.ca.crl(10, idp=url, next_update=now() + datetime.timedelta(hours=2)))
+    agent = h.agent(FULL, warn_before=3600.0)
+    caplog.set_level(logging.WARNING, "pca.crlsync")
+    await agent.run_pass()
+    assert h.metric("crl_sync_last_pass_timestamp_seconds") == h.clock.time()
+    assert h.metric("crl_sync_seconds_until_next_update", url=url) == 7200
+    assert not [r for r in caplog.records if "no newer one is available" in r.getMessage()]
+
+    h.clock.advance(5400)  # half an hour before nextUpdate, by the agent's clock only
+    await agent.run_pass()
+    assert h.metric("crl_sync_last_pass_timestamp_seconds") == h.clock.time()
+    assert h.metric("crl_sync_seconds_until_next_update", url=url) == 1800
+    [warning] = [r.getMessage() for r in caplog.records if "no newer one is available" in r.getMessage()]
+    assert url in warning and " expires at " in warning
+
+
+async def test_a_repeated_refusal_is_logged_again_after_relog_seconds(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h.clock = FakeClock(now())
+    h.server.routes[FULL] = Reply(b"", status=500)
+    agent = h.agent(FULL)
+    caplog.set_level(logging.WARNING, "pca.crlsync")
+    await agent.run_pass()
+    h.clock.advance(RELOG_SECONDS - 1)
+    await agent.run_pass()
+    h.clock.advance(1)
+    await agent.run_pass()
+    assert len([r for r in caplog.records if r.getMessage().startswith("refused")]) == 2
 
 
 async def test_https_is_verified_with_the_system_trust_or_tls_ca(
