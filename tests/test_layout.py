@@ -119,9 +119,73 @@ def test_no_import_circles() -> None:
     assert not circles, f"import circles: {circles}"
 
 
+# Calls that load a module named by a string or a path (importlib, importlib.util and
+# importlib.machinery, runpy, the builtin __import__).
+LOADERS = frozenset(
+    {
+        "__import__",
+        "import_module",
+        "spec_from_file_location",
+        "spec_from_loader",
+        "module_from_spec",
+        "exec_module",
+        "load_module",
+        "SourceFileLoader",
+        "run_module",
+        "run_path",
+    }
+)
+LOADER_MODULES = ("importlib", "runpy")
+
+
+def _loads_by_name(path: Path) -> Iterator[str]:
+    """Where ``path`` loads a module by a string. Starting a third-party program by its literal
+    name (``runpy.run_module("granian")``) loads none of ours and is allowed."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in LOADER_MODULES:
+            for alias in node.names:
+                if alias.name in LOADERS:
+                    yield f"from {node.module} import {alias.name} (line {node.lineno})"
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if name not in LOADERS:
+                continue
+            first = node.args[0] if node.args else None
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                if first.value.split(".")[0] not in PACKAGES and name in ("run_module", "import_module"):
+                    continue
+            yield f"{ast.unparse(func)}(...) (line {node.lineno})"
+
+
 def test_roles_are_not_loaded_by_name() -> None:
-    offenders = [name for name, path in MODULES.items() if "import_module" in path.read_text()]
+    """Every role is imported by a plain import statement, so the dependency checks above see it."""
+    offenders = {name: found for name, path in MODULES.items() if (found := list(_loads_by_name(path)))}
     assert not offenders, f"modules loading code by string: {offenders}"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import importlib\nrole = importlib.import_module('pca.roles.' + name)",
+        "from importlib import import_module as load\n",
+        "mod = __import__(name)",
+        "spec = importlib.util.spec_from_file_location('role', path)\nm = importlib.util.module_from_spec(spec)",
+        "from importlib.util import module_from_spec",
+        "import runpy\nrunpy.run_path(script)",
+        "import runpy\nrunpy.run_module('pca.serve')",
+    ],
+)
+def test_loading_by_name_is_caught(tmp_path: Path, source: str) -> None:
+    module = tmp_path / "m.py"
+    module.write_text(source)
+    assert list(_loads_by_name(module))
+
+
+def test_starting_a_third_party_program_is_not_loading_by_name(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("import runpy\nrunpy.run_module('granian', run_name='__main__')")
+    assert not list(_loads_by_name(module))
 
 
 def test_no_wait_for_that_could_swallow_a_cancellation() -> None:
