@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pca.config import Config
 from revocation.authority import Actor, Authority, IssueRequest
+from revocation.clock import Clock, SystemClock
 from revocation.errors import ConfigError
 
 log = logging.getLogger("pca.admin_tls")
@@ -224,9 +225,10 @@ class _WithClientCert:
 class AdminTLS:
     """The admin listener's TLS: the kwargs of its uvicorn Config and the task that keeps it valid."""
 
-    def __init__(self, cfg: Config, authority: Authority) -> None:
+    def __init__(self, cfg: Config, authority: Authority, clock: Clock | None = None) -> None:
         self._cfg = cfg
         self._authority = authority
+        self._clock = clock or SystemClock()
         self.context: ssl.SSLContext | None = None
         self._loaded: int | None = None  # serial of the certificate pca issued that the context holds
 
@@ -234,7 +236,7 @@ class AdminTLS:
         """Issue the certificate if none usable is there (an upgraded configuration, or one near its
         end), then build the context; the uvicorn kwargs."""
         if self._cfg.admin_tls.cert is None:
-            reason = _needs_issuing(self._cfg, read_managed(self._cfg), datetime.datetime.now(datetime.UTC))
+            reason = _needs_issuing(self._cfg, read_managed(self._cfg), self._clock.now())
             if reason is not None:
                 log.info("issuing the admin listener's certificate: %s", reason)
                 await issue_certificate(self._cfg, self._authority, _actor())
@@ -264,7 +266,7 @@ class AdminTLS:
             await asyncio.sleep(delay)
 
     async def _renew_if_due(self) -> float:
-        now = datetime.datetime.now(datetime.UTC)
+        now = self._clock.now()
         cert = read_managed(self._cfg)
         reason = _needs_issuing(self._cfg, cert, now)
         if reason is not None:
@@ -274,7 +276,7 @@ class AdminTLS:
         if cert.serial_number != self._loaded:  # renewed here, or by another process sharing the directory
             self._reload()
             self._loaded = cert.serial_number
-        left = (renew_at(self._cfg, cert) - datetime.datetime.now(datetime.UTC)).total_seconds()
+        left = (renew_at(self._cfg, cert) - self._clock.now()).total_seconds()
         return min(CHECK_SECONDS, max(1.0, left))
 
     def _reload(self) -> None:
@@ -298,11 +300,11 @@ def _actor() -> Actor:
 
 
 async def admin_listener_tls(
-    cfg: Config, authority: Authority, insecure_admin_http: bool
+    cfg: Config, authority: Authority, insecure_admin_http: bool, clock: Clock | None = None
 ) -> tuple[dict[str, Any], Coroutine[Any, Any, None] | None]:
     """What ``pca serve`` needs for the admin listener: uvicorn kwargs and a background task (or None)."""
     check_plain_http(cfg, insecure_admin_http)
     if not cfg.admin_tls.enabled:
         return {}, None
-    tls = AdminTLS(cfg, authority)
+    tls = AdminTLS(cfg, authority, clock)
     return await tls.prepare(), tls.run()

@@ -114,7 +114,7 @@ def status_page(
         cfg.scale.slo_seconds,
     )
     sources = StatusSources(rt.view, rt.log, rt.coord, tracker, settings, rt.clock.time)
-    return StatusPage(sources, TokenFile(cfg.tokens_db), client_auth)
+    return StatusPage(sources, TokenFile(cfg.tokens_db), client_auth, rt.clock)
 
 
 async def check_keys(rt: Runtime) -> None:
@@ -310,13 +310,14 @@ async def serve(
                 tracker=tracker,
                 coordination=rt.coord,
                 issuer_stats=(rt.view, pca_urls(cfg)),
-                recorder=CertificateRecorder(rt.log, rt.view),
-                installations=InstallationRecorder(rt.view, rt.coord),
+                recorder=CertificateRecorder(rt.log, rt.view, rt.clock),
+                installations=InstallationRecorder(rt.view, rt.coord, now=rt.clock.time),
                 client_auth=ClientCertAuth(rt.view) if cfg.admin_tls.client_ca else None,
                 projection=rt.view,
                 issued=IssuedRevocation(rt.log, rt.view, rt.clock),
+                clock=rt.clock,
             )
-            tls, renewal = await admin_listener_tls(cfg, authority, insecure_admin_http)
+            tls, renewal = await admin_listener_tls(cfg, authority, insecure_admin_http, rt.clock)
             coros.extend([renewal] if renewal is not None else [])
             page = status_page(cfg, rt, tracker, ClientCertAuth(rt.view) if cfg.admin_tls.client_ca else None)
             admin_app = PrefixDispatcher([("/status", page.app()), ("", api.app())])  # the page beside the API

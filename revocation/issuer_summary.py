@@ -106,7 +106,9 @@ class SummaryView(IssuerStats, CertificateLookup, Protocol):
     """What the summaries read: counts, newest certificates, and the record of each CA's own certificate."""
 
 
-async def _ca_certificate(view: SummaryView, rec: IssuerRecord, issuers: list[IssuerRecord]) -> dict[str, Any]:
+async def _ca_certificate(
+    view: SummaryView, rec: IssuerRecord, issuers: list[IssuerRecord], now: datetime.datetime
+) -> dict[str, Any]:
     """The state of the issuer's own certificate: good, revoked (by the CA above it) or expired."""
     if is_self_signed(rec.cert):
         state: dict[str, Any] = {"status": "self-signed root"}
@@ -118,16 +120,22 @@ async def _ca_certificate(view: SummaryView, rec: IssuerRecord, issuers: list[Is
             state = {"status": record.status, "recorded_under": record.issuer_id}
             if record.status == "revoked":
                 state.update(revoked_at=iso(record.revoked_at) if record.revoked_at else None, reason=record.reason)
-    problem = ca_problem(rec, None, datetime.datetime.now(datetime.UTC))  # expiry alone
+    problem = ca_problem(rec, None, now)  # expiry alone
     if problem is not None:
         state["status"] = "expired"
     return state
 
 
 async def issuer_summary(
-    view: SummaryView, rec: IssuerRecord, urls: PcaURLs, served: set[str], issuers: list[IssuerRecord] | None = None
+    view: SummaryView,
+    rec: IssuerRecord,
+    urls: PcaURLs,
+    served: set[str],
+    now: datetime.datetime,
+    issuers: list[IssuerRecord] | None = None,
 ) -> dict[str, Any]:
-    """One issuer as JSON; ``served`` are the CRL URLs pca serves over all issuers."""
+    """One issuer as JSON, its CA certificate judged at ``now``; ``served`` are the CRL URLs pca serves
+    over all issuers."""
     total, revoked = await view.issuer_counts(rec.issuer_id)
     sample = await view.newest_certificates(rec.issuer_id, SAMPLE)
     ocsp_seen: Counter[str] = Counter()
@@ -146,7 +154,9 @@ async def issuer_summary(
         "not_after": iso(rec.cert.not_valid_after_utc),
         "certificate_pem": rec.cert.public_bytes(serialization.Encoding.PEM).decode(),
         "key_held": rec.key_ref is not None,
-        "ca_certificate": await _ca_certificate(view, rec, issuers if issuers is not None else await view.issuers()),
+        "ca_certificate": await _ca_certificate(
+            view, rec, issuers if issuers is not None else await view.issuers(), now
+        ),
         "crl_url": rec.crl_url,
         "ocsp_signer": _signer(rec),
         "certificates": {"total": total, "revoked": revoked},
@@ -176,7 +186,7 @@ def served_crl_urls(issuers: list[IssuerRecord], urls: PcaURLs) -> set[str]:
     return served
 
 
-async def issuer_summaries(view: SummaryView, urls: PcaURLs) -> list[dict[str, Any]]:
+async def issuer_summaries(view: SummaryView, urls: PcaURLs, now: datetime.datetime) -> list[dict[str, Any]]:
     issuers = await view.issuers()
     served = served_crl_urls(issuers, urls)
-    return [await issuer_summary(view, rec, urls, served, issuers) for rec in issuers]
+    return [await issuer_summary(view, rec, urls, served, now, issuers) for rec in issuers]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import secrets
 from pathlib import Path
@@ -81,7 +80,7 @@ async def _prepare_signer(
 ) -> tuple[SigningKey, bytes, Path | None]:
     """A new signer key in pca's backend and its CSR; returns the key file to remove if recording fails."""
     cfg = rt.config
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+    stamp = rt.clock.now().strftime("%Y%m%dT%H%M%S")
     name = f"{issuer.issuer_id}-ocsp-{stamp}-{secrets.token_hex(4)}"
     key = await asyncio.to_thread(
         generate_key, _signer_template(cfg, issuers), name, cfg.key_algorithm, cfg.data_dir / "keys"
@@ -255,7 +254,9 @@ def cmd_list(args: argparse.Namespace) -> None:
     async def run() -> list[dict[str, Any]]:
         rt = await _runtime(cfg)
         try:
-            return await issuer_summaries(rt.view, PcaURLs(cfg.ocsp_url, cfg.crl_layout, cfg.public_url))
+            return await issuer_summaries(
+                rt.view, PcaURLs(cfg.ocsp_url, cfg.crl_layout, cfg.public_url), rt.clock.now()
+            )
         finally:
             await rt.aclose()
 

@@ -15,7 +15,6 @@ revocation has got to (the tracker's timeline); a black-box prober reads
 
 from __future__ import annotations
 
-import datetime
 import logging
 import time
 import uuid
@@ -59,7 +58,7 @@ from revocation.admin.schemas import MAX_VALIDITY_DAYS
 from revocation.admin.tokens import Principal, TokenRefused, TokenStore
 from revocation.audit import audit_report
 from revocation.authority import Actor, Authority, IssueRequest, parse_serial
-from revocation.clock import iso, parse_iso
+from revocation.clock import Clock, SystemClock, iso, parse_iso
 from revocation.coordination import ProbeResult
 from revocation.errors import ConflictError, IntegrityError, NotFoundError, PCAError, ValidationError
 from revocation.eventlog import EventLog, RecordedEvent
@@ -112,9 +111,10 @@ class AdminAPI:
         client_auth: Callable[[Request], Awaitable[Principal | None]] | None = None,
         projection: StatusView | None = None,
         issued: IssuedRevocation | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """``issuer_stats`` (the projection and pca's URLs) adds counts, signer, CRL and URL survey to
-        ``GET /v1/issuers`` (``revocation.issuer_summary``)."""
+        ``GET /v1/issuers`` (``revocation.issuer_summary``). ``clock`` judges tokens' and CAs' expiry."""
         self._authority = authority
         self._log = log_
         self._tokens = tokens
@@ -129,6 +129,7 @@ class AdminAPI:
         self._client_auth = client_auth  # admin.client_ca: a request without a token may present a certificate
         self._projection = projection  # audit verify compares it with a replay of the log
         self._issued = issued  # POST /v1/issuers/{id}/revoke-issued
+        self._clock = clock or SystemClock()
         self._metrics = ApiMetrics(registry)
 
     def app(self) -> ASGIApp:
@@ -222,7 +223,7 @@ class AdminAPI:
             log.error("cannot load the admin tokens: %s", exc)
             raise Problem(503, "Service Unavailable", "the token store cannot be read; see the server log") from exc
         try:
-            return tokens.check(token.strip(), datetime.datetime.now(datetime.UTC))
+            return tokens.check(token.strip(), self._clock.now())
         except TokenRefused as exc:  # unknown, revoked or expired: only a holder of the token learns which
             log.warning("rejected a bearer token from %s: %s", request.client.host if request.client else "?", exc)
             raise Problem(401, "Unauthorized", str(exc), challenge) from None
@@ -333,7 +334,8 @@ class AdminAPI:
         out = [issuer_json(i, ocsp_url) for i in records]
         if self._issuer_stats is not None:
             view, urls = self._issuer_stats
-            summaries = {summary["issuer_id"]: summary for summary in await issuer_summaries(view, urls)}
+            found = await issuer_summaries(view, urls, self._clock.now())
+            summaries = {summary["issuer_id"]: summary for summary in found}
             for item in out:
                 item.update({k: v for k, v in summaries.get(item["issuer_id"], {}).items() if k not in item})
         return JSONResponse({"issuers": out})

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from revocation.admin.http import Problem, check_fields
 from revocation.authority import Actor
 from revocation.ca_status import CAStatusView, issuer_problem
-from revocation.clock import parse_iso
+from revocation.clock import Clock, SystemClock, parse_iso
 from revocation.errors import ConcurrencyError, ConflictError, NotFoundError, ValidationError
 from revocation.eventlog import EventLog
 from revocation.importing.checks import Checked, check_chunk
@@ -130,16 +130,17 @@ def _refusal(refusals: list[Outcome]) -> Problem:
 class CertificateRecorder:
     """Records certificates another CA issued, through the same decisions as ``pca import``."""
 
-    def __init__(self, log: EventLog, view: CAStatusView) -> None:
+    def __init__(self, log: EventLog, view: CAStatusView, clock: Clock | None = None) -> None:
         self._log = log
         self._view = view
+        self._clock = clock or SystemClock()
 
     async def record(self, body: dict[str, Any], actor: Actor) -> tuple[int, dict[str, Any]]:
         """The HTTP status and JSON body of recording ``body``; raises Problem or PCAError on refusal."""
         entries = _entries(body)
         issuer = _issuer(await self._view.issuers(), body.get("issuer"), entries[0][1])
         # A CA whose own certificate expired or was revoked issues nothing pca should vouch for.
-        problem = await issuer_problem(self._view, issuer, datetime.datetime.now(datetime.UTC))
+        problem = await issuer_problem(self._view, issuer, self._clock.now())
         if problem is not None:
             raise Problem(422, "Unprocessable Content", f"nothing recorded: {problem}")
         issuer_der = issuer.cert.public_bytes(Encoding.DER)

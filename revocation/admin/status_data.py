@@ -174,11 +174,12 @@ def histogram(rows: list[dict[str, Any]]) -> dict[str, list[int]]:
 
 async def gather(src: StatusSources) -> dict[str, Any]:
     """Everything the page shows, as plain data (the page escapes it when it renders it)."""
-    issuers = await issuer_summaries(src.view, src.settings.urls)
+    generated_at = datetime.datetime.fromtimestamp(src.now(), datetime.UTC)
+    issuers = await issuer_summaries(src.view, src.settings.urls, generated_at)
     head = await src.log.head()
     revocations = await recent_revocations(src)
     return {
-        "generated_at": datetime.datetime.fromtimestamp(src.now(), datetime.UTC),
+        "generated_at": generated_at,
         "head": head,
         "issuers": issuers,
         "crl_shards": await crl_shards(src, issuers, head),

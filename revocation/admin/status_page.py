@@ -17,10 +17,8 @@ may load from anywhere; the one inline style carries a fresh nonce.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import secrets
-import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 
@@ -34,6 +32,7 @@ from revocation.admin.http import Problem, not_allowed, not_found, problem_respo
 from revocation.admin.status_data import StatusSources, gather
 from revocation.admin.status_html import login_page, page
 from revocation.admin.tokens import Principal, TokenRefused, TokenStore
+from revocation.clock import Clock, SystemClock
 from revocation.errors import PCAError
 
 log = logging.getLogger("pca.status")
@@ -57,10 +56,12 @@ class StatusPage:
         sources: StatusSources,
         tokens: Callable[[], TokenStore],
         client_auth: Callable[[Request], Awaitable[Principal | None]] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._sources = sources
         self._tokens = tokens
         self._client_auth = client_auth
+        self._clock = clock or SystemClock()
         self._sessions: dict[str, tuple[str, float]] = {}  # cookie -> (the token, expiry on the monotonic clock)
 
     def app(self) -> Starlette:
@@ -107,13 +108,13 @@ class StatusPage:
             log.error("cannot load the admin tokens: %s", exc)
             raise Problem(503, "Service Unavailable", "the token store cannot be read; see the server log") from exc
         try:
-            return store.check(token, datetime.datetime.now(datetime.UTC))
+            return store.check(token, self._clock.now())
         except TokenRefused as exc:
             raise Problem(401, "Unauthorized", str(exc), {"WWW-Authenticate": 'Bearer realm="pca"'}) from None
 
     async def _principal(self, request: Request) -> Principal:
         session = self._sessions.get(request.cookies.get(COOKIE, ""))
-        if session is not None and session[1] > time.monotonic():
+        if session is not None and session[1] > self._clock.monotonic():
             return self._check(session[0])
         if self._client_auth is not None and "authorization" not in request.headers:
             found = await self._client_auth(request)
@@ -156,7 +157,7 @@ class StatusPage:
         token = form["token"][0].strip()
         principal = self._check(token)
         self._allow(principal, access.rule("GET", "/status"))
-        now = time.monotonic()
+        now = self._clock.monotonic()
         for key in [k for k, (_, expiry) in self._sessions.items() if expiry <= now]:
             del self._sessions[key]
         if len(self._sessions) >= MAX_SESSIONS:  # the oldest goes

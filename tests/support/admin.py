@@ -40,7 +40,7 @@ async def admin_client(
         runtime.log,
         lambda: TokenStore.load(cfg.tokens_db),
         CollectorRegistry(),
-        **{"issued": IssuedRevocation(runtime.log, runtime.view, runtime.clock), **api_options},
+        **{"issued": IssuedRevocation(runtime.log, runtime.view, runtime.clock), "clock": runtime.clock, **api_options},
     )
     transport = httpx.ASGITransport(app=api.app())
     async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,7 +22,8 @@ from pca.runtime import Runtime
 from pca.serve import build_authority
 from revocation.admin.api import AdminAPI
 from revocation.admin.tokens import Principal, TokenStore, add_token
-from tests.support.admin import assert_problem
+from revocation.clock import FakeClock
+from tests.support.admin import admin_client, assert_problem, bearer
 
 MAX_BODY = 8192
 
@@ -583,3 +585,13 @@ async def test_tokens_are_stored_hashed_and_authenticate_their_principal(admin: 
         for near_miss in (flipped, token[:-1], token + "x", " " + token, token.upper()):
             assert store.authenticate(near_miss) is None, near_miss
     assert store.authenticate("") is None
+
+
+async def test_a_token_is_refused_once_the_apis_clock_passes_its_expiry(rt: Runtime, fake_clock: FakeClock) -> None:
+    async with admin_client(rt, roles=()) as (client, tokens):
+        now = fake_clock.now()
+        expires = now + datetime.timedelta(hours=1)
+        tokens["day-pass"] = add_token(rt.config.tokens_db, "day-pass", "auditor", now=now, expires=expires)
+        assert (await client.get("/v1/events", headers=bearer(tokens, "day-pass"))).status_code == 200
+        fake_clock.advance(3600)
+        assert_problem(await client.get("/v1/events", headers=bearer(tokens, "day-pass")), 401, "has expired")

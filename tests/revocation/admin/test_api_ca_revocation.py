@@ -127,6 +127,9 @@ async def test_issuance_under_an_expired_ca_stops_and_health_names_it(
     health = await client.get("/healthz")
     assert health.status_code == 503
     assert ISSUING in health.json()["ca_certificates"]["issuers"]
+    listed = await client.get("/v1/issuers", headers=bearer(tokens, "auditor"))
+    [summary] = [i for i in listed.json()["issuers"] if i["issuer_id"] == ISSUING]
+    assert summary["ca_certificate"]["status"] == "expired"  # by the API's clock, as issuance and health
 
 
 async def test_a_ca_on_hold_is_released_only_by_an_admin_by_its_own_route(api: Client, rt: Runtime) -> None:

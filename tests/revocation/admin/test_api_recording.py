@@ -18,8 +18,11 @@ from prometheus_client import CollectorRegistry
 from pca.runtime import Runtime
 from pca.serve import build_authority
 from revocation.admin.api import AdminAPI
+from revocation.admin.http import Problem
 from revocation.admin.recording import MAX_BATCH, CertificateRecorder
 from revocation.admin.tokens import TokenStore, add_token
+from revocation.authority import Actor
+from revocation.clock import FakeClock
 from revocation.importing.openssl_index import newcerts_filename
 from tests.support.admin import assert_problem
 from tests.support.external import EXTERNAL, add_external_issuer
@@ -167,3 +170,18 @@ async def test_a_serial_known_with_other_contents_is_a_conflict(api: Recording, 
     resp = await api.post({"certificate": (twin / "newcerts" / "FF.pem").read_text()})
     assert_problem(resp, 409, "serial ff is already recorded for legacy-ca with different contents")
     assert (await api.status(0xFF))["subject"] == "CN=a"
+
+
+async def test_nothing_is_recorded_under_a_ca_expired_by_the_recorders_clock(
+    rt: Runtime, fake_clock: FakeClock, legacy: Path
+) -> None:
+    """The external CA's certificate is valid for 30 days: on the 31st, by the clock the recorder is given,
+    what it issued is refused, though the system's clock has not moved."""
+    await add_external_issuer(rt.log, legacy / "ca.pem")
+    recorder = CertificateRecorder(rt.log, rt.view, fake_clock)
+    head = await rt.log.head()
+    fake_clock.advance(31 * 86400)
+    with pytest.raises(Problem) as refused:
+        await recorder.record({"issuer": EXTERNAL, "certificate": pem(legacy, 0xFF)}, Actor("core", "r-1"))
+    assert refused.value.status == 422 and "nothing recorded" in refused.value.detail
+    assert await rt.log.head() == head

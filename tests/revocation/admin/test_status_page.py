@@ -21,9 +21,10 @@ from pca.config import load_config
 from pca.runtime import Runtime, connect_runtime
 from pca.serve import build_authority, status_page
 from revocation.admin.status_data import gather
+from revocation.admin.status_page import SESSION_SECONDS
 from revocation.admin.tokens import add_token, revoke_token
 from revocation.authority import Actor, IssueRequest
-from revocation.clock import SystemClock
+from revocation.clock import FakeClock, SystemClock
 from revocation.coordination import CRLPublication
 from revocation.coordination.holders import lease_holder, this_machine
 from revocation.propagation.tracker import PropagationTracker
@@ -114,6 +115,19 @@ async def test_signing_in_exchanges_the_token_for_a_strict_cookie_that_dies_with
     out = await client.post("/status/logout")
     assert out.status_code == 303
     assert (await client.get("/status", headers=HTML)).status_code == 401
+
+
+async def test_a_session_ends_when_the_pages_clock_passes_its_lifetime(rt: Runtime, fake_clock: FakeClock) -> None:
+    token = add_token(rt.config.tokens_db, "page-auditor", "auditor", now=fake_clock.now())
+    tracker = PropagationTracker(rt.log, rt.view, rt.coord, CollectorRegistry(), now=rt.clock.time)
+    app = status_page(rt.config, rt, tracker, None).app()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://admin") as client:
+        resp = await client.post("/status/login", data={"token": token}, headers={"origin": "https://admin"})
+        assert resp.status_code == 303
+        fake_clock.advance(SESSION_SECONDS - 1)
+        assert (await client.get("/status", headers=HTML)).status_code == 200
+        fake_clock.advance(1)  # the browser still sends the cookie; the page no longer knows it
+        assert (await client.get("/status", headers=HTML)).status_code == 401
 
 
 async def test_bad_sign_ins_are_refused_with_a_reason(page: tuple) -> None:
