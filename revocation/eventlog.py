@@ -146,6 +146,7 @@ def chain_events(
 
 Listener = Callable[[list["RecordedEvent"]], None]
 RebuildProgress = Callable[[int, int], None]  # (events applied, events in the log) during rebuild_projection
+AppendProgress = Callable[[int], None]  # events of one append written so far, inside its transaction
 
 
 def call_listeners(listeners: Sequence[Listener], committed: list[RecordedEvent]) -> None:
@@ -158,10 +159,11 @@ def call_listeners(listeners: Sequence[Listener], committed: list[RecordedEvent]
 
 
 class EventLog(Protocol):
-    async def append(self, events: Sequence[NewEvent]) -> list[RecordedEvent]:
+    async def append(self, events: Sequence[NewEvent], progress: AppendProgress | None = None) -> list[RecordedEvent]:
         """Append atomically, all or none; committed durably before returning.
 
-        Raises ConcurrencyError when a stream is not at its expected version.
+        Raises ConcurrencyError when a stream is not at its expected version. ``progress(written)`` is called
+        after each page of a long append is written, before the one commit (possibly from a worker thread).
         """
         ...
 

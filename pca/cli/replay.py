@@ -7,7 +7,8 @@ the restored head must have the log's hashes; and intact: every event must match
 link to the one before (the first one replayed to the restored head). Else nothing is appended.
 Each later event is appended again with its own payload (a revocation keeps its revocation time,
 reason and invalidity date), on its stream at the version it had, by the actor ``cli:<user>`` with
-the request id ``replay-of-seq-<N>``. The chain after the restored head is a new one: a checkpoint signed before
+the request id ``replay-of-seq-<N>``, in one transaction, whose progress is shown on stderr (a bar on a
+terminal, a line per tenth otherwise). The chain after the restored head is a new one: a checkpoint signed before
 the restore past that head no longer matches it, which ``pca audit verify --checkpoint`` reports.
 
 The hash chain has no secret: someone who rewrites every archived event after the restored head and
@@ -21,11 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from pca.cli.audit import verified_checkpoint
 from pca.cli.common import cli_actor, fail
+from pca.cli.progress import Progress
 from pca.config import load_config
 from pca.runtime import connect_runtime
 from revocation.checkpoints import Checkpoint, check_log_against
@@ -160,7 +163,9 @@ def cmd_replay(args: argparse.Namespace) -> None:
             if args.dry_run or not events:
                 return head, len(events), 0
             try:
-                recorded = await rt.log.append(events)
+                # One transaction, written a page at a time: a bar on a terminal, a line per tenth otherwise.
+                with Progress("replay", "events", len(events), sys.stderr) as progress:
+                    recorded = await rt.log.append(events, progress.update)
             except ConcurrencyError as exc:
                 raise ConflictError(
                     f"the restored log does not continue as the archive does ({exc}); nothing replayed"

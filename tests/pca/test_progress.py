@@ -1,14 +1,18 @@
-"""Feedback on long work: ``pca rebuild`` and ``pca import`` draw a progress bar on a terminal (a
+"""Feedback on long work: ``pca rebuild``, ``pca import`` and ``pca replay`` draw a progress bar on a terminal (a
 pseudo-terminal here, as a person's shell gives them) and write plain lines into a pipe (a log, CI)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import json
 import os
 import pty
 import re
 import select
+import shutil
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -76,6 +80,56 @@ def big_log(tmp_path: Path) -> tuple[Path, int]:
             await rt.aclose()
 
     return path, asyncio.run(fill())
+
+
+@pytest.fixture
+def restored(tmp_path: Path) -> tuple[Path, Path, int]:
+    """A CA whose database was restored from a backup taken before CERTIFICATES issuances, and the archive of
+    its log as ``pca events --format json`` wrote it before the restore; returns (config, archive, events lost)."""
+    config_path = init_ca(tmp_path / "pca")
+    db, backup, archive = load_config(config_path).database, tmp_path / "backup.db", tmp_path / "events.jsonl"
+    with contextlib.closing(sqlite3.connect(db)) as src, contextlib.closing(sqlite3.connect(backup)) as dst:
+        src.backup(dst)
+
+    async def fill_and_archive() -> None:
+        rt = await connect_runtime(load_config(config_path), SystemClock())
+        try:
+            await rt.log.append([new(issued(serial, "issuing-ca")) for serial in range(1, CERTIFICATES + 1)])
+            with archive.open("w") as out:
+                after = 0
+                while rows := await rt.log.read(after, 1000):
+                    out.writelines(json.dumps(r.to_json(), sort_keys=True, separators=(",", ":")) + "\n" for r in rows)
+                    after = rows[-1].seq
+        finally:
+            await rt.aclose()
+
+    asyncio.run(fill_and_archive())
+    shutil.copyfile(backup, db)
+    for suffix in ("-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    return config_path, archive, CERTIFICATES
+
+
+def test_replay_into_a_pipe_writes_a_plain_line_per_step(restored: tuple[Path, Path, int]) -> None:
+    config_path, archive, events = restored
+    argv = pca_argv("replay", "--config", config_path, "--from", archive)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"replayed {events} events from {archive}")
+    assert "\r" not in done.stderr and "\x1b" not in done.stderr
+    lines = done.stderr.splitlines()
+    shown = [re.fullmatch(rf"replay: ([\d,]+)/{events:,} events \((\d+)%\); [\d,]+/s, \d:\d\d:\d\d", x) for x in lines]
+    assert all(shown), lines
+    assert [int(m.group(2)) for m in shown if m] == [33, 66, 100], lines  # a page of 1,000 events at a time
+
+
+def test_replay_on_a_terminal_draws_a_bar(restored: tuple[Path, Path, int]) -> None:
+    config_path, archive, events = restored
+    status, out, shown = on_a_terminal(pca_argv("replay", "--config", config_path, "--from", archive))
+    assert status == 0, shown
+    assert out.startswith(f"replayed {events} events from {archive}")
+    assert "\r" in shown and f"{events}/{events}" in shown and "100%|" in shown, shown
+    assert "replay: " in shown and "events/s" in shown, shown
 
 
 def test_rebuild_into_a_pipe_writes_a_plain_line_per_step(big_log: tuple[Path, int]) -> None:

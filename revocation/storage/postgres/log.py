@@ -40,6 +40,7 @@ from revocation.clock import Clock
 from revocation.errors import ConcurrencyError
 from revocation.eventlog import (
     GENESIS_HASH,
+    AppendProgress,
     Listener,
     NewEvent,
     RebuildProgress,
@@ -58,6 +59,7 @@ _DROPS = projection_drops_sql(
 # The key of the advisory lock every append holds until it commits ("pcalog" in ASCII).
 APPEND_LOCK_KEY = 0x7063616C6F67
 _REBUILD_PAGE = 5000  # events read at a time by rebuild_projection
+_APPEND_PAGE = 1000  # events of one append written at a time (progress is reported after each)
 
 # The log's tables; before each owner migrated its own, they were made by migration 1 of the single schema.
 LOG_SCHEMA = Schema(
@@ -132,12 +134,12 @@ class PostgresEventLog:
     async def close(self) -> None:
         await self._pool.close()
 
-    async def append(self, events: Sequence[NewEvent]) -> list[RecordedEvent]:
+    async def append(self, events: Sequence[NewEvent], progress: AppendProgress | None = None) -> list[RecordedEvent]:
         if not events:
             return []
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                recorded = await self._append_locked(conn, events)
+                recorded = await self._append_locked(conn, events, progress)
         except asyncpg.UniqueViolationError as exc:
             # Cannot happen while every writer takes the lock; a writer that does not is caught here.
             raise ConcurrencyError(f"a stream moved on during the append: {exc}") from exc
@@ -146,7 +148,9 @@ class PostgresEventLog:
         call_listeners(self.listeners, recorded)
         return recorded
 
-    async def _append_locked(self, conn: Any, events: Sequence[NewEvent]) -> list[RecordedEvent]:
+    async def _append_locked(
+        self, conn: Any, events: Sequence[NewEvent], progress: AppendProgress | None = None
+    ) -> list[RecordedEvent]:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK_KEY)
         head = await conn.fetchrow("SELECT seq, hash FROM log_head WHERE id = 1")
         seq, prev = (int(head["seq"]), str(head["hash"])) if head else (0, GENESIS_HASH)
@@ -157,13 +161,17 @@ class PostgresEventLog:
         chained = chain_events(events, seq, prev, self._clock.now(), versions)
         records = [row.record for row in chained]
         seq, prev = records[-1].seq, records[-1].hash
-        await conn.executemany(
-            f"INSERT INTO events ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            [row.columns for row in chained],
-        )
+        for first in range(0, len(chained), _APPEND_PAGE):
+            page = chained[first : first + _APPEND_PAGE]
+            await conn.executemany(
+                f"INSERT INTO events ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                [row.columns for row in page],
+            )
+            # The projection moves with the log (read-your-write); IntegrityError rolls the append back.
+            await self._project(conn, records[first : first + _APPEND_PAGE])
+            if progress is not None:
+                progress(first + len(page))
         await conn.execute("UPDATE log_head SET seq = $1, hash = $2 WHERE id = 1", seq, prev)
-        # The projection moves with the log (read-your-write); IntegrityError rolls the append back.
-        await self._project(conn, records)
         # Delivered to listeners when (and only if) this transaction commits.
         await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, str(seq))
         return records

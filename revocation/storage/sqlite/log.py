@@ -27,6 +27,7 @@ from revocation.chain import (
 from revocation.clock import Clock
 from revocation.eventlog import (
     GENESIS_HASH,
+    AppendProgress,
     Listener,
     NewEvent,
     RebuildProgress,
@@ -80,6 +81,9 @@ _DROPS = projection_drops_sql(
 _INSERT_EVENT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 Result = list[RecordedEvent] | BaseException
+_APPEND_PAGE = 1000  # events of one append written at a time (progress is reported after each)
+# An append waiting for the next transaction: its events, how to report its progress, its caller's future.
+_Pending = tuple[Sequence[NewEvent], AppendProgress | None, asyncio.Future[list[RecordedEvent]]]
 
 # Applies recorded events, in order, to the projection, inside the append transaction (``apply_sqlite``).
 _REBUILD_PAGE = 1000  # events read at a time by rebuild_projection (progress is reported after each)
@@ -94,16 +98,16 @@ class SQLiteEventLog:
         self._clock = clock
         self._project = project
         self._clear = clear
-        self._pending: list[tuple[Sequence[NewEvent], asyncio.Future[list[RecordedEvent]]]] = []
+        self._pending: list[_Pending] = []
         self._drainer: asyncio.Task[None] | None = None
         # Called with every batch of committed events (the change feed for in-process consumers).
         self.listeners: list[Listener] = []
 
-    async def append(self, events: Sequence[NewEvent]) -> list[RecordedEvent]:
+    async def append(self, events: Sequence[NewEvent], progress: AppendProgress | None = None) -> list[RecordedEvent]:
         if not events:
             return []
         future: asyncio.Future[list[RecordedEvent]] = asyncio.get_running_loop().create_future()
-        self._pending.append((events, future))
+        self._pending.append((events, progress, future))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain())
         return await future
@@ -114,12 +118,12 @@ class SQLiteEventLog:
             try:
                 results = await self._db.write(lambda conn, b=batch: self._commit_batch(conn, b))  # type: ignore[misc]
             except BaseException as exc:  # noqa: BLE001 - the whole transaction failed: every waiter learns why
-                for _, fut in batch:
+                for *_, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
             committed: list[RecordedEvent] = []
-            for (_, fut), result in zip(batch, results, strict=True):
+            for (*_, fut), result in zip(batch, results, strict=True):
                 if isinstance(result, BaseException):
                     if not fut.done():
                         fut.set_exception(result)
@@ -130,16 +134,14 @@ class SQLiteEventLog:
             if committed:
                 call_listeners(self.listeners, committed)
 
-    def _commit_batch(
-        self, conn: sqlite3.Connection, batch: list[tuple[Sequence[NewEvent], asyncio.Future[list[RecordedEvent]]]]
-    ) -> list[Result]:
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> list[Result]:
         head = conn.execute("SELECT seq, hash FROM log_head WHERE id = 1").fetchone()
         seq, prev = (int(head[0]), str(head[1])) if head else (0, GENESIS_HASH)
         results: list[Result] = []
-        for events, _ in batch:
+        for events, progress, _ in batch:
             conn.execute("SAVEPOINT append")
             try:
-                recorded, seq, prev = self._append_one(conn, events, seq, prev)
+                recorded, seq, prev = self._append_one(conn, events, seq, prev, progress)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
                 conn.execute("ROLLBACK TO append")
                 conn.execute("RELEASE append")
@@ -156,12 +158,21 @@ class SQLiteEventLog:
         return results
 
     def _append_one(
-        self, conn: sqlite3.Connection, events: Sequence[NewEvent], seq: int, prev: str
+        self,
+        conn: sqlite3.Connection,
+        events: Sequence[NewEvent],
+        seq: int,
+        prev: str,
+        progress: AppendProgress | None,
     ) -> tuple[list[RecordedEvent], int, str]:
         versions = _versions(conn, list({new.event.stream() for new in events}))
         rows = chain_events(events, seq, prev, self._clock.now(), versions)
-        conn.executemany(_INSERT_EVENT, [row.columns for row in rows])
-        self._project(conn, [(row.record, row.event) for row in rows])
+        for first in range(0, len(rows), _APPEND_PAGE):
+            page = rows[first : first + _APPEND_PAGE]
+            conn.executemany(_INSERT_EVENT, [row.columns for row in page])
+            self._project(conn, [(row.record, row.event) for row in page])
+            if progress is not None:
+                progress(first + len(page))
         last = rows[-1].record
         return [r.record for r in rows], last.seq, last.hash
 

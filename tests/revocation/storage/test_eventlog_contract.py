@@ -163,6 +163,23 @@ async def test_a_multi_event_append_is_all_or_nothing(subject: Subject) -> None:
     assert await log.verify_chain() == 3
 
 
+async def test_a_long_append_reports_each_page_written_and_stays_all_or_nothing(subject: Subject) -> None:
+    log = subject.log
+    written: list[int] = []
+    recs = await log.append([new(issued(serial)) for serial in range(1, 2501)], written.append)
+    assert written == [1000, 2000, 2500]  # what pca replay's progress bar counts
+    assert (recs[-1].seq, await log.head()) == (2500, 2500)
+    # The last event cannot apply (a revocation of a certificate never issued), on the second page: the first
+    # page, written and reported, is not kept either.
+    written.clear()
+    with pytest.raises(IntegrityError):
+        await log.append([*(new(issued(serial)) for serial in range(2501, 4001)), new(revoked(9999))], written.append)
+    assert written == [1000]
+    assert await log.head() == 2500
+    assert await log.read(2500, 10) == [] and await log.read_stream(f"cert/test-ca/{9999:x}") == []
+    assert await log.verify_chain() == 2500
+
+
 async def _five(log: EventLog) -> list[RecordedEvent]:
     recs: list[RecordedEvent] = []
     for serial in range(1, 6):
