@@ -25,8 +25,9 @@ import re
 import shutil
 import tempfile
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Metric, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -221,22 +222,29 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 def publish_worker_metrics(rt: Runtime, path: Path) -> None:
     """In a granian worker: write this worker's series to a file of its own in ``path`` every second."""
+    rt.tasks.append(write_series(rt.registry, path / f"worker-{os.getpid()}.prom"))
+
+
+def publish_main_metrics(registry: CollectorRegistry, path: Path) -> Coroutine[Any, Any, None]:
+    """In ``pca serve`` with no admin listener: its own roles' series (pre-signer, publisher...) for
+    the workers' ``/metrics`` to serve beside theirs; its gauges carry no ``pid`` label."""
+    return write_series(registry, path / f"main-{os.getpid()}.prom")
+
+
+async def write_series(registry: CollectorRegistry, target: Path) -> None:
+    """Write ``registry``'s exposition to ``target`` every second, for ever."""
     disable_created_metrics()  # type: ignore[no-untyped-call]  # one family per name: sums need no creation times
-    target = path / f"worker-{os.getpid()}.prom"
 
     def write() -> None:
         with contextlib.suppress(OSError):  # the directory went with the server that made it
-            _write_atomically(target, generate_latest(rt.registry))
+            _write_atomically(target, generate_latest(registry))
 
-    async def every_second() -> None:
-        while True:
-            await asyncio.to_thread(write)
-            await asyncio.sleep(DUMP_EVERY)
-
-    rt.tasks.append(every_second())
+    while True:
+        await asyncio.to_thread(write)
+        await asyncio.sleep(DUMP_EVERY)
 
 
-_WORKER_FILE = re.compile(r"worker-(\d+)\.prom$")
+_WORKER_FILE = re.compile(r"(worker|main)-(\d+)\.prom$")
 
 
 def _alive(pid: int) -> bool:
@@ -262,11 +270,11 @@ class WorkersCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
         sums: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
-        for file in sorted(self._path.glob("worker-*.prom")):
+        for file in sorted(self._path.glob("*.prom")):
             found = _WORKER_FILE.search(file.name)
             if found is None:
                 continue
-            pid = found.group(1)
+            main, pid = found.group(1) == "main", found.group(2)
             if not _alive(int(pid)):
                 file.unlink(missing_ok=True)
                 continue
@@ -279,7 +287,7 @@ class WorkersCollector(Collector):
                 for sample in family.samples:
                     labels = dict(sample.labels)
                     if family.type in ("gauge", "unknown", "info", "stateset"):
-                        merged.add_sample(sample.name, {**labels, "pid": pid}, sample.value)
+                        merged.add_sample(sample.name, labels if main else {**labels, "pid": pid}, sample.value)
                     else:
                         key = (family.name, sample.name, tuple(sorted(labels.items())))
                         sums[key] = sums.get(key, 0.0) + sample.value

@@ -38,6 +38,7 @@ from pca.metrics import (
     export_signing,
     export_tracker_position,
     make_workers_dir,
+    publish_main_metrics,
     remove_workers_dir,
 )
 from pca.roles import start_role
@@ -336,7 +337,8 @@ async def serve(
             if "api" in roles:
                 rt.registry.register(WorkersCollector(metrics_dir))  # the admin /metrics covers the workers
             else:
-                identity["PCA_WORKER_METRICS"] = "1"  # no admin listener: the workers serve /metrics
+                identity["PCA_WORKER_METRICS"] = "1"  # no admin listener: the workers serve /metrics,
+                coros.append(publish_main_metrics(rt.registry, metrics_dir))  # this process's series too
             await write_once(health, metrics_dir, rt.clock)  # the workers' /healthz covers this process's roles too
             health_changed = asyncio.Event()
             rt.on_log_change(health_changed.set)

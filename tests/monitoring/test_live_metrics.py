@@ -119,6 +119,15 @@ def every_role(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             "--public-listen", f"127.0.0.1:{ports[1]}", "--responder-id", "uv",
         ),
     ]  # fmt: skip
+    # Signing roles beside a granian listener and no api: the workers' /metrics serves their series too.
+    signers_port = free_port()
+    alone.append(
+        RoleProcess(
+            "signers-granian", config, "presigner,publisher,responder", f"http://127.0.0.1:{signers_port}/healthz",
+            "--server", "granian", "--workers", "1", "--public-listen", f"127.0.0.1:{signers_port}",
+            "--responder-id", "sg",
+        )
+    )  # fmt: skip
     srv.start(*GRANIAN)
     try:
         _ready(srv)
@@ -136,7 +145,10 @@ def every_role(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         # The stored responses' freshness is read by a scan of the store, once responses exist.
         earliest = "ocsp_responses_earliest_next_update_timestamp_seconds"
         wait_for("the responses' freshness", lambda: earliest in exported_names(_metrics(srv)) or None)
-        yield {"server": srv, "ports": ports, "base": base, "cert": cert, "issuer": issuer, "urls": urls}
+        yield {
+            "server": srv, "ports": ports, "base": base, "cert": cert, "issuer": issuer, "urls": urls,
+            "signers_port": signers_port,
+        }  # fmt: skip
     finally:
         for proc in alone:
             proc.stop()
@@ -185,6 +197,23 @@ def test_rules_and_dashboards_read_only_what_the_product_exports(every_role: dic
         "eventlog_position", "eventlog_lag_events", "revocation_propagation_seconds_bucket", "certificates_expiring",
     ):  # fmt: skip
         assert wanted in exported, wanted
+
+
+def test_signing_roles_beside_granian_workers_are_scraped_without_an_api(every_role: dict[str, Any]) -> None:
+    """No admin listener: the public /metrics that covers the workers covers the main process's roles too."""
+    url = f"http://127.0.0.1:{every_role['signers_port']}/metrics"
+    leases: list[tuple[dict[str, str], float]] = []
+
+    def scraped() -> bool:
+        nonlocal leases
+        text = httpx.get(url, timeout=10).text
+        leases = sample_values(text, "role_lease_active")
+        return bool(leases) and "ocsp_requests_total" in exported_names(text)
+
+    wait_for("the main process's series beside the workers'", lambda: scraped() or None)
+    # The embedded server holds both leases: this process stands by, and says so, once, with no pid label.
+    by_role = sorted(leases, key=lambda sample: sample[0]["role"])
+    assert by_role == [({"role": "presigner"}, 0.0), ({"role": "publisher"}, 0.0)], leases
 
 
 PROMETHEUS = shutil.which("prometheus")

@@ -43,3 +43,16 @@ def test_counters_and_histograms_are_summed_gauges_kept_per_worker_and_dead_work
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_main_process_series_are_served_beside_the_workers_without_a_pid_label(tmp_path: Path) -> None:
+    # pca serve with signing roles and a granian listener but no admin listener writes its own file.
+    _worker(tmp_path, os.getpid(), 3, 10)
+    main = CollectorRegistry()
+    Gauge("role_lease_active", "lease", ["role"], registry=main).labels("presigner").set(1)
+    Counter("signing_operations", "signatures", ["role"], registry=main).labels("presigner").inc(5)
+    (tmp_path / f"main-{os.getpid()}.prom").write_bytes(generate_latest(main))
+    registry = workers_registry(tmp_path)
+    assert registry.get_sample_value("role_lease_active", {"role": "presigner"}) == 1
+    assert registry.get_sample_value("signing_operations_total", {"role": "presigner"}) == 5
+    assert registry.get_sample_value("ocsp_cache_entries", {"pid": str(os.getpid())}) == 10
