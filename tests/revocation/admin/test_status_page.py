@@ -7,6 +7,7 @@ A real CA database, the real tracker, the real token file; the browser test
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 
 from pca.config import load_config
@@ -27,10 +32,14 @@ from revocation.authority import Actor, IssueRequest
 from revocation.clock import FakeClock, SystemClock
 from revocation.coordination import CRLPublication
 from revocation.coordination.holders import lease_holder, this_machine
+from revocation.eventlog import NewEvent
+from revocation.events import OCSPSignerKeyPrepared
+from revocation.keys import KeyRef
 from revocation.propagation.tracker import PropagationTracker
 from revocation.storage.postgres.coordination import PostgresCoordination
 from revocation.storage.sqlite.coordination import SQLiteCoordination
 from tests.support.admin import assert_problem
+from tests.support.ca import issuer
 from tests.support.processes import init_ca, other_process
 
 HTML = {"accept": "text/html,application/xhtml+xml"}
@@ -224,3 +233,72 @@ async def test_unknown_paths_and_methods_under_status_are_problems(page: tuple) 
     assert_problem(await client.get("/status/nope"), 404, "")
     assert_problem(await client.get("/status/login"), 405, "")
     assert_problem(await client.delete("/status"), 405, "")
+
+
+# A signer key waiting in an HSM for its certificate, recorded as `pca issuer renew-signer` records one (a unit
+# test has no HSM: the key reference is all the page could leak, and the log holds it).
+HSM_KEY = KeyRef(
+    "pkcs11",
+    module="/opt/hsm-q7/lib/libq7pkcs11.so",
+    token_label="hsm-q7-online",
+    label="ocsp-signer-q7-2027",
+    object_id="c0ffee07",
+    pin_file="/etc/pca/hsm-q7.pin",
+)
+
+
+async def _prepare_hsm_signer(runtime: Runtime, issuer_id: str) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{issuer_id} OCSP signer")])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+    event = OCSPSignerKeyPrepared(issuer_id, HSM_KEY.to_dict(), csr.public_bytes(serialization.Encoding.DER).hex())
+    record = await issuer(runtime, issuer_id)
+    await runtime.log.append([NewEvent(event, record.version, "cli:ops-q7", "renew-q7-3b9d")])
+
+
+async def test_the_page_shows_revocations_but_no_actor_request_id_or_key_reference(
+    page: tuple, runtime: Runtime
+) -> None:
+    client, tokens = page
+    actor = Actor("ops-mallory-q7", "req-q7-5f0d-e2a9")
+    authority = build_authority(runtime)
+    issued = await authority.issue(IssueRequest(subject="CN=q7", dns=["q7.example"]), actor)
+    serial = f"{issued.certificate.serial_number:x}"
+    await authority.revoke(issued.certificate.serial_number, "keyCompromise", actor)
+    await _prepare_hsm_signer(runtime, "issuing-ca")
+    # Every key reference the log holds: the CAs' and signers' key files, and the HSM key above.
+    refs = [KeyRef.from_dict(e.payload["key_ref"]) for e in await runtime.log.read(0, 1000) if e.payload.get("key_ref")]
+    assert {r.backend for r in refs} == {"file", "pkcs11"}
+    hidden = {"ops-mallory-q7", "req-q7-5f0d-e2a9", "cli:ops-q7", "renew-q7-3b9d", tokens["auditor"]}
+    for ref in refs:
+        hidden |= {ref.describe(), *(value for field, value in ref.to_dict().items() if field != "backend")}
+
+    resp = await client.get("/status", headers={"authorization": f"Bearer {tokens['auditor']}", **HTML})
+
+    assert resp.status_code == 200, resp.text
+    revocations = re.search(r'data-testid="revocations".*?</table>', resp.text, re.S)
+    assert revocations is not None
+    assert re.search(f"<td>{serial}</td><td>keyCompromise</td>", revocations.group(0)), revocations.group(0)
+    shown = [s for s in sorted(hidden) if s in resp.text]
+    assert shown == [], shown
+
+
+async def test_an_unexpected_failure_is_a_500_that_names_nothing_and_is_logged(
+    page: tuple, runtime: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, tokens = page
+    failure = RuntimeError("cannot read /etc/pca/private/db.pass for postgresql://pca:hunter2-s3cret@db/pca")
+
+    async def responders() -> Any:
+        raise failure
+
+    monkeypatch.setattr(runtime.coord, "responders", responders)  # the coordination store the page reads
+    with caplog.at_level(logging.ERROR, logger="pca.status"):
+        resp = await client.get("/status", headers={"authorization": f"Bearer {tokens['auditor']}", **HTML})
+
+    assert_problem(resp, 500, "the status page failed; see the server log")
+    _headers_are_strict(resp)
+    for leak in ("hunter2", "/etc/pca/private", "RuntimeError", "Traceback", 'File "', ".py"):
+        assert leak not in resp.text, leak
+    [record] = [r for r in caplog.records if r.name == "pca.status"]
+    assert record.levelno == logging.ERROR and record.exc_info is not None and record.exc_info[1] is failure
