@@ -10,6 +10,7 @@ counts it in ``audit_checkpoint_failures_total`` and reports it in ``/healthz``.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from collections.abc import Callable
@@ -24,9 +25,8 @@ from revocation.checkpoints import (
     CheckpointError,
     check_log_against,
     ensure_signer,
-    open_signer,
     read_checkpoint,
-    sign_checkpoint,
+    sign_with,
 )
 from revocation.clock import Clock, iso
 from revocation.errors import IntegrityError
@@ -113,11 +113,8 @@ class Checkpointer:
         signer = await ensure_signer(
             self._log, self._issuers, self._key_dir, self._key_algorithm, now, "system:checkpoints", "checkpoint"
         )
-        key, cert = open_signer(signer)
-        try:
-            doc = sign_checkpoint(checkpoint, key, cert)
-        finally:
-            key.close()
+        # Off the event loop: opening a KMS or PKCS#11 key and signing with it are round trips.
+        doc = await asyncio.to_thread(sign_with, signer, checkpoint)
         if self._guard is not None:
             self._guard()  # only the lease holder writes
         try:
