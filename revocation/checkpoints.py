@@ -46,7 +46,15 @@ from revocation.clock import iso, parse_iso
 from revocation.errors import ConcurrencyError, IntegrityError, PCAError
 from revocation.eventlog import EventLog, NewEvent
 from revocation.events import CheckpointSignerSet
-from revocation.keys import KeyRef, SigningKey, generate_key, open_key, signature_parameters, verify_signature
+from revocation.keys import (
+    KeyRef,
+    SigningKey,
+    destroy_key,
+    generate_key,
+    open_key,
+    signature_parameters,
+    verify_signature,
+)
 from revocation.projection import CertificateLookup, IssuerRecord
 
 log_ = logging.getLogger("pca.checkpoints")
@@ -224,7 +232,8 @@ async def ensure_signer(
     event = await asyncio.to_thread(_new_signer, issuer, issuer.key_ref, key_dir, key_algorithm, now)
     try:
         await log.append([NewEvent(event, len(events), actor, request_id)])
-    except ConcurrencyError:  # another process made one first: use it
+    except ConcurrencyError:  # another process made one first: use it, and the key made here is nobody's
+        await asyncio.to_thread(discard_signer_key, KeyRef.from_dict(event.key_ref))
         latest = await current_signer(log)
         if latest is None:
             raise
@@ -242,8 +251,11 @@ def _new_signer(
         signer_key = generate_key(ca_key.ref, name, key_algorithm, key_dir)
         try:
             cert = ca.create_checkpoint_signer(issuer.cert, ca_key, signer_key.public_key(), now, SIGNER_VALIDITY_DAYS)
-        finally:
+        except BaseException:
             signer_key.close()
+            discard_signer_key(signer_key.ref)
+            raise
+        signer_key.close()
     finally:
         ca_key.close()
     return CheckpointSignerSet(
@@ -252,6 +264,17 @@ def _new_signer(
         key_ref=signer_key.ref.to_dict(),
         not_after=cert.not_valid_after_utc,
     )
+
+
+def discard_signer_key(ref: KeyRef) -> None:
+    """Destroy a signer key that no CheckpointSignerSet names (another process recorded its signer first),
+    logging it; a failure is logged too: the key is left behind, named, for an operator to remove."""
+    try:
+        destroy_key(ref)
+    except PCAError as exc:
+        log_.error("audit checkpoint signer key %s, made for a signer that was not recorded, is left: %s", ref, exc)
+        return
+    log_.warning("audit checkpoint signer key %s destroyed: another process recorded a signer first", ref)
 
 
 def open_signer(signer: CheckpointSignerSet) -> tuple[SigningKey, x509.Certificate]:
