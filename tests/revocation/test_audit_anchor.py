@@ -30,11 +30,12 @@ from revocation import ca
 from revocation.authority import Authority
 from revocation.checkpoints import SIGNER_RENEW_BEFORE, Checkpoint, ensure_signer, sign_checkpoint
 from revocation.clock import Clock, FakeClock, SystemClock
-from revocation.eventlog import NewEvent, row_hash
+from revocation.eventlog import row_hash
 from revocation.keys import KeyRef, generate_key
 from tests.support.ca import ACTOR, issue, now_utc
 from tests.support.postgres import create_database, drop_database
 from tests.support.processes import init_ca
+from tests.support.signing_backends import checkpoint_signer_race
 from tests.support.storage import Raw, pg_raw, sqlite_raw
 
 
@@ -391,27 +392,8 @@ async def test_the_key_of_a_signer_that_lost_the_race_to_another_process_is_dest
     ca_db: CA, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two publishers renew the signer at once: the second to record its signer uses the first's, and the
-    key it made for its own (named by no event) is removed, as a lost OCSP signer rotation's is."""
-    [first] = await ca_db.rt.log.read_stream("audit/checkpoint-signer")
-    not_after = datetime.datetime.fromisoformat(first.payload["not_after"].replace("Z", "+00:00"))
-    later = not_after - SIGNER_RENEW_BEFORE + datetime.timedelta(seconds=1)
-    keys, real, lost = ca_db.config.data_dir / "keys", ca_db.rt.log, []
-
-    class Racing:
-        """The log, with another publisher's renewal recorded just before this one's append."""
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(real, name)
-
-        async def append(self, events: list[NewEvent]) -> object:
-            if not lost:
-                lost.append(KeyRef.from_dict(events[0].event.key_ref))  # type: ignore[attr-defined]
-                await ensure_signer(real, ca_db.rt.view, keys, "ec-p256", later, "other", "won")
-            return await real.append(events)
-
-    kept = await ensure_signer(Racing(), ca_db.rt.view, keys, "ec-p256", later, "tester", "lost")  # type: ignore[arg-type]
-    signers = await real.read_stream("audit/checkpoint-signer")
-    assert [e.request_id for e in signers] == [first.request_id, "won"]
-    assert kept.key_ref == signers[-1].payload["key_ref"] != lost[0].to_dict()
-    assert [Path(kept.key_ref["path"]).is_file(), Path(lost[0].path).exists()] == [True, False]  # noqa: ASYNC240
-    assert f"audit checkpoint signer key file:{lost[0].path} destroyed" in caplog.text
+    key it made for its own (named by no event) is removed, as a lost OCSP signer rotation's is (the
+    PKCS#11 and KMS cases are in tests/revocation/keys)."""
+    won, lost = await checkpoint_signer_race(ca_db.rt)
+    assert [Path(won.path).is_file(), Path(lost.path).exists()] == [True, False]  # noqa: ASYNC240
+    assert f"audit checkpoint signer key file:{lost.path} destroyed" in caplog.text

@@ -43,7 +43,7 @@ from tests.support.environ import environ
 from tests.support.moto import moto_server
 from tests.support.ports import free_port
 from tests.support.processes import init_ca
-from tests.support.signing_backends import exercise, have_openssl, rotation_race
+from tests.support.signing_backends import checkpoint_signer_race, exercise, have_openssl, rotation_race
 
 REGION = "us-east-1"
 ACTOR = Actor("test", "kms")
@@ -165,6 +165,22 @@ async def test_the_kms_key_of_a_lost_rotation_is_scheduled_for_deletion(
     waiting = dropped["DeletionDate"] - datetime.datetime.now(datetime.UTC)
     assert datetime.timedelta(days=6) < waiting <= datetime.timedelta(days=7, minutes=1)
     assert f"OCSP signer key kms:{REGION}:{lost.key_id}" in caplog.text and "destroyed" in caplog.text
+
+
+async def test_the_kms_key_of_a_checkpoint_signer_that_lost_its_race_is_scheduled_for_deletion(
+    kms_endpoint: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = await init_kms_ca(tmp_path / "ca", kms_endpoint)
+    rt = open_runtime(cfg, SystemClock())
+    try:
+        won, lost = await checkpoint_signer_race(rt)
+    finally:
+        rt.close()
+    async with kms_client(kms_endpoint) as kms:
+        kept = (await kms.describe_key(KeyId=won.key_id))["KeyMetadata"]
+        dropped = (await kms.describe_key(KeyId=lost.key_id))["KeyMetadata"]
+    assert [kept["KeyState"], dropped["KeyState"]] == ["Enabled", "PendingDeletion"]
+    assert f"audit checkpoint signer key kms:{REGION}:{lost.key_id}" in caplog.text and "destroyed" in caplog.text
 
 
 # --- a slow KMS and the event loop ----------------------------------------------------------------------
