@@ -72,6 +72,7 @@ class Checkpointer:
         self._guard = guard
         self._last: Checkpoint | None = None
         self._document: bytes | None = None  # the signed document of _last, as written or read
+        self._writing = asyncio.Lock()  # a restore never puts an older checkpoint over a new one
         self.last_error = ""
         self._written = Counter("audit_checkpoints_total", "Audit checkpoints signed and written", registry=registry)
         self._failures = Counter(
@@ -118,8 +119,9 @@ class Checkpointer:
         )
         # Off the event loop: opening a KMS or PKCS#11 key and signing with it are round trips.
         doc = await asyncio.to_thread(sign_with, signer, checkpoint)
-        await self._write(seq, doc)
-        self._last, self._document, self.last_error = checkpoint, doc, ""
+        async with self._writing:
+            await self._write(seq, doc)
+            self._last, self._document, self.last_error = checkpoint, doc, ""
         self._written.inc()
         self._seq.set(seq)
         log.info("audit checkpoint of seq %d (%s) at %s", seq, hash_[:16], iso(now))
@@ -130,12 +132,13 @@ class Checkpointer:
         bucket, a wiped directory), with its numbered copy: the next checkpoint waits for the log to move.
         Returns whether it did. Before this process wrote or read one there is nothing to put back; its
         first ``tick`` then checkpoints the head at once."""
-        if self._last is None or self._document is None or await self._store.head(LATEST_KEY) is not None:
-            return False
-        log.error("%s is missing from the store: writing the last audit checkpoint (seq %d) back", LATEST_KEY,
-                  self._last.seq)  # fmt: skip
-        await self._write(self._last.seq, self._document)
-        return True
+        async with self._writing:
+            if self._last is None or self._document is None or await self._store.head(LATEST_KEY) is not None:
+                return False
+            log.error("%s is missing from the store: writing the last audit checkpoint (seq %d) back", LATEST_KEY,
+                      self._last.seq)  # fmt: skip
+            await self._write(self._last.seq, self._document)
+            return True
 
     async def _write(self, seq: int, doc: bytes) -> None:
         if self._guard is not None:
