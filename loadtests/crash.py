@@ -1,9 +1,10 @@
 """Crash consistency: kill -9 during a revocation burst, restart, and nothing acknowledged is lost.
 
     python -m loadtests.crash [--smoke] [--revocations 1200] [--kills 6] [--clients 8] [--rate 50]
-                              [--shapes embedded scaled]
+                              [--shapes embedded scaled] [--server default|granian|uvicorn]
 
-Two shapes: ``embedded`` (one ``pca serve`` with every role on SQLite) and ``scaled``
+Two shapes: ``embedded`` (one ``pca serve`` with every role on SQLite; its public listener on
+pca serve's default server, granian RSGI, unless ``--server`` names one) and ``scaled``
 (PostgreSQL, a throwaway cluster, and ``pca serve --roles R`` once per role: api, tracker,
 presigner, publisher, one responder). Certificates are issued through the admin API, then
 ``--clients`` connections revoke them, a new one every 1/``--rate`` s.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import time
@@ -49,6 +51,7 @@ WATCH_TIMEOUT_S = 30.0  # a revocation after a restart not revoked in OCSP by th
 FINAL_TIMEOUT_S = 60.0  # every acknowledged revocation in OCSP and the full CRL by then
 SCALED_TARGETS = ("presigner", "api", "publisher")  # killed in turn in the scaled shape
 SHAPES = ("embedded", "scaled")
+SERVERS = ("default", "granian", "uvicorn")  # the embedded shape's public server; default: what pca serve runs
 
 
 @dataclasses.dataclass
@@ -265,9 +268,9 @@ async def scenario(target: Target, serials: Sequence[int], kills: int, clients: 
 
 
 @contextlib.contextmanager
-def embedded(work: Path) -> Iterator[Target]:
+def embedded(work: Path, server_name: str = "default") -> Iterator[Target]:
     cfg = make_ca(work)
-    with PcaServer(cfg, "uvicorn") as server:
+    with PcaServer(cfg, "" if server_name == "default" else server_name) as server:
         yield Target(
             admin_url=server.admin_url,
             token=server.token,
@@ -299,13 +302,21 @@ SHAPE_STARTERS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Tar
 
 
 def run(
-    *, smoke: bool, shapes: Sequence[str], revocations: int, kills: int, clients: int, rate: float
+    *,
+    smoke: bool,
+    shapes: Sequence[str],
+    revocations: int,
+    kills: int,
+    clients: int,
+    rate: float,
+    server: str = "default",
 ) -> dict[str, Any]:
     if smoke:
         revocations, kills = min(revocations, 40), min(kills, 1)
     results: dict[str, Any] = {}
+    starters = {**SHAPE_STARTERS, "embedded": functools.partial(embedded, server_name=server)}
     for name in shapes:
-        with scratch(f"crash-{name}") as work, SHAPE_STARTERS[name](work) as target:
+        with scratch(f"crash-{name}") as work, starters[name](work) as target:
             log(f"crash ({name}): issuing {revocations} certificates")
             serials = asyncio.run(issue(target, revocations))  # type: ignore[arg-type]  # it only calls admin()
             log(f"crash ({name}): revoking them with {clients} clients, {kills} kill -9")
@@ -319,6 +330,7 @@ def run(
             "clients": clients,
             "rate_per_s": rate,
             "shapes": list(shapes),
+            "server": server,
         },
         "shapes": results,
     }
@@ -331,6 +343,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--rate", type=float, default=50.0, help="revocations sent per second")
     p.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES))
+    p.add_argument("--server", choices=SERVERS, default="default", help="the embedded shape's public server")
     args = p.parse_args()
     result = run(
         smoke=args.smoke,
@@ -339,6 +352,7 @@ def main() -> None:
         kills=args.kills,
         clients=args.clients,
         rate=args.rate,
+        server=args.server,
     )
     emit(result, args.json_out)
 

@@ -163,7 +163,7 @@ def _database_url(section: dict[str, Any], env: Mapping[str, str]) -> str:
 
 def parse_listen(value: str, what: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 < int(port) < 65536:
         raise ConfigError(f"{what} {value!r} must be HOST:PORT with a port from 1 to 65535")
     return host.strip("[]"), int(port)
 

@@ -42,7 +42,7 @@ def become_subreaper() -> None:
 def die_with_granian() -> None:
     """In a granian worker: end with granian's main process, even when that one is killed outright."""
     main_pid = os.environ.get(MAIN_ENV, "")
-    if main_pid.isdigit():
+    if main_pid.isascii() and main_pid.isdigit():
         die_with_parent(int(main_pid))
 
 

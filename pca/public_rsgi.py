@@ -59,7 +59,7 @@ class RSGIListener:
 
         async def read_body() -> bytes | None:
             declared = headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+            if declared is not None and announces_too_much(declared):
                 return None
             try:
                 async with asyncio.timeout(self.body_timeout):
@@ -95,9 +95,18 @@ async def _read_chunked(protocol: HTTPProtocol) -> bytes | None:
     return b"".join(chunks)
 
 
+def announces_too_much(declared: str) -> bool:
+    """Whether a Content-Length announces a body over the limit. ASCII digits only: ``str.isdigit``
+    accepts '²' and other Unicode digits, which ``int`` refuses (a 500 instead of an answer); anything
+    else is no announcement, and the body read decides."""
+    if not (declared.isascii() and declared.isdigit()):
+        return False
+    return len(declared.lstrip("0")) > len(str(MAX_REQUEST_BYTES)) or int(declared) > MAX_REQUEST_BYTES
+
+
 def _address(value: str) -> tuple[str, int] | None:
     host, _, port = value.rpartition(":")
-    return (host.strip("[]"), int(port)) if port.isdigit() else None
+    return (host.strip("[]"), int(port)) if port.isascii() and port.isdigit() and len(port) <= 5 else None
 
 
 async def serve_asgi(app: ASGIApp, scope: Scope, protocol: HTTPProtocol) -> None:

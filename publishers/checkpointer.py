@@ -3,13 +3,16 @@
 Every ``every_events`` events, or every ``interval_seconds`` when the log has moved at all,
 the publisher checks the chain from its last checkpoint to the head (the whole chain for the
 first one), signs a checkpoint of the head and writes ``checkpoints/<seq>.json`` (never
-overwritten) and ``checkpoints/latest.json``. A log that no longer holds the last
-checkpoint (rewound, rewritten) is never checkpointed again: the publisher logs an error,
-counts it in ``audit_checkpoint_failures_total`` and reports it in ``/healthz``.
+overwritten) and ``checkpoints/latest.json``. The publisher's check of the store
+(``Publisher.republish_missing``) writes the last one back when ``latest.json`` is gone (an
+emptied bucket). A log that no longer holds the last checkpoint (rewound, rewritten) is never
+checkpointed again: the publisher logs an error, counts it in
+``audit_checkpoint_failures_total`` and reports it in ``/healthz``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from collections.abc import Callable
@@ -24,9 +27,8 @@ from revocation.checkpoints import (
     CheckpointError,
     check_log_against,
     ensure_signer,
-    open_signer,
     read_checkpoint,
-    sign_checkpoint,
+    sign_with,
 )
 from revocation.clock import Clock, iso
 from revocation.errors import IntegrityError
@@ -69,6 +71,8 @@ class Checkpointer:
         self._interval = datetime.timedelta(seconds=interval_seconds)
         self._guard = guard
         self._last: Checkpoint | None = None
+        self._document: bytes | None = None  # the signed document of _last, as written or read
+        self._writing = asyncio.Lock()  # a restore never puts an older checkpoint over a new one
         self.last_error = ""
         self._written = Counter("audit_checkpoints_total", "Audit checkpoints signed and written", registry=registry)
         self._failures = Counter(
@@ -83,7 +87,7 @@ class Checkpointer:
             stored = await self._store.get(LATEST_KEY)
             if stored is not None:
                 try:
-                    self._last = read_checkpoint(stored.data)
+                    self._last, self._document = read_checkpoint(stored.data), stored.data
                 except CheckpointError as exc:
                     log.warning("ignoring the unreadable %s: %s", LATEST_KEY, exc)
         return self._last
@@ -113,11 +117,30 @@ class Checkpointer:
         signer = await ensure_signer(
             self._log, self._issuers, self._key_dir, self._key_algorithm, now, "system:checkpoints", "checkpoint"
         )
-        key, cert = open_signer(signer)
-        try:
-            doc = sign_checkpoint(checkpoint, key, cert)
-        finally:
-            key.close()
+        # Off the event loop: opening a KMS or PKCS#11 key and signing with it are round trips.
+        doc = await asyncio.to_thread(sign_with, signer, checkpoint)
+        async with self._writing:
+            await self._write(seq, doc)
+            self._last, self._document, self.last_error = checkpoint, doc, ""
+        self._written.inc()
+        self._seq.set(seq)
+        log.info("audit checkpoint of seq %d (%s) at %s", seq, hash_[:16], iso(now))
+        return checkpoint
+
+    async def restore_missing(self) -> bool:
+        """Write the last checkpoint back when ``checkpoints/latest.json`` is gone from the store (an emptied
+        bucket, a wiped directory), with its numbered copy: the next checkpoint waits for the log to move.
+        Returns whether it did. Before this process wrote or read one there is nothing to put back; its
+        first ``tick`` then checkpoints the head at once."""
+        async with self._writing:
+            if self._last is None or self._document is None or await self._store.head(LATEST_KEY) is not None:
+                return False
+            log.error("%s is missing from the store: writing the last audit checkpoint (seq %d) back", LATEST_KEY,
+                      self._last.seq)  # fmt: skip
+            await self._write(self._last.seq, self._document)
+            return True
+
+    async def _write(self, seq: int, doc: bytes) -> None:
         if self._guard is not None:
             self._guard()  # only the lease holder writes
         try:
@@ -125,11 +148,6 @@ class Checkpointer:
         except PreconditionFailed:
             pass  # a previous holder checkpointed this seq: latest.json still moves on
         await self._store.put(LATEST_KEY, doc, content_type=JSON_TYPE, cache_control="public, max-age=60")
-        self._last, self.last_error = checkpoint, ""
-        self._written.inc()
-        self._seq.set(seq)
-        log.info("audit checkpoint of seq %d (%s) at %s", seq, hash_[:16], iso(now))
-        return checkpoint
 
     async def _verified_head(self, last: Checkpoint | None) -> tuple[int, str]:
         """(seq, hash) of the head, after checking the chain from ``last`` (or from seq 1) up to it."""

@@ -26,7 +26,8 @@ would leave a revoked certificate accepted there for hours.
 Every ``check_seconds`` (5 minutes) it also checks that the current full and delta CRL
 of every shard it publishes is still in the store, and republishes those that are
 missing (an emptied bucket, a wiped directory): the root's CRL, renewed only every
-``interval_seconds``, would otherwise stay missing for hours. A missing CRL is
+``interval_seconds``, would otherwise stay missing for hours. The audit checkpoint written
+beside the CRLs is put back by the same check (``restore_also``). A missing CRL is
 reported in ``last_error`` (``/healthz``) until it is published again.
 
 The shards published are the configured ones plus every shard that still holds
@@ -104,12 +105,15 @@ class Publisher:
         guard: Callable[[], None] | None = None,
         on_published: Callable[[list[Published]], Awaitable[None]] | None = None,
         offload: Offload | None = None,
+        restore_also: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         """``storer`` checks and writes each CRL, and says the layout, whether deltas are on and how
         long expired revocations stay listed. ``guard`` is called before every store and raises if
         this publisher may no longer publish (it lost its lease); ``on_published`` hears of every
-        CRL ``run`` published. Without deltas, full CRLs always follow revocations (nothing else would
-        carry them before the next cycle), so ``full_after_revocation`` is then ignored."""
+        CRL ``run`` published; ``restore_also`` is called with every check of the store, to put back
+        what else is published beside the CRLs (the audit checkpoint, ``Checkpointer.restore_missing``).
+        Without deltas, full CRLs always follow revocations (nothing else would carry them before the
+        next cycle), so ``full_after_revocation`` is then ignored."""
         if validity_seconds <= 0 or interval_seconds <= 0 or interval_seconds >= validity_seconds:
             raise ValueError(
                 f"need 0 < interval ({interval_seconds}) < validity ({validity_seconds}) for CRLs to stay valid"
@@ -153,6 +157,7 @@ class Publisher:
         self._full_due: float | None = None  # a changed shard's full CRL waits for its spacing until then
         self._wake = asyncio.Event()
         self._on_published = on_published
+        self._restore_also = restore_also
         self.published_position = 0
         self.last_error: str | None = None
 
@@ -319,6 +324,11 @@ class Publisher:
                 await self._full_and_delta(issuer, shard, done)
                 for key in [k for k in self._errors if k[:2] == (issuer_id, shard)]:
                     self._errors[key] = f"{', '.join(missing)} missing from the store: {self._errors[key]}"
+        if self._restore_also is not None:
+            try:
+                await self._restore_also()
+            except PCAError as exc:
+                log.warning("cannot check or restore the audit checkpoint in the store: %s", exc)
         self._report()
         return done
 

@@ -226,7 +226,7 @@ class Storer:
         if head is None:
             return 0, {}
         value = head.metadata.get(META_NUMBER, "")
-        if value.isdigit():
+        if value.isascii() and value.isdigit():  # not '²': int() refuses the Unicode digits isdigit accepts
             return int(value), head.metadata
         stored = await self.stored(key)
         return stored.number, stored.metadata
@@ -271,7 +271,12 @@ class Storer:
             if base_number is None or other < base_number:
                 raise BaseNotPublished(f"{what}: its base CRL {base_number} is not published (stored: {other})")
             base_position = full_metadata.get(META_POSITION, "")
-            if other == base_number and base_position.isdigit() and int(base_position) != candidate.base_position:
+            if (
+                other == base_number
+                and base_position.isascii()
+                and base_position.isdigit()
+                and int(base_position) != candidate.base_position
+            ):
                 raise BaseNotPublished(
                     f"{what}: its base {base_number} was published at log position {base_position}, "
                     f"not {candidate.base_position}"

@@ -23,6 +23,7 @@ PKCS#11 token or KMS) and recorded in the log (``CheckpointSignerSet``), like OC
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import dataclasses
@@ -45,8 +46,16 @@ from revocation.clock import iso, parse_iso
 from revocation.errors import ConcurrencyError, IntegrityError, PCAError
 from revocation.eventlog import EventLog, NewEvent
 from revocation.events import CheckpointSignerSet
-from revocation.keys import KeyRef, SigningKey, generate_key, open_key, signature_parameters, verify_signature
-from revocation.projection import CertificateLookup
+from revocation.keys import (
+    KeyRef,
+    SigningKey,
+    destroy_key,
+    generate_key,
+    open_key,
+    signature_parameters,
+    verify_signature,
+)
+from revocation.projection import CertificateLookup, IssuerRecord
 
 log_ = logging.getLogger("pca.checkpoints")
 
@@ -219,25 +228,12 @@ async def ensure_signer(
         raise PCAError(
             "no issuing CA whose key pca holds and whose certificate stands: cannot certify an audit checkpoint signer"
         )
-    ca_key = open_key(issuer.key_ref)
-    try:
-        name = f"audit-checkpoint-{now.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
-        signer_key = generate_key(ca_key.ref, name, key_algorithm, key_dir)
-        try:
-            cert = ca.create_checkpoint_signer(issuer.cert, ca_key, signer_key.public_key(), now, SIGNER_VALIDITY_DAYS)
-        finally:
-            signer_key.close()
-    finally:
-        ca_key.close()
-    event = CheckpointSignerSet(
-        issuer_id=issuer.issuer_id,
-        cert_der_hex=cert.public_bytes(serialization.Encoding.DER).hex(),
-        key_ref=signer_key.ref.to_dict(),
-        not_after=cert.not_valid_after_utc,
-    )
+    # Off the event loop: with a KMS or PKCS#11 key, making a key and signing its certificate are round trips.
+    event = await asyncio.to_thread(_new_signer, issuer, issuer.key_ref, key_dir, key_algorithm, now)
     try:
         await log.append([NewEvent(event, len(events), actor, request_id)])
-    except ConcurrencyError:  # another process made one first: use it
+    except ConcurrencyError:  # another process made one first: use it, and the key made here is nobody's
+        await asyncio.to_thread(discard_signer_key, KeyRef.from_dict(event.key_ref))
         latest = await current_signer(log)
         if latest is None:
             raise
@@ -245,7 +241,53 @@ async def ensure_signer(
     return event
 
 
+def _new_signer(
+    issuer: IssuerRecord, ca_key_ref: KeyRef, key_dir: Path, key_algorithm: str, now: datetime.datetime
+) -> CheckpointSignerSet:
+    """A new signer key, made where the CA's key lives, and its certificate from the CA (blocking)."""
+    ca_key = open_key(ca_key_ref)
+    try:
+        name = f"audit-checkpoint-{now.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
+        signer_key = generate_key(ca_key.ref, name, key_algorithm, key_dir)
+        try:
+            cert = ca.create_checkpoint_signer(issuer.cert, ca_key, signer_key.public_key(), now, SIGNER_VALIDITY_DAYS)
+        except BaseException:
+            signer_key.close()
+            discard_signer_key(signer_key.ref)
+            raise
+        signer_key.close()
+    finally:
+        ca_key.close()
+    return CheckpointSignerSet(
+        issuer_id=issuer.issuer_id,
+        cert_der_hex=cert.public_bytes(serialization.Encoding.DER).hex(),
+        key_ref=signer_key.ref.to_dict(),
+        not_after=cert.not_valid_after_utc,
+    )
+
+
+def discard_signer_key(ref: KeyRef) -> None:
+    """Destroy a signer key that no CheckpointSignerSet names (another process recorded its signer first),
+    logging it; a failure is logged too: the key is left behind, named, for an operator to remove."""
+    try:
+        destroy_key(ref)
+    except PCAError as exc:
+        log_.error("audit checkpoint signer key %s, made for a signer that was not recorded, is left: %s", ref, exc)
+        return
+    log_.warning("audit checkpoint signer key %s destroyed: another process recorded a signer first", ref)
+
+
 def open_signer(signer: CheckpointSignerSet) -> tuple[SigningKey, x509.Certificate]:
     return open_key(KeyRef.from_dict(signer.key_ref)), x509.load_der_x509_certificate(
         bytes.fromhex(signer.cert_der_hex)
     )
+
+
+def sign_with(signer: CheckpointSignerSet, checkpoint: Checkpoint) -> bytes:
+    """The document of ``checkpoint`` signed by ``signer``: opens its key, signs, closes it (blocking: run it
+    in a thread, a KMS or PKCS#11 key answers over the network)."""
+    key, cert = open_signer(signer)
+    try:
+        return sign_checkpoint(checkpoint, key, cert)
+    finally:
+        key.close()

@@ -37,6 +37,7 @@ def build_publisher(
     guard: Callable[[], None] | None = None,
     on_published: Callable[[list[Published]], Awaitable[None]] | None = None,
     offload: Offload | None = None,
+    restore_also: Callable[[], Awaitable[object]] | None = None,
 ) -> Publisher:
     cfg = rt.config.crl
     storer = Storer(
@@ -59,6 +60,7 @@ def build_publisher(
         guard=guard,
         on_published=on_published,
         offload=offload,
+        restore_also=restore_also,
     )
 
 
@@ -90,9 +92,6 @@ async def start_publisher(rt: Runtime) -> None:
     # process serves (pca.roles.crl_worker).
     worker = CRLWorker(rt.config)
     rt.closers.append(worker.close)
-    publisher = build_publisher(rt, store, guard=lease.check, on_published=record, offload=worker)
-    wake = asyncio.Event()
-    rt.on_log_change(wake.set)
     checkpointer = Checkpointer(
         rt.log,
         rt.view,
@@ -105,6 +104,12 @@ async def start_publisher(rt: Runtime) -> None:
         interval_seconds=rt.config.audit.checkpoint_interval_seconds,
         guard=lease.check,
     )
+
+    publisher = build_publisher(
+        rt, store, guard=lease.check, on_published=record, offload=worker, restore_also=checkpointer.restore_missing
+    )
+    wake = asyncio.Event()
+    rt.on_log_change(wake.set)
 
     async def checkpoints() -> None:
         """Signed checkpoints of the log's head beside the CRLs (publishers.checkpointer)."""

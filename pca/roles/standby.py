@@ -23,7 +23,7 @@ def describe_holder(holder: str) -> str:
     if parsed is not None:
         return f"pid {parsed.pid} on host {parsed.host}"
     host, _, pid = holder.rpartition(":")
-    return f"pid {pid} on host {host}" if host and pid.isdigit() else holder
+    return f"pid {pid} on host {host}" if host and pid.isascii() and pid.isdigit() else holder
 
 
 async def report_standby(rt: Runtime, keeper: LeaseKeeper, what: str) -> None:

@@ -94,7 +94,7 @@ class Fetcher:
             if resp.status_code != 200:
                 raise Refused("http-status", f"HTTP {resp.status_code} {resp.reason_phrase}".strip())
             length = resp.headers.get("content-length", "")
-            if length.isdigit() and int(length) > self._max_bytes:
+            if length.isascii() and length.isdigit() and int(length) > self._max_bytes:
                 raise Refused("too-large", f"Content-Length {length} exceeds the limit of {self._max_bytes} bytes")
             body = bytearray()
             async for chunk in resp.aiter_bytes():

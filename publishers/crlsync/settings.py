@@ -191,7 +191,7 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not sep:
         host, port = "127.0.0.1", value
     host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 < int(port) < 65536:
         raise UsageError(f"--metrics-listen {value!r} is not HOST:PORT")
     return host, int(port)
 

@@ -83,7 +83,7 @@ def parse_holder(holder: str) -> Holder | None:
     name, at, machine = holder.rpartition("@")
     host, _, rest = name.partition(":")
     pid, colon, start = rest.partition(":")
-    if not (at and colon and machine and host and pid.isdigit() and start.isdigit()):
+    if not (at and colon and machine and host and pid.isascii() and pid.isdigit() and start.isdigit()):
         return None
     return Holder(host, int(pid), start, machine)
 

@@ -1,4 +1,5 @@
-"""CRLs that disappear from the store (an emptied bucket) are noticed, reported and republished.
+"""CRLs that disappear from the store (an emptied bucket) are noticed, reported and republished, and
+the audit checkpoint published beside them is written back.
 
 S3 is a real S3-speaking server (moto in server mode); the bucket is emptied with the S3 API.
 """
@@ -6,7 +7,9 @@ S3 is a real S3-speaking server (moto in server mode); the bucket is emptied wit
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import aioboto3
@@ -16,7 +19,8 @@ from cryptography import x509
 from prometheus_client import CollectorRegistry
 
 from pca.runtime import Runtime
-from publishers.objectstore import ObjectHead, StoredObject
+from publishers.checkpointer import LATEST_KEY, Checkpointer, numbered_key
+from publishers.objectstore import DirectoryStore, ObjectHead, StoredObject
 from publishers.publisher import Publisher
 from publishers.s3store import S3Store
 from publishers.storer import CRL_TYPE, Storer
@@ -50,7 +54,7 @@ class WritesFailing:
 CHECK = 60.0  # seconds between the publisher's checks of the store, below every other interval here
 
 
-def publisher_for(rt: Runtime, store: Any, *, deltas: bool) -> Publisher:
+def publisher_for(rt: Runtime, store: Any, *, deltas: bool, restore_also: Any = None) -> Publisher:
     layout = dataclasses.replace(rt.config.crl_layout, deltas=deltas)
     return Publisher(
         rt.view,
@@ -62,6 +66,7 @@ def publisher_for(rt: Runtime, store: Any, *, deltas: bool) -> Publisher:
         after_revocation_seconds=2.0,
         delta_interval_seconds=900 if deltas else 0,
         check_seconds=CHECK,
+        restore_also=restore_also,
     )
 
 
@@ -134,3 +139,53 @@ async def test_while_every_crl_is_in_place_the_check_publishes_nothing(
         assert publisher.last_error is None
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("where", ["directory", "s3"])
+async def test_after_the_store_is_emptied_the_last_audit_checkpoint_is_written_back_without_waiting_for_the_log(
+    rt: Runtime, fake_clock: FakeClock, tmp_path: Path, request: pytest.FixtureRequest, where: str
+) -> None:
+    store: Any
+    if where == "s3":
+        server: S3Server = request.getfixturevalue("s3_server")
+        bucket = server.new_bucket()
+        store = s3_store(server, bucket)
+
+        async def read(key: str) -> bytes | None:
+            response = await fetch(server, bucket, key)
+            return response.content if response.status_code == 200 else None
+
+        async def empty() -> None:
+            await empty_bucket(server, bucket)
+    else:
+        store = DirectoryStore(tmp_path / "crl")
+
+        async def read(key: str) -> bytes | None:
+            path = tmp_path / "crl" / key
+            return path.read_bytes() if path.is_file() else None
+
+        async def empty() -> None:
+            shutil.rmtree(tmp_path / "crl")
+
+    checkpointer = Checkpointer(rt.log, rt.view, store, rt.clock, CollectorRegistry(),
+                                key_dir=rt.config.data_dir / "keys", key_algorithm=rt.config.key_algorithm,
+                                every_events=1000, interval_seconds=3600)  # fmt: skip
+    try:
+        publisher = publisher_for(rt, store, deltas=False, restore_also=checkpointer.restore_missing)
+        await publisher.tick()
+        checkpoint = await checkpointer.tick()
+        assert checkpoint is not None
+        written = await read(LATEST_KEY)
+        assert written is not None and await read(numbered_key(checkpoint.seq)) == written
+
+        await empty()
+        fake_clock.advance(CHECK)
+        assert await checkpointer.tick() is None  # the log has not moved: no new checkpoint is due
+        await publisher.tick()
+        # Auditors fetching latest.json find the last checkpoint again, and the CRLs are back beside it.
+        assert await read(LATEST_KEY) == written
+        assert await read(numbered_key(checkpoint.seq)) == written
+        assert await read(crl_layout.full_key(ISSUING)) is not None and publisher.last_error is None
+    finally:
+        if where == "s3":
+            await store.close()

@@ -35,6 +35,7 @@ from revocation.keys import KeyRef, generate_key
 from tests.support.ca import ACTOR, issue, now_utc
 from tests.support.postgres import create_database, drop_database
 from tests.support.processes import init_ca
+from tests.support.signing_backends import checkpoint_signer_race
 from tests.support.storage import Raw, pg_raw, sqlite_raw
 
 
@@ -385,3 +386,14 @@ async def test_a_certificate_planted_in_the_projection_is_named_by_audit_verify(
     err = await audit_fails(ca_db, capsys)
     planted = "certificate issuing-ca/abcdef0123: in the projection (revoked (keyCompromise))"
     assert f"{planted}, never issued in the log" in err
+
+
+async def test_the_key_of_a_signer_that_lost_the_race_to_another_process_is_destroyed(
+    ca_db: CA, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two publishers renew the signer at once: the second to record its signer uses the first's, and the
+    key it made for its own (named by no event) is removed, as a lost OCSP signer rotation's is (the
+    PKCS#11 and KMS cases are in tests/revocation/keys)."""
+    won, lost = await checkpoint_signer_race(ca_db.rt)
+    assert [Path(won.path).is_file(), Path(lost.path).exists()] == [True, False]  # noqa: ASYNC240
+    assert f"audit checkpoint signer key file:{lost.path} destroyed" in caplog.text

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import os
 import shutil
 import subprocess
@@ -31,6 +32,7 @@ from publishers.objectstore import DirectoryStore
 from responders.presigner import PreSigner, signing_pool
 from responders.store.sqlite import SQLiteResponseStore
 from revocation.authority import Actor, IssueRequest
+from revocation.checkpoints import SIGNER_RENEW_BEFORE, SIGNER_STREAM, ensure_signer
 from revocation.clock import SystemClock
 from revocation.eventlog import NewEvent, RecordedEvent
 from revocation.events import ResponderCertRotated
@@ -217,3 +219,30 @@ async def rotation_race(rt: Runtime) -> tuple[KeyRef, KeyRef]:
     issuing = {i.issuer_id: i for i in await rt.view.issuers()}[ISSUING]
     assert issuing.signer_key_ref is not None and issuing.signer_key_ref != racing.lost
     return issuing.signer_key_ref, racing.lost
+
+
+async def checkpoint_signer_race(rt: Runtime) -> tuple[KeyRef, KeyRef]:
+    """Two publishers renew the audit checkpoint signer at once and the second to append loses: returns
+    (the winner's signer key, the key the loser had made for its signer), after checking that the loser
+    took the winner's signer."""
+    [first] = await rt.log.read_stream(SIGNER_STREAM)
+    renew_at = datetime.datetime.fromisoformat(first.payload["not_after"]) - SIGNER_RENEW_BEFORE
+    key_dir, algorithm, real, lost = rt.config.data_dir / "keys", rt.config.key_algorithm, rt.log, []
+
+    class Racing:
+        """The log, with the other publisher's signer recorded just before this one's append."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        async def append(self, events: Sequence[NewEvent]) -> list[RecordedEvent]:
+            if not lost:
+                lost.append(KeyRef.from_dict(events[0].event.key_ref))  # type: ignore[attr-defined]
+                await ensure_signer(real, rt.view, key_dir, algorithm, renew_at, "other", "won")
+            return await real.append(events)
+
+    kept = await ensure_signer(Racing(), rt.view, key_dir, algorithm, renew_at, "tester", "lost")  # type: ignore[arg-type]
+    signers = await real.read_stream(SIGNER_STREAM)
+    assert [e.request_id for e in signers] == [first.request_id, "won"], "the loser records no signer"
+    assert kept.key_ref == signers[-1].payload["key_ref"] != lost[0].to_dict()
+    return KeyRef.from_dict(kept.key_ref), lost[0]

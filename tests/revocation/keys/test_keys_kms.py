@@ -23,14 +23,17 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from prometheus_client import CollectorRegistry
 
 from pca.config import Config, load_config
 from pca.runtime import open_runtime
 from pca.serve import build_authority
+from publishers.checkpointer import LATEST_KEY, Checkpointer
 from publishers.crl_der import CRLEntry, build_crl, verify_crl
 from publishers.objectstore import DirectoryStore
 from revocation import ca
 from revocation.authority import Actor, IssueRequest
+from revocation.checkpoints import SIGNER_RENEW_BEFORE, current_signer, ensure_signer
 from revocation.clock import SystemClock
 from revocation.errors import KeyBackendError
 from revocation.keys import KeyRef, check_key_for_certificate, open_key, verify_signature
@@ -40,7 +43,7 @@ from tests.support.environ import environ
 from tests.support.moto import moto_server
 from tests.support.ports import free_port
 from tests.support.processes import init_ca
-from tests.support.signing_backends import exercise, have_openssl, rotation_race
+from tests.support.signing_backends import checkpoint_signer_race, exercise, have_openssl, rotation_race
 
 REGION = "us-east-1"
 ACTOR = Actor("test", "kms")
@@ -164,6 +167,22 @@ async def test_the_kms_key_of_a_lost_rotation_is_scheduled_for_deletion(
     assert f"OCSP signer key kms:{REGION}:{lost.key_id}" in caplog.text and "destroyed" in caplog.text
 
 
+async def test_the_kms_key_of_a_checkpoint_signer_that_lost_its_race_is_scheduled_for_deletion(
+    kms_endpoint: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = await init_kms_ca(tmp_path / "ca", kms_endpoint)
+    rt = open_runtime(cfg, SystemClock())
+    try:
+        won, lost = await checkpoint_signer_race(rt)
+    finally:
+        rt.close()
+    async with kms_client(kms_endpoint) as kms:
+        kept = (await kms.describe_key(KeyId=won.key_id))["KeyMetadata"]
+        dropped = (await kms.describe_key(KeyId=lost.key_id))["KeyMetadata"]
+    assert [kept["KeyState"], dropped["KeyState"]] == ["Enabled", "PendingDeletion"]
+    assert f"audit checkpoint signer key kms:{REGION}:{lost.key_id}" in caplog.text and "destroyed" in caplog.text
+
+
 # --- a slow KMS and the event loop ----------------------------------------------------------------------
 
 
@@ -259,6 +278,39 @@ async def test_a_slow_kms_signature_does_not_stall_the_event_loop_of_the_api_and
     assert proxy.signs - signs >= 4 and elapsed >= 4 * delay
     # ...and meanwhile the loop kept serving its other coroutines (requests, responders, the publisher): a
     # signature made on the loop would stall it for a whole round trip; a loaded machine loses it less.
+    assert lag.worst < delay, f"the event loop stalled for {lag.worst:.2f} s"
+
+
+async def test_a_slow_kms_signature_does_not_stall_the_event_loop_of_the_audit_checkpoints(
+    kms_endpoint: str, tmp_path: Path
+) -> None:
+    """The publisher's checkpoint tick signs with the checkpoint signer's key, and a renewal of that signer
+    has the CA's key certify a new one: with KMS keys both are round trips, made off the loop."""
+    delay = 2.0
+    proxy = SlowSigning(int(kms_endpoint.rsplit(":", 1)[1]))
+    try:
+        cfg = await init_kms_ca(tmp_path / "ca", f"http://127.0.0.1:{proxy.port}")
+        rt = open_runtime(cfg, SystemClock())
+        try:
+            await build_authority(rt).issue(IssueRequest(subject="CN=logged", dns=["logged.test"]), ACTOR)
+            keys = cfg.data_dir / "keys"
+            checkpointer = Checkpointer(rt.log, rt.view, DirectoryStore(cfg.crl_dir), rt.clock, CollectorRegistry(),
+                                        key_dir=keys, key_algorithm=cfg.key_algorithm, every_events=1,
+                                        interval_seconds=300)  # fmt: skip
+            first = await current_signer(rt.log)
+            assert first is not None
+            renew_at = first.not_after - SIGNER_RENEW_BEFORE + datetime.timedelta(seconds=1)
+            proxy.delay, signs, lag = delay, proxy.signs, LoopLag()
+            async with lag.measuring():
+                checkpoint = await checkpointer.tick()
+                renewed = await ensure_signer(rt.log, rt.view, keys, cfg.key_algorithm, renew_at, "test", "renew")
+        finally:
+            rt.close()
+    finally:
+        proxy.close()
+    assert checkpoint is not None and (cfg.crl_dir / LATEST_KEY).is_file()
+    assert renewed.key_ref != first.key_ref and renewed.key_ref["backend"] == "kms"
+    assert proxy.signs - signs >= 2  # the checkpoint, the new signer's certificate: 2 s each
     assert lag.worst < delay, f"the event loop stalled for {lag.worst:.2f} s"
 
 

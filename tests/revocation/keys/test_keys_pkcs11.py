@@ -28,6 +28,7 @@ from tests.support.environ import environ
 from tests.support.processes import init_ca
 from tests.support.signing_backends import (
     ask_responder,
+    checkpoint_signer_race,
     clean_env,
     exercise,
     files_containing,
@@ -286,6 +287,23 @@ async def test_the_token_key_of_a_lost_rotation_is_destroyed(
         with pytest.raises(KeyBackendError, match="no private key"):
             await asyncio.to_thread(open_key, lost)
     assert "destroyed: another process rotated the signer first" in caplog.text
+
+
+async def test_the_token_key_of_a_checkpoint_signer_that_lost_its_race_is_destroyed(
+    softhsm: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = await init_pkcs11_ca(tmp_path / "ca", softhsm)
+    with environ(**{"SOFTHSM2_CONF": str(softhsm / "softhsm2.conf"), PIN_ENV: PIN}):
+        rt = open_runtime(cfg, SystemClock())
+        try:
+            won, lost = await checkpoint_signer_race(rt)
+        finally:
+            rt.close()
+        assert lost.backend == "pkcs11" and lost.token_label == TOKEN
+        await asyncio.to_thread(lambda: open_key(won).close())
+        with pytest.raises(KeyBackendError, match="no private key"):
+            await asyncio.to_thread(open_key, lost)
+    assert "destroyed: another process recorded a signer first" in caplog.text
 
 
 # python-pkcs11 ends the operation that failed on the dead session in a __del__, which raises
