@@ -1,7 +1,9 @@
 """The load-test harness works: every scenario runs at smoke sizes and prints a figure.
 
-Runs ``python -m loadtests.run_all --smoke`` (about 55 s on 2 cores). Needs the Debian
-packages ``wrk`` and ``nginx`` (and ``openssl`` and PostgreSQL, which the other tests need too).
+Runs ``python -m loadtests.run_all --smoke`` once (about two minutes on 2 cores), and the tests of
+single scenarios read that run. Needs the Debian packages ``wrk`` and ``nginx`` (and ``openssl`` and
+PostgreSQL, which the other tests need too); without them, the scenarios that need neither run on
+their own.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ SCENARIOS = (
 class SmokeRun(NamedTuple):
     stdout: str
     report: str  # the benchmarks.md it wrote
+    out_dir: Path  # where it wrote it, with benchmarks.json and the scale plots
+    docs_changed: list[str]  # committed reports and plots in docs/ that the run changed (it must not)
 
     def result(self, name: str) -> str:
         """The figure scenario ``name`` printed (its ``RESULT name: ...`` line, after the colon)."""
@@ -49,18 +53,41 @@ class SmokeRun(NamedTuple):
         return line.group(1)
 
 
+def _run_smoke(out_dir: Path, *only: str) -> SmokeRun:
+    """``python -m loadtests.run_all --smoke`` (``--only`` the scenarios named, if any) into ``out_dir``;
+    it must succeed."""
+    cmd = [sys.executable, "-m", "loadtests.run_all", "--smoke"]
+    cmd += ["--only", *only] if only else []
+    cmd += ["--out-dir", str(out_dir)]
+    before = _committed_docs()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-6000:]}"
+    after = _committed_docs()
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    return SmokeRun(proc.stdout, (out_dir / "benchmarks.md").read_text(), out_dir, changed)
+
+
+def _committed_docs() -> dict[str, bytes]:
+    docs = ROOT / "docs"
+    files = [*docs.glob("benchmarks*.md"), *docs.glob("benchmarks*.json"), *docs.glob("*.png")]
+    return {p.name: p.read_bytes() for p in files}
+
+
+@pytest.fixture(scope="module")
+def every_scenario(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun | None:
+    """One smoke run of every scenario, shared by this module's tests; None without wrk or nginx."""
+    if shutil.which("wrk") is None or shutil.which("nginx") is None:
+        return None
+    return _run_smoke(tmp_path_factory.mktemp("smoke"))
+
+
 @pytest.fixture
-def smoke_run(tmp_path: Path) -> Callable[..., SmokeRun]:
-    """Runs ``python -m loadtests.run_all --smoke`` (``--only`` the scenarios named, if any) into ``tmp_path``
-    and checks that it succeeded."""
+def smoke_run(every_scenario: SmokeRun | None, tmp_path: Path) -> Callable[..., SmokeRun]:
+    """The shared run of every scenario, or, on a machine without wrk and nginx, a run of just the scenarios
+    named (those that need neither)."""
 
     def run(*only: str) -> SmokeRun:
-        cmd = [sys.executable, "-m", "loadtests.run_all", "--smoke"]
-        cmd += ["--only", *only] if only else []
-        cmd += ["--out-dir", str(tmp_path)]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-6000:]}"
-        return SmokeRun(proc.stdout, (tmp_path / "benchmarks.md").read_text())
+        return every_scenario if every_scenario is not None else _run_smoke(tmp_path, *only)
 
     return run
 
@@ -73,8 +100,6 @@ def needs(*tools: str) -> None:
 
 def test_every_scenario_runs_at_smoke_sizes(smoke_run: Callable[..., SmokeRun]) -> None:
     needs("wrk", "nginx")
-    docs = ROOT / "docs" / "benchmarks.md"
-    before = docs.read_bytes() if docs.exists() else None
     run = smoke_run()
     for name in SCENARIOS:
         figure = run.result(name)
@@ -84,8 +109,8 @@ def test_every_scenario_runs_at_smoke_sizes(smoke_run: Callable[..., SmokeRun]) 
     for heading in (*headings, "## Propagation in the scaled shape", *imports, "## OCSP responder fuzzing"):
         assert heading in run.report
     assert "## Cost as the work grows" in run.report
-    # A smoke run never touches the committed report.
-    assert (docs.read_bytes() if docs.exists() else None) == before
+    # A smoke run never touches the committed report, its JSON or its plots.
+    assert run.docs_changed == []
 
 
 def test_the_import_scenarios_run_at_smoke_sizes(smoke_run: Callable[..., SmokeRun]) -> None:
@@ -119,19 +144,17 @@ def test_the_crash_scenario_runs_at_smoke_sizes(smoke_run: Callable[..., SmokeRu
     assert "## Crash consistency: kill -9 during a revocation burst (issue 13)" in run.report
 
 
-def test_the_scale_scenario_runs_at_smoke_sizes(smoke_run: Callable[..., SmokeRun], tmp_path: Path) -> None:
+def test_the_scale_scenario_runs_at_smoke_sizes(smoke_run: Callable[..., SmokeRun]) -> None:
     """Two tiny sets, built, pre-signed, published and served: a table and a log-log PNG per measure, in the
     smoke run's directory; docs/ keeps its plots."""
     needs("wrk")
     plots = ("ocsp", "presign", "crl", "startup")
-    committed = {p: (ROOT / "docs" / f"benchmarks-scale-{p}.png") for p in plots}
-    before = {p: path.read_bytes() if path.exists() else None for p, path in committed.items()}
     run = smoke_run("scale")
     sizes = run.result("scale").split("; ")
     assert [s.split(":")[0] for s in sizes] == ["300", "1,000"], sizes
     for text in sizes:
         assert re.fullmatch(r"[\d,]+: pre-sign [\d.]+ s, publish [\d.]+ s, start-up [\d.]+ s, [\d,]+ req/s", text)
-    result = json.loads((tmp_path / "benchmarks.json").read_text())["results"]["scale"]
+    result = json.loads((run.out_dir / "benchmarks.json").read_text())["results"]["scale"]
     for row in result["results"]:
         # every certificate pre-signed and served, the revoked ones listed in the CRL, right answers
         assert row["serve"]["cached_responses"] >= row["certificates"]
@@ -140,5 +163,5 @@ def test_the_scale_scenario_runs_at_smoke_sizes(smoke_run: Callable[..., SmokeRu
     assert "## Cost as the work grows" in run.report and "### What dominates at the top end" in run.report
     for p in plots:
         assert f"(benchmarks-scale-{p}.png)" in run.report
-        assert (tmp_path / f"benchmarks-scale-{p}.png").read_bytes().startswith(b"\x89PNG")
-        assert (committed[p].read_bytes() if committed[p].exists() else None) == before[p]
+        assert (run.out_dir / f"benchmarks-scale-{p}.png").read_bytes().startswith(b"\x89PNG")
+    assert run.docs_changed == []
