@@ -19,6 +19,7 @@ from pca.admin_tls_config import AdminTLSConfig, default_admin_url, parse_admin_
 from pca.config_keys import Schema, TracedTable, trace_schema, unknown_keys
 from pca.listener_limits import LimitsConfig, parse_limits
 from revocation.crl_layout import MAX_SHARDS, CRLLayout
+from revocation.digits import port_number
 from revocation.errors import ConfigError
 
 
@@ -163,9 +164,10 @@ def _database_url(section: dict[str, Any], env: Mapping[str, str]) -> str:
 
 def parse_listen(value: str, what: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 < int(port) < 65536:
+    number = port_number(port)
+    if not sep or not host or number is None:
         raise ConfigError(f"{what} {value!r} must be HOST:PORT with a port from 1 to 65535")
-    return host.strip("[]"), int(port)
+    return host.strip("[]"), number
 
 
 def listen_from_url(url: str) -> tuple[str, int]:

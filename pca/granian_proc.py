@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from revocation.digits import ascii_digits
 from revocation.lifetime import die_with_parent
 
 log = logging.getLogger("pca.serve")
@@ -42,7 +43,7 @@ def become_subreaper() -> None:
 def die_with_granian() -> None:
     """In a granian worker: end with granian's main process, even when that one is killed outright."""
     main_pid = os.environ.get(MAIN_ENV, "")
-    if main_pid.isascii() and main_pid.isdigit():
+    if ascii_digits(main_pid):
         die_with_parent(int(main_pid))
 
 
@@ -59,7 +60,7 @@ def _granian_children(parent: int) -> list[int]:
     """Processes whose parent is ``parent`` and whose command line runs granian (from /proc)."""
     found = []
     for entry in _PROC.iterdir():
-        if not entry.name.isdigit():
+        if not ascii_digits(entry.name):
             continue
         try:
             stat = (entry / "stat").read_text()

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message
 from pca.granian_proc import die_with_granian
 from pca.public_app import Started, config_path, start_public
 from responders.app import MAX_REQUEST_BYTES, OCSPApp
+from revocation.digits import ascii_digits, port_number
 
 log = logging.getLogger("pca.public")
 
@@ -99,14 +100,15 @@ def announces_too_much(declared: str) -> bool:
     """Whether a Content-Length announces a body over the limit. ASCII digits only: ``str.isdigit``
     accepts '²' and other Unicode digits, which ``int`` refuses (a 500 instead of an answer); anything
     else is no announcement, and the body read decides."""
-    if not (declared.isascii() and declared.isdigit()):
+    if not ascii_digits(declared):
         return False
     return len(declared.lstrip("0")) > len(str(MAX_REQUEST_BYTES)) or int(declared) > MAX_REQUEST_BYTES
 
 
 def _address(value: str) -> tuple[str, int] | None:
     host, _, port = value.rpartition(":")
-    return (host.strip("[]"), int(port)) if port.isascii() and port.isdigit() and len(port) <= 5 else None
+    number = port_number(port)
+    return None if number is None else (host.strip("[]"), number)
 
 
 async def serve_asgi(app: ASGIApp, scope: Scope, protocol: HTTPProtocol) -> None:

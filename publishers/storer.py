@@ -47,6 +47,7 @@ from revocation import crl_layout
 from revocation.chain import Drop
 from revocation.clock import to_epoch
 from revocation.crl_layout import CRLLayout
+from revocation.digits import ascii_digits
 from revocation.errors import IntegrityError, PCAError
 from revocation.events import REASONS
 from revocation.projection import CRLRecord, CRLSource, IssuerRecord
@@ -226,7 +227,7 @@ class Storer:
         if head is None:
             return 0, {}
         value = head.metadata.get(META_NUMBER, "")
-        if value.isascii() and value.isdigit():  # not '²': int() refuses the Unicode digits isdigit accepts
+        if ascii_digits(value):
             return int(value), head.metadata
         stored = await self.stored(key)
         return stored.number, stored.metadata
@@ -271,12 +272,7 @@ class Storer:
             if base_number is None or other < base_number:
                 raise BaseNotPublished(f"{what}: its base CRL {base_number} is not published (stored: {other})")
             base_position = full_metadata.get(META_POSITION, "")
-            if (
-                other == base_number
-                and base_position.isascii()
-                and base_position.isdigit()
-                and int(base_position) != candidate.base_position
-            ):
+            if other == base_number and ascii_digits(base_position) and int(base_position) != candidate.base_position:
                 raise BaseNotPublished(
                     f"{what}: its base {base_number} was published at log position {base_position}, "
                     f"not {candidate.base_position}"

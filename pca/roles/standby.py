@@ -13,6 +13,7 @@ import logging
 from pca.runtime import Runtime
 from revocation.coordination.holders import parse_holder
 from revocation.coordination.leases import LeaseKeeper
+from revocation.digits import ascii_digits
 
 log = logging.getLogger("pca.lease")
 
@@ -23,7 +24,7 @@ def describe_holder(holder: str) -> str:
     if parsed is not None:
         return f"pid {parsed.pid} on host {parsed.host}"
     host, _, pid = holder.rpartition(":")
-    return f"pid {pid} on host {host}" if host and pid.isascii() and pid.isdigit() else holder
+    return f"pid {pid} on host {host}" if host and ascii_digits(pid) else holder
 
 
 async def report_standby(rt: Runtime, keeper: LeaseKeeper, what: str) -> None:

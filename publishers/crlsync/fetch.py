@@ -18,6 +18,7 @@ import httpx
 
 from publishers.crlsync.verify import Refused
 from revocation import __version__
+from revocation.digits import ascii_digits
 
 ACCEPT = "application/pkix-crl, application/x-pkcs7-crl;q=0.9, */*;q=0.1"
 MAX_REDIRECTS = 5
@@ -94,7 +95,7 @@ class Fetcher:
             if resp.status_code != 200:
                 raise Refused("http-status", f"HTTP {resp.status_code} {resp.reason_phrase}".strip())
             length = resp.headers.get("content-length", "")
-            if length.isascii() and length.isdigit() and int(length) > self._max_bytes:
+            if ascii_digits(length) and int(length) > self._max_bytes:
                 raise Refused("too-large", f"Content-Length {length} exceeds the limit of {self._max_bytes} bytes")
             body = bytearray()
             async for chunk in resp.aiter_bytes():

@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from revocation.digits import port_number
 from revocation.files import FileWriteError, check_writable
 
 DEFAULT_INTERVAL = 5.0
@@ -191,9 +192,10 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not sep:
         host, port = "127.0.0.1", value
     host = host.strip("[]") or "127.0.0.1"
-    if not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 < int(port) < 65536:
+    number = port_number(port)
+    if number is None:
         raise UsageError(f"--metrics-listen {value!r} is not HOST:PORT")
-    return host, int(port)
+    return host, number
 
 
 def _token(token_file: str | None) -> str:

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from revocation.clock import parse_iso
+from revocation.digits import ascii_digits
 from revocation.errors import ValidationError
 
 MAX_URL_LENGTH = 2048
@@ -151,7 +152,7 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
         return default
     # ASCII digits only (str.isdigit accepts '²' and other Unicode digits, which int() refuses), and
     # no more of them than the bound has (int() refuses over 4,300 digits).
-    if not raw.isascii() or not raw.isdigit() or len(raw) > len(str(high)) or not low <= int(raw) <= high:
+    if not ascii_digits(raw) or len(raw) > len(str(high)) or not low <= int(raw) <= high:
         shown = raw if len(raw) <= 40 else raw[:40] + f"... ({len(raw)} characters)"
         raise ValidationError(f"query parameter {name}={shown!r} must be an integer from {low} to {high}")
     return int(raw)

@@ -24,6 +24,8 @@ import os
 import socket
 from pathlib import Path
 
+from revocation.digits import ascii_digits
+
 _PROC = Path("/proc")
 
 
@@ -83,7 +85,7 @@ def parse_holder(holder: str) -> Holder | None:
     name, at, machine = holder.rpartition("@")
     host, _, rest = name.partition(":")
     pid, colon, start = rest.partition(":")
-    if not (at and colon and machine and host and pid.isascii() and pid.isdigit() and start.isdigit()):
+    if not (at and colon and machine and host and ascii_digits(pid) and ascii_digits(start)):
         return None
     return Holder(host, int(pid), start, machine)
 
