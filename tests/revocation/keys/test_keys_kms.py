@@ -14,7 +14,7 @@ import datetime
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from prometheus_client import CollectorRegistry
 
 from pca.config import Config, load_config
-from pca.runtime import open_runtime
+from pca.runtime import Runtime, open_runtime
 from pca.serve import build_authority
 from publishers.checkpointer import LATEST_KEY, Checkpointer
 from publishers.crl_der import CRLEntry, build_crl, verify_crl
@@ -147,13 +147,22 @@ async def test_an_unreachable_endpoint_fails_init_clearly(tmp_path: Path) -> Non
     assert not (tmp_path / "ca" / "pca.toml").exists()
 
 
-async def test_the_kms_key_of_a_lost_rotation_is_scheduled_for_deletion(
-    kms_endpoint: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("race", "what"),
+    [(rotation_race, "OCSP signer key"), (checkpoint_signer_race, "audit checkpoint signer key")],
+    ids=["ocsp-signer-rotation", "checkpoint-signer"],
+)
+async def test_the_kms_key_that_lost_a_race_is_scheduled_for_deletion(
+    race: Callable[[Runtime], Awaitable[tuple[KeyRef, KeyRef]]],
+    what: str,
+    kms_endpoint: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     cfg = await init_kms_ca(tmp_path / "ca", kms_endpoint)
     rt = open_runtime(cfg, SystemClock())
     try:
-        won, lost = await rotation_race(rt)
+        won, lost = await race(rt)
     finally:
         rt.close()
     async with kms_client(kms_endpoint) as kms:
@@ -164,23 +173,7 @@ async def test_the_kms_key_of_a_lost_rotation_is_scheduled_for_deletion(
     # The shortest waiting period KMS allows: 7 days (a mistaken deletion can still be cancelled).
     waiting = dropped["DeletionDate"] - datetime.datetime.now(datetime.UTC)
     assert datetime.timedelta(days=6) < waiting <= datetime.timedelta(days=7, minutes=1)
-    assert f"OCSP signer key kms:{REGION}:{lost.key_id}" in caplog.text and "destroyed" in caplog.text
-
-
-async def test_the_kms_key_of_a_checkpoint_signer_that_lost_its_race_is_scheduled_for_deletion(
-    kms_endpoint: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    cfg = await init_kms_ca(tmp_path / "ca", kms_endpoint)
-    rt = open_runtime(cfg, SystemClock())
-    try:
-        won, lost = await checkpoint_signer_race(rt)
-    finally:
-        rt.close()
-    async with kms_client(kms_endpoint) as kms:
-        kept = (await kms.describe_key(KeyId=won.key_id))["KeyMetadata"]
-        dropped = (await kms.describe_key(KeyId=lost.key_id))["KeyMetadata"]
-    assert [kept["KeyState"], dropped["KeyState"]] == ["Enabled", "PendingDeletion"]
-    assert f"audit checkpoint signer key kms:{REGION}:{lost.key_id}" in caplog.text and "destroyed" in caplog.text
+    assert f"{what} kms:{REGION}:{lost.key_id}" in caplog.text and "destroyed" in caplog.text
 
 
 # --- a slow KMS and the event loop ----------------------------------------------------------------------

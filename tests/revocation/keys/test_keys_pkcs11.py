@@ -12,18 +12,18 @@ import asyncio
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from pca.config import Config, load_config
-from pca.runtime import open_runtime
+from pca.runtime import Runtime, open_runtime
 from pca.serve import build_authority
 from revocation.authority import Actor, IssueRequest
 from revocation.clock import SystemClock
 from revocation.errors import KeyBackendError
-from revocation.keys import check_key_for_certificate, open_key
+from revocation.keys import KeyRef, check_key_for_certificate, open_key
 from tests.support.environ import environ
 from tests.support.processes import init_ca
 from tests.support.signing_backends import (
@@ -272,38 +272,33 @@ async def test_full_crls_made_in_the_publishers_child_process_sign_with_keys_in_
         worker.close()
 
 
-async def test_the_token_key_of_a_lost_rotation_is_destroyed(
-    softhsm: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    cfg = await init_pkcs11_ca(tmp_path / "ca", softhsm)
-    rt = open_runtime(cfg, SystemClock())
-    try:
-        won, lost = await rotation_race(rt)
-    finally:
-        rt.close()
-    assert lost.backend == "pkcs11" and lost.token_label == TOKEN
-    with environ(**{"SOFTHSM2_CONF": str(softhsm / "softhsm2.conf"), PIN_ENV: PIN}):
-        await asyncio.to_thread(lambda: open_key(won).close())
-        with pytest.raises(KeyBackendError, match="no private key"):
-            await asyncio.to_thread(open_key, lost)
-    assert "destroyed: another process rotated the signer first" in caplog.text
-
-
-async def test_the_token_key_of_a_checkpoint_signer_that_lost_its_race_is_destroyed(
-    softhsm: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("race", "logged"),
+    [
+        (rotation_race, "destroyed: another process rotated the signer first"),
+        (checkpoint_signer_race, "destroyed: another process recorded a signer first"),
+    ],
+    ids=["ocsp-signer-rotation", "checkpoint-signer"],
+)
+async def test_the_token_key_that_lost_a_race_is_destroyed(
+    race: Callable[[Runtime], Awaitable[tuple[KeyRef, KeyRef]]],
+    logged: str,
+    softhsm: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     cfg = await init_pkcs11_ca(tmp_path / "ca", softhsm)
     with environ(**{"SOFTHSM2_CONF": str(softhsm / "softhsm2.conf"), PIN_ENV: PIN}):
         rt = open_runtime(cfg, SystemClock())
         try:
-            won, lost = await checkpoint_signer_race(rt)
+            won, lost = await race(rt)
         finally:
             rt.close()
         assert lost.backend == "pkcs11" and lost.token_label == TOKEN
         await asyncio.to_thread(lambda: open_key(won).close())
         with pytest.raises(KeyBackendError, match="no private key"):
             await asyncio.to_thread(open_key, lost)
-    assert "destroyed: another process recorded a signer first" in caplog.text
+    assert logged in caplog.text
 
 
 # python-pkcs11 ends the operation that failed on the dead session in a __del__, which raises
